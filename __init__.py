@@ -1,0 +1,22 @@
+"""tilefuse: an ahead-of-time kernel compiler and autotuner for small graphs of tensor ops."""
+
+from typing import Any
+
+from .frontend import (GraphBuilder, Tensor, abs, apply, cast, cos, exp, exp2, expand, gelu, layer_norm, log,
+                       log1p, matmul, max, maximum, mean, min, minimum, permute, reduce, relu, reshape,
+                       rms_norm, rsqrt, sigmoid, silu, sin, slice_, softmax, sqrt, sum, tanh, where)
+from .ir import Graph, ParseError, VerifyError, load_graph, parse_graph
+
+__version__ = "0.1.0"
+
+__all__ = ["Graph", "GraphBuilder", "ParseError", "Tensor", "VerifyError", "abs", "apply", "cast", "compile",
+           "cos", "exp", "exp2", "expand", "gelu", "layer_norm", "load_graph", "log", "log1p", "matmul", "max",
+           "maximum", "mean", "min", "minimum", "parse_graph", "permute", "reduce", "relu", "reshape",
+           "rms_norm", "rsqrt", "sigmoid", "silu", "sin", "slice_", "softmax", "sqrt", "sum", "tanh", "where"]
+
+
+def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb
+    """Compile a graph (or GraphBuilder) for `target` ("cpu", "interp", "sm_80", "sm_90")."""
+    from .compiler import compile_graph
+
+    return compile_graph(graph, target=target, **kw)

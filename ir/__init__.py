@@ -1,0 +1,9 @@
+"""What is computed: dtypes, scalar expressions, graph ops, text form, verifier, reference."""
+
+from . import dtypes, expr
+from .graph import Graph
+from .ops import Node, Op, VerifyError, make
+from .text import ParseError, load_graph, parse_expr, parse_graph
+
+__all__ = ["Graph", "Node", "Op", "ParseError", "VerifyError", "dtypes", "expr", "load_graph", "make",
+           "parse_expr", "parse_graph"]

@@ -1,0 +1,80 @@
+"""A graph: named inputs, named outputs, and the nodes between them. Its key is the sha256 of
+its canonical text form, so it is the same in every process."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .ops import Node, Op, VerifyError, toposort
+
+
+@dataclass(frozen=True)
+class Graph:
+    """An immutable computation: `outputs` are (name, node) pairs; inputs are found from them."""
+
+    name: str
+    outputs: tuple[tuple[str, Node], ...]
+    # Inputs in declaration order; any input reachable from the outputs must be listed.
+    inputs: tuple[Node, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise VerifyError(f"graph name {self.name!r} is not an identifier")
+        names = [n for n, _ in self.outputs]
+        if len(set(names)) != len(names):
+            raise VerifyError(f"graph {self.name}: duplicate output names {names}")
+        if not self.outputs:
+            raise VerifyError(f"graph {self.name}: has no outputs")
+        reachable = [n for n in self.nodes if n.op is Op.INPUT]
+        declared = {id(n) for n in self.inputs}
+        ordered = list(self.inputs) + [n for n in reachable if id(n) not in declared]
+        in_names = [n.attr("name") for n in ordered]
+        if len(set(in_names)) != len(in_names):
+            raise VerifyError(f"graph {self.name}: two different inputs share a name in {in_names}")
+        object.__setattr__(self, "inputs", tuple(ordered))
+
+    @cached_property
+    def nodes(self) -> list[Node]:
+        """Every node reachable from the outputs, operands first."""
+        return toposort([n for _, n in self.outputs])
+
+    @cached_property
+    def users(self) -> dict[int, list[Node]]:
+        """id(node) -> the nodes that use it as an operand (graph outputs are not listed)."""
+        u: dict[int, list[Node]] = {id(n): [] for n in self.nodes}
+        for n in self.nodes:
+            for s in dict.fromkeys(n.src):
+                u[id(s)].append(n)
+        return u
+
+    def input(self, name: str) -> Node:
+        for n in self.inputs:
+            if n.attr("name") == name:
+                return n
+        raise KeyError(f"graph {self.name} has no input {name!r}; inputs: {[n.attr('name') for n in self.inputs]}")
+
+    def output(self, name: str) -> Node:
+        for k, n in self.outputs:
+            if k == name:
+                return n
+        raise KeyError(f"graph {self.name} has no output {name!r}")
+
+    @cached_property
+    def text(self) -> str:
+        from .text import format_graph
+
+        return format_graph(self)
+
+    @cached_property
+    def key(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def replace(self, outputs: tuple[tuple[str, Node], ...]) -> Graph:
+        """The same graph with new output nodes; declared inputs stay, even unused, so the
+        compiled callable keeps its signature."""
+        return Graph(self.name, outputs, self.inputs)
+
+    def __str__(self) -> str:
+        return self.text
