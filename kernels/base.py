@@ -1,0 +1,133 @@
+"""What every kernel family provides: a lowered program, its knob space, the constraints that make
+a Config legal on a target, the launch grid, a default Config per arch, and rendering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..autotune.config import Config, sha256_json
+from ..autotune.target import Target
+from ..ir.text import format_expr
+from ..passes.partition import Buffer, Kernel, KernelGraph
+from .lowering import GroupLowering, LoadSite
+
+SCHEMA_VERSION = 1
+
+
+class ConfigRejected(ValueError):
+    """A Config that breaks the kernel's constraints on a target; lists every violation."""
+
+
+class KernelSpec:
+    """A fused kernel: signature, knobs, constraints, grid, features and renderers."""
+
+    family = "base"
+
+    def __init__(self, kg: KernelGraph, kernel: Kernel):
+        self.kg = kg
+        self.kernel = kernel
+        self.name = kernel.name
+        self.lowering = GroupLowering(kg, kernel)
+
+    # -- signature --
+    @property
+    def inputs(self) -> tuple[Buffer, ...]:
+        return self.kernel.inputs
+
+    @property
+    def outputs(self) -> tuple[Buffer, ...]:
+        return self.kernel.outputs
+
+    @property
+    def loads(self) -> list[LoadSite]:
+        return self.lowering.loads
+
+    def arg_names(self) -> list[str]:
+        """Kernel pointer arguments in order: inputs then outputs."""
+        return [f"in{i}" for i in range(len(self.inputs))] + [f"out{i}" for i in range(len(self.outputs))]
+
+    # -- identity --
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines the kernel's code, as JSON data (the workload)."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "family": self.family,
+            "inputs": [[b.dtype.name, list(b.shape)] for b in self.inputs],
+            "outputs": [[b.dtype.name, list(b.shape)] for b in self.outputs],
+            "loads": [[ld.buffer, ld.dtype.name, list(ld.view.shape), list(ld.view.strides), ld.view.offset]
+                      for ld in self.loads],
+            "program": self.program_description(),
+        }
+
+    def program_description(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def key(self) -> str:
+        """sha256 of the canonical JSON workload description."""
+        return sha256_json(self.describe())
+
+    # -- schedule --
+    def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def constraints(self, config: Config, target: Target) -> list[str]:
+        """Reasons `config` is illegal on `target` (empty when legal)."""
+        raise NotImplementedError
+
+    def default_config(self, target: Target) -> Config:
+        raise NotImplementedError
+
+    def check(self, config: Config, target: Target) -> Config:
+        """Raise ConfigRejected naming every violated constraint; return the config otherwise."""
+        space = self.knob_space(target)
+        missing = sorted(set(space) - set(config))
+        extra = sorted(set(config) - set(space))
+        problems = [f"missing knob {k}" for k in missing] + [f"unknown knob {k}" for k in extra]
+        if not problems:
+            problems = self.constraints(config, target)
+        if problems:
+            raise ConfigRejected(f"{self.name}: config {config.to_json()} rejected on {target.name}: "
+                                 + "; ".join(problems))
+        return config
+
+    def grid(self, config: Config) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def features(self, config: Config) -> dict[str, float]:
+        raise NotImplementedError
+
+    def flops(self) -> float:
+        raise NotImplementedError
+
+    def bytes_moved(self) -> float:
+        """The fewest bytes the kernel must move: each input read once, each output written once."""
+        return float(sum(b.numel * b.dtype.itemsize for b in self.inputs + self.outputs))
+
+    # -- rendering --
+    def render_triton(self, config: Config) -> str:
+        raise NotImplementedError
+
+    def triton_constexprs(self, config: Config) -> dict[str, Any]:
+        """The constexpr arguments of the rendered Triton kernel."""
+        raise NotImplementedError
+
+    def launch_options(self, config: Config) -> dict[str, int]:
+        return {"num_warps": config.int("num_warps"), "num_stages": config.int("num_stages")}
+
+    def summary(self) -> str:
+        """The ops this kernel fuses, one per line, for reports."""
+        lines = []
+        for n in self.kernel.group.nodes:
+            role = "anchor" if n is self.kernel.group.anchor else \
+                "prologue" if any(p is n for p in self.kernel.group.prologue) else "member"
+            detail = format_expr(n.attr("expr")) if n.attr("expr") is not None else n.op.value
+            lines.append(f"{role}: {detail}")
+        return "\n".join(lines)
+
+
+def header(spec: KernelSpec, config: Config, backend: str) -> str:
+    """The comment block that opens generated source: kernel, family, workload key, config."""
+    return (f"# tilefuse generated {backend} kernel: {spec.name}\n"
+            f"# family: {spec.family}   workload: {spec.key[:16]}\n"
+            f"# config: {config.to_json()}\n")

@@ -1,0 +1,116 @@
+"""All environment settings of tilefuse, read and validated in one place.
+
+No other module reads ``os.environ`` for tilefuse settings: call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value tilefuse cannot accept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Typed, validated view of the environment variables tilefuse honours."""
+
+    cache_dir: Path
+    db_url: str
+    no_cache: bool
+    jobs: int
+    triton_interpret: bool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `env` (default: ``os.environ``), raising SettingsError on bad values."""
+        env = os.environ if env is None else env
+        return cls(
+            cache_dir=_cache_dir(env),
+            db_url=_db_url(env),
+            no_cache=_bool(env, "TILEFUSE_NO_CACHE"),
+            jobs=_jobs(env),
+            triton_interpret=_bool(env, "TRITON_INTERPRET"),
+        )
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    home = env.get("HOME")
+    return Path(home) if home else Path.home()
+
+
+def _xdg(env: Mapping[str, str], var: str, fallback: str) -> Path:
+    value = env.get(var, "")
+    if value:
+        path = Path(value).expanduser()
+        # The XDG spec says relative paths are invalid and must be ignored.
+        if path.is_absolute():
+            return path
+    return _home(env) / fallback
+
+
+def _cache_dir(env: Mapping[str, str]) -> Path:
+    value = env.get("TILEFUSE_CACHE_DIR", "")
+    if value:
+        return Path(value).expanduser()
+    return _xdg(env, "XDG_CACHE_HOME", ".cache") / "tilefuse"
+
+
+def _db_url(env: Mapping[str, str]) -> str:
+    value = env.get("TILEFUSE_DB", "").strip()
+    if not value:
+        path = _xdg(env, "XDG_DATA_HOME", ".local/share") / "tilefuse" / "tuning.db"
+        return f"sqlite:///{path}"
+    if "://" in value:
+        return value
+    # A bare path is accepted as shorthand for a SQLite file.
+    if value.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in value:
+        return f"sqlite:///{Path(value).expanduser().resolve()}"
+    raise SettingsError(
+        f"TILEFUSE_DB={value!r} is not a database URL; accepted: an SQLAlchemy URL such as "
+        "'sqlite:///path/tuning.db' or 'postgresql://host/db', or a path to a .db/.sqlite file"
+    )
+
+
+def _bool(env: Mapping[str, str], var: str) -> bool:
+    value = env.get(var, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{var}={env[var]!r} is not a boolean; accepted: {', '.join(_TRUE + _FALSE[:-1])} or unset")
+
+
+def _jobs(env: Mapping[str, str]) -> int:
+    value = env.get("TILEFUSE_JOBS", "").strip()
+    if not value:
+        return os.cpu_count() or 1
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise SettingsError(f"TILEFUSE_JOBS={value!r} is invalid; accepted: a positive integer, or unset for cpu_count")
+    return jobs
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read from the environment once."""
+    return Settings.from_env()
+
+
+def reload_settings() -> Settings:
+    """Forget the cached settings and re-read the environment (for tests and long-lived tools)."""
+    get_settings.cache_clear()
+    return get_settings()
