@@ -5,5 +5,8 @@ from .graph import Graph
 from .ops import Node, Op, VerifyError, make
 from .text import ParseError, load_graph, parse_expr, parse_graph
 
+# Later-issue op families: imported for their registrations (inference + reference semantics).
+from . import attention_op, quant_op, sparse_op, splat_op  # noqa: E402,F401
+
 __all__ = ["Graph", "Node", "Op", "ParseError", "VerifyError", "dtypes", "expr", "load_graph", "make",
            "parse_expr", "parse_graph"]
