@@ -55,12 +55,22 @@ def _math(e: Expr, a: str) -> str:
 
 @register_lowering(B, E.NEG)
 def _neg(e: Expr, a: str) -> str:
-    return f"(-{a})"
+    return _bf16_back(f"(-{_bf16_f32(a, e.dtype)})", e.dtype)
 
 
 @register_lowering(B, E.ABS)
 def _abs(e: Expr, a: str) -> str:
-    return f"tl.abs({a})"
+    return _bf16_back(f"tl.abs({_bf16_f32(a, e.dtype)})", e.dtype)
+
+
+# bf16 arithmetic is computed in f32 and rounded after each op (what the reference does); the
+# Triton interpreter has no bf16 arithmetic of its own.
+def _bf16_f32(x: str, d: dt.DType) -> str:
+    return f"{x}.to(tl.float32)" if d == dt.bf16 else x
+
+
+def _bf16_back(x: str, d: dt.DType) -> str:
+    return f"({x}).to(tl.bfloat16)" if d == dt.bf16 else x
 
 
 @register_lowering(B, E.NOT)
@@ -74,20 +84,21 @@ _BIN = {E.ADD: "+", E.SUB: "-", E.MUL: "*", E.LT: "<", E.LE: "<=", E.GT: ">", E.
 
 @register_lowering(B, *_BIN)
 def _binop(e: Expr, a: str, b: str) -> str:
-    return f"({a} {_BIN[e.op]} {b})"
+    d = e.src[0].dtype
+    return _bf16_back(f"({_bf16_f32(a, d)} {_BIN[e.op]} {_bf16_f32(b, d)})", e.dtype)
 
 
 @register_lowering(B, E.DIV, E.IDIV)
 def _div(e: Expr, a: str, b: str) -> str:
     if e.dtype.is_float and e.op is E.DIV:
-        return f"({a} / {b})"
+        return _bf16_back(f"({_bf16_f32(a, e.dtype)} / {_bf16_f32(b, e.dtype)})", e.dtype)
     return f"({a} // {b})"
 
 
 @register_lowering(B, E.MAX, E.MIN)
 def _minmax(e: Expr, a: str, b: str) -> str:
     fn = "tl.maximum" if e.op is E.MAX else "tl.minimum"
-    return f"{fn}({a}, {b})"
+    return _bf16_back(f"{fn}({_bf16_f32(a, e.dtype)}, {_bf16_f32(b, e.dtype)})", e.dtype)
 
 
 @register_lowering(B, E.POW)

@@ -105,7 +105,8 @@ class KernelSpec:
         return float(sum(b.numel * b.dtype.itemsize for b in self.inputs + self.outputs))
 
     # -- rendering --
-    def render_triton(self, config: Config) -> str:
+    def render_triton(self, config: Config, interpret: bool = False) -> str:
+        """Triton source; `interpret` targets the Triton interpreter (CPU)."""
         raise NotImplementedError
 
     def triton_constexprs(self, config: Config) -> dict[str, Any]:

@@ -39,10 +39,10 @@ class GroupLowering:
         self.kernel = kernel
         self.members = {id(m) for m in kernel.group.nodes}
         self.loads: list[LoadSite] = []
-        self._memo: dict[tuple[int, Shape, int], Expr] = {}
 
-    def load(self, n: Node, domain: Shape) -> Expr:
-        """A leaf reading materialised value `n` (through its views) at the domain's index."""
+    def load(self, n: Node, domain: Shape, swap_last: bool = False) -> Expr:
+        """A leaf reading materialised value `n` (through its views) at the domain's index;
+        `swap_last` reads a transposed operand as (..., row, col) of its logical shape."""
         base = base_of(n)
         buf = self.kg.buffers.get(id(base))
         if buf is None or buf not in self.kernel.inputs:
@@ -50,30 +50,38 @@ class GroupLowering:
         view = strided_view(n)
         if view is None:
             raise KernelLoweringError(f"{self.kernel.name}: view {n!r} needs a copy (legalize_views missed it)")
-        site = LoadSite(self.kernel.inputs.index(buf), buf.dtype, view.broadcast_to(domain))
+        view = view.broadcast_to(domain)
+        if swap_last:
+            nd = len(domain)
+            view = view.permute(tuple(range(nd - 2)) + (nd - 1, nd - 2))
+        site = LoadSite(self.kernel.inputs.index(buf), buf.dtype, view)
         if site not in self.loads:
             self.loads.append(site)
         return ex.load(self.loads.index(site), buf.dtype)
 
-    def value(self, n: Node, domain: Shape, leaf: Callable[[Node], Expr | None]) -> Expr:
+    def value(self, n: Node, domain: Shape, leaf: Callable[[Node], Expr | None], swap_last: bool = False) -> Expr:
         """`n`'s value at the current index of `domain`, expanded down to leaves."""
-        key = (id(n), domain, id(leaf))
-        hit = self._memo.get(key)
-        if hit is not None:
-            return hit
-        out = leaf(n)
-        if out is None:
-            if n.op is Op.CONST:
-                out = ex.const(n.attr("value"), n.dtype)
-            elif n.op is Op.POINTWISE and (id(n) in self.members or id(n) in self.kg.inline):
-                srcs = [self.value(s, domain, leaf) for s in n.src]
-                out = ex.substitute(n.attr("expr"), lambda e: srcs[e.arg] if e.op is E.ARG else None)
-            elif id(n) in self.members:
-                raise KernelLoweringError(f"{self.kernel.name}: member {n!r} has no lowering in this family")
-            else:
-                out = self.load(n, domain)
-        self._memo[key] = out
-        return out
+        memo: dict[int, Expr] = {}
+
+        def go(m: Node) -> Expr:
+            hit = memo.get(id(m))
+            if hit is not None:
+                return hit
+            out = leaf(m)
+            if out is None:
+                if m.op is Op.CONST:
+                    out = ex.const(m.attr("value"), m.dtype)
+                elif m.op is Op.POINTWISE and (id(m) in self.members or id(m) in self.kg.inline):
+                    srcs = [go(s) for s in m.src]
+                    out = ex.substitute(m.attr("expr"), lambda e: srcs[e.arg] if e.op is E.ARG else None)
+                elif id(m) in self.members:
+                    raise KernelLoweringError(f"{self.kernel.name}: member {m!r} has no lowering in this family")
+                else:
+                    out = self.load(m, domain, swap_last)
+            memo[id(m)] = out
+            return out
+
+        return go(n)
 
 
 def prod(xs: Shape) -> int:

@@ -169,7 +169,7 @@ class RowwiseSpec(KernelSpec):
     def triton_constexprs(self, config: Config) -> dict[str, Any]:
         return {"BLOCK_R": config.int("BLOCK_R"), "BLOCK_C": config.int("BLOCK_C")}
 
-    def render_triton(self, config: Config) -> str:
+    def render_triton(self, config: Config, interpret: bool = False) -> str:
         from .rowwise_triton import render
 
         return render(self, config)

@@ -1,0 +1,124 @@
+"""Running a compiled graph: buffers are allocated per call (optionally poisoned) and the
+kernels launched in order on the target's runtime (TVM on CPU, Triton interpreter, CUDA)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..ir import dtypes as dt
+from ..passes.partition import Buffer
+
+if TYPE_CHECKING:
+    from ..compiler import CompiledGraph
+
+POISON_INT = -0x5A5A5A5A
+
+
+def _np_dtype(d: dt.DType) -> Any:
+    if d == dt.bf16:
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return dt.to_numpy(d)
+
+
+def _poison_value(d: dt.DType) -> Any:
+    if d.is_float:
+        return float("nan")
+    if d.is_bool:
+        return True
+    info = np.iinfo(dt.to_numpy(d))
+    return max(info.min, min(info.max, POISON_INT))
+
+
+def run(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[str, Any]:
+    """Execute every kernel of `cg` on `inputs` (name -> array/tensor); returns named outputs."""
+    if cg.target.kind == "cpu":
+        return _run_numpy(cg, inputs, poison)
+    return _run_torch(cg, inputs, poison)
+
+
+# ---- CPU (TVM) ---------------------------------------------------------------------------
+def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[str, Any]:
+    bufs: dict[str, np.ndarray] = {}
+    for n in cg.graph.inputs:
+        x = inputs[n.attr("name")]
+        if hasattr(x, "detach"):
+            x = x.detach().cpu()
+            x = x.float().numpy() if n.dtype == dt.bf16 else x.numpy()
+        bufs[n.attr("name")] = np.ascontiguousarray(np.asarray(x).astype(_np_dtype(n.dtype), copy=False))
+    for ck in cg.kernels:
+        outs = []
+        for b in ck.spec.outputs:
+            arr = np.empty(b.shape, dtype=_np_dtype(b.dtype))
+            if poison:
+                arr.fill(_poison_value(b.dtype))
+            bufs[b.name] = arr
+            outs.append(arr)
+        ck.runner([bufs[b.name] for b in ck.spec.inputs], outs)
+    return {name: bufs[b.name] for name, b in cg.pipeline.kernels.outputs}
+
+
+# ---- Triton (interpreter or CUDA) ----------------------------------------------------------
+def _torch_input(name: str, x: Any, d: dt.DType, device: str) -> Any:
+    import torch
+
+    want = dt.to_torch(d)
+    if not isinstance(x, torch.Tensor):
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32 if d == dt.bf16 else dt.to_numpy(d))))
+    elif x.dtype != want:
+        raise TypeError(f"input {name}: expected a {want} tensor for dtype {d}, got {x.dtype}")
+    return x.to(device=device, dtype=want).contiguous()
+
+
+def _alloc(b: Buffer, device: str, poison: bool) -> Any:
+    import torch
+
+    t = torch.empty(b.shape, dtype=dt.to_torch(b.dtype), device=device)
+    if poison:
+        t.fill_(_poison_value(b.dtype))
+    return t
+
+
+def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[str, Any]:
+    import torch
+
+    from ..compiler import RuntimeUnavailable
+    from .triton_runtime import launch, load_module
+
+    interpret = cg.target.kind == "interp"
+    device = "cpu"
+    if not interpret:
+        if not torch.cuda.is_available():
+            raise RuntimeUnavailable(f"target {cg.target.name} built cubins, but this machine has no CUDA device "
+                                     "to run them; use target 'interp' or 'cpu' to run here")
+        major, minor = torch.cuda.get_device_capability()
+        if major * 10 + minor < cg.target.arch:
+            raise RuntimeUnavailable(f"target {cg.target.name} needs compute capability >= {cg.target.arch}, "
+                                     f"the device has {major}.{minor}")
+        device = "cuda"
+    bufs: dict[str, Any] = {}
+    for n in cg.graph.inputs:
+        bufs[n.attr("name")] = _torch_input(n.attr("name"), inputs[n.attr("name")], n.dtype, device)
+    for ck in cg.kernels:
+        spec = ck.spec
+        outs = []
+        for b in spec.outputs:
+            t = _alloc(b, device, poison)
+            bufs[b.name] = t
+            outs.append(t)
+        args = [bufs[b.name] for b in spec.inputs] + outs
+        ws_shape = getattr(spec, "workspace_shape", lambda c: None)(ck.config)
+        if ws_shape is not None:
+            args.append(torch.empty(ws_shape, dtype=torch.float32, device=device))
+        mod = ck.runner or load_module(ck.source, interpret)
+        ck.runner = mod
+        cex = spec.triton_constexprs(ck.config)
+        opts = spec.launch_options(ck.config)
+        launch(getattr(mod, spec.name), spec.grid(ck.config), args, cex, opts, interpret)
+        if ws_shape is not None:
+            launch(getattr(mod, f"{spec.name}_finish"), spec.grid(ck.config)[:1] + (1,) + spec.grid(ck.config)[2:],
+                   args, cex, opts, interpret)
+    return {name: bufs[b.name] for name, b in cg.pipeline.kernels.outputs}

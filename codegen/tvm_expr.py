@@ -1,0 +1,211 @@
+"""Lowering scalar expressions to TVM TIR expressions (one PrimExpr per distinct node, CSE by memo).
+
+Rules follow the Triton lowering: half-precision transcendental math is computed in f32 and
+rounded back, integer division and modulo truncate toward zero, float->int casts truncate.
+TVM is imported lazily by whoever imports this module (it is an optional dependency).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import tvm
+from tvm import tirx
+
+from ..ir import dtypes as dt
+from ..ir.expr import E, Expr
+from ..ir.expr import toposort as expr_toposort
+from .lowering import LoweringError, register_lowering, rule
+
+B = "tvm"
+PrimExpr = Any  # tvm.tirx.PrimExpr; kept loose so mypy does not need TVM's stubs
+
+_TVM_NAMES = {dt.f64: "float64", dt.f32: "float32", dt.f16: "float16", dt.bf16: "bfloat16",
+              dt.i64: "int64", dt.i32: "int32", dt.i16: "int16", dt.i8: "int8", dt.u8: "uint8",
+              dt.bool_: "bool"}
+
+
+def tvm_dtype(d: dt.DType, op: str = "value") -> str:
+    """TVM spelling of a tilefuse dtype; LoweringError (naming op, dtype, backend) when unsupported."""
+    name = _TVM_NAMES.get(d)
+    if name is None:
+        raise LoweringError(f"tvm: dtype {d} of {op} is not supported by the tvm backend; accepted: "
+                            f"{', '.join(sorted(x.name for x in _TVM_NAMES))}")
+    return name
+
+
+def is_half(d: dt.DType) -> bool:
+    """Whether `d` is computed in f32 for math (f16, bf16)."""
+    return d in (dt.f16, dt.bf16)
+
+
+def constant(v: Any, d: dt.DType) -> PrimExpr:
+    """A TIR constant of dtype `d` (inf and nan included)."""
+    name = tvm_dtype(d, "const")
+    if d.is_bool:
+        return tirx.const(bool(v), "bool")
+    if d.is_float:
+        f = float(v)
+        if math.isnan(f) or math.isinf(f):
+            # TVM's FloatImm accepts inf/nan; build it in f32 and cast for half types.
+            c = tirx.const(f, "float32" if is_half(d) else name)
+            return tirx.Cast(name, c) if is_half(d) else c
+        return tirx.const(f, name)
+    return tirx.const(int(v), name)
+
+
+def _to_f32(x: PrimExpr, d: dt.DType) -> PrimExpr:
+    return tirx.Cast("float32", x) if is_half(d) else x
+
+
+def _back(x: PrimExpr, d: dt.DType) -> PrimExpr:
+    return tirx.Cast(tvm_dtype(d), x) if is_half(d) else x
+
+
+def _sigmoid(x: PrimExpr) -> PrimExpr:
+    one = tirx.const(1.0, x.dtype)
+    return one / (one + tirx.exp(-x))
+
+
+def _tanh(x: PrimExpr) -> PrimExpr:
+    return tirx.tanh(x)
+
+
+_MATH: dict[E, Callable[[PrimExpr], PrimExpr]] = {
+    E.EXP: tirx.exp, E.EXP2: tirx.exp2, E.LOG: tirx.log, E.LOG2: tirx.log2, E.LOG1P: tirx.log1p,
+    E.SQRT: tirx.sqrt, E.RSQRT: lambda x: tirx.const(1.0, x.dtype) / tirx.sqrt(x), E.SIN: tirx.sin,
+    E.COS: tirx.cos, E.TANH: _tanh, E.SIGMOID: _sigmoid, E.ERF: tirx.erf,
+    E.RECIP: lambda x: tirx.const(1.0, x.dtype) / x, E.FLOOR: tirx.floor, E.CEIL: tirx.ceil,
+}
+
+
+@register_lowering(B, *_MATH)
+def _math(e: Expr, a: PrimExpr) -> PrimExpr:
+    if not e.dtype.is_float:
+        raise LoweringError(f"tvm: {e.op.value} needs a float operand, got dtype {e.dtype}")
+    return _back(_MATH[e.op](_to_f32(a, e.dtype)), e.dtype)
+
+
+@register_lowering(B, E.NEG)
+def _neg(e: Expr, a: PrimExpr) -> PrimExpr:
+    return tirx.const(0, a.dtype) - a if not e.dtype.is_float else -a
+
+
+@register_lowering(B, E.ABS)
+def _abs(e: Expr, a: PrimExpr) -> PrimExpr:
+    return tirx.abs(a)
+
+
+@register_lowering(B, E.NOT)
+def _not(e: Expr, a: PrimExpr) -> PrimExpr:
+    return tirx.Not(a) if e.dtype.is_bool else tirx.bitwise_not(a)
+
+
+@register_lowering(B, E.ADD, E.SUB, E.MUL)
+def _arith(e: Expr, a: PrimExpr, b: PrimExpr) -> PrimExpr:
+    if e.dtype.is_bool:
+        raise LoweringError(f"tvm: {e.op.value} on dtype bool is not supported")
+    return {E.ADD: tirx.Add, E.SUB: tirx.Sub, E.MUL: tirx.Mul}[e.op](a, b)
+
+
+@register_lowering(B, E.DIV, E.IDIV)
+def _div(e: Expr, a: PrimExpr, b: PrimExpr) -> PrimExpr:
+    if e.dtype.is_float and e.op is E.DIV:
+        return tirx.Div(a, b)
+    if not e.dtype.is_int:
+        raise LoweringError(f"tvm: {e.op.value} needs integer operands, got dtype {e.dtype}")
+    return tirx.truncdiv(a, b)  # C semantics, as the reference defines
+
+
+@register_lowering(B, E.MOD)
+def _mod(e: Expr, a: PrimExpr, b: PrimExpr) -> PrimExpr:
+    if e.dtype.is_float:
+        return _back(tirx.fmod(_to_f32(a, e.dtype), _to_f32(b, e.dtype)), e.dtype)
+    return tirx.truncmod(a, b)
+
+
+@register_lowering(B, E.MAX, E.MIN)
+def _minmax(e: Expr, a: PrimExpr, b: PrimExpr) -> PrimExpr:
+    return tirx.Max(a, b) if e.op is E.MAX else tirx.Min(a, b)
+
+
+@register_lowering(B, E.POW)
+def _pow(e: Expr, a: PrimExpr, b: PrimExpr) -> PrimExpr:
+    # libm pow handles negative bases with integral exponents as numpy does.
+    return _back(tirx.power(_to_f32(a, e.dtype), _to_f32(b, e.dtype)), e.dtype)
+
+
+_BITWISE = {E.AND: tirx.bitwise_and, E.OR: tirx.bitwise_or, E.XOR: tirx.bitwise_xor,
+            E.SHL: tirx.LShift, E.SHR: tirx.RShift}
+
+
+@register_lowering(B, *_BITWISE)
+def _bitwise(e: Expr, a: PrimExpr, b: PrimExpr) -> PrimExpr:
+    if e.dtype.is_bool:
+        if e.op is E.AND:
+            return tirx.And(a, b)
+        if e.op is E.OR:
+            return tirx.Or(a, b)
+        if e.op is E.XOR:
+            return tirx.NE(a, b)
+        raise LoweringError(f"tvm: {e.op.value} on dtype bool is not supported")
+    return _BITWISE[e.op](a, b)
+
+
+_CMP = {E.LT: tirx.LT, E.LE: tirx.LE, E.GT: tirx.GT, E.GE: tirx.GE, E.EQ: tirx.EQ, E.NE: tirx.NE}
+
+
+@register_lowering(B, *_CMP)
+def _compare(e: Expr, a: PrimExpr, b: PrimExpr) -> PrimExpr:
+    return _CMP[e.op](a, b)
+
+
+@register_lowering(B, E.WHERE)
+def _where(e: Expr, c: PrimExpr, a: PrimExpr, b: PrimExpr) -> PrimExpr:
+    return tirx.Select(c, a, b)
+
+
+@register_lowering(B, E.CAST)
+def _cast(e: Expr, a: PrimExpr) -> PrimExpr:
+    src = e.src[0].dtype
+    if e.dtype.is_bool:
+        return tirx.NE(a, tirx.const(0, a.dtype) if not src.is_bool else tirx.const(False, "bool"))
+    if src.is_float and e.dtype.is_int:
+        # fptosi truncates toward zero; NaN becomes 0 as the reference's nan_to_num does
+        a = tirx.Select(tirx.isnan(a), tirx.const(0.0, a.dtype), a)
+    if is_half(src) and is_half(e.dtype):
+        a = tirx.Cast("float32", a)  # f16 <-> bf16 goes through f32
+    return tirx.Cast(tvm_dtype(e.dtype, "cast"), a)
+
+
+@register_lowering(B, E.BITCAST)
+def _bitcast(e: Expr, a: PrimExpr) -> PrimExpr:
+    return tirx.reinterpret(tvm_dtype(e.dtype, "bitcast"), a)
+
+
+def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
+               memo: dict[int, PrimExpr] | None = None) -> PrimExpr:
+    """The TIR expression of `e`; `leaf` binds LOAD and VAR leaves (None: not a leaf it knows).
+
+    `memo` (id(node) -> PrimExpr) is shared across calls to reuse lowered subexpressions."""
+    memo = {} if memo is None else memo
+    for n in expr_toposort([e]):
+        if id(n) in memo:
+            continue
+        tvm_dtype(n.dtype, n.op.value)
+        out = leaf(n)
+        if out is None:
+            if n.op is E.CONST:
+                out = constant(n.arg, n.dtype)
+            elif n.op in (E.ARG, E.VAR, E.LOAD):
+                raise LoweringError(f"tvm: unbound expression leaf {n.op.value} {n.arg!r}")
+            else:
+                out = rule(B, n.op)(n, *(memo[id(s)] for s in n.src))
+        memo[id(n)] = out
+    return memo[id(e)]
+
+
+def tvm_version() -> str:
+    """The installed TVM version (part of every build-cache key)."""
+    return str(tvm.__version__)

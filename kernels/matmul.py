@@ -1,0 +1,178 @@
+"""Matmul family: C = A @ B with f32 accumulation, operand prologues fused into the tile loads
+and pointwise epilogues fused into the tile store. Batched (broadcast batch dims), either
+operand transposed (through strided loads), GROUP_M swizzle and split-K."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..autotune.config import Config
+from ..autotune.target import Target
+from ..ir import dtypes as dt
+from ..ir import expr as ex
+from ..ir.expr import E, Expr
+from ..ir.ops import Node
+from ..ir.text import format_expr
+from ..passes.partition import Kernel, KernelGraph
+from .base import KernelSpec
+from .lowering import KernelLoweringError, next_pow2, prod
+
+ACC = "acc"
+
+
+@dataclass(frozen=True)
+class MatmulOutput:
+    index: int  # kernel output buffer
+    expr: Expr  # value at (batch..., m, n); reads var "acc" (f32) and loads
+
+
+class MatmulSpec(KernelSpec):
+    """A (batched) GEMM with fused prologue and epilogue."""
+
+    family = "matmul"
+
+    def __init__(self, kg: KernelGraph, kernel: Kernel):
+        super().__init__(kg, kernel)
+        grp = kernel.group
+        mm = grp.anchor
+        if mm is None:
+            raise KernelLoweringError(f"{self.name}: matmul group without an anchor")
+        self.anchor: Node = mm
+        a, b = mm.src
+        ta, tb = mm.attr("trans_a"), mm.attr("trans_b")
+        self.batch: tuple[int, ...] = tuple(mm.shape[:-2])
+        self.M, self.N = mm.shape[-2], mm.shape[-1]
+        self.K = a.shape[-2] if ta else a.shape[-1]
+        self.out_dtype = mm.dtype
+        lw = self.lowering
+        # Operand domains as stored, broadcast over the output batch; transposes swap strides.
+        a_dom = self.batch + tuple(a.shape[-2:])[::-1 if ta else 1]
+        b_dom = self.batch + tuple(b.shape[-2:])[::-1 if tb else 1]
+        self.a_expr = self._operand(a, a_dom, ta)
+        self.b_expr = self._operand(b, b_dom, tb)
+        self.operand_dtype = dt.promote(self.a_expr.dtype, self.b_expr.dtype)
+        if self.operand_dtype.is_int and not (self.a_expr.dtype == dt.i8 and self.b_expr.dtype == dt.i8):
+            raise KernelLoweringError(f"{self.name}: integer matmul supports i8 x i8 operands, got "
+                                      f"{self.a_expr.dtype} x {self.b_expr.dtype}")
+        acc_dt = dt.i32 if self.operand_dtype.is_int else dt.f32
+        acc = ex.var(ACC, acc_dt)
+        anchor_val = ex.cast(acc, mm.dtype)
+
+        def leaf(n: Node) -> Expr | None:
+            return anchor_val if n is mm else None
+
+        self.outs = [MatmulOutput(i, lw.value(o, tuple(mm.shape), leaf)) for i, o in enumerate(grp.outputs)]
+        self.has_prologue = [self.a_expr.op is not E.LOAD, self.b_expr.op is not E.LOAD]
+
+    def _operand(self, n: Node, domain: tuple[int, ...], trans: bool) -> Expr:
+        """The operand's value at (batch..., row, col) of the logical (untransposed) operand."""
+        if trans:
+            domain = domain[:-2] + (domain[-1], domain[-2])
+        return self.lowering.value(n, domain, lambda _: None, swap_last=trans)
+
+    def program_description(self) -> dict[str, Any]:
+        return {
+            "batch": list(self.batch), "M": self.M, "N": self.N, "K": self.K,
+            "a": format_expr(self.a_expr), "b": format_expr(self.b_expr),
+            "out_dtype": self.out_dtype.name,
+            "outputs": [[o.index, format_expr(o.expr)] for o in self.outs],
+        }
+
+    # -- schedule --
+    def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
+        if target.kind == "cpu":
+            return {"tile_m": (4, 8, 16, 32, 64), "tile_n": (8, 16, 32, 64, 128, 256),
+                    "tile_k": (4, 8, 16, 32, 64, 128, 256), "vector": (4, 8, 16, 32), "unroll": (0, 1)}
+        return {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128, 256),
+                "BLOCK_K": (16, 32, 64, 128), "GROUP_M": (1, 4, 8, 16), "SPLIT_K": (1, 2, 4, 8, 16),
+                "num_warps": (2, 4, 8), "num_stages": (1, 2, 3, 4, 5)}
+
+    def smem_bytes(self, config: Config) -> int:
+        """Shared memory of the pipelined operand tiles."""
+        bm, bn, bk = config.int("BLOCK_M"), config.int("BLOCK_N"), config.int("BLOCK_K")
+        el = self.operand_dtype.itemsize
+        return config.int("num_stages") * (bm * bk + bk * bn) * el
+
+    def constraints(self, config: Config, target: Target) -> list[str]:
+        out: list[str] = []
+        if target.kind == "cpu":
+            if config.int("vector") > config.int("tile_n"):
+                out.append(f"vector={config['vector']} exceeds tile_n={config['tile_n']}")
+            return out
+        bm, bn, bk = config.int("BLOCK_M"), config.int("BLOCK_N"), config.int("BLOCK_K")
+        warps, split = config.int("num_warps"), config.int("SPLIT_K")
+        smem = self.smem_bytes(config)
+        if target.max_shared_bytes and smem > target.max_shared_bytes:
+            out.append(f"operand tiles need {smem} B of shared memory, {target.name} allows {target.max_shared_bytes}")
+        acc_regs = bm * bn // (warps * 32)
+        if acc_regs > 128:
+            out.append(f"the {bm}x{bn} f32 accumulator needs {acc_regs} registers per thread with {warps} warps "
+                       "(> 128 spills)")
+        if bm * bn < warps * 32 * 4:
+            out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
+        if split > 1 and split * bk > next_pow2(self.K):
+            out.append(f"SPLIT_K={split} x BLOCK_K={bk} exceeds K={self.K}")
+        if bm > max(16, next_pow2(self.M)) or bn > max(16, next_pow2(self.N)):
+            out.append(f"tile {bm}x{bn} is larger than the {self.M}x{self.N} output")
+        if bk > max(16, next_pow2(self.K)):
+            out.append(f"BLOCK_K={bk} exceeds K={self.K}")
+        if target.arch and target.arch >= 90 and warps < 4 and bm >= 64:
+            out.append("sm_90 wgmma needs a warpgroup (num_warps >= 4) for BLOCK_M >= 64")
+        return out
+
+    def default_config(self, target: Target) -> Config:
+        if target.kind == "cpu":
+            return Config(tile_m=32, tile_n=min(64, max(8, next_pow2(self.N))), tile_k=64,
+                          vector=min(16, max(4, next_pow2(self.N))), unroll=1)
+
+        def fit(x: int, cap: int) -> int:
+            return max(16, min(cap, next_pow2(x)))
+
+        arch = target.schedule_arch
+        if arch >= 90:
+            bm, bn, bk, warps, stages = fit(self.M, 128), fit(self.N, 256), fit(self.K, 64), 8, 3
+        else:
+            bm, bn, bk, warps, stages = fit(self.M, 128), fit(self.N, 128), fit(self.K, 32), 4, 3
+            if bm * bn >= 128 * 128:
+                warps = 8
+        while bm * bn // (warps * 32) > 128 and bn > 16:
+            bn //= 2
+        while bm * bn < warps * 32 * 4 and warps > 1:
+            warps //= 2
+        if arch >= 90 and bm >= 64:
+            warps = max(4, warps)
+        cfg = Config(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=1, num_warps=warps, num_stages=stages)
+        while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
+            cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
+        return cfg
+
+    def grid(self, config: Config) -> tuple[int, int, int]:
+        if "BLOCK_M" not in config:
+            return (1, 1, 1)
+        tiles = -(-self.M // config.int("BLOCK_M")) * -(-self.N // config.int("BLOCK_N"))
+        return (tiles, config.int("SPLIT_K"), max(1, prod(self.batch)))
+
+    def flops(self) -> float:
+        return 2.0 * prod(self.batch) * self.M * self.N * self.K
+
+    def features(self, config: Config) -> dict[str, float]:
+        gx, gy, gz = self.grid(config)
+        return {"M": float(self.M), "N": float(self.N), "K": float(self.K), "batch": float(prod(self.batch)),
+                "programs": float(gx * gy * gz), "flops": self.flops(), "bytes": self.bytes_moved(),
+                "prologue": float(sum(self.has_prologue)), "epilogue_outputs": float(len(self.outs)),
+                **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
+
+    # -- rendering --
+    def triton_constexprs(self, config: Config) -> dict[str, Any]:
+        return {k: config.int(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K")}
+
+    def workspace_shape(self, config: Config) -> tuple[int, ...] | None:
+        """Split-K partial sums [SPLIT_K, batch, M, N] f32, reduced by the finishing kernel."""
+        split = config.int("SPLIT_K") if "SPLIT_K" in config else 1
+        return (split, max(1, prod(self.batch)), self.M, self.N) if split > 1 else None
+
+    def render_triton(self, config: Config, interpret: bool = False) -> str:
+        from .matmul_triton import render
+
+        return render(self, config, interpret)

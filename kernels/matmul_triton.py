@@ -1,0 +1,190 @@
+"""Triton template of the matmul family."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..autotune.config import Config
+from ..codegen.triton_expr import TileEmitter, literal, tl_type
+from ..ir import dtypes as dt
+from ..ir.expr import E, Expr
+from .base import header
+from .lowering import LoadSite
+
+if TYPE_CHECKING:
+    from .matmul import MatmulSpec
+
+IND = "    "
+
+
+class _Scope:
+    """Loads and arithmetic for one tile scope: 'a' (BM x BK), 'b' (BK x BN) or 'c' (BM x BN)."""
+
+    def __init__(self, spec: MatmulSpec, lines: list[str], indent: str, which: str, prefix: str, masks: set[str]):
+        self.spec = spec
+        self.masks = masks
+        self.which = which
+        self.lines = lines
+        self.indent = indent
+        self.loaded: dict[int, str] = {}
+        self.em = TileEmitter(lines, indent, prefix, self.leaf)
+        self.row, self.col, self.mask = {
+            "a": ("rm[:, None]", "kk[None, :]", "a_mask"),
+            "b": ("kk[:, None]", "rn[None, :]", "b_mask"),
+            "c": ("rm[:, None]", "rn[None, :]", "c_mask"),
+        }[which]
+
+    def leaf(self, e: Expr) -> str | None:
+        if e.op is E.VAR:
+            return "acc"
+        if e.op is E.LOAD:
+            return self.load(e.arg)
+        return None
+
+    def offset(self, site: LoadSite) -> str:
+        v = site.view
+        nb = len(v.shape) - 2
+        terms = [str(v.offset)] if v.offset else []
+        for d in range(nb):
+            if v.strides[d]:
+                terms.append(f"b{d} * {v.strides[d]}")
+        for idx, stride in ((self.row, v.strides[nb]), (self.col, v.strides[nb + 1])):
+            if stride:
+                terms.append(idx if stride == 1 else f"{idx} * {stride}")
+        # keep the tile's 2-D shape even when a dimension is broadcast
+        terms.append(f"0 * ({self.row} + {self.col})")
+        return " + ".join(terms)
+
+    def load(self, slot: int) -> str:
+        if slot not in self.loaded:
+            site = self.spec.loads[slot]
+            name = f"{self.which}{slot}"
+            mask = f", mask={self.mask}, other=0" if self.mask in self.masks else ""
+            self.lines.append(f"{self.indent}{name} = tl.load(in{site.buffer} + ({self.offset(site)}){mask})")
+            self.loaded[slot] = name
+        return self.loaded[slot]
+
+    def emit(self, e: Expr) -> str:
+        return self.em.emit(e)
+
+
+def _masks(spec: MatmulSpec, config: Config) -> set[str]:
+    """Masks needed by this config (dimensions that divide the block sizes need none)."""
+    bm, bn, bk, split = (config.int(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K"))
+    even_m, even_n, even_k = spec.M % bm == 0, spec.N % bn == 0, spec.K % (bk * split) == 0
+    out = set()
+    if not (even_m and even_k):
+        out.add("a_mask")
+    if not (even_k and even_n):
+        out.add("b_mask")
+    if not (even_m and even_n):
+        out.add("c_mask")
+    return out
+
+
+def _mask_defs(spec: MatmulSpec, masks: set[str], indent: str, which: str) -> list[str]:
+    lines = []
+    if which == "a" and "a_mask" in masks:
+        lines.append(f"{indent}a_mask = (rm[:, None] < {spec.M}) & (kk[None, :] < {spec.K})")
+    if which == "b" and "b_mask" in masks:
+        lines.append(f"{indent}b_mask = (kk[:, None] < {spec.K}) & (rn[None, :] < {spec.N})")
+    if which == "c" and "c_mask" in masks:
+        lines.append(f"{indent}c_mask = (rm[:, None] < {spec.M}) & (rn[None, :] < {spec.N})")
+    return lines
+
+
+def _prelude(spec: MatmulSpec, L: list[str]) -> None:
+    """Program ids -> (pid_m, pid_n) with GROUP_M swizzling, batch indices, row/col ranges."""
+    M, N = spec.M, spec.N
+    L += [f"{IND}pid = tl.program_id(0)",
+          f"{IND}pid_b = tl.program_id(2)",
+          f"{IND}num_pid_m = tl.cdiv({M}, BLOCK_M)",
+          f"{IND}num_pid_n = tl.cdiv({N}, BLOCK_N)",
+          f"{IND}group = GROUP_M * num_pid_n",
+          f"{IND}first_m = (pid // group) * GROUP_M",
+          f"{IND}group_m = tl.minimum(num_pid_m - first_m, GROUP_M)",
+          f"{IND}pid_m = first_m + (pid % group) % group_m",
+          f"{IND}pid_n = (pid % group) // group_m",
+          f"{IND}rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
+          f"{IND}rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)"]
+    for d in range(len(spec.batch)):
+        inner = 1
+        for s in spec.batch[d + 1:]:
+            inner *= s
+        e = "pid_b" if inner == 1 else f"(pid_b // {inner})"
+        L.append(f"{IND}b{d} = {e}" + (f" % {spec.batch[d]}" if d > 0 else ""))
+
+
+def _epilogue(spec: MatmulSpec, L: list[str], masks: set[str]) -> None:
+    L += _mask_defs(spec, masks, IND, "c")
+    sc = _Scope(spec, L, IND, "c", "e", masks)
+    c_off = "rm[:, None] * {N} + rn[None, :]".format(N=spec.N)
+    if spec.batch:
+        c_off = f"pid_b * {spec.M * spec.N} + {c_off}"
+    store_mask = ", mask=c_mask" if "c_mask" in masks else ""
+    for o in spec.outs:
+        v = sc.emit(o.expr)
+        buf = spec.outputs[o.index]
+        if o.expr.op is E.CONST:
+            v = f"tl.full([BLOCK_M, BLOCK_N], {literal(o.expr.arg, o.expr.dtype)}, {tl_type(o.expr.dtype)})"
+        L.append(f"{IND}tl.store(out{o.index} + {c_off}, {v}.to({tl_type(buf.dtype)}){store_mask})")
+
+
+def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
+    """Readable, deterministic Triton source for a matmul kernel (and its split-K finisher).
+
+    The Triton interpreter computes bf16 dots wrongly (triton 3.6), so for it bf16 operands are
+    widened to f32: exact, since bf16 products are exact in f32 accumulation."""
+    masks = _masks(spec, config)
+    split = config.int("SPLIT_K")
+    args = spec.arg_names() + (["ws"] if split > 1 else [])
+    cexpr = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, " \
+            "SPLIT_K: tl.constexpr"
+    L: list[str] = [header(spec, config, "triton"), "import triton", "import triton.language as tl", "", "",
+                    "@triton.jit", f"def {spec.name}({', '.join(args)}, {cexpr}):"]
+    _prelude(spec, L)
+    acc_t = "tl.int32" if spec.operand_dtype.is_int else "tl.float32"
+    op_dt = spec.operand_dtype
+    if interpret and op_dt.name == "bf16":
+        op_dt = dt.f32
+    op_t = tl_type(op_dt)
+    precision = ', input_precision="ieee"' if op_dt.name in ("f32", "f64") else ""
+    L.append(f"{IND}acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
+    L.append(f"{IND}for k0 in range(tl.program_id(1) * BLOCK_K, {spec.K}, BLOCK_K * SPLIT_K):")
+    ind2 = IND * 2
+    L.append(f"{ind2}kk = k0 + tl.arange(0, BLOCK_K)")
+    operands = []
+    for which, e, pro in (("a", spec.a_expr, spec.has_prologue[0]), ("b", spec.b_expr, spec.has_prologue[1])):
+        L.extend(_mask_defs(spec, masks, ind2, which))
+        sc = _Scope(spec, L, ind2, which, f"{which}p", masks)
+        v = sc.emit(e)
+        if pro and f"{which}_mask" in masks:
+            # a prologue may map the zero padding to non-zero values: re-zero it
+            v_masked = f"{which}v"
+            L.append(f"{ind2}{v_masked} = tl.where({which}_mask, {v}, 0)")
+            v = v_masked
+        operands.append(f"{v}.to({op_t})" if e.dtype != op_dt else v)
+    L.append(f"{ind2}acc = tl.dot({operands[0]}, {operands[1]}, acc{precision})")
+    if split == 1:
+        _epilogue(spec, L, masks)
+        return "\n".join(L) + "\n"
+    # split-K: partial sums to the workspace, then a finishing kernel reduces and runs the epilogue
+    B = max(1, len(spec.batch) and _prod(spec.batch))
+    full = "(rm[:, None] < {M}) & (rn[None, :] < {N})".format(M=spec.M, N=spec.N)
+    ws_off = f"((tl.program_id(1) * {B} + pid_b) * {spec.M} + rm[:, None]) * {spec.N} + rn[None, :]"
+    L.append(f"{IND}tl.store(ws + {ws_off}, acc, mask={full})")
+    L += ["", "", "@triton.jit", f"def {spec.name}_finish({', '.join(args)}, {cexpr}):"]
+    _prelude(spec, L)
+    L.append(f"{IND}acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
+    L.append(f"{IND}for s in range(SPLIT_K):")
+    L.append(f"{IND * 2}acc += tl.load(ws + ((s * {B} + pid_b) * {spec.M} + rm[:, None]) * {spec.N} + rn[None, :], "
+             f"mask={full}, other=0)")
+    _epilogue(spec, L, masks)
+    return "\n".join(L) + "\n"
+
+
+def _prod(xs: tuple[int, ...]) -> int:
+    p = 1
+    for x in xs:
+        p *= x
+    return p
