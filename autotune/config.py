@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Union
+from collections.abc import Iterator, Mapping
 
 JSONScalar = Union[bool, int, float, str, None]
 

@@ -3,7 +3,8 @@ rule raises an error naming the op and the backend."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ..ir.expr import E
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ..ir import dtypes as dt
 from ..ir.expr import E, Expr
@@ -33,8 +34,12 @@ def literal(v: Any, d: dt.DType) -> str:
     return str(int(v))
 
 
+def _is_literal(x: str) -> bool:
+    return x.startswith("float(") or x in ("True", "False") or x.lstrip("-")[:1].isdigit()
+
+
 def _f32(x: str, d: dt.DType) -> str:
-    return f"{x}.to(tl.float32)" if d in (dt.f16, dt.bf16) else x
+    return f"{x}.to(tl.float32)" if d in (dt.f16, dt.bf16) and not _is_literal(x) else x
 
 
 def _back(x: str, d: dt.DType) -> str:
@@ -66,7 +71,7 @@ def _abs(e: Expr, a: str) -> str:
 # bf16 arithmetic is computed in f32 and rounded after each op (what the reference does); the
 # Triton interpreter has no bf16 arithmetic of its own.
 def _bf16_f32(x: str, d: dt.DType) -> str:
-    return f"{x}.to(tl.float32)" if d == dt.bf16 else x
+    return f"{x}.to(tl.float32)" if d == dt.bf16 and not _is_literal(x) else x
 
 
 def _bf16_back(x: str, d: dt.DType) -> str:

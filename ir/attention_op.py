@@ -24,7 +24,7 @@ import numpy as np
 from . import dtypes as dt
 from .expr import E, Expr, toposort as expr_toposort
 from .ops import Node, Op, VerifyError, fmt_shape, register
-from .reference import ReferenceError_, eval_expr, evaluator, rnd
+from .reference import ReferenceEvalError, eval_expr, evaluator, rnd
 
 ATTN_DTYPES = (dt.f16, dt.bf16, dt.f32)
 INDEX_VARS = ("b", "h", "q_idx", "kv_idx")
@@ -120,7 +120,7 @@ def make_loader(xs: list[Any], what: str) -> Any:
         full = np.broadcast_arrays(*[np.asarray(j, dtype=np.int64) for j in idx])
         for axis, j in enumerate(full):
             if j.size and (j.min() < 0 or j.max() >= arr.shape[axis]):
-                raise ReferenceError_(f"{what}: load of operand {i} index on axis {axis} spans "
+                raise ReferenceEvalError(f"{what}: load of operand {i} index on axis {axis} spans "
                                       f"{j.min()}..{j.max()}, outside 0..{arr.shape[axis] - 1}")
         return arr[tuple(full)]
 

@@ -11,7 +11,8 @@ import enum
 import math
 import threading
 import weakref
-from typing import Any, Callable, Union
+from typing import Any, Union
+from collections.abc import Callable
 
 from . import dtypes as dt
 from .dtypes import DType
@@ -89,7 +90,7 @@ class ExprError(TypeError):
 
 Scalar = Union[bool, int, float]
 _NAN = float("nan")
-_CACHE: "weakref.WeakValueDictionary[tuple[Any, ...], Expr]" = weakref.WeakValueDictionary()
+_CACHE: weakref.WeakValueDictionary[tuple[Any, ...], Expr] = weakref.WeakValueDictionary()
 _LOCK = threading.Lock()
 
 

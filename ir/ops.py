@@ -7,7 +7,8 @@ import enum
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from . import dtypes as dt
 from .dtypes import DType
@@ -50,7 +51,7 @@ class VerifyError(ValueError):
 
 
 Attrs = tuple[tuple[str, Any], ...]
-_CACHE: "weakref.WeakValueDictionary[tuple[Any, ...], Node]" = weakref.WeakValueDictionary()
+_CACHE: weakref.WeakValueDictionary[tuple[Any, ...], Node] = weakref.WeakValueDictionary()
 _LOCK = threading.Lock()
 
 

@@ -8,7 +8,8 @@ intermediates gives. Accumulations (sum, matmul) happen in float64.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -22,7 +23,7 @@ Array = np.ndarray
 EVALUATORS: dict[Op, Callable[[Node, list[Any]], Any]] = {}
 
 
-class ReferenceError_(RuntimeError):
+class ReferenceEvalError(RuntimeError):
     """The reference evaluator cannot evaluate a node (missing rule or bad input array)."""
 
 
@@ -57,17 +58,17 @@ def evaluate(g: Graph, inputs: Mapping[str, Any]) -> dict[str, Array]:
     for n in g.inputs:
         name = n.attr("name")
         if name not in inputs:
-            raise ReferenceError_(f"graph {g.name}: missing input {name!r}")
+            raise ReferenceEvalError(f"graph {g.name}: missing input {name!r}")
         a = host(inputs[name], n.dtype)
         if tuple(a.shape) != n.shape:
-            raise ReferenceError_(f"input {name}: expected shape {list(n.shape)}, got {list(a.shape)}")
+            raise ReferenceEvalError(f"input {name}: expected shape {list(n.shape)}, got {list(a.shape)}")
         env[id(n)] = a
     for n in g.nodes:
         if id(n) in env:
             continue
         fn = EVALUATORS.get(n.op)
         if fn is None:
-            raise ReferenceError_(f"no reference semantics for op {n.op.value}")
+            raise ReferenceEvalError(f"no reference semantics for op {n.op.value}")
         env[id(n)] = fn(n, [env[id(s)] for s in n.src])
     return {name: env[id(n)] for name, n in g.outputs}
 
@@ -120,13 +121,13 @@ def eval_expr(e: Expr, args: list[Any] | None = None, variables: Mapping[str, An
                 v = np.asarray(args[n.arg])
             elif n.op is E.VAR:
                 if n.arg not in variables:
-                    raise ReferenceError_(f"expression variable {n.arg!r} has no value; given: {sorted(variables)}")
+                    raise ReferenceEvalError(f"expression variable {n.arg!r} has no value; given: {sorted(variables)}")
                 v = np.asarray(variables[n.arg])
             elif n.op is E.CONST:
                 v = np.asarray(n.arg, dtype=np.float64 if n.dtype.is_float else bool if n.dtype.is_bool else np.int64)
             elif n.op is E.LOAD:
                 if loads is None:
-                    raise ReferenceError_("expression loads from an operand but no loader was given")
+                    raise ReferenceEvalError("expression loads from an operand but no loader was given")
                 v = loads(n.arg, src)
             elif n.op is E.CAST:
                 v = src[0]
@@ -149,7 +150,7 @@ def eval_expr(e: Expr, args: list[Any] | None = None, variables: Mapping[str, An
             elif n.op is E.WHERE:
                 v = np.where(src[0], src[1], src[2])
             else:
-                raise ReferenceError_(f"no reference semantics for expression op {n.op.value}")
+                raise ReferenceEvalError(f"no reference semantics for expression op {n.op.value}")
             memo[id(n)] = v if n.op in (E.ARG, E.VAR, E.LOAD) else rnd(v, n.dtype)
     return memo[id(e)]
 
@@ -157,7 +158,7 @@ def eval_expr(e: Expr, args: list[Any] | None = None, variables: Mapping[str, An
 def _bitcast(x: Array, src: DType, dst: DType) -> Array:
     a = np.asarray(x).astype(dt.to_numpy(src) if src not in (dt.bf16,) else np.float32)
     if src == dt.bf16 or dst == dt.bf16:
-        raise ReferenceError_("bitcast to or from bf16 is not supported by the reference")
+        raise ReferenceEvalError("bitcast to or from bf16 is not supported by the reference")
     return host(a.view(dt.to_numpy(dst)), dst)
 
 
@@ -175,7 +176,8 @@ def _pointwise(n: Node, xs: list[Any]) -> Array:
 
 @evaluator(Op.REDUCE)
 def _reduce(n: Node, xs: list[Any]) -> Array:
-    fn = {"sum": np.sum, "max": np.max, "min": np.min, "mean": np.mean}[n.attr("op")]
+    fns: dict[str, Callable[..., Any]] = {"sum": np.sum, "max": np.max, "min": np.min, "mean": np.mean}
+    fn = fns[n.attr("op")]
     return rnd(fn(xs[0], axis=n.attr("axes"), keepdims=n.attr("keepdim")), n.dtype)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import dtypes as dt
 from .ops import Node, Op, VerifyError, fmt_shape, register
-from .reference import ReferenceError_, evaluator, rnd
+from .reference import ReferenceEvalError, evaluator, rnd
 
 FORMATS = ("csr", "bsr", "2:4")
 INDEX_DTYPES = (dt.i32, dt.i64)
@@ -167,20 +167,20 @@ def _validate(sv: SparseValue) -> None:
     if sv.format == "2:4":
         meta = sv.arrays[1]
         if meta.size and (meta.min() < 0 or meta.max() > 3):
-            raise ReferenceError_(f"sparse 2:4: meta values span {meta.min()}..{meta.max()}; accepted 0..3")
+            raise ReferenceEvalError(f"sparse 2:4: meta values span {meta.min()}..{meta.max()}; accepted 0..3")
         if np.any(meta[:, 0::2] == meta[:, 1::2]):
             r, g = np.argwhere(meta[:, 0::2] == meta[:, 1::2])[0]
-            raise ReferenceError_(f"sparse 2:4: row {r} group {g} names column {meta[r, 2 * g]} twice")
+            raise ReferenceEvalError(f"sparse 2:4: row {r} group {g} names column {meta[r, 2 * g]} twice")
         return
     indptr, indices = sv.arrays[0], sv.arrays[1]
     cols = k // sv.block[1]
     if indptr[0] != 0 or indptr[-1] != len(indices):
-        raise ReferenceError_(f"sparse {sv.format}: indptr must run from 0 to nnz={len(indices)}, "
+        raise ReferenceEvalError(f"sparse {sv.format}: indptr must run from 0 to nnz={len(indices)}, "
                               f"got {indptr[0]}..{indptr[-1]}")
     if np.any(np.diff(indptr) < 0):
-        raise ReferenceError_(f"sparse {sv.format}: indptr decreases at row {int(np.argmax(np.diff(indptr) < 0))}")
+        raise ReferenceEvalError(f"sparse {sv.format}: indptr decreases at row {int(np.argmax(np.diff(indptr) < 0))}")
     if indices.size and (indices.min() < 0 or indices.max() >= cols):
-        raise ReferenceError_(f"sparse {sv.format}: column indices span {indices.min()}..{indices.max()}, "
+        raise ReferenceEvalError(f"sparse {sv.format}: column indices span {indices.min()}..{indices.max()}, "
                               f"outside 0..{cols - 1}")
 
 

@@ -5,7 +5,7 @@ matmul accumulator."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from ..ir import expr as ex
 from ..ir.dtypes import DType

@@ -118,7 +118,7 @@ def _prelude(spec: MatmulSpec, L: list[str]) -> None:
 def _epilogue(spec: MatmulSpec, L: list[str], masks: set[str]) -> None:
     L += _mask_defs(spec, masks, IND, "c")
     sc = _Scope(spec, L, IND, "c", "e", masks)
-    c_off = "rm[:, None] * {N} + rn[None, :]".format(N=spec.N)
+    c_off = f"rm[:, None] * {spec.N} + rn[None, :]"
     if spec.batch:
         c_off = f"pid_b * {spec.M * spec.N} + {c_off}"
     store_mask = ", mask=c_mask" if "c_mask" in masks else ""
@@ -170,7 +170,7 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
         return "\n".join(L) + "\n"
     # split-K: partial sums to the workspace, then a finishing kernel reduces and runs the epilogue
     B = max(1, len(spec.batch) and _prod(spec.batch))
-    full = "(rm[:, None] < {M}) & (rn[None, :] < {N})".format(M=spec.M, N=spec.N)
+    full = f"(rm[:, None] < {spec.M}) & (rn[None, :] < {spec.N})"
     ws_off = f"((tl.program_id(1) * {B} + pid_b) * {spec.M} + rm[:, None]) * {spec.N} + rn[None, :]"
     L.append(f"{IND}tl.store(ws + {ws_off}, acc, mask={full})")
     L += ["", "", "@triton.jit", f"def {spec.name}_finish({', '.join(args)}, {cexpr}):"]

@@ -244,7 +244,7 @@ class _Fuser:
         live = [grp for grp in self.groups if grp.alive]
         # Graph outputs that no kernel computes (inputs, views, inlined ops) get a copy kernel.
         copies = []
-        for name, n in self.g.outputs:
+        for _name, n in self.g.outputs:
             if id(n) not in self.where:
                 copies.append(FusionGroup("copy", None, n.shape, (), (n,)))
         order = self.toposort(live)

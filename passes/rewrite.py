@@ -4,7 +4,8 @@ new node or None. Nodes are rebuilt bottom-up; each node is rewritten to a fixpo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from ..ir.expr import E, Expr
 from ..ir.expr import toposort as expr_toposort

@@ -7,7 +7,7 @@ import pytest
 
 import tilefuse as tf
 from tilefuse.ir import Op, VerifyError, make, parse_graph
-from tilefuse.ir.reference import ReferenceError_, evaluate
+from tilefuse.ir.reference import ReferenceEvalError, evaluate
 from tilefuse.ir.sparse_op import bsr_from_dense, csr_from_dense, prune_2to4
 
 RNG = np.random.default_rng(77)
@@ -80,11 +80,11 @@ def test_csr_reference_validation():
     g = csr_graph(3, 4, 2, 3)
     b = RNG.standard_normal((4, 2))
     vals = RNG.standard_normal(3)
-    with pytest.raises(ReferenceError_, match=r"indptr decreases at row 1"):
+    with pytest.raises(ReferenceEvalError, match=r"indptr decreases at row 1"):
         evaluate(g, {"indptr": np.array([0, 2, 1, 3]), "indices": np.array([0, 1, 2]), "values": vals, "b": b})
-    with pytest.raises(ReferenceError_, match=r"column indices span 0..4, outside 0..3"):
+    with pytest.raises(ReferenceEvalError, match=r"column indices span 0..4, outside 0..3"):
         evaluate(g, {"indptr": np.array([0, 1, 2, 3]), "indices": np.array([0, 4, 2]), "values": vals, "b": b})
-    with pytest.raises(ReferenceError_, match=r"indptr must run from 0 to nnz=3"):
+    with pytest.raises(ReferenceEvalError, match=r"indptr must run from 0 to nnz=3"):
         evaluate(g, {"indptr": np.array([0, 1, 2, 2]), "indices": np.array([0, 1, 2]), "values": vals, "b": b})
 
 
@@ -112,7 +112,7 @@ def test_24_spmm_vs_dense():
     np.testing.assert_allclose(got, pruned @ b, rtol=1e-12, atol=1e-12)
     bad = meta.copy()
     bad[1, 2] = bad[1, 3]
-    with pytest.raises(ReferenceError_, match=r"row 1 group 1 names column"):
+    with pytest.raises(ReferenceEvalError, match=r"row 1 group 1 names column"):
         evaluate(g, {"values": vals, "meta": bad, "b": b})
 
 

@@ -1,0 +1,200 @@
+"""The tilefuse command line: compile, run, show."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MANIFEST_SCHEMA = 1
+
+
+def _sizes(items: list[str]) -> dict[str, int]:
+    out = {}
+    for it in items:
+        k, _, v = it.partition("=")
+        if not v.isdigit():
+            raise SystemExit(f"--set expects NAME=INT, got {it!r}")
+        out[k] = int(v)
+    return out
+
+
+def _load(path: str, sets: list[str]) -> Any:
+    from .ir.text import ParseError, load_graph
+
+    try:
+        return load_graph(path, _sizes(sets))
+    except FileNotFoundError:
+        raise SystemExit(f"error: no such file {path}") from None
+    except ParseError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .passes import run_pipeline
+    from .report import format_pipeline
+
+    print(format_pipeline(run_pipeline(_load(args.file, args.set))))
+    return 0
+
+
+def random_inputs(g: Any, seed: int) -> dict[str, Any]:
+    """Fresh random inputs; matmul weights are scaled by 1/sqrt(K), as initialisations are, so
+    f16 results stay in range."""
+    import numpy as np
+
+    from .ir.ops import Op
+    from .passes.views import base_of
+
+    scale: dict[str, float] = {}
+    for n in g.nodes:
+        if n.op is Op.MATMUL:
+            b = base_of(n.src[1])
+            k = n.src[1].shape[-1] if n.attr("trans_b") else n.src[1].shape[-2]
+            if b.op is Op.INPUT:
+                scale[b.attr("name")] = 1.0 / float(np.sqrt(k))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in g.inputs:
+        if n.dtype.is_float:
+            x = rng.standard_normal(n.shape) * scale.get(n.attr("name"), 1.0)
+            out[n.attr("name")] = x.astype(np.float32)
+        elif n.dtype.is_bool:
+            out[n.attr("name")] = rng.random(n.shape) < 0.5
+        else:
+            out[n.attr("name")] = rng.integers(-8, 8, n.shape).astype(np.int64)
+    return out
+
+
+def check_against_reference(cg: Any, seed: int = 0) -> list[tuple[str, float, float, bool]]:
+    """Run on fresh random inputs with poisoned outputs; (output, max error, bound, ok) each."""
+    import numpy as np
+
+    from .ir import dtypes as dt
+    from .ir.reference import evaluate
+
+    ins = random_inputs(cg.graph, seed)
+    outs = cg.run(ins, poison=True)
+    ref = evaluate(cg.graph, ins)
+    rows = []
+    for name, node in cg.graph.outputs:
+        got = outs[name]
+        if hasattr(got, "detach"):
+            got = got.detach().cpu().float().numpy() if node.dtype.is_float else got.detach().cpu().numpy()
+        got = np.asarray(got, dtype=np.float64)
+        rtol, atol = dt.tolerance(node.dtype)
+        scale = float(np.max(np.abs(ref[name]))) if ref[name].size else 1.0
+        err = float(np.max(np.abs(got - ref[name]))) if got.size else 0.0
+        bound = atol * max(1.0, scale) + rtol * scale
+        rows.append((name, err, bound, bool(np.isfinite(err) and err <= bound)))
+    return rows
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.target == "interp":
+        from .compiler import ensure_interpreter
+
+        ensure_interpreter()
+    import tilefuse
+
+    g = _load(args.file, args.set)
+    cg = tilefuse.compile(g, target=args.target)
+    print(cg.report())
+    ok = True
+    for name, err, bound, good in check_against_reference(cg, args.seed):
+        ok &= good
+        print(f"  {name}: max |err| vs reference {err:.3e} (bound {bound:.3e}) {'OK' if good else 'FAIL'}")
+    return 0 if ok else 1
+
+
+def write_bundle(cg: Any, out: Path) -> Path:
+    """Write each kernel's source, PTX and cubin plus manifest.json into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    kernels = []
+    for ck in cg.kernels:
+        spec = ck.spec
+        ext = "py" if cg.target.backend == "triton" else "tir.py"
+        (out / f"{spec.name}.{ext}").write_text(ck.source, encoding="utf-8")
+        entry: dict[str, Any] = {
+            "name": spec.name, "family": spec.family, "workload_key": spec.key, "source": f"{spec.name}.{ext}",
+            "config": dict(ck.config), "config_source": ck.config_source, "grid": list(spec.grid(ck.config)),
+            "signature": [{"name": a, "dtype": b.dtype.name, "shape": list(b.shape), "buffer": b.name, "role": r}
+                          for a, b, r in zip(spec.arg_names(), spec.inputs + spec.outputs,
+                                             ["input"] * len(spec.inputs) + ["output"] * len(spec.outputs))],
+            "constexprs": spec.triton_constexprs(ck.config) if cg.target.backend == "triton" else {},
+            "binaries": {},
+        }
+        for arch, bins in ck.binaries.items():
+            for fn, b in bins.items():
+                (out / f"{fn}.{arch}.ptx").write_text(b.ptx, encoding="utf-8")
+                (out / f"{fn}.{arch}.cubin").write_bytes(b.cubin)
+                entry["binaries"].setdefault(arch, []).append({
+                    "function": fn, "mangled_name": b.fn_name, "ptx": f"{fn}.{arch}.ptx",
+                    "cubin": f"{fn}.{arch}.cubin", "shared_mem_bytes": b.shared_mem_bytes,
+                    "num_warps": b.num_warps, "num_stages": b.num_stages, "resources": b.resources.to_dict()})
+        kernels.append(entry)
+    manifest = {"schema_version": MANIFEST_SCHEMA, "graph": cg.graph.name, "graph_key": cg.graph.key,
+                "target": cg.target.name, "inputs": [{"name": n.attr("name"), "dtype": n.dtype.name,
+                                                      "shape": list(n.shape)} for n in cg.graph.inputs],
+                "outputs": [{"name": n, "buffer": b.name} for n, b in cg.pipeline.kernels.outputs],
+                "kernels": kernels}
+    tmp = out / ".manifest.json.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / "manifest.json")
+    return out / "manifest.json"
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import tilefuse
+
+    g = _load(args.file, args.set)
+    t0 = time.perf_counter()
+    cg = tilefuse.compile(g, target=args.target)
+    dt_s = time.perf_counter() - t0
+    print(cg.report())
+    print(f"compiled in {dt_s:.2f} s")
+    if args.out:
+        path = write_bundle(cg, Path(args.out))
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tilefuse` command."""
+    p = argparse.ArgumentParser(prog="tilefuse", description="ahead-of-time kernel compiler for tensor-op graphs")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, fn, help_ in (("compile", cmd_compile, "compile a .tf graph and write kernels + manifest"),
+                            ("run", cmd_run, "run a .tf graph on random inputs and check it against the reference"),
+                            ("show", cmd_show, "print the graph after each pass")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("file")
+        sp.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="override a size parameter")
+        if name != "show":
+            sp.add_argument("--target", default="cpu" if name == "run" else "sm_90",
+                            help="cpu | interp | sm_80 | sm_90")
+        if name == "compile":
+            sp.add_argument("--out", help="directory for sources, PTX, cubins and manifest.json")
+        if name == "run":
+            sp.add_argument("--seed", type=int, default=0)
+        sp.set_defaults(fn=fn)
+    args = p.parse_args(argv)
+    from .autotune.target import TargetError
+    from .compiler import CompileError, RuntimeUnavailable
+    from .kernels import UnsupportedKernel
+
+    try:
+        return int(args.fn(args))
+    except (TargetError, CompileError, RuntimeUnavailable, UnsupportedKernel) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
