@@ -113,7 +113,8 @@ class MatmulSpec(KernelSpec):
             out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
         if split > 1 and split * bk > next_pow2(self.K):
             out.append(f"SPLIT_K={split} x BLOCK_K={bk} exceeds K={self.K}")
-        if bm > max(16, next_pow2(self.M)) or bn > max(16, next_pow2(self.N)):
+        min_m = 64 if target.arch >= 90 else 16
+        if bm > max(min_m, next_pow2(self.M)) or bn > max(16, next_pow2(self.N)):
             out.append(f"tile {bm}x{bn} is larger than the {self.M}x{self.N} output")
         if bk > max(16, next_pow2(self.K)):
             out.append(f"BLOCK_K={bk} exceeds K={self.K}")
@@ -131,7 +132,8 @@ class MatmulSpec(KernelSpec):
 
         arch = target.schedule_arch
         if arch >= 90:
-            bm, bn, bk, warps, stages = fit(self.M, 128), fit(self.N, 256), fit(self.K, 64), 8, 3
+            # wgmma works on 64-row warpgroup tiles: smaller M still gets a 64-row tile (masked).
+            bm, bn, bk, warps, stages = max(64, fit(self.M, 128)), fit(self.N, 256), fit(self.K, 64), 8, 3
         else:
             bm, bn, bk, warps, stages = fit(self.M, 128), fit(self.N, 128), fit(self.K, 32), 4, 3
             if bm * bn >= 128 * 128:
