@@ -1,0 +1,43 @@
+"""CLI: show, run (interp), compile (sm_90 bundle + manifest), and clear errors."""
+
+import json
+
+from tilefuse.cli import main
+
+SMALL = ["--set", "T=3", "--set", "H=32", "--set", "I=48"]
+
+
+def test_show_prints_every_pass(capsys):
+    assert main(["show", "examples/decoder_mlp.tf", *SMALL]) == 0
+    out = capsys.readouterr().out
+    for stage in ("== source ==", "== canonicalize ==", "== fuse ==", "== partition =="):
+        assert stage in out
+
+
+def test_run_interp_checks_reference(capsys):
+    assert main(["run", "examples/decoder_mlp.tf", "--target", "interp", *SMALL]) == 0
+    assert "y: max |err| vs reference" in capsys.readouterr().out
+
+
+def test_compile_writes_bundle(tmp_path, capsys):
+    assert main(["compile", "examples/decoder_mlp.tf", "--target", "sm_90", "--out", str(tmp_path), *SMALL]) == 0
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["schema_version"] == 1 and m["target"] == "sm_90" and len(m["kernels"]) == 4
+    for k in m["kernels"]:
+        (b,) = k["binaries"]["sm_90"]
+        assert (tmp_path / b["cubin"]).stat().st_size > 0
+        assert (tmp_path / k["source"]).read_text().startswith("# tilefuse generated")
+        assert k["grid"] and k["config"] and b["resources"]["registers"] > 0
+
+
+def test_errors_are_clear(tmp_path, capsys):
+    bad = tmp_path / "bad.tf"
+    bad.write_text("graph g {\n  %x = input f16[4]\n  %y = pointwise(%x) {expr=(exp $0:f32)}\n  output y = %y\n}\n")
+    try:
+        main(["show", str(bad)])
+    except SystemExit as e:
+        assert "bad.tf:3:" in str(e) and "reads it as f32" in str(e)
+    else:
+        raise AssertionError("expected a parse error")
+    assert main(["run", "examples/decoder_mlp.tf", "--target", "sm_99", *SMALL]) == 2
+    assert "unknown target 'sm_99'" in capsys.readouterr().err
