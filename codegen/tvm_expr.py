@@ -8,7 +8,8 @@ TVM is imported lazily by whoever imports this module (it is an optional depende
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import tvm
 from tvm import tirx
@@ -33,6 +34,11 @@ def tvm_dtype(d: dt.DType, op: str = "value") -> str:
         raise LoweringError(f"tvm: dtype {d} of {op} is not supported by the tvm backend; accepted: "
                             f"{', '.join(sorted(x.name for x in _TVM_NAMES))}")
     return name
+
+
+def dtype_of(x: PrimExpr) -> str:
+    """The TVM dtype string of a PrimExpr."""
+    return str(x.ty)
 
 
 def is_half(d: dt.DType) -> bool:
@@ -63,9 +69,33 @@ def _back(x: PrimExpr, d: dt.DType) -> PrimExpr:
     return tirx.Cast(tvm_dtype(d), x) if is_half(d) else x
 
 
+def _exp(x: PrimExpr) -> PrimExpr:
+    """exp; in f32 a Cephes-style polynomial (about 1 ulp) that vectorizes, where LLVM would call
+    libm once per lane. inf, -inf and NaN map as exp does."""
+    if dtype_of(x) != "float32":
+        return tirx.exp(x)
+
+    def c(v: float) -> PrimExpr:
+        return tirx.const(v, "float32")
+
+    hi = 88.3762626647949
+    xc = tirx.Max(tirx.Min(x, c(hi)), c(-hi))
+    n = tirx.floor(xc * c(1.44269504088896341) + c(0.5))
+    r = xc - n * c(0.693359375) - n * c(-2.12194440e-4)
+    p = c(1.9875691500e-4)
+    for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + c(coef)
+    p = p * r * r + r + c(1.0)
+    scale = tirx.reinterpret("float32", tirx.LShift(tirx.Cast("int32", n) + tirx.const(127, "int32"),
+                                                    tirx.const(23, "int32")))
+    y = p * scale
+    y = tirx.Select(x > c(88.72283935546875), c(float("inf")), y)  # above log(FLT_MAX)
+    return tirx.Select(tirx.isnan(x), x, y)
+
+
 def _sigmoid(x: PrimExpr) -> PrimExpr:
-    one = tirx.const(1.0, x.dtype)
-    return one / (one + tirx.exp(-x))
+    one = tirx.const(1.0, dtype_of(x))
+    return one / (one + _exp(-x))
 
 
 def _tanh(x: PrimExpr) -> PrimExpr:
@@ -73,10 +103,10 @@ def _tanh(x: PrimExpr) -> PrimExpr:
 
 
 _MATH: dict[E, Callable[[PrimExpr], PrimExpr]] = {
-    E.EXP: tirx.exp, E.EXP2: tirx.exp2, E.LOG: tirx.log, E.LOG2: tirx.log2, E.LOG1P: tirx.log1p,
-    E.SQRT: tirx.sqrt, E.RSQRT: lambda x: tirx.const(1.0, x.dtype) / tirx.sqrt(x), E.SIN: tirx.sin,
+    E.EXP: _exp, E.EXP2: tirx.exp2, E.LOG: tirx.log, E.LOG2: tirx.log2, E.LOG1P: tirx.log1p,
+    E.SQRT: tirx.sqrt, E.RSQRT: lambda x: tirx.const(1.0, dtype_of(x)) / tirx.sqrt(x), E.SIN: tirx.sin,
     E.COS: tirx.cos, E.TANH: _tanh, E.SIGMOID: _sigmoid, E.ERF: tirx.erf,
-    E.RECIP: lambda x: tirx.const(1.0, x.dtype) / x, E.FLOOR: tirx.floor, E.CEIL: tirx.ceil,
+    E.RECIP: lambda x: tirx.const(1.0, dtype_of(x)) / x, E.FLOOR: tirx.floor, E.CEIL: tirx.ceil,
 }
 
 
@@ -89,7 +119,7 @@ def _math(e: Expr, a: PrimExpr) -> PrimExpr:
 
 @register_lowering(B, E.NEG)
 def _neg(e: Expr, a: PrimExpr) -> PrimExpr:
-    return tirx.const(0, a.dtype) - a if not e.dtype.is_float else -a
+    return tirx.const(0, dtype_of(a)) - a if not e.dtype.is_float else -a
 
 
 @register_lowering(B, E.ABS)
@@ -170,10 +200,10 @@ def _where(e: Expr, c: PrimExpr, a: PrimExpr, b: PrimExpr) -> PrimExpr:
 def _cast(e: Expr, a: PrimExpr) -> PrimExpr:
     src = e.src[0].dtype
     if e.dtype.is_bool:
-        return tirx.NE(a, tirx.const(0, a.dtype) if not src.is_bool else tirx.const(False, "bool"))
+        return tirx.NE(a, tirx.const(0, dtype_of(a)) if not src.is_bool else tirx.const(False, "bool"))
     if src.is_float and e.dtype.is_int:
         # fptosi truncates toward zero; NaN becomes 0 as the reference's nan_to_num does
-        a = tirx.Select(tirx.isnan(a), tirx.const(0.0, a.dtype), a)
+        a = tirx.Select(tirx.isnan(a), tirx.const(0.0, dtype_of(a)), a)
     if is_half(src) and is_half(e.dtype):
         a = tirx.Cast("float32", a)  # f16 <-> bf16 goes through f32
     return tirx.Cast(tvm_dtype(e.dtype, "cast"), a)
@@ -209,3 +239,40 @@ def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
 def tvm_version() -> str:
     """The installed TVM version (part of every build-cache key)."""
     return str(tvm.__version__)
+
+
+def _merged_dims(shape: tuple[int, ...], strides: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(size, stride) groups after merging dims that step through memory as one (size-1 dims dropped)."""
+    out: list[tuple[int, int]] = []
+    for size, stride in zip(shape, strides):
+        if size == 1:
+            continue
+        if out and out[-1][1] == stride * size:
+            out[-1] = (out[-1][0] * size, stride)
+        else:
+            out.append((size, stride))
+    return out
+
+
+def view_offset(shape: tuple[int, ...], strides: tuple[int, ...], offset: int, lead: int,
+                flat: PrimExpr, trailing: list[PrimExpr]) -> PrimExpr:
+    """Element offset of a strided view: its first `lead` dims are indexed by the row-major
+    unflattening of `flat`, the remaining dims by `trailing`."""
+    terms: list[PrimExpr] = []
+    groups = _merged_dims(shape[:lead], strides[:lead])
+    inner = 1
+    for g, (size, stride) in reversed(list(enumerate(groups))):
+        if stride:
+            idx = flat if inner == 1 else tirx.floordiv(flat, inner)
+            if g > 0:
+                idx = tirx.floormod(idx, size)
+            terms.append(idx if stride == 1 else idx * stride)
+        inner *= size
+    for d, idx in enumerate(trailing):
+        stride = strides[lead + d]
+        if stride and shape[lead + d] != 1:
+            terms.append(idx if stride == 1 else idx * stride)
+    total: PrimExpr | None = tirx.const(offset, "int32") if offset else None
+    for t in reversed(terms):
+        total = t if total is None else total + t
+    return tirx.const(0, "int32") if total is None else total

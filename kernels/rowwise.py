@@ -121,6 +121,9 @@ class RowwiseSpec(KernelSpec):
 
     def constraints(self, config: Config, target: Target) -> list[str]:
         if target.kind == "cpu":
+            v = config.int("vector")
+            if v > next_pow2(self.cols):
+                return [f"vector={v} exceeds the {self.cols} columns (next power of two {next_pow2(self.cols)})"]
             return []
         out = []
         br, bc, warps = config.int("BLOCK_R"), config.int("BLOCK_C"), config.int("num_warps")

@@ -1,0 +1,207 @@
+"""Building and running TVM (LLVM, host CPU) kernels, with a content-addressed library cache.
+
+`build(spec, config, cache)` lowers a KernelSpec to TIR (kernels/*_tvm.py), applies the Config's
+schedule, compiles it with `tvm.compile` for the host CPU and returns a callable `TvmKernel`.
+The exported shared library is stored in a BuildCache under the sha256 of {workload key, config,
+TVM version, target, schema}; a later build of the same kernel loads it and compiles nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..autotune.config import Config
+from ..ir import dtypes as dt
+from .cache import BuildCache
+from .lowering import LoweringError
+
+if TYPE_CHECKING:
+    import tvm
+
+    from ..kernels.base import KernelSpec
+
+SCHEMA_VERSION = 1
+LIBRARY = "kernel.so"
+
+
+@functools.lru_cache(maxsize=1)
+def host_target() -> dict[str, str]:
+    """The LLVM target of this machine's CPU (`-mcpu=native`), as TVM's JSON target dict."""
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}
+
+
+def _family(spec: KernelSpec) -> Any:
+    if spec.family == "matmul":
+        from ..kernels import matmul_tvm
+
+        return matmul_tvm
+    if spec.family in ("pointwise", "reduction", "copy"):
+        from ..kernels import rowwise_tvm
+
+        return rowwise_tvm
+    raise LoweringError(f"tvm: kernel family {spec.family!r} of {spec.name} has no tvm template")
+
+
+def scheduled_module(spec: KernelSpec, config: Config) -> tvm.IRModule:
+    """The scheduled TIR module of `spec` under `config` (deterministic)."""
+    fam = _family(spec)
+    return fam.schedule(fam.build_module(spec, config), spec, config)
+
+
+def source(spec: KernelSpec, config: Config) -> str:
+    """The scheduled TIR script, opened by a header naming the kernel, family and config."""
+    from ..kernels.base import header
+
+    return header(spec, config, "tvm") + scheduled_module(spec, config).script() + "\n"
+
+
+def cache_payload(spec: KernelSpec, config: Config) -> dict[str, Any]:
+    """Everything that determines the built library, as JSON data (hashed into the cache key)."""
+    import tvm
+
+    return {"kind": "tvm-llvm-library", "schema": SCHEMA_VERSION, "workload": spec.key,
+            "config": json.loads(config.to_json()), "tvm": str(tvm.__version__), "target": host_target()}
+
+
+def _np_dtype(d: dt.DType) -> Any:
+    if d == dt.bf16:
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    if d in (dt.f8e4m3, dt.f8e5m2) or d.packed:
+        raise LoweringError(f"tvm: dtype {d} is not supported by the tvm backend")
+    return dt.to_numpy(d)
+
+
+class TvmKernel:
+    """A built kernel: call it on numpy arrays (inputs, outputs), or time it."""
+
+    def __init__(self, spec: KernelSpec, config: Config, module: Any, shapes: list[tuple[int, ...]],
+                 key: str, compiled: bool, path: Path | None = None):
+        self.name = spec.name
+        self.config = config
+        self.module = module
+        self.shapes = shapes
+        self.dtypes = [b.dtype for b in list(spec.inputs) + list(spec.outputs)]
+        self.n_inputs = len(spec.inputs)
+        self.key = key
+        self.compiled = compiled  # False when the library came from the cache
+        self.path = path
+        self.func = module[spec.name]
+
+    @property
+    def from_cache(self) -> bool:
+        """Whether the library was loaded from the build cache (no compiler work)."""
+        return not self.compiled
+
+    def _args(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> list[Any]:
+        import tvm
+
+        if len(inputs) != self.n_inputs or len(outputs) != len(self.shapes) - self.n_inputs:
+            raise ValueError(f"{self.name}: expected {self.n_inputs} inputs and "
+                             f"{len(self.shapes) - self.n_inputs} outputs, got {len(inputs)} and {len(outputs)}")
+        dev = tvm.cpu()
+        args = []
+        for i, (a, shape, d) in enumerate(zip(list(inputs) + list(outputs), self.shapes, self.dtypes)):
+            n = int(np.prod(shape))
+            if int(np.size(a)) != n:
+                raise ValueError(f"{self.name}: argument {i} has {np.size(a)} elements, expected {n} "
+                                 f"(shape {list(shape)}, dtype {d})")
+            if i < self.n_inputs:
+                host = np.ascontiguousarray(np.asarray(a).astype(_np_dtype(d), copy=False)).reshape(shape)
+                args.append(tvm.runtime.tensor(host, dev))
+            else:
+                args.append(tvm.runtime.empty(shape, str(np.dtype(_np_dtype(d))), dev))
+        return args
+
+    def __call__(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+        """Run on numpy arrays; the results are written into `outputs` (any shape with the right size)."""
+        args = self._args(inputs, outputs)
+        self.func(*args)
+        self._copy_out(args, outputs)
+
+    def _copy_out(self, args: list[Any], outputs: Sequence[np.ndarray]) -> None:
+        for out, arg in zip(outputs, args[self.n_inputs:]):
+            out[...] = arg.numpy().reshape(out.shape).astype(out.dtype)
+
+    def time(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], number: int = 10,
+             repeat: int = 3) -> list[float]:
+        """Seconds per run: `repeat` samples, each the mean of `number` runs after one warm-up run
+        (array conversion excluded); the results are written into `outputs`."""
+        args = self._args(inputs, outputs)
+        self.func(*args)
+        samples = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                self.func(*args)
+            samples.append((time.perf_counter() - t0) / number)
+        self._copy_out(args, outputs)
+        return samples
+
+
+def _install(data: bytes, path: Path) -> None:
+    """Write `data` to `path` atomically (temp file + os.replace) unless an identical file is there."""
+    if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def compile_library(spec: KernelSpec, config: Config) -> bytes:
+    """Compile `spec` under `config` for the host CPU; the exported shared library's bytes."""
+    import tvm
+
+    mod = scheduled_module(spec, config)
+    exe = tvm.compile(mod, target=host_target())
+    with tempfile.TemporaryDirectory(prefix="tilefuse-tvm-") as tmp:
+        path = os.path.join(tmp, LIBRARY)
+        exe.export_library(path)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def build(spec: KernelSpec, config: Config, cache: BuildCache | None = None) -> TvmKernel:
+    """Build (or load from `cache`) the TVM kernel of `spec` under `config`."""
+    import tvm
+
+    fam = _family(spec)
+    payload = cache_payload(spec, config)
+    key = (cache or BuildCache(tempfile.gettempdir())).key(payload)
+    files = cache.get(key) if cache is not None else None
+    if files is not None and LIBRARY not in files:
+        files = None
+    compiled = files is None
+    data = compile_library(spec, config) if files is None else files[LIBRARY]
+    if cache is not None and compiled:
+        cache.put(key, {LIBRARY: data})
+    if cache is not None:
+        path = cache.root / "loaded" / f"{key}.so"
+        _install(data, path)
+        module = tvm.runtime.load_module(str(path))
+        return TvmKernel(spec, config, module, fam.arg_shapes(spec), key, compiled, path)
+    with tempfile.TemporaryDirectory(prefix="tilefuse-tvm-") as tmp:
+        path = Path(tmp) / LIBRARY
+        path.write_bytes(data)
+        module = tvm.runtime.load_module(str(path))
+    return TvmKernel(spec, config, module, fam.arg_shapes(spec), key, compiled, None)

@@ -1,0 +1,295 @@
+"""The TVM (LLVM, CPU) backend: expression lowering, rowwise and matmul templates under default and
+non-default configs at sizes that are not multiples of the tiles, f32/f16/bf16, poisoned outputs
+against the reference; determinism of the scheduled TIR; the build cache skipping compilation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+import tilefuse as tf  # noqa: E402
+from tilefuse.autotune.config import Config  # noqa: E402
+from tilefuse.autotune.target import get_target  # noqa: E402
+from tilefuse.codegen import tvm_runtime  # noqa: E402
+from tilefuse.codegen.cache import BuildCache  # noqa: E402
+from tilefuse.codegen.lowering import LoweringError  # noqa: E402
+from tilefuse.ir import dtypes as dt  # noqa: E402
+from tilefuse.ir import expr as ex  # noqa: E402
+from tilefuse.ir.reference import evaluate  # noqa: E402
+from tilefuse.kernels.base import KernelSpec  # noqa: E402
+from tilefuse.kernels.matmul import MatmulSpec  # noqa: E402
+from tilefuse.kernels.rowwise import RowwiseSpec  # noqa: E402
+from tilefuse.passes import run_pipeline  # noqa: E402
+
+CPU = get_target("cpu")
+M, K, N = 37, 53, 71
+
+
+def specs_of(g: tf.GraphBuilder) -> tuple[Any, list[KernelSpec]]:
+    """The kernel graph of `g` and one spec per kernel, in execution order."""
+    kg = run_pipeline(g.build()).kernels
+    out: list[KernelSpec] = []
+    for k in kg.kernels:
+        out.append(MatmulSpec(kg, k) if k.group.kind == "matmul" else RowwiseSpec(kg, k))
+    return kg, out
+
+
+def random_inputs(kg: Any, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ins = {}
+    for n in kg.graph.inputs:
+        d = n.dtype
+        x = rng.standard_normal(n.shape)
+        ins[n.attr("name")] = dt.round_to(x, d).astype(dt.to_numpy(d))
+    return ins
+
+
+def run_graph(kg: Any, specs: list[KernelSpec], configs: dict[str, Config], cache: BuildCache | None,
+              seed: int = 0) -> None:
+    """Build every kernel, run them in order on poisoned buffers and compare with the reference."""
+    ins = random_inputs(kg, seed)
+    bufs: dict[str, np.ndarray] = dict(ins)
+    for spec in specs:
+        cfg = spec.check(configs.get(spec.name, spec.default_config(CPU)), CPU)
+        kern = tvm_runtime.build(spec, cfg, cache)
+        outs = [np.full(b.shape, np.nan if b.dtype.is_float else 123, dtype=dt.to_numpy(b.dtype))
+                for b in spec.outputs]
+        kern([bufs[b.name] for b in spec.inputs], outs)
+        for b, o in zip(spec.outputs, outs):
+            bufs[b.name] = o
+    ref = evaluate(kg.graph, ins)
+    for name, buf in kg.outputs:
+        got = bufs[buf.name].astype(np.float64)
+        want = ref[name]
+        assert got.shape == want.shape, (name, got.shape, want.shape)
+        assert np.all(np.isfinite(got)), f"{name}: unwritten (poisoned) or non-finite elements"
+        rtol, atol = dt.tolerance(buf.dtype)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=name)
+
+
+# ---- graphs ---------------------------------------------------------------------------------
+def chain(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("chain")
+    x, y = g.input("x", (M, K), d), g.input("y", (K,), d)
+    g.output("z", tf.tanh(tf.silu(x) * y + 0.5) - tf.exp(tf.minimum(x, 1.0)))
+    return g
+
+
+def softmax(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("softmax")
+    g.output("y", tf.softmax(g.input("x", (M, K), d)))
+    return g
+
+
+def rmsnorm(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("rmsnorm")
+    g.output("y", tf.rms_norm(g.input("x", (3, M, K), d), g.input("w", (K,), d)))
+    return g
+
+
+def layernorm(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("layernorm")
+    g.output("y", tf.layer_norm(g.input("x", (M, K), d), g.input("w", (K,), d), g.input("b", (K,), d)))
+    return g
+
+
+def two_outputs(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("two")
+    x = g.input("x", (M, K), d)
+    g.output("s", tf.softmax(x))
+    g.output("m", tf.max(x, axis=-1, keepdim=True))
+    return g
+
+
+def transposed(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("transposed")
+    x = g.input("x", (K, M), d)
+    g.output("y", tf.silu(tf.permute(x, (1, 0))) * 2.0)
+    return g
+
+
+def mm_epilogue(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("mm_epi")
+    x, w, b = g.input("x", (M, K), d), g.input("w", (K, N), d), g.input("b", (N,), d)
+    g.output("y", tf.silu(x @ w + b))
+    return g
+
+
+def mm_trans_b(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("mm_tb")
+    x, s, w = g.input("x", (M, K), "f32"), g.input("s", (K,), "f32"), g.input("w", (N, K), d)
+    g.output("y", tf.matmul(tf.cast(x * s, d), w, trans_b=True))
+    return g
+
+
+def mm_batched(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("bmm")
+    a, b = g.input("a", (2, 3, M, K), d), g.input("b", (K, N), d)
+    g.output("y", tf.relu(a @ b))
+    return g
+
+
+ROWWISE = [chain, softmax, rmsnorm, layernorm, two_outputs, transposed]
+MATMUL = [mm_epilogue, mm_trans_b, mm_batched]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("make", ROWWISE + MATMUL, ids=lambda f: f.__name__)
+def test_default_config_matches_reference(make: Any, dtype: str, tmp_path: Path) -> None:
+    kg, specs = specs_of(make(dtype))
+    run_graph(kg, specs, {}, BuildCache(tmp_path), seed=len(dtype))
+
+
+ROW_CONFIGS = [Config(vector=1, parallel_rows=1, unroll=0), Config(vector=32, parallel_rows=4, unroll=1),
+               Config(vector=4, parallel_rows=64, unroll=0)]
+MM_CONFIGS = [Config(tile_m=4, tile_n=8, tile_k=4, vector=4, unroll=0),
+              Config(tile_m=16, tile_n=32, tile_k=16, vector=8, unroll=1),
+              Config(tile_m=64, tile_n=128, tile_k=128, vector=32, unroll=0)]
+
+
+@pytest.mark.parametrize("i", range(3))
+@pytest.mark.parametrize("make", [softmax, layernorm, two_outputs, mm_epilogue, mm_batched],
+                         ids=lambda f: f.__name__)
+def test_non_default_configs(make: Any, i: int, tmp_path: Path) -> None:
+    kg, specs = specs_of(make("f32"))
+    configs = {s.name: (MM_CONFIGS if s.family == "matmul" else ROW_CONFIGS)[i] for s in specs}
+    run_graph(kg, specs, configs, None, seed=i)
+
+
+def test_tir_is_deterministic() -> None:
+    for make in (layernorm, mm_epilogue):
+        _, specs = specs_of(make("f16"))
+        for spec in specs:
+            cfg = spec.default_config(CPU)
+            a = tvm_runtime.source(spec, cfg)
+            _, again = specs_of(make("f16"))
+            b = tvm_runtime.source(again[specs.index(spec)], cfg)
+            assert a == b
+            assert a.startswith(f"# tilefuse generated tvm kernel: {spec.name}")
+            assert cfg.to_json() in a
+
+
+def test_schedule_shapes_the_tir() -> None:
+    _, specs = specs_of(mm_epilogue("f32"))
+    mm = next(s for s in specs if s.family == "matmul")
+    text = tvm_runtime.source(mm, Config(tile_m=16, tile_n=32, tile_k=16, vector=8, unroll=1))
+    assert "T.parallel" in text and "T.vectorized(8)" in text and "T.unroll(16)" in text
+    assert text.count('T.sblock("out0")') == 1 and "C_init" in text
+    _, specs = specs_of(softmax("f32"))
+    text = tvm_runtime.source(specs[0], Config(vector=16, parallel_rows=4, unroll=0))
+    assert "red0_rf" in text and "red1_rf" in text and "T.vectorized(16)" in text
+
+
+def test_cache_hit_does_no_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kg, specs = specs_of(softmax("f32"))
+    spec = specs[0]
+    cfg = spec.default_config(CPU)
+    cache = BuildCache(tmp_path)
+    first = tvm_runtime.build(spec, cfg, cache)
+    assert first.compiled and not first.from_cache
+
+    def boom(*a: Any, **k: Any) -> bytes:
+        raise AssertionError("compiled on a cache hit")
+
+    monkeypatch.setattr(tvm_runtime, "compile_library", boom)
+    second = tvm_runtime.build(spec, cfg, BuildCache(tmp_path))
+    assert second.from_cache and second.key == first.key
+    run_graph(kg, specs, {}, BuildCache(tmp_path))
+    # every knob changes the key
+    other = tvm_runtime.cache_payload(spec, cfg.replace(vector=4))
+    assert cache.key(other) != first.key
+
+
+def test_expression_lowering_rules() -> None:
+    from tvm import tirx
+
+    from tilefuse.codegen import tvm_expr
+
+    x = ex.var("x", "f16")
+    e = ex.exp(x) + ex.cast(ex.cast(x, "f32"), "i32") // 3 * 0 + ex.erf(x)
+    lowered = tvm_expr.lower_expr(e, lambda n: tirx.Var("x", "float16") if n.op is ex.E.VAR else None)
+    assert tvm_expr.dtype_of(lowered) == "float16"
+    assert "float32" in str(lowered)  # half math runs in f32
+    i = ex.var("i", "i32")
+    q = tvm_expr.lower_expr(i // 2, lambda n: tirx.Var("i", "int32") if n.op is ex.E.VAR else None)
+    assert "truncdiv" in str(q) or "div" in type(q).__name__.lower() or "/" in str(q)
+
+
+def test_f32_exp_is_accurate_and_keeps_special_values() -> None:
+    import tvm
+    from tvm import te
+
+    from tilefuse.codegen import tvm_expr
+
+    x = np.concatenate([np.linspace(-87.0, 88.0, 4091), [np.inf, -np.inf, np.nan, 0.0, -200.0]]).astype(np.float32)
+    X = te.placeholder((x.size,), "float32")
+    Y = te.compute((x.size,), lambda i: tvm_expr.lower_expr(ex.exp(ex.var("x", "f32")), lambda n: X(i)
+                                                            if n.op is ex.E.VAR else None))
+    f = tvm.compile(te.create_prim_func([X, Y]), target=tvm_runtime.host_target())
+    y = tvm.runtime.empty((x.size,), "float32")
+    f(tvm.runtime.tensor(x), y)
+    got, want = y.numpy().astype(np.float64), np.exp(x.astype(np.float64))
+    np.testing.assert_allclose(got[:-5], want[:-5], rtol=1e-6)
+    assert got[-5] == np.inf and got[-4] == 0.0 and np.isnan(got[-3]) and got[-2] == 1.0 and got[-1] == 0.0
+
+
+def test_unsupported_dtype_names_op_dtype_and_backend() -> None:
+    from tvm import tirx
+
+    from tilefuse.codegen import tvm_expr
+
+    e = ex.cast(ex.var("x", "f32"), "f8e4m3")
+    with pytest.raises(LoweringError, match=r"tvm.*f8e4m3"):
+        tvm_expr.lower_expr(e, lambda n: tirx.Var("x", "float32") if n.op is ex.E.VAR else None)
+
+
+def test_missing_rule_names_op_and_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tvm import tirx
+
+    from tilefuse.codegen import lowering, tvm_expr
+
+    monkeypatch.delitem(lowering.RULES["tvm"], ex.E.ERF)
+    with pytest.raises(LoweringError, match="tvm.*'erf'"):
+        tvm_expr.lower_expr(ex.erf(ex.var("x", "f32")),
+                            lambda n: tirx.Var("x", "float32") if n.op is ex.E.VAR else None)
+
+
+def benchmark_gemm(n: int = 1024, config: Config | None = None, repeat: int = 5) -> dict[str, float]:
+    """f32 n^3 GEMM: GFLOP/s of the TVM kernel (default CPU config) vs numpy. Not a test."""
+    g = tf.GraphBuilder("gemm")
+    g.output("c", g.input("a", (n, n), "f32") @ g.input("b", (n, n), "f32"))
+    _, specs = specs_of(g)
+    spec = specs[0]
+    cfg = config or spec.default_config(CPU)
+    t0 = time.perf_counter()
+    kern = tvm_runtime.build(spec, cfg, None)
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    c = np.empty((n, n), np.float32)
+    tvm_s = min(kern.time([a, b], [c], number=3, repeat=repeat))
+    np.testing.assert_allclose(c, a @ b, rtol=1e-3, atol=1e-3)
+    a @ b
+    samples = []
+    for _ in range(repeat):
+        t1 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        samples.append((time.perf_counter() - t1) / 3)
+    np_s = min(samples)
+    flops = 2.0 * n**3
+    return {"tvm_gflops": flops / tvm_s / 1e9, "numpy_gflops": flops / np_s / 1e9, "build_s": build_s}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(benchmark_gemm(int(sys.argv[1]) if len(sys.argv) > 1 else 1024), indent=1))
