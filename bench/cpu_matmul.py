@@ -67,8 +67,17 @@ def main() -> None:
         print(f"n={n:5d}  tilefuse {row['tilefuse_gflops']:7.1f} GFLOP/s  numpy {row['numpy_gflops']:7.1f} GFLOP/s  "
               f"ratio {row['ratio']:.2f}x  rel err {err:.1e}  compile cold {cold:.2f} s / hit {hit:.3f} s")
     if args.json:
+        import datetime
+        import platform
+
+        import tvm
+
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                   platform.processor())
+        meta = {"cpu": cpu, "cores": os.cpu_count(), "numpy": np.__version__, "tvm": tvm.__version__,
+                "date": datetime.date.today().isoformat(), "config_source": "family default (untuned)"}
         with open(args.json, "w") as f:
-            json.dump({"benchmark": "cpu_matmul", "numpy": np.__version__, "rows": rows}, f, indent=2)
+            json.dump({"benchmark": "cpu_matmul", "meta": meta, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
