@@ -276,3 +276,15 @@ def view_offset(shape: tuple[int, ...], strides: tuple[int, ...], offset: int, l
     for t in reversed(terms):
         total = t if total is None else total + t
     return tirx.const(0, "int32") if total is None else total
+
+
+def prim_module(name: str, num_outputs: int, inputs: list[Any], outputs: list[tuple[int, Any]]) -> Any:
+    """An IRModule with one PrimFunc `name` taking (inputs..., outputs by buffer index...)."""
+    import tvm
+    from tvm import te
+
+    by_index = dict(outputs)
+    if sorted(by_index) != list(range(num_outputs)):
+        raise LoweringError(f"tvm: {name} does not write every output buffer")
+    func = te.create_prim_func(list(inputs) + [by_index[i] for i in range(num_outputs)])
+    return tvm.IRModule({name: func.with_attr("global_symbol", name)})

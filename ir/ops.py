@@ -275,9 +275,9 @@ def _reshape(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
         if known == 0 or x.numel % known:
             raise VerifyError(f"reshape: cannot reshape {fmt_shape(x.shape)} to {tuple(shape)}")
         shape[shape.index(-1)] = x.numel // known
-    if any(s <= 0 for s in shape) or _prod(shape) != x.numel:
+    if any(s <= 0 for s in shape) or prod(shape) != x.numel:
         raise VerifyError(f"reshape: {fmt_shape(x.shape)} ({x.numel} elements) cannot become "
-                          f"{fmt_shape(tuple(shape))} ({_prod(shape)} elements)")
+                          f"{fmt_shape(tuple(shape))} ({prod(shape)} elements)")
     return x.dtype, tuple(shape), {"shape": tuple(shape)}
 
 
@@ -349,7 +349,8 @@ def _result(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     return dt.dtype(d), tuple(shape), {"index": i}
 
 
-def _prod(xs: Iterable[int]) -> int:
+def prod(xs: Iterable[int]) -> int:
+    """Product of sizes (1 for an empty shape)."""
     p = 1
     for x in xs:
         p *= x

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from ..ir import expr as ex
 from ..ir.dtypes import DType
 from ..ir.expr import E, Expr
-from ..ir.ops import Node, Op
+from ..ir.ops import Node, Op, prod  # noqa: F401 - re-exported for the families
 from ..passes.partition import Kernel, KernelGraph
 from ..passes.views import StridedView, base_of, strided_view
 
@@ -82,13 +82,6 @@ class GroupLowering:
             return out
 
         return go(n)
-
-
-def prod(xs: Shape) -> int:
-    p = 1
-    for x in xs:
-        p *= x
-    return p
 
 
 def next_pow2(n: int) -> int:

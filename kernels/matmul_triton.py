@@ -9,7 +9,7 @@ from ..codegen.triton_expr import TileEmitter, literal, tl_type
 from ..ir import dtypes as dt
 from ..ir.expr import E, Expr
 from .base import header
-from .lowering import LoadSite
+from .lowering import LoadSite, prod
 
 if TYPE_CHECKING:
     from .matmul import MatmulSpec
@@ -169,7 +169,7 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
         _epilogue(spec, L, masks)
         return "\n".join(L) + "\n"
     # split-K: partial sums to the workspace, then a finishing kernel reduces and runs the epilogue
-    B = max(1, len(spec.batch) and _prod(spec.batch))
+    B = prod(spec.batch)
     full = f"(rm[:, None] < {spec.M}) & (rn[None, :] < {spec.N})"
     ws_off = f"((tl.program_id(1) * {B} + pid_b) * {spec.M} + rm[:, None]) * {spec.N} + rn[None, :]"
     L.append(f"{IND}tl.store(ws + {ws_off}, acc, mask={full})")
@@ -181,10 +181,3 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
              f"mask={full}, other=0)")
     _epilogue(spec, L, masks)
     return "\n".join(L) + "\n"
-
-
-def _prod(xs: tuple[int, ...]) -> int:
-    p = 1
-    for x in xs:
-        p *= x
-    return p

@@ -14,7 +14,7 @@ from tvm import s_tir, te, tirx
 
 from ..autotune.config import Config
 from ..codegen.lowering import LoweringError
-from ..codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, tvm_dtype, view_offset
+from ..codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm_dtype, view_offset
 from ..ir import dtypes as dt
 from ..ir.expr import E, Expr
 
@@ -164,16 +164,9 @@ class _Builder:
 
 def build_module(spec: RowwiseSpec, config: Config) -> tvm.IRModule:
     """The unscheduled TIR module: one PrimFunc named after the kernel, (inputs..., outputs...)."""
-    import tvm
 
     b = _Builder(spec, reduction_vector(spec, config))
-    outs = b.build()
-    by_index = {o.index: t for o, t in zip(spec.outs, outs)}
-    if sorted(by_index) != list(range(len(spec.outputs))):
-        raise LoweringError(f"tvm: {spec.name} does not write every output buffer")
-    func = te.create_prim_func(b.inputs + [by_index[i] for i in range(len(spec.outputs))])
-    func = func.with_attr("global_symbol", spec.name)
-    return tvm.IRModule({spec.name: func})
+    return prim_module(spec.name, len(spec.outputs), b.inputs, [(o.index, t) for o, t in zip(spec.outs, b.build())])
 
 
 def _vector_inner(sch: s_tir.Schedule, loop: Any, vector: int) -> Any:

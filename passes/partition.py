@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..ir.dtypes import DType
 from ..ir.graph import Graph
-from ..ir.ops import Node, Op
+from ..ir.ops import Node, Op, prod
 from .fuse import FusedGraph, FusionGroup
 from .views import base_of
 
@@ -24,10 +24,7 @@ class Buffer:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return prod(self.shape)
 
 
 @dataclass(frozen=True)
