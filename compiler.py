@@ -10,14 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Mapping
 
-import numpy as np
-
 from .autotune.config import Config
 from .autotune.target import Target, get_target
 from .ir.graph import Graph
 from .kernels import KernelSpec, spec_for
 from .passes import PipelineResult, run_pipeline
-from .passes.partition import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +174,3 @@ def build_aot(spec: KernelSpec, config: Config, text: str, tgt: Target) -> dict[
                                num_warps=config.int("num_warps"), num_stages=config.int("num_stages"),
                                divisible_by_16=tuple(sig), cache=default_cache())
     return out
-
-
-def buffer_nbytes(b: Buffer) -> int:
-    return int(np.prod(b.shape, dtype=np.int64)) * b.dtype.itemsize
