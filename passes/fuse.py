@@ -203,6 +203,12 @@ class _Fuser:
             for s in n.src:
                 self.try_prologue(s, grp)
             return
+        if n.op is Op.RESULT and id(n.src[0]) in self.where:
+            # results of a multi-result anchor are written by the anchor's kernel
+            grp = self.where[id(n.src[0])]
+            grp.nodes.append(n)
+            self.where[id(n)] = grp
+            return
         if n.op not in (Op.POINTWISE, Op.REDUCE):
             self.new_group(n, n.op.value, n.shape)
             return

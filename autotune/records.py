@@ -1,0 +1,108 @@
+"""Tuning records: what one measurement of one config of one workload on one device produced.
+Shared by runners (which make them), the database (which stores them) and the cost model
+(which learns from them)."""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config, canonical_json, sha256_json
+
+RECORD_SCHEMA = 1
+
+
+class Status(enum.Enum):
+    """Outcome of compiling, running and verifying a candidate."""
+
+    OK = "ok"
+    COMPILE_ERROR = "compile_error"
+    RUNTIME_ERROR = "runtime_error"
+    TIMEOUT = "timeout"
+    WRONG_RESULT = "wrong_result"
+    REJECTED = "rejected"  # illegal on the device: pruned by constraints, never compiled
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A runner's verdict on one config: status, every timing sample (seconds), verification."""
+
+    status: Status
+    samples: tuple[float, ...] = ()
+    verified: bool = False
+    max_error: float | None = None
+    error: str = ""  # compiler/runtime message for failed candidates
+    compile_seconds: float = 0.0
+    resources: dict[str, Any] = field(default_factory=dict)  # static report of the binary (GPU)
+
+    @property
+    def median(self) -> float | None:
+        """Median time in seconds; None unless the run succeeded and was verified."""
+        if self.status is not Status.OK or not self.verified or not self.samples:
+            return None
+        return float(statistics.median(self.samples))
+
+    @property
+    def spread(self) -> float | None:
+        """(max - min) / median of the samples."""
+        m = self.median
+        if m is None or m == 0:
+            return None
+        return (max(self.samples) - min(self.samples)) / m
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of the tuning database."""
+
+    workload_key: str  # KernelSpec.key
+    family: str
+    workload: dict[str, Any]  # KernelSpec.describe()
+    device_key: str  # Device.key
+    device: dict[str, Any]  # Device.fingerprint
+    config: Config
+    measurement: Measurement
+    toolchain: dict[str, str]  # {"triton": ..., "tvm": ..., "torch": ..., "tilefuse": ...}
+    features: dict[str, float] = field(default_factory=dict)  # cost-model features at record time
+    created: float = 0.0  # unix time
+    schema: int = RECORD_SCHEMA
+
+    @property
+    def key(self) -> str:
+        """Identity of (workload, device, config, toolchain): a second measurement replaces none."""
+        return sha256_json({"w": self.workload_key, "d": self.device_key, "c": dict(self.config),
+                            "t": self.toolchain, "schema": self.schema})
+
+    def to_json(self) -> str:
+        """One JSON line (used by `tilefuse db export` and bench/data datasets)."""
+        m = self.measurement
+        return canonical_json({
+            "schema": self.schema, "workload_key": self.workload_key, "family": self.family,
+            "workload": self.workload, "device_key": self.device_key, "device": self.device,
+            "config": dict(self.config), "status": m.status.value, "samples": list(m.samples),
+            "verified": m.verified, "max_error": m.max_error, "error": m.error,
+            "compile_seconds": m.compile_seconds, "resources": m.resources, "toolchain": self.toolchain,
+            "features": self.features, "created": self.created,
+        })
+
+    @staticmethod
+    def from_json(line: str) -> Record:
+        """Parse one JSON line written by `to_json`; raises ValueError naming what is wrong."""
+        import json
+
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"tuning record is not JSON: {err}") from None
+        if d.get("schema") != RECORD_SCHEMA:
+            raise ValueError(f"tuning record schema {d.get('schema')!r} is not {RECORD_SCHEMA}")
+        try:
+            m = Measurement(Status(d["status"]), tuple(d["samples"]), bool(d["verified"]), d.get("max_error"),
+                            d.get("error", ""), float(d.get("compile_seconds", 0.0)), d.get("resources") or {})
+            return Record(d["workload_key"], d["family"], d["workload"], d["device_key"], d["device"],
+                          Config(d["config"]), m, d["toolchain"], d.get("features") or {},
+                          float(d.get("created", 0.0)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"tuning record is missing or has a bad field: {err}") from None
