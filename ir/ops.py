@@ -31,6 +31,8 @@ class Op(enum.Enum):
     MATMUL = "matmul"
     RESULT = "result"  # result `index` of a multi-result op
     ATTENTION = "attention"
+    ATTENTION_BWD = "attention_bwd"  # (dq, dk, dv) of attention
+    PAGED_ATTENTION = "paged_attention"  # decode against a paged KV cache
     DEQUANTIZE = "dequantize"
     SPARSE = "sparse"  # pack arrays into a sparse tensor (csr, bsr, 2:4)
     SPMM = "spmm"
@@ -41,8 +43,8 @@ class Op(enum.Enum):
 
 VIEWS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE})
 LEAF = frozenset({Op.INPUT, Op.CONST})
-ANCHORS = frozenset({Op.MATMUL, Op.ATTENTION, Op.SPMM, Op.SDDMM, Op.PROJECT_GAUSSIANS,
-                     Op.RASTERIZE_GAUSSIANS})
+ANCHORS = frozenset({Op.MATMUL, Op.ATTENTION, Op.ATTENTION_BWD, Op.PAGED_ATTENTION, Op.SPMM, Op.SDDMM,
+                     Op.PROJECT_GAUSSIANS, Op.RASTERIZE_GAUSSIANS})
 REDUCE_OPS = ("sum", "max", "min", "mean")
 
 

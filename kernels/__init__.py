@@ -8,6 +8,8 @@ from .lowering import KernelLoweringError
 from .matmul import MatmulSpec
 from .rowwise import RowwiseSpec
 
+# Group kind (passes/fuse.py; an anchor's op name for anchors other than matmul) -> family.
+# Each family module adds its own line here.
 FAMILIES: dict[str, type[KernelSpec]] = {
     "pointwise": RowwiseSpec,
     "reduction": RowwiseSpec,
