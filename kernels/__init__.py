@@ -25,7 +25,7 @@ class UnsupportedKernel(NotImplementedError):
 def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
     """The family spec for a kernel; names the op, dtype and backend when none applies."""
     cls = FAMILIES.get(kernel.group.kind)
-    if cls is None:
+    if cls is None or backend not in cls.backends:
         n = kernel.group.anchor or kernel.group.nodes[0]
         raise UnsupportedKernel(f"op '{n.op.value}' with dtype {n.dtype} is not supported on backend '{backend}': "
                                 "no kernel family lowers it yet (families: " + ", ".join(sorted(set(FAMILIES))) + ")")

@@ -22,6 +22,7 @@ class KernelSpec:
     """A fused kernel: signature, knobs, constraints, grid, features and renderers."""
 
     family = "base"
+    backends: frozenset[str] = frozenset({"triton", "tvm"})  # backends with a template for this family
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         self.kg = kg
