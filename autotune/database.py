@@ -1,0 +1,448 @@
+"""The tuning database: workloads, device fingerprints, configs and every measurement.
+
+SQLite by default (``settings.db_url``; WAL mode, a busy timeout and ``BEGIN IMMEDIATE`` write
+transactions so several tuner processes can share one file), any SQLAlchemy URL otherwise
+(PostgreSQL for sweeps shared by several machines). It stores decisions and measurements, never
+binaries. Every write is one transaction: a tuner killed with SIGKILL loses nothing it committed.
+
+Schema (version 1)::
+
+    meta(app, schema_version)                       one row; app = "tilefuse-tuning"
+    workloads(key PK, family, description)          description = KernelSpec.describe() as JSON
+    devices(key PK, arch, fingerprint)              key = Device.key, fingerprint as JSON
+    records(key PK = Record.key, workload_key FK, device_key FK, config_key, config, status,
+            samples, median, verified, max_error, error, compile_seconds, resources, toolchain,
+            features, created)                      index (workload_key, device_key, config_key)
+
+Version 0 (the first layout) had no ``records.features`` and no ``devices.arch`` column; it is
+upgraded in place by ``MIGRATIONS[0]``. A file that is not SQLite, a SQLite database with other
+applications' tables and no ``meta`` table, or a newer schema raises DatabaseError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine
+
+from .config import Config, canonical_json
+from .records import Measurement, Record, Status
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "TuningDB", "iter_jsonl"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+APP = "tilefuse-tuning"
+_BUSY_TIMEOUT_S = 60.0
+# Optuna's RDB storage may share the database (one URL for a whole sweep); its tables are not foreign.
+_COEXISTING_TABLES = frozenset({
+    "alembic_version", "version_info", "studies", "study_directions", "study_user_attributes",
+    "study_system_attributes", "trials", "trial_user_attributes", "trial_system_attributes", "trial_params",
+    "trial_values", "trial_intermediate_values", "trial_heartbeats",
+})
+
+T = TypeVar("T")
+
+
+class DatabaseError(RuntimeError):
+    """A database that cannot be used: corrupt, foreign, newer schema or unreachable."""
+
+
+metadata = sa.MetaData()
+meta_t = sa.Table("meta", metadata, sa.Column("app", sa.String(255), nullable=False),
+                  sa.Column("schema_version", sa.Integer, nullable=False))
+workloads_t = sa.Table("workloads", metadata, sa.Column("key", sa.String(255), primary_key=True),
+                       sa.Column("family", sa.String(255), nullable=False),
+                       sa.Column("description", sa.Text, nullable=False))
+devices_t = sa.Table("devices", metadata, sa.Column("key", sa.String(255), primary_key=True),
+                     sa.Column("arch", sa.String(255), nullable=False, index=True),
+                     sa.Column("fingerprint", sa.Text, nullable=False))
+records_t = sa.Table(
+    "records", metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("workload_key", sa.String(255), sa.ForeignKey("workloads.key"), nullable=False),
+    sa.Column("device_key", sa.String(255), sa.ForeignKey("devices.key"), nullable=False),
+    sa.Column("config_key", sa.String(255), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("status", sa.String(255), nullable=False),
+    sa.Column("samples", sa.Text, nullable=False),
+    sa.Column("median", sa.Float, nullable=True),  # set only for verified OK records: what `best` sorts by
+    sa.Column("verified", sa.Boolean, nullable=False),
+    sa.Column("max_error", sa.Float, nullable=True),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("compile_seconds", sa.Float, nullable=False),
+    sa.Column("resources", sa.Text, nullable=False),
+    sa.Column("toolchain", sa.Text, nullable=False),
+    sa.Column("features", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Index("ix_records_workload_device", "workload_key", "device_key", "config_key"),
+)
+
+
+# ------------------------------------------------------------------------------------ migrations
+
+def _migrate_v0_to_v1(conn: Connection) -> None:
+    """v0 -> v1: records gain `features`; devices gain `arch` (filled from the fingerprint JSON)."""
+    conn.execute(sa.text("ALTER TABLE records ADD COLUMN features TEXT NOT NULL DEFAULT '{}'"))
+    conn.execute(sa.text("ALTER TABLE devices ADD COLUMN arch TEXT NOT NULL DEFAULT ''"))
+    rows = conn.execute(sa.text("SELECT key, fingerprint FROM devices")).all()
+    for key, fp in rows:
+        arch = str(json.loads(fp).get("arch", ""))
+        conn.execute(sa.text("UPDATE devices SET arch = :arch WHERE key = :key"), {"arch": arch, "key": key})
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_devices_arch ON devices (arch)"))
+
+
+# MIGRATIONS[v] upgrades a database at schema v to v + 1 inside the opening transaction.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {0: _migrate_v0_to_v1}
+
+
+# -------------------------------------------------------------------------------------- database
+
+class TuningDB:
+    """Tuning records keyed by (workload, device, config, toolchain); see the module docstring."""
+
+    def __init__(self, url: str | None = None) -> None:
+        if url is None:
+            from ..settings import get_settings
+
+            url = get_settings().db_url
+        self.url = url
+        try:
+            self._sa_url = sa.engine.make_url(url)
+        except sa.exc.ArgumentError as err:
+            raise DatabaseError(f"{url!r} is not a database URL ({err}); accepted: an SQLAlchemy URL such as "
+                                "'sqlite:///path/tuning.db' or 'postgresql://host/db'") from None
+        self._sqlite = self._sa_url.get_backend_name() == "sqlite"
+        self._engine = self._make_engine()
+        try:
+            self._retry(self._open_schema)
+        except DatabaseError:
+            self._engine.dispose()
+            raise
+
+    # -- connection handling
+
+    @property
+    def _where(self) -> str:
+        if self._sqlite and self._sa_url.database not in (None, "", ":memory:"):
+            return f"database file {self._sa_url.database}"
+        return f"database {self._sa_url.render_as_string(hide_password=True)}"
+
+    def _make_engine(self) -> Engine:
+        kw: dict[str, Any] = {}
+        if self._sqlite:
+            path = self._sa_url.database
+            if path in (None, "", ":memory:"):
+                kw["poolclass"] = sa.pool.StaticPool  # one shared in-memory database
+                kw["connect_args"] = {"check_same_thread": False}
+            else:
+                try:
+                    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise DatabaseError(f"cannot create the directory of {self._where}: {err}") from None
+                kw["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
+        try:
+            engine = sa.create_engine(self._sa_url, **kw)
+        except (ImportError, sa.exc.ArgumentError) as err:
+            raise DatabaseError(f"cannot use {self._where}: {err} (is its driver installed?)") from None
+        if self._sqlite:
+            sa.event.listen(engine, "connect", _sqlite_on_connect)
+            sa.event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+
+    def _tx(self, write: bool) -> Any:
+        """A transaction; on SQLite, writers take the write lock up front (BEGIN IMMEDIATE)."""
+        conn = self._engine.connect()
+        if self._sqlite:
+            conn = conn.execution_options(sqlite_begin="IMMEDIATE" if write else "DEFERRED")
+        return _Tx(conn)
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Run `fn`, retrying while another writer holds the lock; translate driver errors."""
+        delay = 0.01
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        while True:
+            try:
+                return fn()
+            except sa.exc.OperationalError as err:
+                text = str(err.orig).lower()
+                if ("locked" in text or "busy" in text) and time.monotonic() < deadline:
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise DatabaseError(f"cannot use {self._where}: {err.orig}") from None
+            except sa.exc.DBAPIError as err:
+                raise DatabaseError(f"cannot use {self._where}: {err.orig}") from None
+            except sqlite3.DatabaseError as err:  # raised by the connect hook, before SQLAlchemy wraps it
+                raise DatabaseError(f"cannot use {self._where}: {err}") from None
+
+    def _open_schema(self) -> None:
+        with self._tx(write=True) as conn:
+            if conn.dialect.name == "postgresql":  # serialise first-time creation across machines
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7426845)"))
+            tables = set(sa.inspect(conn).get_table_names())
+            if "meta" not in tables:
+                foreign = sorted(tables - _COEXISTING_TABLES)
+                if foreign:
+                    raise DatabaseError(f"{self._where} is not a tilefuse tuning database: it has no 'meta' table "
+                                        f"and holds other tables ({', '.join(foreign[:8])}); "
+                                        "point --db/TILEFUSE_DB at a new or tilefuse-made database")
+                metadata.create_all(conn)
+                conn.execute(meta_t.insert().values(app=APP, schema_version=SCHEMA_VERSION))
+                return
+            try:
+                row = conn.execute(sa.select(meta_t.c.app, meta_t.c.schema_version)).first()
+            except sa.exc.DBAPIError:
+                row = None
+            if row is None or row.app != APP:
+                raise DatabaseError(f"{self._where} is not a tilefuse tuning database: its 'meta' table "
+                                    f"holds {tuple(row) if row else 'no tilefuse row'}")
+            version = int(row.schema_version)
+            if version > SCHEMA_VERSION:
+                raise DatabaseError(f"{self._where} has tuning-database schema {version}, written by a newer "
+                                    f"tilefuse; this one reads schemas up to {SCHEMA_VERSION}: upgrade tilefuse")
+            while version < SCHEMA_VERSION:
+                if version not in MIGRATIONS:
+                    raise DatabaseError(f"{self._where} has schema {version}, which has no migration to "
+                                        f"{SCHEMA_VERSION}")
+                logger.info("migrating %s from schema %d to %d", self._where, version, version + 1)
+                MIGRATIONS[version](conn)
+                version += 1
+                conn.execute(meta_t.update().values(schema_version=version))
+
+    def close(self) -> None:
+        """Release every connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> TuningDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TuningDB({self._sa_url.render_as_string(hide_password=True)!r})"
+
+    # -- writes
+
+    def add(self, record: Record) -> bool:
+        """Store one record in one transaction; False if a record with its key is already there."""
+        return self.add_many([record]) == 1
+
+    def add_many(self, records: Iterable[Record]) -> int:
+        """Store records in one transaction; returns how many were new."""
+        batch = list(records)
+        if not batch:
+            return 0
+        return self._retry(lambda: self._add_batch(batch))
+
+    def _add_batch(self, batch: list[Record]) -> int:
+        added = 0
+        with self._tx(write=True) as conn:
+            for rec in batch:
+                self._insert(conn, workloads_t, {"key": rec.workload_key, "family": rec.family,
+                                                 "description": canonical_json(rec.workload)})
+                self._insert(conn, devices_t, {"key": rec.device_key, "arch": str(rec.device.get("arch", "")),
+                                               "fingerprint": canonical_json(rec.device)})
+                added += self._insert(conn, records_t, _record_row(rec))
+        return added
+
+    def _insert(self, conn: Connection, table: sa.Table, row: dict[str, Any]) -> int:
+        """INSERT unless the primary key exists; returns 1 if a row was written."""
+        name = conn.dialect.name
+        if name in ("sqlite", "postgresql"):
+            ins = sqlite_dialect.insert if name == "sqlite" else pg_dialect.insert
+            stmt = ins(table).values(**row).on_conflict_do_nothing(index_elements=["key"])
+            return int(conn.execute(stmt).rowcount == 1)
+        if conn.execute(sa.select(table.c.key).where(table.c.key == row["key"])).first() is not None:
+            return 0
+        conn.execute(table.insert().values(**row))
+        return 1
+
+    # -- reads
+
+    def _select(self) -> sa.Select[Any]:
+        return (sa.select(records_t, workloads_t.c.family, workloads_t.c.description, devices_t.c.fingerprint)
+                .join(workloads_t, records_t.c.workload_key == workloads_t.c.key)
+                .join(devices_t, records_t.c.device_key == devices_t.c.key))
+
+    def _query(self, stmt: Any) -> list[Any]:
+        def run() -> list[Any]:
+            with self._tx(write=False) as conn:
+                return list(conn.execute(stmt).all())
+
+        return self._retry(run)
+
+    def has(self, workload_key: str, device_key: str, config: Config) -> bool:
+        """Whether `config` was measured for this workload on this device (any status or toolchain)."""
+        c = records_t.c
+        stmt = sa.select(c.key).where(c.workload_key == workload_key, c.device_key == device_key,
+                                      c.config_key == config.key).limit(1)
+        return bool(self._query(stmt))
+
+    def measured(self, workload_key: str, device_key: str) -> dict[str, Record]:
+        """config.key -> record for every config measured here; the most recent record per config."""
+        c = records_t.c
+        rows = self._query(self._select().where(c.workload_key == workload_key, c.device_key == device_key)
+                           .order_by(c.created, c.key))
+        return {row.config_key: _row_record(row) for row in rows}
+
+    def records(self, workload_key: str | None = None, device_key: str | None = None, family: str | None = None,
+                status: Status | str | None = None, arch: str | None = None) -> list[Record]:
+        """Records matching every given filter, oldest first."""
+        c = records_t.c
+        stmt = self._select()
+        if workload_key is not None:
+            stmt = stmt.where(c.workload_key == workload_key)
+        if device_key is not None:
+            stmt = stmt.where(c.device_key == device_key)
+        if family is not None:
+            stmt = stmt.where(workloads_t.c.family == family)
+        if status is not None:
+            stmt = stmt.where(c.status == Status(status).value)
+        if arch is not None:
+            stmt = stmt.where(devices_t.c.arch == arch)
+        return [_row_record(row) for row in self._query(stmt.order_by(c.created, c.key))]
+
+    def _best(self, *conds: Any) -> Record | None:
+        c = records_t.c
+        stmt = (self._select().where(*conds, c.status == Status.OK.value, c.verified.is_(True), c.median.is_not(None))
+                .order_by(c.median, c.key).limit(1))
+        rows = self._query(stmt)
+        return _row_record(rows[0]) if rows else None
+
+    def best(self, workload_key: str, device_key: str) -> Record | None:
+        """The fastest verified OK record of this workload on this device."""
+        return self._best(records_t.c.workload_key == workload_key, records_t.c.device_key == device_key)
+
+    def best_for_arch(self, workload_key: str, arch: str) -> Record | None:
+        """The fastest verified OK record of this workload on any device of `arch`."""
+        return self._best(records_t.c.workload_key == workload_key, devices_t.c.arch == arch)
+
+    def count(self) -> int:
+        """Number of records."""
+        return int(self._query(sa.select(sa.func.count()).select_from(records_t))[0][0])
+
+    def workloads(self) -> list[tuple[str, str, int]]:
+        """(workload_key, family, number of records) for every workload, by family then key."""
+        n = sa.func.count(records_t.c.key)
+        stmt = (sa.select(workloads_t.c.key, workloads_t.c.family, n)
+                .select_from(workloads_t.outerjoin(records_t, records_t.c.workload_key == workloads_t.c.key))
+                .group_by(workloads_t.c.key, workloads_t.c.family).order_by(workloads_t.c.family, workloads_t.c.key))
+        return [(str(k), str(f), int(cnt)) for k, f, cnt in self._query(stmt)]
+
+    def devices(self) -> list[dict[str, Any]]:
+        """{"key", "arch", "fingerprint", "records"} for every device, by arch then key."""
+        n = sa.func.count(records_t.c.key)
+        stmt = (sa.select(devices_t.c.key, devices_t.c.arch, devices_t.c.fingerprint, n)
+                .select_from(devices_t.outerjoin(records_t, records_t.c.device_key == devices_t.c.key))
+                .group_by(devices_t.c.key, devices_t.c.arch, devices_t.c.fingerprint)
+                .order_by(devices_t.c.arch, devices_t.c.key))
+        return [{"key": k, "arch": a, "fingerprint": json.loads(fp), "records": int(cnt)}
+                for k, a, fp, cnt in self._query(stmt)]
+
+    # -- JSON lines
+
+    def export_jsonl(self, fp: IO[str]) -> int:
+        """Write every record as one `Record.to_json` line; returns the number written."""
+        n = 0
+        for rec in self.records():
+            fp.write(rec.to_json() + "\n")
+            n += 1
+        return n
+
+    def import_jsonl(self, fp: IO[str]) -> int:
+        """Validate every line, then add them all in one transaction; returns how many were new."""
+        name = getattr(fp, "name", "<stream>")
+        batch = []
+        for lineno, line in enumerate(fp, 1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(Record.from_json(line))
+            except ValueError as err:
+                raise DatabaseError(f"{name}:{lineno}: {err}; nothing was imported") from None
+        return self.add_many(batch)
+
+
+class _Tx:
+    """`with` block over one connection and one transaction (commit on success)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> Connection:
+        try:
+            self.conn.begin()
+        except BaseException:
+            self.conn.close()
+            raise
+        return self.conn
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            if exc_type is None:
+                self.conn.commit()
+            else:
+                self.conn.rollback()
+        finally:
+            self.conn.close()
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" hook issue BEGIN (pysqlite's implicit one is deferred and cannot
+    # wait for the write lock); WAL lets readers run beside one writer.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = FULL")  # a commit is on disk when add() returns
+        cur.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
+
+
+def _record_row(rec: Record) -> dict[str, Any]:
+    m = rec.measurement
+    return {"key": rec.key, "workload_key": rec.workload_key, "device_key": rec.device_key,
+            "config_key": rec.config.key, "config": rec.config.to_json(), "status": m.status.value,
+            "samples": canonical_json(list(m.samples)), "median": m.median, "verified": bool(m.verified),
+            "max_error": m.max_error, "error": m.error, "compile_seconds": float(m.compile_seconds),
+            "resources": canonical_json(m.resources), "toolchain": canonical_json(rec.toolchain),
+            "features": canonical_json(rec.features), "created": float(rec.created)}
+
+
+def _row_record(row: Any) -> Record:
+    m = Measurement(Status(row.status), tuple(json.loads(row.samples)), bool(row.verified), row.max_error,
+                    row.error or "", float(row.compile_seconds), json.loads(row.resources))
+    return Record(row.workload_key, row.family, json.loads(row.description), row.device_key,
+                  json.loads(row.fingerprint), Config.from_json(row.config), m, json.loads(row.toolchain),
+                  json.loads(row.features), float(row.created))
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[Record]:
+    """Records of a JSON-lines file (a bench/data dataset), validated line by line."""
+    with open(path, encoding="utf-8") as fp:
+        for lineno, line in enumerate(fp, 1):
+            if line.strip():
+                try:
+                    yield Record.from_json(line)
+                except ValueError as err:
+                    raise DatabaseError(f"{path}:{lineno}: {err}") from None

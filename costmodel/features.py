@@ -1,0 +1,282 @@
+"""Cost-model features of (kernel, config, device): flat dicts of floats with stable names.
+
+Every value is a finite float. Names are grouped by prefix: ``knob_*`` (the numeric Config
+values), ``spec_*`` (the family's own numbers from ``KernelSpec.features``), ``dev_*`` (the
+device), ``res_*`` (the static resource report of the compiled binary; -1 when absent) and
+unprefixed derived numbers (intensity, per-program work, occupancy, waves, roofline times).
+Bump FEATURE_SCHEMA whenever a name changes meaning: saved models refuse another schema.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+FEATURE_SCHEMA = 1
+
+# Fields of codegen.resources.ResourceReport that become res_* features, in a fixed order.
+RESOURCE_FIELDS = ("registers", "shared_bytes", "static_shared_bytes", "dynamic_shared_bytes", "stack_bytes",
+                   "local_bytes", "spill_stores", "spill_loads", "spills", "hgmma", "hmma", "imma", "qgmma",
+                   "ldgsts", "utmaldg", "ldl", "stl", "ffma", "total_instructions")
+
+
+class DeviceLike(Protocol):
+    """The part of autotune.device.Device the features read (all attributes may be missing)."""
+
+    kind: str
+    name: str
+
+
+# Per-SM limits by compute capability: (shared bytes, registers, warps, resident blocks).
+_SM_LIMITS: dict[int, tuple[int, int, int, int]] = {
+    70: (98304, 65536, 64, 32),
+    75: (65536, 65536, 32, 16),
+    80: (167936, 65536, 64, 32),
+    86: (102400, 65536, 48, 16),
+    87: (167936, 65536, 48, 16),
+    89: (102400, 65536, 48, 24),
+    90: (233472, 65536, 64, 32),
+}
+_DEFAULT_ARCH = 80
+_BASE_REGS = 32  # addressing, loop counters and pointers every thread holds
+_MAX_REGS = 255
+
+
+def _num(x: Any, default: float = 0.0) -> float:
+    """A finite float from an attribute that may be None, missing, a string or infinite."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
+
+
+def _arch(device: Any) -> int:
+    """Compute capability as an int (90) from 90, "90", "sm_90" or "9.0"; 0 for CPUs."""
+    a = getattr(device, "arch", 0)
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return int(a)
+    digits = re.sub(r"[^0-9]", "", str(a or ""))
+    return int(digits) if digits else 0
+
+
+def _is_gpu(device: Any) -> bool:
+    return str(getattr(device, "kind", "cpu")).lower() != "cpu"
+
+
+def device_features(device: Any) -> dict[str, float]:
+    """dev_* features: units (SMs or cores), bandwidth, peak FLOP/s, L2, arch."""
+    gpu = _is_gpu(device)
+    peak = _num(getattr(device, "peak_flops", 0.0))
+    return {
+        "dev_is_gpu": 1.0 if gpu else 0.0,
+        "dev_arch": float(_arch(device)),
+        "dev_units": max(1.0, _num(getattr(device, "num_units", 1.0), 1.0)),
+        "dev_mem_bandwidth": _num(getattr(device, "mem_bandwidth", 0.0)),
+        "dev_peak_flops": peak,
+        "dev_peak_f32_flops": _num(getattr(device, "peak_f32_flops", peak), peak),
+        "dev_l2_bytes": _num(getattr(device, "l2_bytes", 0.0)),
+    }
+
+
+def _sm_limits(device: Any) -> tuple[int, int, int, int]:
+    arch = _arch(device)
+    known = _SM_LIMITS.get(arch) or _SM_LIMITS[max([a for a in _SM_LIMITS if a <= arch] or [_DEFAULT_ARCH])]
+    smem = int(_num(getattr(device, "max_shared_per_unit", 0.0))) or known[0]
+    return smem, known[1], known[2], known[3]
+
+
+def resource_features(resources: Mapping[str, Any] | Any | None) -> dict[str, float]:
+    """res_* features from a ResourceReport (or its to_dict()); every field -1 when absent."""
+    if resources is not None and hasattr(resources, "to_dict"):
+        resources = resources.to_dict()
+    r: Mapping[str, Any] = resources or {}
+    out = {f"res_{k}": -1.0 for k in RESOURCE_FIELDS}
+    if not r:
+        return out
+    for k in RESOURCE_FIELDS:
+        if k in r and not isinstance(r[k], (dict, list)):
+            out[f"res_{k}"] = _num(r[k], -1.0)
+    if "shared_bytes" not in r:
+        if "static_shared_bytes" in r or "dynamic_shared_bytes" in r:
+            out["res_shared_bytes"] = _num(r.get("static_shared_bytes", 0)) + _num(r.get("dynamic_shared_bytes", 0))
+        elif "shared" in r:
+            out["res_shared_bytes"] = _num(r["shared"], -1.0)
+    if "spills" not in r and any(k in r for k in ("stack_bytes", "local_bytes", "spill_stores", "spill_loads")):
+        spilled = any(_num(r.get(k, 0)) > 0 for k in ("stack_bytes", "local_bytes", "spill_stores", "spill_loads"))
+        out["res_spills"] = 1.0 if spilled else 0.0
+    return out
+
+
+def _knob(config: Mapping[str, Any], *names: str) -> float | None:
+    for n in names:
+        v = config.get(n)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+def _tile_shape(config: Mapping[str, Any]) -> tuple[float, float, float | None] | None:
+    """(rows, cols, k) of one program's output tile, from the family's tile knobs."""
+    bm, bn = _knob(config, "BLOCK_M", "tile_m"), _knob(config, "BLOCK_N", "tile_n")
+    if bm is not None and bn is not None:
+        return bm, bn, _knob(config, "BLOCK_K", "tile_k")
+    br, bc = _knob(config, "BLOCK_R"), _knob(config, "BLOCK_C")
+    if br is not None and bc is not None:
+        return br, bc, None
+    return None
+
+
+def _itemsize(spec: Any, attr: str, default: float) -> float:
+    d = getattr(spec, attr, None)
+    return _num(getattr(d, "itemsize", default), default)
+
+
+def _traffic(spec: Any, config: Mapping[str, Any], programs: float, bytes_min: float) -> tuple[float, float]:
+    """(tiles, bytes each tile reads and writes with no cache reuse between tiles)."""
+    shape = _tile_shape(config)
+    m, n, k = (_num(getattr(spec, a, 0.0)) for a in ("M", "N", "K"))
+    if shape is not None and shape[2] is not None and m and n and k:
+        bm, bn, _ = shape
+        split = max(1.0, _knob(config, "SPLIT_K") or 1.0)
+        batch = float(math.prod(getattr(spec, "batch", ()) or (1,)))
+        tiles = math.ceil(m / bm) * math.ceil(n / bn) * split * batch
+        el = _itemsize(spec, "operand_dtype", 2.0)
+        out_el = 4.0 if split > 1 else _itemsize(spec, "out_dtype", 2.0)
+        per = (bm * k + k * bn) / split * el + bm * bn * out_el * max(1, len(getattr(spec, "outs", [0])))
+        return float(tiles), float(per)
+    return programs, bytes_min / max(programs, 1.0)
+
+
+def _registers_estimate(spec: Any, config: Mapping[str, Any], threads: float) -> float:
+    """Registers per thread: accumulator (or row chunk) elements per thread plus a base."""
+    shape = _tile_shape(config)
+    if shape is None or threads <= 0:
+        return float(_BASE_REGS)
+    rows, cols, k = shape
+    regs = rows * cols / threads
+    if k is not None:  # operand fragments of the current K step, packed into 32-bit registers
+        regs += (rows + cols) * k * _itemsize(spec, "operand_dtype", 2.0) / 4.0 / threads
+    return float(min(_MAX_REGS, _BASE_REGS + math.ceil(regs)))
+
+
+def _shared_estimate(spec: Any, config: Any) -> float:
+    fn = getattr(spec, "smem_bytes", None)
+    if fn is None:
+        return 0.0
+    try:
+        return float(fn(config))
+    except Exception:  # noqa: BLE001 - a config of another target (CPU knobs) has no shared memory
+        return 0.0
+
+
+def _peak(spec: Any, dev: Mapping[str, float]) -> float:
+    """Tensor-core peak for 16-bit-or-narrower MMA operands, the f32 peak otherwise."""
+    op = getattr(spec, "operand_dtype", None)
+    if op is not None and _num(getattr(op, "itemsize", 4), 4) <= 2 and dev["dev_peak_flops"] > 0:
+        return dev["dev_peak_flops"]
+    return dev["dev_peak_f32_flops"] or dev["dev_peak_flops"]
+
+
+def featurize(spec: Any, config: Mapping[str, Any], device: Any,
+              resources: Mapping[str, Any] | Any | None = None) -> dict[str, float]:
+    """Features of running `spec` with `config` on `device` (resources: the binary's static report)."""
+    from ..autotune.config import Config
+
+    cfg = config if isinstance(config, Config) else Config(config)
+    out: dict[str, float] = {}
+    for k, v in cfg.items():
+        if isinstance(v, (int, float)):
+            out[f"knob_{k}"] = float(v)
+    for k, v in spec.features(cfg).items():
+        if not k.startswith("knob_"):
+            out[f"spec_{k}"] = _num(v)
+    dev = device_features(device)
+    out.update(dev)
+    res = resource_features(resources)
+    out.update(res)
+
+    flops = _num(spec.flops())
+    bytes_min = max(1.0, _num(spec.bytes_moved()))
+    gx, gy, gz = spec.grid(cfg)
+    programs = float(max(1, int(gx) * int(gy) * int(gz)))
+    tiles, tile_bytes = _traffic(spec, cfg, programs, bytes_min)
+    bytes_tiled = max(bytes_min, tiles * tile_bytes)
+    out.update({
+        "flops": flops, "bytes": bytes_min, "arith_intensity": flops / bytes_min,
+        "programs": programs, "tiles": tiles,
+        "flops_per_program": flops / programs, "bytes_per_program": bytes_tiled / programs,
+        "bytes_per_tile": tile_bytes, "bytes_tiled": bytes_tiled, "tiled_intensity": flops / bytes_tiled,
+        "l2_footprint": bytes_min / dev["dev_l2_bytes"] if dev["dev_l2_bytes"] > 0 else -1.0,
+    })
+
+    units = dev["dev_units"]
+    warps = _knob(cfg, "num_warps")
+    if dev["dev_is_gpu"] and warps is not None:
+        threads = warps * 32.0
+        smem_sm, regs_sm, warps_sm, blocks_sm = _sm_limits(device)
+        regs = res["res_registers"] if res["res_registers"] > 0 else _registers_estimate(spec, cfg, threads)
+        smem = res["res_shared_bytes"] if res["res_shared_bytes"] >= 0 else _shared_estimate(spec, cfg)
+        limits = [blocks_sm, warps_sm // max(1, int(warps)), regs_sm // max(1.0, regs * threads)]
+        if smem > 0:
+            limits.append(smem_sm // smem)
+        blocks = float(max(0, int(min(limits))))
+        occupancy = blocks * warps / warps_sm
+    else:
+        threads, regs, smem, blocks, occupancy = -1.0, -1.0, -1.0, 1.0, 1.0
+    waves = programs / (units * max(1.0, blocks))
+    # Load balance over units: the busiest unit runs ceil(programs / units) programs, so a
+    # launch of 133 programs on 132 SMs takes as long as 264 (resident blocks share one SM).
+    balance = programs / (units * math.ceil(programs / units))
+    out.update({
+        "threads_per_program": threads, "regs_per_thread": regs, "shared_per_program": smem,
+        "occupancy_blocks": blocks, "occupancy": occupancy, "fits": 1.0 if blocks >= 1 else 0.0,
+        "waves": waves, "wave_efficiency": waves / math.ceil(waves), "unit_balance": balance,
+    })
+
+    peak, bw = _peak(spec, dev), dev["dev_mem_bandwidth"]
+    t_compute = flops / peak if peak > 0 else 0.0
+    t_memory = bytes_min / bw if bw > 0 else 0.0
+    t_tiled = bytes_tiled / bw if bw > 0 else 0.0
+    # roofline_time_min is the config-independent bound; roofline_time charges the tiles' traffic
+    # (no reuse between tiles), idle units and configs that do not fit, so it ranks configs of one
+    # workload (the bound alone would tie them all).
+    out.update({
+        "roofline_compute_time": t_compute, "roofline_memory_time": t_memory,
+        "roofline_time_min": max(t_compute, t_memory),
+        "roofline_time": max(t_compute, t_tiled) / balance * (1.0 if blocks >= 1 else 2.0),
+    })
+    return {k: _num(v) for k, v in out.items()}
+
+
+def record_features(record: Any) -> dict[str, float]:
+    """A Record's stored features with res_* filled from its measurement's resource report."""
+    feats = dict(getattr(record, "features", {}) or {})
+    resources = getattr(getattr(record, "measurement", None), "resources", None)
+    if resources:
+        feats.update({k: v for k, v in resource_features(resources).items() if v >= 0 or k not in feats})
+    return {k: _num(v) for k, v in feats.items()}
+
+
+def feature_names(records_or_dicts: Iterable[Any]) -> list[str]:
+    """Sorted union of the feature names of Records (their record_features) or feature dicts."""
+    names: set[str] = set()
+    for item in records_or_dicts:
+        names.update(item if isinstance(item, Mapping) else record_features(item))
+    return sorted(names)
+
+
+def to_matrix(dicts: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
+    """Rows of feature values in `names` order (float32); a missing feature is NaN."""
+    index = {n: i for i, n in enumerate(names)}
+    x = np.full((len(dicts), len(names)), np.nan, dtype=np.float32)
+    for r, d in enumerate(dicts):
+        for k, v in d.items():
+            i = index.get(k)
+            if i is not None:
+                x[r, i] = v
+    return x
