@@ -156,7 +156,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     g = _load(args.file, args.set)
     t0 = time.perf_counter()
-    cg = tilefuse.compile(g, target=args.target)
+    db = None if args.db == "none" else args.db
+    model = None if args.costmodel == "none" else args.costmodel
+    cg = tilefuse.compile(g, target=args.target, db=db, cost_model=model)
     dt_s = time.perf_counter() - t0
     print(cg.report())
     print(f"compiled in {dt_s:.2f} s")
@@ -183,7 +185,15 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--out", help="directory for sources, PTX, cubins and manifest.json")
         if name == "run":
             sp.add_argument("--seed", type=int, default=0)
+        if name == "compile":
+            sp.add_argument("--db", default="auto", help="tuning database URL ('none' to ignore it)")
+            sp.add_argument("--costmodel", default="auto", help="cost model directory ('none' to ignore it)")
         sp.set_defaults(fn=fn)
+    from .autotune.cli_db import register as register_db
+    from .costmodel.cli import register as register_costmodel
+
+    register_db(sub)
+    register_costmodel(sub)
     args = p.parse_args(argv)
     from .autotune.target import TargetError
     from .compiler import CompileError, RuntimeUnavailable

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
@@ -33,7 +34,8 @@ class CompiledKernel:
 
     spec: KernelSpec
     config: Config
-    config_source: str  # "default" | "given" | later: "database (device)", "database (arch)", "cost model"
+    # "given" | "database: this device (...)" | "database: same arch (...)" | "cost model (...)" | "default"
+    config_source: str
     source: str
     binaries: dict[str, Any] = field(default_factory=dict)  # arch name -> TritonBinary (AOT targets)
     build_seconds: float = 0.0
@@ -71,6 +73,7 @@ def _triton_signature(spec: KernelSpec, config: Config) -> dict[str, str]:
         sig[name] = "*" + dt.triton_sig(buf.dtype)
     if getattr(spec, "workspace_shape", lambda c: None)(config) is not None:
         sig["ws"] = "*fp32"
+    sig.update(getattr(spec, "aux_signature", lambda c: {})(config))
     return sig
 
 
@@ -118,26 +121,126 @@ class CompiledGraph:
         return format_report(self)
 
 
-def choose_config(spec: KernelSpec, target: Target, configs: Mapping[str, Config] | None) -> tuple[Config, str]:
-    """The config for a kernel: an explicit one (by kernel name) or the family default."""
+@dataclass
+class ConfigSources:
+    """Where configs may come from besides the family default: a tuning database, the device
+    whose records to prefer, and a trained cost model."""
+
+    db: Any = None  # autotune.database.TuningDB
+    device: Any = None  # autotune.device.Device
+    model: Any = None  # costmodel.models.CostModel
+    candidates: int = 256  # legal configs the cost model ranks
+
+
+def open_sources(target: Target, db: Any = "auto", cost_model: Any = "auto") -> ConfigSources:
+    """The database and cost model `compile` consults. "auto" opens the default database and model
+    only if they already exist (compiling never creates them); None disables each."""
+    from .settings import get_settings
+
+    src = ConfigSources()
+    if target.kind == "interp":  # interpreter timings say nothing about a device
+        return src
+    st = get_settings()
+    if db == "auto":
+        url = st.db_url
+        exists = not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
+        db = url if exists else None
+    if db is not None:
+        from .autotune.database import TuningDB
+        from .autotune.device import device_for_target
+
+        src.db = TuningDB(db) if isinstance(db, str) else db
+        src.device = device_for_target(target.name)
+    if cost_model == "auto":
+        cost_model = st.model_dir if (st.model_dir / "meta.json").exists() else None
+    if cost_model is not None:
+        from .costmodel.models import load_model
+
+        src.model = load_model(cost_model) if isinstance(cost_model, (str, Path)) else cost_model
+        if src.device is None:
+            from .autotune.device import device_for_target
+
+            src.device = device_for_target(target.name)
+    return src
+
+
+def _legal_candidates(spec: KernelSpec, target: Target, n: int) -> list[Config]:
+    """Up to `n` legal configs of the knob space, drawn with a fixed seed (deterministic)."""
+    import itertools
+    import random
+
+    space = spec.knob_space(target)
+    names = sorted(space)
+    total = 1
+    for k in names:
+        total *= len(space[k])
+    rng = random.Random(0)
+    if total <= 4 * n:
+        pool = [Config(dict(zip(names, vals))) for vals in itertools.product(*(space[k] for k in names))]
+    else:
+        pool = [Config({k: rng.choice(space[k]) for k in names}) for _ in range(8 * n)]
+    out: list[Config] = []
+    for c in pool:
+        if c not in out and not spec.constraints(c, target):
+            out.append(c)
+    rng.shuffle(out)
+    return sorted(out[:n], key=lambda c: c.to_json())
+
+
+def _best_legal(spec: KernelSpec, target: Target, records: list[Any]) -> Any:
+    """The fastest verified record whose config is still legal (knob spaces change over time)."""
+    timed = sorted((r for r in records if r.measurement.median is not None), key=lambda r: r.measurement.median)
+    for rec in timed:
+        problems = spec.check_problems(Config(rec.config), target)
+        if not problems:
+            return rec
+        log.warning("%s: stored config %s is no longer legal (%s); skipping it", spec.name,
+                    Config(rec.config).to_json(), "; ".join(problems))
+    return None
+
+
+def choose_config(spec: KernelSpec, target: Target, configs: Mapping[str, Config] | None,
+                  sources: ConfigSources | None = None) -> tuple[Config, str]:
+    """The config for a kernel, in order: given by name; the database's best on this exact device;
+    the best on the same architecture; the cost model's pick; the family default."""
     if configs and spec.name in configs:
         return spec.check(Config(configs[spec.name]), target), "given"
+    src = sources or ConfigSources()
+    if src.db is not None and src.device is not None:
+        for how, kw in (("database: this device", {"device_key": src.device.key}),
+                        ("database: same arch", {"arch": src.device.arch})):
+            rec = _best_legal(spec, target, src.db.records(workload_key=spec.key, status="ok", **kw))
+            if rec is not None:
+                name = rec.device.get("name", "?")
+                return Config(rec.config), f"{how} ({name}, {rec.measurement.median * 1e6:.1f} us)"
+    if src.model is not None and src.device is not None:
+        from .costmodel.features import featurize
+
+        cands = _legal_candidates(spec, target, src.candidates)
+        if cands:
+            scores = src.model.predict([featurize(spec, c, src.device) for c in cands])
+            best = max(range(len(cands)), key=lambda i: (float(scores[i]), -i))
+            return cands[best], f"cost model ({getattr(src.model, 'name', type(src.model).__name__)})"
     return spec.check(spec.default_config(target), target), "default"
 
 
 def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str, Config] | None = None,
-                  aot: bool = True) -> CompiledGraph:
-    """Compile `graph` for `target` ("cpu", "interp", "sm_80", "sm_90")."""
+                  aot: bool = True, db: Any = "auto", cost_model: Any = "auto") -> CompiledGraph:
+    """Compile `graph` for `target` ("cpu", "interp", "sm_80", "sm_90").
+
+    Each kernel's config comes from `configs` (by kernel name), else the tuning database `db`
+    (exact device, then same arch), else `cost_model`, else the family default; see choose_config."""
     g = _as_graph(graph)
     tgt = get_target(target)
     if tgt.kind == "interp":
         ensure_interpreter()
     pipeline = run_pipeline(g)
     kg = pipeline.kernels
+    sources = open_sources(tgt, db, cost_model)
     compiled: list[CompiledKernel] = []
     for kernel in kg.kernels:
         spec = spec_for(kg, kernel, tgt.backend)
-        config, source = choose_config(spec, tgt, configs)
+        config, source = choose_config(spec, tgt, configs, sources)
         t0 = time.perf_counter()
         ck = _build(spec, config, source, tgt, aot)
         ck.build_seconds = time.perf_counter() - t0

@@ -27,6 +27,7 @@ class Settings:
 
     cache_dir: Path
     db_url: str
+    model_dir: Path
     no_cache: bool
     jobs: int
     triton_interpret: bool
@@ -38,6 +39,7 @@ class Settings:
         return cls(
             cache_dir=_cache_dir(env),
             db_url=_db_url(env),
+            model_dir=_model_dir(env),
             no_cache=_bool(env, "TILEFUSE_NO_CACHE"),
             jobs=_jobs(env),
             triton_interpret=_bool(env, "TRITON_INTERPRET"),
@@ -80,6 +82,14 @@ def _db_url(env: Mapping[str, str]) -> str:
         f"TILEFUSE_DB={value!r} is not a database URL; accepted: an SQLAlchemy URL such as "
         "'sqlite:///path/tuning.db' or 'postgresql://host/db', or a path to a .db/.sqlite file"
     )
+
+
+def _model_dir(env: Mapping[str, str]) -> Path:
+    """Where `tilefuse costmodel train` saves the model `tilefuse.compile` consults."""
+    value = env.get("TILEFUSE_COSTMODEL", "").strip()
+    if value:
+        return Path(value).expanduser()
+    return _xdg(env, "XDG_DATA_HOME", ".local/share") / "tilefuse" / "costmodel"
 
 
 def _bool(env: Mapping[str, str], var: str) -> bool:

@@ -79,14 +79,20 @@ class KernelSpec:
     def default_config(self, target: Target) -> Config:
         raise NotImplementedError
 
-    def check(self, config: Config, target: Target) -> Config:
-        """Raise ConfigRejected naming every violated constraint; return the config otherwise."""
+    def check_problems(self, config: Config, target: Target) -> list[str]:
+        """Every reason `config` is not a legal config of this kernel on `target`."""
         space = self.knob_space(target)
         missing = sorted(set(space) - set(config))
         extra = sorted(set(config) - set(space))
         problems = [f"missing knob {k}" for k in missing] + [f"unknown knob {k}" for k in extra]
         if not problems:
-            problems = self.constraints(config, target)
+            problems = [f"{k}={config[k]!r} is not one of {list(space[k])}" for k in sorted(space)
+                        if config[k] not in space[k] and not isinstance(config[k], bool)]
+        return problems or self.constraints(config, target)
+
+    def check(self, config: Config, target: Target) -> Config:
+        """Raise ConfigRejected naming every violated constraint; return the config otherwise."""
+        problems = self.check_problems(config, target)
         if problems:
             raise ConfigRejected(f"{self.name}: config {config.to_json()} rejected on {target.name}: "
                                  + "; ".join(problems))

@@ -74,7 +74,7 @@ def test_interp_split_k_and_small_tiles():
     g = matmul_epilogue("f32").build()
     cg = tf.compile(g, target="interp")
     mm = next(ck for ck in cg.kernels if ck.spec.family == "matmul")
-    cfg = Config(BLOCK_M=16, BLOCK_N=32, BLOCK_K=16, GROUP_M=2, SPLIT_K=2, num_warps=2, num_stages=2)
+    cfg = Config(BLOCK_M=16, BLOCK_N=32, BLOCK_K=16, GROUP_M=4, SPLIT_K=2, num_warps=2, num_stages=2)
     check_graph(tf.compile(g, target="interp", configs={mm.spec.name: cfg}), seed=5)
 
 
