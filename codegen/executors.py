@@ -110,6 +110,9 @@ def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
             bufs[b.name] = t
             outs.append(t)
         args = [bufs[b.name] for b in spec.inputs] + outs
+        aux_args = getattr(spec, "aux_args", None)  # auxiliary tensors a family computes (e.g. block lists)
+        if aux_args is not None:
+            args.extend(aux_args(ck.config, args[:len(spec.inputs)], device))
         ws_shape = getattr(spec, "workspace_shape", lambda c: None)(ck.config)
         if ws_shape is not None:
             args.append(torch.empty(ws_shape, dtype=torch.float32, device=device))

@@ -70,7 +70,9 @@ def cache_payload(spec: KernelSpec, config: Config) -> dict[str, Any]:
     """Everything that determines the built library, as JSON data (hashed into the cache key)."""
     import tvm
 
-    return {"kind": "tvm-llvm-library", "schema": SCHEMA_VERSION, "workload": spec.key,
+    # The kernel's name is the library's exported symbol: equal workloads with different names
+    # (k0_copy, k3_copy) are different libraries.
+    return {"kind": "tvm-llvm-library", "schema": SCHEMA_VERSION, "workload": spec.key, "symbol": spec.name,
             "config": json.loads(config.to_json()), "tvm": str(tvm.__version__), "target": host_target()}
 
 

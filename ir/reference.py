@@ -60,6 +60,8 @@ def evaluate(g: Graph, inputs: Mapping[str, Any]) -> dict[str, Array]:
         if name not in inputs:
             raise ReferenceEvalError(f"graph {g.name}: missing input {name!r}")
         a = host(inputs[name], n.dtype)
+        if n.dtype.is_float:  # an input holds values of its dtype (f32 data given for an f16 input rounds)
+            a = rnd(a, n.dtype)
         if tuple(a.shape) != n.shape:
             raise ReferenceEvalError(f"input {name}: expected shape {list(n.shape)}, got {list(a.shape)}")
         env[id(n)] = a

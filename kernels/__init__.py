@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..passes.partition import Kernel, KernelGraph
+from .attention import AttentionSpec
 from .base import ConfigRejected, KernelSpec
 from .lowering import KernelLoweringError
 from .matmul import MatmulSpec
@@ -15,6 +16,7 @@ FAMILIES: dict[str, type[KernelSpec]] = {
     "reduction": RowwiseSpec,
     "copy": RowwiseSpec,
     "matmul": MatmulSpec,
+    "attention": AttentionSpec,
 }
 
 

@@ -115,7 +115,7 @@ class RowwiseSpec(KernelSpec):
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         if target.kind == "cpu":
-            return {"vector": (1, 4, 8, 16, 32), "parallel_rows": (1, 4, 16, 64), "unroll": (0, 1)}
+            return {"vector": (1, 2, 4, 8, 16, 32), "parallel_rows": (1, 4, 16, 64), "unroll": (0, 1)}
         return {"BLOCK_R": (1, 2, 4, 8, 16, 32, 64, 128), "BLOCK_C": tuple(1 << i for i in range(0, 14)),
                 "num_warps": (1, 2, 4, 8, 16), "num_stages": (1, 2, 3)}
 

@@ -73,3 +73,19 @@ def test_unsupported_op_names_op_dtype_and_backend():
     g.output("y", tf.spmm(tf.sparse_csr(ip, ix, vv, (4, 4)), b))
     with pytest.raises(UnsupportedKernel, match=r"op '(sparse|spmm)' with dtype f32 is not supported on backend 'tvm'"):
         tf.compile(g, target="cpu")
+
+
+def test_equal_workloads_with_different_names_do_not_share_a_library():
+    """Regression: the TVM build cache once keyed libraries by workload only, so k1_copy loaded
+    k0_copy's library and found no function of its name."""
+    a = tf.GraphBuilder("a")
+    a.output("o", tf.mean(a.input("x", (1, 31), "f32"), 0))
+    b = tf.GraphBuilder("b")
+    x = b.input("x", (1, 31), "f32")
+    b.output("p", tf.exp(x))
+    b.output("o", tf.mean(x, 0))
+    ga, gb = a.build(), b.build()
+    assert [ck.spec.name for ck in tf.compile(ga, target="cpu").kernels] == ["k0_copy"]
+    cg = tf.compile(gb, target="cpu")
+    assert "k1_copy" in [ck.spec.name for ck in cg.kernels]
+    check_graph(cg, 3)

@@ -1,0 +1,286 @@
+"""Attention family (forward): out = softmax(score_mod(scale q k^T) masked by mask_mod) v, and the
+natural-log LSE, as one FlashAttention-style kernel per (query block, batch * q head).
+
+The kernel visits only the key blocks the block-sparsity analysis (kernels/block_sparsity.py) keeps,
+applies the mask only on partial blocks and reads the block lists from four auxiliary int32 tensors
+that the spec provides at launch (`aux_args`; their pointer types come from `aux_signature`):
+
+    kv_ptr [R + 1], kv_nfull [R], kv_idx [nnz]   CSR over rows r = pattern * NQB + q block
+    head_pat [B * Hq]                            (b, h) -> pattern
+
+Static masks are analysed once per block size at compile time; masks reading operands through
+block-aligned loads (block masks, top-k lists) are re-analysed at run time on the actual operands
+(cached while the operand tensors are unchanged).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..autotune.config import Config
+from ..autotune.target import Target
+from ..ir.expr import E, Expr
+from ..ir.expr import toposort as expr_toposort
+from ..ir.ops import Node, Op
+from ..ir.text import format_expr
+from ..passes.partition import Kernel, KernelGraph
+from .base import KernelSpec
+from .block_sparsity import BlockLists, BlockSparsity, analyze, analyze_runtime, block_aligned_loads, compact
+from .lowering import KernelLoweringError, next_pow2
+
+AUX_NAMES = ("kv_ptr", "kv_nfull", "kv_idx", "head_pat")
+REF_BLOCK = (128, 64)  # block sizes of the structure recorded in the workload key and flops()
+
+
+class AttentionSpec(KernelSpec):
+    """Forward attention over q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (GQA)."""
+
+    family = "attention"
+    backends = frozenset({"triton"})  # no TVM template yet: knob_space says so if asked for a CPU target
+
+    def __init__(self, kg: KernelGraph, kernel: Kernel):
+        super().__init__(kg, kernel)
+        node = kernel.group.anchor
+        if node is None or node.op is not Op.ATTENTION:
+            raise KernelLoweringError(f"{self.name}: attention group without an attention anchor")
+        self.node: Node = node
+        q, k, v = node.src[:3]
+        self.B, self.Hq, self.Sq, self.D = q.shape
+        self.Hkv, self.Sk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
+        self.group = self.Hq // self.Hkv
+        self.dtype = q.dtype
+        self.scale = float(node.attr("scale"))
+        self.mask: Expr | None = node.attr("mask_mod")
+        self.score_mod: Expr | None = node.attr("score_mod")
+        lw = self.lowering
+        self.q_expr = lw.value(q, q.shape, lambda _: None)
+        self.k_expr = lw.value(k, k.shape, lambda _: None)
+        self.v_expr = lw.value(v, v.shape, lambda _: None)
+        self.extra_slot: dict[int, int] = {}
+        for i, x in enumerate(node.src[3:], start=3):
+            e = lw.value(x, x.shape, lambda _: None)
+            if e.op is not E.LOAD:
+                raise KernelLoweringError(f"{self.name}: mask/score operand {i} ({x!r}) must be a tensor or a view "
+                                          "of one; materialise computed operands first")
+            self.extra_slot[i] = e.arg
+        self.outs: list[tuple[int, str]] = []
+        for i, o in enumerate(kernel.group.outputs):
+            if o is node:
+                role = "out"
+            elif o.op is Op.RESULT and o.src[0] is node:
+                role = ("out", "lse")[o.attr("index")]
+            else:
+                raise KernelLoweringError(f"{self.name}: output {o!r} is not a result of the attention")
+            self.outs.append((i, role))
+        self._sparsity: dict[tuple[int, int], BlockSparsity] = {}
+        self._aux: dict[Any, list[Any]] = {}
+        self._describe: dict[str, Any] | None = None
+
+    # -- block structure --
+    @property
+    def dynamic(self) -> bool:
+        """Whether the mask reads operands (its block classes then depend on data)."""
+        return self.mask is not None and any(n.op is E.LOAD for n in expr_toposort([self.mask]))
+
+    def sparsity(self, bm: int, bn: int) -> BlockSparsity:
+        """Compile-time block classes at BLOCK_M x BLOCK_N (cached)."""
+        key = (bm, bn)
+        if key not in self._sparsity:
+            self._sparsity[key] = analyze(self.mask, self.B, self.Hq, self.Sq, self.Sk, bm, bn)
+        return self._sparsity[key]
+
+    def runtime_lists(self, bm: int, bn: int) -> bool:
+        """Whether block lists are rebuilt from the operands at run time (block-aligned loads)."""
+        return self.mask is not None and self.dynamic and block_aligned_loads(self.mask, self.Sq, self.Sk, bm, bn)
+
+    def block_lists(self, config: Config, operands: dict[int, np.ndarray] | None = None) -> BlockLists:
+        """Numpy CSR lists for `config`; `operands` (attention operand index -> array) refines
+        data-dependent masks."""
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        sp = self.sparsity(bm, bn)
+        if operands is not None and self.mask is not None and self.runtime_lists(bm, bn):
+            from ..ir.attention_op import make_loader
+
+            xs: list[Any] = [None] * (3 + len(self.extra_slot))
+            for i, arr in operands.items():
+                xs[i] = arr
+            sp = analyze_runtime(self.mask, sp, self.B, self.Hq, make_loader(xs, f"{self.name} block analysis"))
+        return compact(sp.classes, sp.pattern_of, self.Sk, bn)
+
+    def aux_signature(self, config: Config) -> dict[str, str]:
+        """Triton pointer types of the auxiliary (block list) arguments."""
+        return {name: "*i32" for name in AUX_NAMES}
+
+    def aux_args(self, config: Config, inputs: list[Any], device: Any) -> list[Any]:
+        """The block-list tensors for a launch on `inputs` (the kernel's input tensors)."""
+        import torch
+
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        runtime = self.runtime_lists(bm, bn)
+        key: tuple[Any, ...] = (bm, bn, str(device))
+        if runtime:
+            key += tuple((t.data_ptr(), t._version, tuple(t.shape))
+                         for t in (inputs[self.loads[s].buffer] for s in self.extra_slot.values()))
+        hit = self._aux.get(key)
+        if hit is not None:
+            return hit
+        operands = self._host_operands(inputs) if runtime else None
+        lists = self.block_lists(config, operands)
+        out = [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in lists.as_list()]
+        if runtime:
+            self._aux = {k: v for k, v in self._aux.items() if len(k) == 3}  # keep one data-dependent entry
+        self._aux[key] = out
+        return out
+
+    def _host_operands(self, inputs: list[Any]) -> dict[int, np.ndarray]:
+        out = {}
+        for i, slot in self.extra_slot.items():
+            site = self.loads[slot]
+            t = inputs[site.buffer].detach().reshape(-1).cpu()
+            flat = (t.float() if t.dtype.is_floating_point else t).numpy()
+            view = site.view
+            out[i] = np.lib.stride_tricks.as_strided(flat[view.offset:], shape=view.shape,
+                                                     strides=[s * flat.itemsize for s in view.strides])
+        return out
+
+    # -- identity --
+    def program_description(self) -> dict[str, Any]:
+        if self._describe is None:
+            ref = self.sparsity(*REF_BLOCK)
+            self._describe = {
+                "B": self.B, "Hq": self.Hq, "Hkv": self.Hkv, "Sq": self.Sq, "Sk": self.Sk, "D": self.D, "Dv": self.Dv,
+                "dtype": self.dtype.name, "scale": self.scale,
+                "q": format_expr(self.q_expr), "k": format_expr(self.k_expr), "v": format_expr(self.v_expr),
+                "mask_mod": format_expr(self.mask) if self.mask is not None else None,
+                "score_mod": format_expr(self.score_mod) if self.score_mod is not None else None,
+                "extra_slots": sorted(self.extra_slot.items()),
+                "outputs": [[i, r] for i, r in self.outs],
+                "block_structure": ref.describe(),
+            }
+        return self._describe
+
+    # -- schedule --
+    def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
+        if target.kind == "cpu":
+            from . import UnsupportedKernel
+
+            raise UnsupportedKernel(f"{self.name}: attention has no TVM/CPU lowering yet; use target 'interp' or a "
+                                    "CUDA arch (sm_80, sm_90)")
+        return {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128),
+                "num_warps": (1, 2, 4, 8), "num_stages": (1, 2, 3, 4, 5)}
+
+    @property
+    def head_dims(self) -> tuple[int, int]:
+        """Head dims padded to the tile (powers of two, at least 16 for tl.dot)."""
+        return max(16, next_pow2(self.D)), max(16, next_pow2(self.Dv))
+
+    def smem_bytes(self, config: Config) -> int:
+        """Shared memory of the q tile and the pipelined k/v tiles."""
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        dp, dvp = self.head_dims
+        el = self.dtype.itemsize
+        return bm * dp * el + max(1, config.int("num_stages") - 1) * bn * (dp + dvp) * el
+
+    def constraints(self, config: Config, target: Target) -> list[str]:
+        out: list[str] = []
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        warps = config.int("num_warps")
+        dp, dvp = self.head_dims
+        if max(dp, dvp) > 256:
+            out.append(f"head dims {self.D}/{self.Dv} exceed 256")
+        if target.max_shared_bytes and self.smem_bytes(config) > target.max_shared_bytes:
+            out.append(f"q/k/v tiles need {self.smem_bytes(config)} B of shared memory, {target.name} allows "
+                       f"{target.max_shared_bytes}")
+        regs = (bm * dvp + bm * bn) // (warps * 32)
+        limit = 160 if target.arch >= 90 else 144  # measured: beyond these, static builds spill
+        if target.kind == "cuda" and regs > limit:
+            out.append(f"the {bm}x{dvp} accumulator and {bm}x{bn} scores need {regs} registers per thread with "
+                       f"{warps} warps (> {limit} spills on {target.name})")
+        min_m = 64 if target.arch >= 90 else 16
+        if bm > max(min_m, next_pow2(self.Sq)) or bn > max(16, next_pow2(self.Sk)):
+            out.append(f"tile {bm}x{bn} is larger than the {self.Sq}x{self.Sk} score matrix")
+        if target.arch >= 90 and bm >= 64 and warps < 4:
+            out.append("sm_90 wgmma needs a warpgroup (num_warps >= 4) for BLOCK_M >= 64")
+        if target.kind == "cuda" and bm * bn < warps * 32 * 4:
+            out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
+        return out
+
+    def default_config(self, target: Target) -> Config:
+        dp = max(self.head_dims)
+
+        def fit(x: int, cap: int, low: int = 16) -> int:
+            return max(low, min(cap, next_pow2(x)))
+
+        if target.kind == "interp":  # the interpreter pays per op, not per element: small tiles
+            return Config(BLOCK_M=fit(self.Sq, 64), BLOCK_N=fit(self.Sk, 64), num_warps=4, num_stages=1)
+        arch = target.schedule_arch
+        # FlashAttention-2 tiles (128 x 64 at hdim 128); warp counts from static builds: 4 warps at
+        # hdim 128 spill on both archs (Triton keeps q, s, p and acc in registers), and so does a
+        # 128 x 128 tile with 4 warps on sm_90 at hdim 64.
+        if dp <= 64:
+            bm, bn, warps, stages = (128, 128, 8, 3) if arch >= 90 else (128, 64, 4, 3)
+        elif dp <= 128:
+            bm, bn, warps, stages = 128, 64, 8, 3
+        else:
+            bm, bn, warps, stages = (128, 64, 8, 2) if arch >= 90 else (64, 32, 4, 2)
+        bm = fit(self.Sq, bm, 64 if arch >= 90 else 16)
+        bn = fit(self.Sk, bn)
+        cfg = Config(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
+            cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
+        while self.constraints(cfg, target) and cfg.int("BLOCK_N") > 16:
+            cfg = cfg.replace(BLOCK_N=cfg.int("BLOCK_N") // 2)
+        return cfg
+
+    def grid(self, config: Config) -> tuple[int, int, int]:
+        return (-(-self.Sq // config.int("BLOCK_M")), self.B * self.Hq, 1)
+
+    def flops(self) -> float:
+        """Matmul flops of the visited blocks (dense flops times the block density at 128x64)."""
+        dense = 2.0 * self.B * self.Hq * self.Sq * self.Sk * (self.D + self.Dv)
+        return dense * self.sparsity(*REF_BLOCK).density()
+
+    def features(self, config: Config) -> dict[str, float]:
+        gx, gy, gz = self.grid(config)
+        sp = self.sparsity(config.int("BLOCK_M"), config.int("BLOCK_N"))
+        c = sp.classes[sp.pattern_of]
+        live = max(1, int((c != 0).sum()))
+        return {"B": float(self.B), "Hq": float(self.Hq), "Hkv": float(self.Hkv), "Sq": float(self.Sq),
+                "Sk": float(self.Sk), "D": float(self.D), "Dv": float(self.Dv), "programs": float(gx * gy * gz),
+                "flops": self.flops(), "bytes": self.bytes_moved(), "density": sp.density(),
+                "partial_fraction": float((c == 1).sum()) / live, "data_dependent": float(self.dynamic),
+                "score_mod": float(self.score_mod is not None),
+                **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
+
+    # -- reports and rendering --
+    def summary(self) -> str:
+        lines = [f"anchor: attention q [{self.B}, {self.Hq}, {self.Sq}, {self.D}] kv [{self.B}, {self.Hkv}, "
+                 f"{self.Sk}, {self.Dv}] {self.dtype} scale {self.scale:.6g}"]
+        if self.mask is not None:
+            lines.append(f"mask_mod: {format_expr(self.mask)}")
+        if self.score_mod is not None:
+            lines.append(f"score_mod: {format_expr(self.score_mod)}")
+        lines.append("outputs: " + ", ".join(r for _, r in self.outs))
+        return "\n".join(lines)
+
+    def report_lines(self, config: Config) -> list[str]:
+        """The block-sparsity summary at the chosen block sizes (for the compile report)."""
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        lines = self.sparsity(bm, bn).summary()
+        if self.runtime_lists(bm, bn):
+            lines.append("  data-dependent mask: block lists rebuilt from the operands at run time")
+        elif self.dynamic:
+            lines.append("  data-dependent mask: loads not block-aligned, blocks kept partial (masked per element)")
+        return lines
+
+    def triton_constexprs(self, config: Config) -> dict[str, Any]:
+        dp, dvp = self.head_dims
+        return {"BLOCK_M": config.int("BLOCK_M"), "BLOCK_N": config.int("BLOCK_N"), "BLOCK_D": dp, "BLOCK_DV": dvp}
+
+    def render_triton(self, config: Config, interpret: bool = False) -> str:
+        from .attention_triton import render
+
+        return render(self, config, interpret)
+

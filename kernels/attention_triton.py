@@ -1,0 +1,202 @@
+"""Triton template of the attention forward kernel.
+
+One program per (query block, b * Hq + h). The q tile stays resident; the key blocks come from the
+CSR block lists: first the blocks that need no mask, then the masked (partial or ragged) ones. The
+softmax is online in base 2 (scale * log2(e) folded into the scores, or applied after score_mod),
+with f32 statistics and accumulator; fully masked rows give 0 and lse = -inf."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ..autotune.config import Config
+from ..codegen.triton_expr import TileEmitter, tl_type
+from ..ir import dtypes as dt
+from ..ir.expr import E, Expr
+from .base import header
+from .lowering import LoadSite
+
+if TYPE_CHECKING:
+    from .attention import AttentionSpec
+
+IND = "    "
+LOG2E = 1.0 / math.log(2.0)
+LN2 = math.log(2.0)
+
+
+def _terms(pairs: list[tuple[str, int]]) -> str:
+    """`idx * stride` terms of an offset, skipping zero strides."""
+    out = [(idx if st == 1 else f"{idx} * {st}") for idx, st in pairs if st]
+    return " + ".join(out) if out else "0"
+
+
+class _Tile:
+    """Renders an operand expression (q, k or v, with any fused prologue) as one 2-D tile load."""
+
+    def __init__(self, spec: AttentionSpec, lines: list[str], indent: str, name: str, head: str,
+                 rows: str, cols: str, transpose: bool, mask: str | None):
+        self.spec, self.lines, self.indent, self.name = spec, lines, indent, name
+        self.head, self.rows, self.cols, self.transpose, self.mask = head, rows, cols, transpose, mask
+
+    def offset(self, site: LoadSite) -> str:
+        sb, sh, ss, sd = site.view.strides
+        base = [t for t, on in ((str(site.view.offset), site.view.offset), (f"b.to(tl.int64) * {sb}", sb),
+                                (f"{self.head}.to(tl.int64) * {sh}", sh)) if on]
+        row_st, col_st = (sd, ss) if self.transpose else (ss, sd)  # transposed: [D, N] tile of k
+        tile = _terms([(f"{self.rows}[:, None]", row_st), (f"{self.cols}[None, :]", col_st)])
+        if not (row_st and col_st):  # a broadcast dim: keep the tile 2-D
+            tile += f" + 0 * ({self.rows}[:, None] + {self.cols}[None, :])"
+        return f"({' + '.join(base)}) + ({tile})" if base else f"({tile})"
+
+    def emit(self, e: Expr) -> str:
+        count = [0]
+
+        def leaf(n: Expr) -> str | None:
+            if n.op is not E.LOAD:
+                return None
+            site = self.spec.loads[n.arg]
+            var = f"{self.name}_ld{count[0]}"
+            count[0] += 1
+            mask = f", mask={self.mask}, other=0" if self.mask else ""
+            self.lines.append(f"{self.indent}{var} = tl.load(in{site.buffer} + {self.offset(site)}{mask})")
+            return var
+
+        return TileEmitter(self.lines, self.indent, f"{self.name}_", leaf).emit(e)
+
+
+class _Mods:
+    """Renders mask_mod / score_mod over a [BLOCK_M, BLOCK_N] tile; their loads read extra operands
+    at explicit indices, masked to the valid (in-range) elements."""
+
+    def __init__(self, spec: AttentionSpec, lines: list[str], indent: str, prefix: str, score: str):
+        self.spec, self.lines, self.indent = spec, lines, indent
+        self.vars = {"q_idx": "rm[:, None]", "kv_idx": "rn[None, :]", "b": "b", "h": "h", "score": score}
+        self.loads = 0
+        self.prefix = prefix
+        self.em = TileEmitter(lines, indent, prefix, self.leaf)
+
+    def leaf(self, n: Expr) -> str | None:
+        if n.op is E.VAR:
+            return self.vars[n.arg]
+        if n.op is not E.LOAD:
+            return None
+        site = self.spec.loads[self.spec.extra_slot[n.arg]]
+        idx = [self.em.memo[id(s)] for s in n.src]
+        off = _terms([(f"({i})", st) for i, st in zip(idx, site.view.strides)])
+        var = f"{self.prefix}ld{self.loads}"
+        self.loads += 1
+        self.lines.append(f"{self.indent}{var} = tl.load(in{site.buffer} + ({site.view.offset} + {off} + z2), "
+                          "mask=valid, other=0)")
+        return var
+
+    def emit(self, e: Expr) -> str:
+        return self.em.emit(e)
+
+
+def _loop(spec: AttentionSpec, L: list[str], masked: bool, interpret: bool, op_t: str, bn: int) -> None:
+    """One pass over a block list range; `masked` applies bounds and mask_mod per element."""
+    sq, sk, d, dv = spec.Sq, spec.Sk, spec.D, spec.Dv
+    dp, dvp = spec.head_dims
+    lo, hi = ("mid", "end") if masked else ("start", "mid")
+    ind = IND * 2
+    tag = "p" if masked else "f"
+    L.append(f"{IND}for j in range({lo}, {hi}):")
+    L.append(f"{ind}rn = tl.load(kv_idx + j) * BLOCK_N + rn0")
+    ragged = masked and sk % bn != 0
+    kmask = [c for c, on in ((f"(rd[:, None] < {d})", d != dp), (f"(rn[None, :] < {sk})", ragged)) if on]
+    vmask = [c for c, on in ((f"(rn[:, None] < {sk})", ragged), (f"(rdv[None, :] < {dv})", dv != dvp)) if on]
+    kt = _Tile(spec, L, ind, f"k{tag}", "hk", "rd", "rn", True, " & ".join(kmask) or None).emit(spec.k_expr)
+    uses_loads = any(n.op is E.LOAD for m in (spec.mask if masked else None, spec.score_mod) if m is not None
+                     for n in m.toposort())
+    if uses_loads:
+        L.append(f"{ind}valid = (rm[:, None] < {sq}) & (rn[None, :] < {sk})")
+    precision = ', input_precision="ieee"' if op_t == "tl.float32" else ""
+    L.append(f"{ind}s = tl.dot(q, {kt}.to({op_t}){precision})")
+    if spec.score_mod is not None:
+        L.append(f"{ind}s = s * {spec.scale!r}")
+        sm = _Mods(spec, L, ind, f"{tag}s", "s").emit(spec.score_mod)
+        L.append(f"{ind}s = {sm} * {LOG2E!r}")
+    else:
+        L.append(f"{ind}s = s * {spec.scale * LOG2E!r}")
+    if masked:
+        keep = [f"(rn[None, :] < {sk})"] if ragged else []
+        if spec.mask is not None:
+            keep.append(f"({_Mods(spec, L, ind, f'{tag}m', 's').emit(spec.mask)})")
+        if keep:
+            L.append(f"{ind}s = tl.where({' & '.join(keep)}, s, float('-inf'))")
+    L.append(f"{ind}m_new = tl.maximum(m_i, tl.max(s, 1))")
+    if masked or spec.score_mod is not None:  # a row may still be all -inf: keep exp2 finite
+        L.append(f"{ind}m_use = tl.where(m_new == float('-inf'), 0.0, m_new)")
+    else:
+        L.append(f"{ind}m_use = m_new")
+    L.append(f"{ind}alpha = tl.exp2(m_i - m_use)")
+    L.append(f"{ind}p = tl.exp2(s - m_use[:, None])")
+    L.append(f"{ind}l_i = l_i * alpha + tl.sum(p, 1)")
+    vt = _Tile(spec, L, ind, f"v{tag}", "hk", "rn", "rdv", False, " & ".join(vmask) or None).emit(spec.v_expr)
+    L.append(f"{ind}acc = acc * alpha[:, None]")
+    p_cast = f"p.to({tl_type(spec.dtype)}).to({op_t})" if interpret and op_t != tl_type(spec.dtype) else \
+        f"p.to({op_t})"
+    L.append(f"{ind}acc = tl.dot({p_cast}, {vt}.to({op_t}), acc{precision})")
+    L.append(f"{ind}m_i = m_new")
+
+
+def render(spec: AttentionSpec, config: Config, interpret: bool = False) -> str:
+    """Readable, deterministic Triton source of the forward kernel.
+
+    The Triton interpreter computes bf16 dots wrongly and f16 dots in f16 (triton 3.6): under it the
+    tiles are widened to f32 (p is rounded to the input dtype first, as the compiled kernel feeds
+    the tensor cores), which is what f32 accumulation of exact half-precision products gives."""
+    from .attention import AUX_NAMES
+
+    bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+    sq, d = spec.Sq, spec.D
+    dp, _ = spec.head_dims
+    op_dt = dt.f32 if interpret else spec.dtype
+    op_t = tl_type(op_dt)
+    args = spec.arg_names() + list(AUX_NAMES)
+    cexpr = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr"
+    L: list[str] = [header(spec, config, "triton"), "import triton", "import triton.language as tl", "", "",
+                    "@triton.jit", f"def {spec.name}({', '.join(args)}, {cexpr}):"]
+    L += [f"{IND}pid_m = tl.program_id(0)",
+          f"{IND}pid_bh = tl.program_id(1)",
+          f"{IND}b = pid_bh // {spec.Hq}",
+          f"{IND}h = pid_bh % {spec.Hq}",
+          f"{IND}hk = h // {spec.group}" if spec.group > 1 else f"{IND}hk = h",
+          f"{IND}rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
+          f"{IND}rn0 = tl.arange(0, BLOCK_N)",
+          f"{IND}rd = tl.arange(0, BLOCK_D)",
+          f"{IND}rdv = tl.arange(0, BLOCK_DV)",
+          f"{IND}z2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)"]
+    qmask = [c for c, on in ((f"(rm[:, None] < {sq})", sq % bm != 0), (f"(rd[None, :] < {d})", d != dp)) if on]
+    qt = _Tile(spec, L, IND, "q", "h", "rm", "rd", False, " & ".join(qmask) or None).emit(spec.q_expr)
+    L += [f"{IND}q = {qt}" + ("" if spec.q_expr.dtype == op_dt else f".to({op_t})"),
+          f"{IND}m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)",
+          f"{IND}l_i = tl.zeros([BLOCK_M], dtype=tl.float32)",
+          f"{IND}acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)",
+          f"{IND}row = tl.load(head_pat + pid_bh) * {-(-sq // bm)} + pid_m",
+          f"{IND}start = tl.load(kv_ptr + row)",
+          f"{IND}mid = start + tl.load(kv_nfull + row)",
+          f"{IND}end = tl.load(kv_ptr + row + 1)"]
+    _loop(spec, L, False, interpret, op_t, bn)
+    _loop(spec, L, True, interpret, op_t, bn)
+    _epilogue(spec, L, bm)
+    return "\n".join(L) + "\n"
+
+
+def _epilogue(spec: AttentionSpec, L: list[str], bm: int) -> None:
+    sq, dv = spec.Sq, spec.Dv
+    _, dvp = spec.head_dims
+    L.append(f"{IND}l_safe = tl.where(l_i == 0.0, 1.0, l_i)")
+    smask = [c for c, on in ((f"(rm[:, None] < {sq})", sq % bm != 0), (f"(rdv[None, :] < {dv})", dv != dvp)) if on]
+    for index, role in spec.outs:
+        buf = spec.outputs[index]
+        if role == "out":
+            mask = f", mask={' & '.join(smask)}" if smask else ""
+            L.append(f"{IND}o = acc / l_safe[:, None]")
+            L.append(f"{IND}tl.store(out{index} + pid_bh.to(tl.int64) * {sq * dv} + (rm[:, None] * {dv} + "
+                     f"rdv[None, :]), o.to({tl_type(buf.dtype)}){mask})")
+        else:
+            mask = f", mask=rm < {sq}" if sq % bm else ""
+            L.append(f"{IND}lse = tl.where(l_i == 0.0, float('-inf'), (m_i + tl.log2(l_safe)) * {LN2!r})")
+            L.append(f"{IND}tl.store(out{index} + pid_bh.to(tl.int64) * {sq} + rm, lse{mask})")
