@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..passes.partition import Kernel, KernelGraph
 from .attention import AttentionSpec
 from .base import ConfigRejected, KernelSpec
+from .decode import DecodeSpec
 from .lowering import KernelLoweringError
 from .matmul import MatmulSpec
 from .rowwise import RowwiseSpec
@@ -17,6 +18,7 @@ FAMILIES: dict[str, type[KernelSpec]] = {
     "copy": RowwiseSpec,
     "matmul": MatmulSpec,
     "attention": AttentionSpec,
+    "paged_attention": DecodeSpec,
 }
 
 
