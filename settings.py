@@ -30,6 +30,7 @@ class Settings:
     model_dir: Path
     no_cache: bool
     jobs: int
+    threads: int  # threads a CPU (TVM) kernel runs on
     triton_interpret: bool
 
     @classmethod
@@ -42,6 +43,7 @@ class Settings:
             model_dir=_model_dir(env),
             no_cache=_bool(env, "TILEFUSE_NO_CACHE"),
             jobs=_jobs(env),
+            threads=_count(env, "TILEFUSE_THREADS"),
             triton_interpret=_bool(env, "TRITON_INTERPRET"),
         )
 
@@ -102,16 +104,21 @@ def _bool(env: Mapping[str, str], var: str) -> bool:
 
 
 def _jobs(env: Mapping[str, str]) -> int:
-    value = env.get("TILEFUSE_JOBS", "").strip()
+    return _count(env, "TILEFUSE_JOBS")
+
+
+def _count(env: Mapping[str, str], var: str) -> int:
+    """A positive integer setting that defaults to the number of CPUs this process may use."""
+    value = env.get(var, "").strip()
     if not value:
-        return os.cpu_count() or 1
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        jobs = int(value)
+        n = int(value)
     except ValueError:
-        jobs = 0
-    if jobs < 1:
-        raise SettingsError(f"TILEFUSE_JOBS={value!r} is invalid; accepted: a positive integer, or unset for cpu_count")
-    return jobs
+        n = 0
+    if n < 1:
+        raise SettingsError(f"{var}={value!r} is invalid; accepted: a positive integer, or unset for the CPU count")
+    return n
 
 
 @functools.lru_cache(maxsize=1)

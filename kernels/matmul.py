@@ -19,6 +19,7 @@ from .base import KernelSpec
 from .lowering import KernelLoweringError, next_pow2, prod
 
 ACC = "acc"
+CPU_VECTOR_REGISTERS = 32  # AVX-512 zmm registers: the micro tile's register budget
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,11 @@ class MatmulSpec(KernelSpec):
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         if target.kind == "cpu":
-            return {"tile_m": (4, 8, 16, 32, 64), "tile_n": (8, 16, 32, 64, 128, 256),
-                    "tile_k": (4, 8, 16, 32, 64, 128, 256), "vector": (4, 8, 16, 32), "unroll": (0, 1)}
+            # cache tiles (tile_*) around a register micro tile (micro_*), vectorized along micro_n
+            return {"tile_m": (8, 16, 24, 32, 48, 64, 96, 128, 192, 256),
+                    "tile_n": (16, 32, 48, 64, 96, 128, 192, 256, 384, 512),
+                    "tile_k": (16, 32, 64, 128, 256, 512, 1024), "micro_m": (1, 2, 4, 6, 8, 12),
+                    "micro_n": (8, 16, 32, 48, 64), "vector": (4, 8, 16), "unroll": (1, 2, 4, 8)}
         return {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128, 256),
                 "BLOCK_K": (16, 32, 64, 128), "GROUP_M": (1, 4, 8, 16), "SPLIT_K": (1, 2, 4, 8, 16),
                 "num_warps": (2, 4, 8), "num_stages": (1, 2, 3, 4, 5)}
@@ -97,9 +101,7 @@ class MatmulSpec(KernelSpec):
     def constraints(self, config: Config, target: Target) -> list[str]:
         out: list[str] = []
         if target.kind == "cpu":
-            if config.int("vector") > config.int("tile_n"):
-                out.append(f"vector={config['vector']} exceeds tile_n={config['tile_n']}")
-            return out
+            return self._cpu_constraints(config)
         bm, bn, bk = config.int("BLOCK_M"), config.int("BLOCK_N"), config.int("BLOCK_K")
         warps, split = config.int("num_warps"), config.int("SPLIT_K")
         smem = self.smem_bytes(config)
@@ -122,11 +124,25 @@ class MatmulSpec(KernelSpec):
             out.append("sm_90 wgmma needs a warpgroup (num_warps >= 4) for BLOCK_M >= 64")
         return out
 
+    def _cpu_constraints(self, config: Config) -> list[str]:
+        out: list[str] = []
+        mr, nr, vec = config.int("micro_m"), config.int("micro_n"), config.int("vector")
+        pairs = (("tile_m", "micro_m"), ("tile_n", "micro_n"), ("micro_n", "vector"), ("tile_k", "unroll"))
+        for tile, micro in pairs:
+            if config.int(tile) % config.int(micro):
+                out.append(f"{tile}={config[tile]} is not a multiple of {micro}={config[micro]}")
+        regs = mr * (nr // vec) + nr // vec + 1  # accumulators, one row of B, the broadcast A
+        if regs > CPU_VECTOR_REGISTERS:
+            out.append(f"the {mr}x{nr} micro tile needs {regs} vector registers of {vec} lanes "
+                       f"(> {CPU_VECTOR_REGISTERS} spills)")
+        for knob, size in (("tile_m", self.M), ("tile_n", self.N), ("tile_k", self.K)):
+            if config.int(knob) > max(16, next_pow2(size)):
+                out.append(f"{knob}={config[knob]} is larger than the problem ({size})")
+        return out
+
     def default_config(self, target: Target) -> Config:
         if target.kind == "cpu":
-            # measured on AVX-512 (f32 1024^3): 8 zmm accumulators per row of the tile, ki not unrolled
-            tile_n = min(128, max(8, next_pow2(self.N)))
-            return Config(tile_m=32, tile_n=tile_n, tile_k=64, vector=min(16, tile_n), unroll=0)
+            return self._cpu_default()
 
         def fit(x: int, cap: int) -> int:
             return max(16, min(cap, next_pow2(x)))
@@ -149,6 +165,15 @@ class MatmulSpec(KernelSpec):
         while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
             cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
         return cfg
+
+    def _cpu_default(self) -> Config:
+        """Measured on AVX-512 (2 cores, f32 512..2048): an 8x32 micro tile (16 zmm accumulators) whose
+        rows divide power-of-two M; a 256-deep k-tile keeps its B panel (32 KiB) in L1."""
+        def fit(x: int, cap: int) -> int:
+            return max(16, min(cap, next_pow2(x)))
+
+        return Config(tile_m=fit(self.M, 128), tile_n=fit(self.N, 256), tile_k=fit(self.K, 256), micro_m=8,
+                      micro_n=32 if self.N > 16 else 16, vector=16, unroll=4)
 
     def grid(self, config: Config) -> tuple[int, int, int]:
         if "BLOCK_M" not in config:

@@ -1,11 +1,11 @@
-"""TVM (TE -> TIR) template of the matmul family, scheduled for CPUs.
+"""TVM (TE -> TIR) template of the matmul family, scheduled for CPUs as a register-blocked GEMM.
 
-Stages: `Bpack` (the B operand, prologue applied and converted to the accumulator dtype, packed
-as [batch, N/tile_n, K, tile_n] and zero padded), `C` (the accumulator over the padded
-[batch, M, N] tile grid) and one `out{o}` per output (the epilogue, [batch, M, N]). The A operand
-(with its prologue) is read in the inner loop as a broadcast scalar. Padding to whole tiles keeps
-every inner loop free of bounds checks, so the n loop vectorizes on every tile.
-"""
+Stages: `Apack` (the A operand, prologue applied and converted to the accumulator dtype, packed as
+[batch, M/micro_m, K, micro_m] panels), `Bpack` (B likewise, [batch, N/micro_n, K, micro_n]), `P`
+(the product over one k-tile: a micro_m x micro_n block of registers once scheduled), `C` (the sum
+of the k-tiles over the padded [batch, M, N] tile grid) and one `out{o}` per output (the epilogue,
+[batch, M, N]). Both packs are zero padded to whole cache tiles, so no inner loop has a bounds
+check: odd sizes cost padding, never a scalar tail."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ class _Builder:
                                     "which the tvm backend does not support yet")
         self.nb = max(1, prod(spec.batch))
         self.tm, self.tn, self.tk = config.int("tile_m"), config.int("tile_n"), config.int("tile_k")
+        self.mr, self.nr = config.int("micro_m"), config.int("micro_n")
         self.Mp, self.Np, self.Kp = _ceil_to(spec.M, self.tm), _ceil_to(spec.N, self.tn), _ceil_to(spec.K, self.tk)
         self.acc = "int32" if spec.operand_dtype.is_int else "float32"
         self.inputs = [te.placeholder((b.numel,), tvm_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
@@ -70,35 +71,39 @@ class _Builder:
 
         return lower_expr(e, leaf)
 
-    def _operand(self, e: Expr, b: PrimExpr, row: PrimExpr, col: PrimExpr) -> PrimExpr:
+    def _packed(self, e: Expr, b: PrimExpr, row: PrimExpr, col: PrimExpr, rows: int, cols: int) -> PrimExpr:
+        """Operand `e` at (b, row, col) in the accumulator dtype, zero outside its rows x cols."""
         v = self.value(e, b, row, col)
-        return tirx.Cast(self.acc, v) if dtype_of(v) != self.acc else v
+        v = tirx.Cast(self.acc, v) if dtype_of(v) != self.acc else v
+        conds = [c for c, pad in ((row < rows, rows), (col < cols, cols)) if pad]
+        if not conds:
+            return v
+        # if_then_else is lazy: padding lanes never read the operand
+        return tirx.if_then_else(tirx.all(*conds), v, tirx.const(0, self.acc))
 
     def build(self) -> list[Any]:
-        spec, tn = self.spec, self.tn
-        zero = tirx.const(0, self.acc)
+        spec, mr, nr = self.spec, self.mr, self.nr
+        pad_m, pad_n, pad_k = self.Mp != spec.M, self.Np != spec.N, self.Kp != spec.K
 
-        def pack(b: Any, no: Any, k: Any, ni: Any) -> Any:
-            n = no * tn + ni
-            v = self._operand(spec.b_expr, b, k, n)
-            if spec.N % tn or spec.K % self.tk:
-                # if_then_else is lazy: padding lanes never read the operand
-                return tirx.if_then_else(tirx.all(n < spec.N, k < spec.K), v, zero)
-            return v
+        def pack_a(b: Any, mo: Any, k: Any, mi: Any) -> Any:
+            return self._packed(spec.a_expr, b, mo * mr + mi, k, spec.M if pad_m else 0, spec.K if pad_k else 0)
 
-        bpack = te.compute((self.nb, self.Np // tn, self.Kp, tn), pack, name="Bpack")
-        kk = te.reduce_axis((0, self.Kp), name="k")
+        def pack_b(b: Any, no: Any, k: Any, ni: Any) -> Any:
+            return self._packed(spec.b_expr, b, k, no * nr + ni, spec.K if pad_k else 0, spec.N if pad_n else 0)
 
-        def a_at(b: Any, m: Any, k: Any) -> Any:
-            v = self._operand(spec.a_expr, b, m, k)
-            if spec.M % self.tm or spec.K % self.tk:
-                return tirx.if_then_else(tirx.all(m < spec.M, k < spec.K), v, zero)
-            return v
+        apack = te.compute((self.nb, self.Mp // mr, self.Kp, mr), pack_a, name="Apack")
+        bpack = te.compute((self.nb, self.Np // nr, self.Kp, nr), pack_b, name="Bpack")
+        tk = self.tk
+        ki = te.reduce_axis((0, tk), name="ki")
 
-        def gemm(b: Any, m: Any, n: Any) -> Any:
-            return te.sum(a_at(b, m, kk) * bpack(b, n // tn, kk, n % tn), axis=kk)
+        def part(b: Any, ko: Any, m: Any, n: Any) -> Any:
+            k = ko * tk + ki
+            return te.sum(apack(b, m // mr, k, m % mr) * bpack(b, n // nr, k, n % nr), axis=ki)
 
-        c = te.compute((self.nb, self.Mp, self.Np), gemm, name="C")
+        # P: the product over one k-tile (a micro tile of registers once scheduled); C sums the k-tiles.
+        p = te.compute((self.nb, self.Kp // tk, self.Mp, self.Np), part, name="P")
+        ko = te.reduce_axis((0, self.Kp // tk), name="ko")
+        c = te.compute((self.nb, self.Mp, self.Np), lambda b, m, n: te.sum(p(b, ko, m, n), axis=ko), name="C")
         outs = []
         for o in spec.outs:
             d = tvm_dtype(spec.outputs[o.index].dtype, f"output {o.index}")
@@ -122,27 +127,38 @@ def build_module(spec: MatmulSpec, config: Config) -> tvm.IRModule:
     return prim_module(spec.name, len(spec.outputs), b.inputs, [(o.index, t) for o, t in zip(spec.outs, b.build())])
 
 
+def _schedule_pack(sch: s_tir.Schedule, name: str, vector: int) -> None:
+    """One parallel task per (batch, panel); the panel's lanes vectorized when they are whole vectors."""
+    pb, po, _, pi = sch.get_loops(sch.get_sblock(name))
+    sch.parallel(sch.fuse(pb, po))
+    lanes = int(sch.get(pi).extent)
+    if lanes % vector == 0:
+        sch.vectorize(sch.split(pi, [None, vector])[1])
+
+
+def _vectorize_inner(sch: s_tir.Schedule, block: Any, vector: int) -> None:
+    """Vectorize the block's innermost loop by `vector` lanes (its extent is a multiple of it)."""
+    sch.vectorize(sch.split(sch.get_loops(block)[-1], [None, vector])[1])
+
+
 def schedule(mod: tvm.IRModule, spec: MatmulSpec, config: Config) -> tvm.IRModule:
-    """Apply the CPU config: (batch, m-tile, n-tile) in parallel, loops (ko, mi, ki, ni) inside a
-    tile with ni vectorized by `vector` (and ki unrolled), the epilogue fused at the tile."""
-    tm, tn, tk = config.int("tile_m"), config.int("tile_n"), config.int("tile_k")
+    """Apply the CPU config (BLIS loop nest): (batch, m-tile, n-tile) in parallel; inside a tile the
+    loops (k-tile, n-panel, m-panel) around a micro_m x micro_n accumulator block held in registers,
+    whose k loop (unrolled by `unroll`) runs outside the fully unrolled micro tile, vectorized along
+    micro_n by `vector`; the block is added into the tile's C once per k-tile; the epilogue is fused
+    at the tile."""
+    tm, tn = config.int("tile_m"), config.int("tile_n")
+    mr, nr = config.int("micro_m"), config.int("micro_n")
     vector, unroll = config.int("vector"), config.int("unroll")
     sch = s_tir.Schedule(mod)
     sch.work_on(spec.name)
-    # B packing: one parallel task per (batch, n-tile), the tile_n lanes vectorized.
-    pack = sch.get_sblock("Bpack")
-    pb, pno, _, pni = sch.get_loops(pack)
-    sch.parallel(sch.fuse(pb, pno))
-    if tn % vector == 0:
-        _, pv = sch.split(pni, [None, vector])
-        sch.vectorize(pv)
-    # GEMM tile.
+    _schedule_pack(sch, "Apack", vector)
+    _schedule_pack(sch, "Bpack", vector)
     c = sch.get_sblock("C")
-    b, m, n, k = sch.get_loops(c)
-    mo, mi = sch.split(m, [None, tm])
-    no, ni = sch.split(n, [None, tn])
-    ko, ki = sch.split(k, [None, tk])
-    sch.reorder(b, mo, no, ko, mi, ki, ni)
+    b, m, n, ko = sch.get_loops(c)
+    mo, mp, mi = sch.split(m, [None, tm // mr, mr])
+    no, np_, ni = sch.split(n, [None, tn // nr, nr])
+    sch.reorder(b, mo, no, ko, np_, mp, mi, ni)
     tile = sch.fuse(b, mo, no)
     sch.parallel(tile)
     # Epilogue at the tile: C never leaves the tile-sized buffer the compaction pass gives it.
@@ -150,14 +166,29 @@ def schedule(mod: tvm.IRModule, spec: MatmulSpec, config: Config) -> tvm.IRModul
     for o in spec.outs:
         out = sch.get_sblock(f"out{o.index}")
         sch.reverse_compute_at(out, tile)
-        if even_n and tn % vector == 0:
-            _, ov = sch.split(sch.get_loops(out)[-1], [None, vector])
-            sch.vectorize(ov)
-    _, niv = sch.split(ni, [None, vector])
-    if unroll:
-        sch.unroll(ki)
-    sch.vectorize(niv)
-    init = sch.decompose_reduction(c, ko)
-    _, iv = sch.split(sch.get_loops(init)[-1], [None, vector])
-    sch.vectorize(iv)
+        if even_n:
+            _vectorize_inner(sch, out, vector)
+    # The micro tile: P (micro_m x micro_n, local) accumulates one k-tile with k outermost.
+    p = sch.get_sblock("P")
+    sch.compute_at(p, mp)
+    sch.set_scope(p, 0, "local")
+    pm, pn, pk = sch.get_loops(p)[-3:]
+    pv, pl = sch.split(pn, [None, vector])
+    pk, pu = sch.split(pk, [None, unroll])
+    sch.reorder(pk, pu, pm, pv, pl)
+    sch.unroll(pu)
+    sch.unroll(pm)
+    sch.unroll(pv)
+    sch.vectorize(pl)
+    pinit = sch.decompose_reduction(p, pk)
+    for loop in sch.get_loops(pinit)[-3:-1]:
+        sch.unroll(loop)
+    sch.vectorize(sch.get_loops(pinit)[-1])
+    # C += P once per k-tile.
+    cv, cl = sch.split(ni, [None, vector])
+    sch.unroll(mi)
+    sch.unroll(cv)
+    sch.vectorize(cl)
+    cinit = sch.decompose_reduction(c, ko)
+    _vectorize_inner(sch, cinit, vector)
     return sch.mod

@@ -4,6 +4,7 @@ against the reference; determinism of the scheduled TIR; the build cache skippin
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,13 @@ def mm_batched(d: str) -> tf.GraphBuilder:
     return g
 
 
+def mm_trans_a_int8(d: str) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("mm_ta_i8")
+    x, w = g.input("x", (K, M), "i8"), g.input("w", (K, N), "i8")
+    g.output("y", tf.cast(tf.matmul(x, w, trans_a=True), "f32") * 0.5)
+    return g
+
+
 ROWWISE = [chain, softmax, rmsnorm, layernorm, two_outputs, transposed]
 MATMUL = [mm_epilogue, mm_trans_b, mm_batched]
 
@@ -148,9 +156,9 @@ def test_default_config_matches_reference(make: Any, dtype: str, tmp_path: Path)
 
 ROW_CONFIGS = [Config(vector=1, parallel_rows=1, unroll=0), Config(vector=32, parallel_rows=4, unroll=1),
                Config(vector=4, parallel_rows=64, unroll=0)]
-MM_CONFIGS = [Config(tile_m=4, tile_n=8, tile_k=4, vector=4, unroll=0),
-              Config(tile_m=16, tile_n=32, tile_k=16, vector=8, unroll=1),
-              Config(tile_m=64, tile_n=128, tile_k=128, vector=32, unroll=0)]
+MM_CONFIGS = [Config(tile_m=8, tile_n=16, tile_k=16, micro_m=2, micro_n=8, vector=4, unroll=2),
+              Config(tile_m=24, tile_n=48, tile_k=32, micro_m=6, micro_n=48, vector=16, unroll=8),
+              Config(tile_m=48, tile_n=128, tile_k=64, micro_m=12, micro_n=16, vector=8, unroll=1)]
 
 
 @pytest.mark.parametrize("i", range(3))
@@ -160,6 +168,43 @@ def test_non_default_configs(make: Any, i: int, tmp_path: Path) -> None:
     kg, specs = specs_of(make("f32"))
     configs = {s.name: (MM_CONFIGS if s.family == "matmul" else ROW_CONFIGS)[i] for s in specs}
     run_graph(kg, specs, configs, None, seed=i)
+
+
+def test_matmul_transposed_int8(tmp_path: Path) -> None:
+    kg, specs = specs_of(mm_trans_a_int8("f32"))
+    run_graph(kg, specs, {}, BuildCache(tmp_path))
+    for i, cfg in enumerate(MM_CONFIGS):
+        run_graph(kg, specs, {s.name: cfg for s in specs}, None, seed=i)
+
+
+def test_matmul_micro_kernel_runs_k_outside_the_register_tile() -> None:
+    _, specs = specs_of(mm_epilogue("f32"))
+    mm = next(s for s in specs if s.family == "matmul")
+    text = tvm_runtime.source(mm, Config(tile_m=24, tile_n=64, tile_k=16, micro_m=6, micro_n=32, vector=8,
+                                         unroll=2))
+    # k (8 x 2 unrolled) outside the micro tile: 6 rows x 4 vectors of 8 lanes, all unrolled
+    assert re.search(r"for \w+ in range\(8\):\s+for \w+ in T\.unroll\(2\):\s+for \w+ in T\.unroll\(6\):"
+                     r"\s+for \w+ in T\.unroll\(4\):\s+for \w+ in T\.vectorized\(8\):"
+                     r"\s+with T\.sblock\(\"P_update\"\)", text), text
+
+
+def test_matmul_cpu_constraints_and_defaults() -> None:
+    _, specs = specs_of(mm_epilogue("f32"))
+    mm = next(s for s in specs if s.family == "matmul")
+    ok = Config(tile_m=24, tile_n=64, tile_k=16, micro_m=6, micro_n=32, vector=16, unroll=2)
+    assert mm.constraints(ok, CPU) == []
+    assert any("registers" in p for p in mm.constraints(ok.replace(micro_m=12, micro_n=48, tile_n=48), CPU))
+    assert any("multiple of micro_m" in p for p in mm.constraints(ok.replace(tile_m=32), CPU))
+    assert any("multiple of vector" in p for p in mm.constraints(ok.replace(micro_n=8), CPU))
+    assert any("multiple of unroll" in p for p in mm.constraints(ok.replace(unroll=32), CPU))
+    assert any("larger than the problem" in p for p in mm.constraints(ok.replace(tile_m=192), CPU))
+    for m, n, k in [(1, 1, 1), (5, 3, 700), (37, 71, 53), (100, 17, 33), (1024, 1024, 1024), (4096, 96, 4096)]:
+        g = tf.GraphBuilder("mm")
+        g.output("y", g.input("x", (m, k), "f32") @ g.input("w", (k, n), "f32"))
+        spec = specs_of(g)[1][0]
+        cfg = spec.default_config(CPU)
+        spec.check(cfg, CPU)
+        assert all(v in spec.knob_space(CPU)[knob] for knob, v in cfg.items()), (m, n, k, cfg)
 
 
 def test_tir_is_deterministic() -> None:
@@ -178,9 +223,11 @@ def test_tir_is_deterministic() -> None:
 def test_schedule_shapes_the_tir() -> None:
     _, specs = specs_of(mm_epilogue("f32"))
     mm = next(s for s in specs if s.family == "matmul")
-    text = tvm_runtime.source(mm, Config(tile_m=16, tile_n=32, tile_k=16, vector=8, unroll=1))
-    assert "T.parallel" in text and "T.vectorized(8)" in text and "T.unroll(16)" in text
-    assert text.count('T.sblock("out0")') == 1 and "C_init" in text
+    text = tvm_runtime.source(mm, Config(tile_m=24, tile_n=64, tile_k=16, micro_m=6, micro_n=32, vector=8,
+                                         unroll=2))
+    assert "T.parallel" in text and "T.vectorized(8)" in text
+    assert text.count('T.sblock("out0")') == 1 and "C_init" in text and "P_init" in text
+    assert "Apack = " in text and "Bpack = " in text and 'scope="local"' in text
     _, specs = specs_of(softmax("f32"))
     text = tvm_runtime.source(specs[0], Config(vector=16, parallel_rows=4, unroll=0))
     assert "red0_rf" in text and "red1_rf" in text and "T.vectorized(16)" in text
