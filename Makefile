@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-v2
+STAMP := $(VENV)/.installed-v3
 # torch is pinned to the local CPU wheel (an unpinned torch pulls GBs of CUDA packages);
 # numpy < 2.4 because triton 3.6's interpreter converts 1-element arrays with int().
 DEPS := torch==2.13.0 "numpy>=1.26,<2.4" triton==3.6.0 apache-tvm==0.27.0.post1 ml_dtypes \
-        xgboost optuna sqlalchemy matplotlib nvidia-ml-py pytest hypothesis ruff mypy
+        xgboost optuna sqlalchemy matplotlib psutil nvidia-ml-py pytest hypothesis ruff mypy
 
 .PHONY: install demo test lint bench-cpu clean
 

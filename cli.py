@@ -190,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--costmodel", default="auto", help="cost model directory ('none' to ignore it)")
         sp.set_defaults(fn=fn)
     from .autotune.cli_db import register as register_db
+    from .autotune.cli_tune import register as register_tune
     from .costmodel.cli import register as register_costmodel
 
+    register_tune(sub)
     register_db(sub)
     register_costmodel(sub)
     args = p.parse_args(argv)

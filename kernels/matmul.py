@@ -86,7 +86,7 @@ class MatmulSpec(KernelSpec):
             # cache tiles (tile_*) around a register micro tile (micro_*), vectorized along micro_n
             return {"tile_m": (8, 16, 24, 32, 48, 64, 96, 128, 192, 256),
                     "tile_n": (16, 32, 48, 64, 96, 128, 192, 256, 384, 512),
-                    "tile_k": (16, 32, 64, 128, 256, 512, 1024), "micro_m": (1, 2, 4, 6, 8, 12),
+                    "tile_k": (16, 32, 64, 128, 256, 512, 1024), "micro_m": (2, 4, 6, 8, 12),
                     "micro_n": (8, 16, 32, 48, 64), "vector": (4, 8, 16), "unroll": (1, 2, 4, 8)}
         return {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128, 256),
                 "BLOCK_K": (16, 32, 64, 128), "GROUP_M": (1, 4, 8, 16), "SPLIT_K": (1, 2, 4, 8, 16),

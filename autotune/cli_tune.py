@@ -1,0 +1,128 @@
+"""`tilefuse tune FILE.tf`: tune every kernel of a graph on a device, with a progress bar per kernel
+on stderr, a summary table on stdout and a report directory. `cli.main` calls `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, TextIO
+
+__all__ = ["ProgressBar", "cmd_tune", "register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the `tune` subcommand to the tilefuse argparse CLI."""
+    sp = subparsers.add_parser("tune", help="tune every kernel of a .tf graph on a device (resumable)")
+    sp.add_argument("file")
+    sp.add_argument("--target", default="cpu", help="cpu | sm_80 | sm_90 (default: cpu)")
+    sp.add_argument("--budget", type=int, default=200, help="new measurements per kernel (default 200)")
+    sp.add_argument("--strategy", default="model", choices=("model", "tpe", "random", "grid"))
+    sp.add_argument("--db", metavar="URL", help="SQLAlchemy URL or .db path (default: TILEFUSE_DB or the "
+                    "per-user sqlite file)")
+    sp.add_argument("--time-limit", type=float, metavar="S", help="wall-clock limit for the whole graph")
+    sp.add_argument("--patience", type=int, metavar="N", help="stop a kernel after N trials without a 1%% gain")
+    sp.add_argument("--report", metavar="DIR", help="report directory (default: tune-report-<graph>)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="override a size parameter")
+    sp.set_defaults(fn=cmd_tune)
+
+
+def _fmt_eta(s: float | None) -> str:
+    if s is None:
+        return "--"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class ProgressBar:
+    """One line per kernel, redrawn with \\r: trials/budget, best time, roofline fraction, ETA."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 24, min_interval: float = 0.1):
+        self.stream = stream
+        self.width = width
+        self.min_interval = min_interval
+        self.kernel: str | None = None
+        self._last = 0.0
+        self._len = 0
+
+    def __call__(self, ev: Any) -> None:
+        from .tune import fmt_time
+
+        if ev.kernel != self.kernel:
+            self.finish()
+            self.kernel = ev.kernel
+        now = time.monotonic()
+        if ev.trial < ev.budget and now - self._last < self.min_interval:
+            return
+        self._last = now
+        filled = int(self.width * min(1.0, ev.trial / max(1, ev.budget)))
+        bar = "#" * filled + "." * (self.width - filled)
+        roof = f"{100 * ev.roofline_fraction:5.1f}% of roofline" if ev.roofline_fraction else "  -  of roofline"
+        line = (f"{ev.kernel[:28]:<28} [{bar}] {ev.trial:>4}/{ev.budget:<4} best {fmt_time(ev.best_seconds):>10}  "
+                f"{roof}  ETA {_fmt_eta(ev.eta)}")
+        self.stream.write("\r" + line + " " * max(0, self._len - len(line)))
+        self.stream.flush()
+        self._len = len(line)
+
+    def finish(self) -> None:
+        if self.kernel is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.kernel = None
+        self._len = 0
+
+
+def _db_url(value: str | None) -> str | None:
+    """--db accepts a URL or a .db path, as TILEFUSE_DB does."""
+    import os
+
+    from ..settings import Settings
+
+    return None if value is None else Settings.from_env({**os.environ, "TILEFUSE_DB": value}).db_url
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Tune, print the summary table, write the report; 0 on success."""
+    import optuna
+
+    from ..cli import _load
+    from ..settings import SettingsError
+    from .database import DatabaseError, TuningDB
+    from .device import DeviceError
+    from .space import SpaceError
+    from .tune import TuneError, tune_graph
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI owns output: no per-trial INFO lines
+    if args.budget < 1:
+        print("error: --budget must be at least 1", file=sys.stderr)
+        return 2
+    g = _load(args.file, args.set)
+    try:
+        url = _db_url(args.db)
+    except SettingsError as err:
+        print(f"error: --db: {err}", file=sys.stderr)
+        return 2
+    report = args.report or f"tune-report-{g.name}"
+    bar = ProgressBar()
+    try:
+        with TuningDB(url) as db:
+            res = tune_graph(g, args.target, budget=args.budget, strategy=args.strategy, db=db,
+                             time_limit=args.time_limit, report_dir=report, progress=bar, patience=args.patience,
+                             seed=args.seed)
+    except (TuneError, DatabaseError, DeviceError, SpaceError) as err:
+        bar.finish()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    bar.finish()
+    print(f"tuned {g.name} on {res.device} ({res.target}) with {res.strategy}, budget {res.budget}/kernel, "
+          f"in {res.elapsed:.1f} s")
+    print(res.table())
+    for r in res.rows:
+        if r.stopped != "budget":
+            print(f"  {', '.join(r.kernels)}: stopped early ({r.stopped})")
+        bad = {k: v for k, v in r.statuses.items() if k != "ok"}
+        if bad:
+            print(f"  {', '.join(r.kernels)}: " + ", ".join(f"{v} {k}" for k, v in sorted(bad.items())))
+    print(f"report: {report}/summary.md, results.json, best_so_far.png")
+    return 0

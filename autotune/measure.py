@@ -1,0 +1,208 @@
+"""The worker side of measurement: rebuilding a spec in a child process, fresh random inputs for a
+kernel's buffers, the kernel's float64 reference, verification and the common timing protocol.
+
+Verification protocol: per (workload, seed) the worker draws random inputs for the kernel's input
+buffers, evaluates the kernel's fused group with the numpy reference (float64; `kernel_reference`),
+builds the family's DEFAULT config and checks it against that reference with the dtype's
+tolerance. Every candidate is then compared with the verified default kernel's outputs on the
+same inputs (bound: twice the reference tolerance, since both carry rounding error); should the
+default itself fail, candidates are compared with the reference directly. Outputs are poisoned
+(NaN / 0x5A..) before every run, so an element a candidate fails to write cannot pass."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..ir import dtypes as dt
+if TYPE_CHECKING:
+    from ..kernels.base import KernelSpec
+
+
+class SpecError(RuntimeError):
+    """A kernel spec that cannot be rebuilt in a worker process."""
+
+
+@dataclass(frozen=True)
+class SpecRef:
+    """A picklable handle on a KernelSpec: its canonical graph text, kernel name and backend.
+    (Specs hold hash-consed IR nodes, which do not pickle; the pipeline is deterministic.)"""
+
+    graph_text: str
+    kernel: str
+    backend: str
+    key: str
+
+    @staticmethod
+    def of(spec: KernelSpec, backend: str) -> SpecRef:
+        return SpecRef(spec.kg.graph.text, spec.name, backend, spec.key)
+
+
+@functools.lru_cache(maxsize=32)
+def resolve(ref: SpecRef) -> KernelSpec:
+    """Rebuild the spec `ref` names (runs the pass pipeline on its graph text)."""
+    from ..ir.text import parse_graph
+    from ..kernels import spec_for
+    from ..passes import run_pipeline
+
+    kg = run_pipeline(parse_graph(ref.graph_text)).kernels
+    for k in kg.kernels:
+        if k.name == ref.kernel:
+            spec = spec_for(kg, k, ref.backend)
+            if spec.key != ref.key:
+                raise SpecError(f"kernel {ref.kernel}: rebuilt workload key {spec.key[:12]} differs from "
+                                f"{ref.key[:12]}; the pass pipeline is not deterministic for this graph")
+            return spec
+    raise SpecError(f"kernel {ref.kernel} not found when rebuilding its graph "
+                    f"(kernels: {', '.join(k.name for k in kg.kernels)})")
+
+
+def np_dtype(d: dt.DType) -> Any:
+    if d == dt.bf16:
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return dt.to_numpy(d)
+
+
+def kernel_inputs(spec: KernelSpec, seed: int) -> list[np.ndarray]:
+    """Fresh random inputs for the kernel's input buffers (never zeros): floats ~ N(0, 1), a matmul's
+    B operand scaled by 1/sqrt(K) as weights are initialised (cli.random_inputs), small ints, bools."""
+    from ..ir.ops import Op
+    from ..passes.views import base_of
+
+    scale: dict[str, float] = {}
+    for n in spec.kernel.group.nodes:
+        if n.op is Op.MATMUL:
+            buf = spec.kg.buffers.get(id(base_of(n.src[1])))
+            k = n.src[1].shape[-1] if n.attr("trans_b") else n.src[1].shape[-2]
+            if buf is not None:
+                scale[buf.name] = 1.0 / math.sqrt(k)
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in spec.inputs:
+        x: np.ndarray
+        if b.dtype.is_float:
+            x = rng.standard_normal(b.shape) * scale.get(b.name, 1.0)
+        elif b.dtype.is_bool:
+            x = rng.random(b.shape) < 0.5
+        else:
+            x = rng.integers(-8, 8, b.shape)
+        out.append(np.ascontiguousarray(np.asarray(x).astype(np_dtype(b.dtype))))
+    return out
+
+
+def kernel_reference(spec: KernelSpec, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The kernel's outputs by the numpy reference: its group's nodes (and the views and constants
+    they read) evaluated in float64 with the input buffers bound to `inputs`."""
+    from ..ir.ops import Op
+    from ..ir.reference import EVALUATORS, host
+
+    kg = spec.kg
+    env: dict[int, Any] = {}
+    for node_id, buf in kg.buffers.items():
+        if buf in spec.inputs:
+            env[node_id] = host(inputs[spec.inputs.index(buf)], buf.dtype)
+    members = {id(n) for n in spec.kernel.group.nodes}
+    for n in kg.graph.nodes:
+        if id(n) in env or not (id(n) in members or id(n) in kg.inline or n.op is Op.CONST):
+            continue
+        if all(id(s) in env for s in n.src):
+            env[id(n)] = EVALUATORS[n.op](n, [env[id(s)] for s in n.src])
+    missing = [o for o in spec.kernel.group.outputs if id(o) not in env]
+    if missing:
+        raise SpecError(f"{spec.name}: the reference cannot evaluate output {missing[0]!r} from the kernel's inputs")
+    return [np.broadcast_to(np.asarray(env[id(o)], dtype=np.float64), b.shape)
+            for o, b in zip(spec.kernel.group.outputs, spec.outputs)]
+
+
+def poison_value(d: dt.DType) -> Any:
+    from ..codegen.executors import _poison_value
+
+    return _poison_value(d)
+
+
+def error_bound(ref: np.ndarray, d: dt.DType) -> float:
+    """The dtype tolerance applied to a reference array (as the kernel tests apply it)."""
+    rtol, atol = dt.tolerance(d)
+    scale = float(np.max(np.abs(ref))) if ref.size else 1.0
+    return atol * max(1.0, scale) + rtol * scale
+
+
+def max_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
+    """Largest |got - want| over all outputs; inf for NaN (unwritten, poisoned) elements."""
+    worst = 0.0
+    for g, w in zip(got, want):
+        if g.size == 0:
+            continue
+        diff = np.abs(np.asarray(g, dtype=np.float64).reshape(w.shape) - w)
+        e = float(np.max(diff))
+        worst = max(worst, e if math.isfinite(e) else math.inf)
+    return worst
+
+
+@dataclass
+class Expected:
+    """What candidates are checked against: outputs, per-output bounds, and where they came from."""
+
+    reference: list[np.ndarray]
+    outputs: list[np.ndarray]
+    bounds: list[float]
+    source: str  # "default" | "reference"
+    default_error: float
+
+    def check(self, got: Sequence[np.ndarray]) -> tuple[bool, float]:
+        """(ok, max error vs the reference)."""
+        ok = all(max_error([g], [w]) <= b for g, w, b in zip(got, self.outputs, self.bounds))
+        return ok, max_error(got, self.reference)
+
+
+def expected_outputs(spec: KernelSpec, inputs: list[np.ndarray],
+                     run_default: Callable[[], list[np.ndarray]]) -> Expected:
+    """Verify the default kernel against the reference once; candidates are compared with it."""
+    ref = kernel_reference(spec, inputs)
+    bounds = [error_bound(r, b.dtype) for r, b in zip(ref, spec.outputs)]
+    try:
+        got = [np.asarray(g, dtype=np.float64).reshape(r.shape) for g, r in zip(run_default(), ref)]
+    except Exception:  # noqa: BLE001 - a broken default: fall back to the reference
+        got = None
+    if got is not None and all(max_error([g], [r]) <= b for g, r, b in zip(got, ref, bounds)):
+        return Expected(ref, got, [2.0 * b for b in bounds], "default", max_error(got, ref))
+    return Expected(ref, ref, bounds, "reference", math.inf if got is None else max_error(got, ref))
+
+
+def time_runs(run: Callable[[], None], before_sample: Callable[[], None], *, samples: int, warmup: int,
+              min_sample_seconds: float, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """The common protocol: `warmup` runs, then `samples` samples, each preceded by `before_sample`
+    (poison outputs, flush caches; not timed) and each the mean of enough back-to-back runs to last
+    `min_sample_seconds` (1 run for kernels longer than that)."""
+    t_one = math.inf
+    for _ in range(max(1, warmup)):
+        t0 = clock()
+        run()
+        t_one = min(t_one, clock() - t0)
+    number = max(1, min(1000, math.ceil(min_sample_seconds / max(t_one, 1e-9))))
+    out = []
+    for _ in range(samples):
+        before_sample()
+        t0 = clock()
+        for _ in range(number):
+            run()
+        out.append((clock() - t0) / number)
+    return out
+
+
+class CacheFlusher:
+    """Evicts the device's caches between samples by writing a buffer twice their size."""
+
+    def __init__(self, nbytes: int):
+        self.buf = np.zeros(max(1, nbytes // 8), dtype=np.float64)
+
+    def __call__(self) -> None:
+        self.buf += 1.0

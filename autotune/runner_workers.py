@@ -1,0 +1,234 @@
+"""Functions that run inside measurement / build worker processes (see runners.py, measure.py).
+
+Each takes one request dict and returns a Measurement (or, for builds, an error message). State that
+costs time to make (random inputs, the verified default kernel's outputs, the flush buffer) is kept
+per worker process and rebuilt by a fresh worker after a crash."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .config import Config
+from .measure import CacheFlusher, Expected, expected_outputs, kernel_inputs, np_dtype, poison_value, resolve, time_runs
+from .records import Measurement, Status
+from .target import get_target
+
+_STATE: dict[tuple[str, str, int], Any] = {}
+
+
+def _msg(err: BaseException, limit: int = 4000) -> str:
+    return f"{type(err).__name__}: {err}"[:limit]
+
+
+# ---- CPU (TVM / LLVM) -------------------------------------------------------------------------
+@dataclass
+class _CpuState:
+    inputs: list[np.ndarray]
+    poison: list[np.ndarray]
+    expected: Expected
+    flush: CacheFlusher
+
+
+def _cpu_state(spec: Any, req: dict[str, Any]) -> _CpuState:
+    key = ("cpu", spec.key, int(req["seed"]))
+    st = _STATE.get(key)
+    if st is None:
+        from ..codegen import tvm_runtime
+        from ..codegen.cache import default_cache
+
+        inputs = kernel_inputs(spec, int(req["seed"]))
+        poison = [np.full(b.shape, poison_value(b.dtype), dtype=np_dtype(b.dtype)) for b in spec.outputs]
+
+        def run_default() -> list[np.ndarray]:
+            kern = tvm_runtime.build(spec, spec.default_config(get_target(req["arch"])), default_cache())
+            args = kern._args(inputs, poison)
+            for a, p in zip(args[len(inputs):], poison):
+                a.copyfrom(p.reshape(a.shape))
+            kern.func(*args)
+            return [a.numpy() for a in args[len(inputs):]]
+
+        st = _CpuState(inputs, poison, expected_outputs(spec, inputs, run_default), CacheFlusher(req["flush_bytes"]))
+        _STATE[key] = st
+    return st
+
+
+def cpu_measure(req: dict[str, Any]) -> Measurement:
+    """Build (or load) the TVM library, verify on poisoned outputs, time with cache flushes."""
+    from ..codegen import tvm_runtime
+    from ..codegen.cache import default_cache
+
+    spec = resolve(req["spec"])
+    config = Config.from_json(req["config"])
+    st = _cpu_state(spec, req)
+    t0 = time.perf_counter()
+    try:
+        kern = tvm_runtime.build(spec, config, default_cache())
+    except Exception as exc:  # noqa: BLE001 - any compiler failure is this candidate's compile error
+        return Measurement(Status.COMPILE_ERROR, error=_msg(exc), compile_seconds=time.perf_counter() - t0)
+    compile_s = 0.0 if kern.from_cache else time.perf_counter() - t0
+    hook: Callable[[Config, list[np.ndarray]], None] | None = req.get("hook")
+    # TvmKernel's own argument marshalling; the timed loop calls the packed function directly.
+    args = kern._args(st.inputs, st.poison)
+    outs = args[len(st.inputs):]
+
+    def poison() -> None:
+        for a, p in zip(outs, st.poison):
+            a.copyfrom(p.reshape(a.shape))
+
+    def read() -> list[np.ndarray]:
+        got = [a.numpy() for a in outs]
+        if hook is not None:
+            hook(config, got)
+        return got
+
+    def run() -> None:
+        kern.func(*args)
+
+    try:
+        poison()
+        run()
+        ok, err = st.expected.check(read())
+        if not ok:
+            return Measurement(Status.WRONG_RESULT, max_error=err, compile_seconds=compile_s,
+                               error=f"max |err| {err:.3e} vs the {st.expected.source} outputs")
+
+        def before() -> None:
+            poison()
+            st.flush()
+
+        samples = time_runs(run, before, samples=int(req["samples"]), warmup=int(req["warmup"]),
+                            min_sample_seconds=float(req["min_sample_seconds"]))
+        ok, err2 = st.expected.check(read())  # the last timed run must be right too
+    except Exception as exc:  # noqa: BLE001 - a failing kernel is this candidate's runtime error
+        return Measurement(Status.RUNTIME_ERROR, error=_msg(exc), compile_seconds=compile_s)
+    if not ok:
+        return Measurement(Status.WRONG_RESULT, tuple(samples), max_error=err2, compile_seconds=compile_s,
+                           error="the last timed run differs from the expected outputs")
+    return Measurement(Status.OK, tuple(samples), verified=True, max_error=max(err, err2), compile_seconds=compile_s)
+
+
+def cpu_prebuild(req: dict[str, Any]) -> str:
+    """Compile one candidate into the build cache; '' on success (or a hit), else the compile error."""
+    from ..codegen import tvm_runtime
+    from ..codegen.cache import default_cache
+
+    cache = default_cache()
+    if cache is None:
+        return ""
+    spec = resolve(req["spec"])
+    config = Config.from_json(req["config"])
+    key = cache.key(tvm_runtime.cache_payload(spec, config))
+    if cache.contains(key):
+        return ""
+    try:
+        data = tvm_runtime.compile_library(spec, config)
+    except Exception as err:  # noqa: BLE001 - reported as this candidate's compile error
+        return _msg(err)
+    cache.put(key, {tvm_runtime.LIBRARY: data})
+    return ""
+
+
+# ---- GPU (Triton on CUDA) -------------------------------------------------------------------
+@dataclass
+class _GpuState:
+    inputs: list[Any]
+    expected: Expected
+    flush: Any
+
+
+def _gpu_launcher(spec: Any, config: Config, source: str, inputs: list[Any]) -> tuple[Callable[[], Any], list[Any]]:
+    import torch
+
+    from ..codegen.triton_runtime import load_module
+    from ..ir import dtypes as dt
+
+    mod = load_module(source, interpret=False)
+    outs = [torch.empty(b.shape, dtype=dt.to_torch(b.dtype), device="cuda") for b in spec.outputs]
+    args = list(inputs) + outs
+    ws_shape = getattr(spec, "workspace_shape", lambda c: None)(config)
+    if ws_shape is not None:
+        args.append(torch.empty(ws_shape, dtype=torch.float32, device="cuda"))
+    kw = {**spec.triton_constexprs(config), **spec.launch_options(config)}
+    grid = spec.grid(config)
+    main = getattr(mod, spec.name)
+    finish = getattr(mod, f"{spec.name}_finish") if ws_shape is not None else None
+
+    def launch() -> Any:
+        k = main[grid](*args, **kw)
+        if finish is not None:
+            finish[grid[:1] + (1,) + grid[2:]](*args, **kw)
+        return k
+
+    return launch, outs
+
+
+def _gpu_state(spec: Any, req: dict[str, Any]) -> _GpuState:
+    key = ("gpu", spec.key, int(req["seed"]))
+    st = _STATE.get(key)
+    if st is None:
+        import torch
+
+        host = kernel_inputs(spec, int(req["seed"]))
+        inputs = [torch.from_numpy(np.ascontiguousarray(x)).to("cuda") for x in host]
+        target = get_target(req["arch"])
+
+        def run_default() -> list[np.ndarray]:
+            cfg = spec.default_config(target)
+            launch, outs = _gpu_launcher(spec, cfg, spec.render_triton(cfg), inputs)
+            launch()
+            torch.cuda.synchronize()
+            return [o.float().cpu().numpy() for o in outs]
+
+        flush = torch.empty(max(1, int(req["flush_bytes"])), dtype=torch.int8, device="cuda")
+        st = _GpuState(inputs, expected_outputs(spec, host, run_default), flush)
+        _STATE[key] = st
+    return st
+
+
+def gpu_measure(req: dict[str, Any]) -> Measurement:
+    """JIT-build the Triton kernel, verify on poisoned outputs, time with CUDA events and L2 flushes."""
+    import torch
+
+    spec = resolve(req["spec"])
+    config = Config.from_json(req["config"])
+    st = _gpu_state(spec, req)
+    t0 = time.perf_counter()
+    try:
+        launch, outs = _gpu_launcher(spec, config, spec.render_triton(config), st.inputs)
+        for o, b in zip(outs, spec.outputs):
+            o.fill_(poison_value(b.dtype))
+        compiled = launch()  # the first launch JIT-compiles
+        torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001
+        kind = type(exc).__name__
+        status = Status.COMPILE_ERROR if ("Compilation" in kind or "OutOfResources" in kind) else Status.RUNTIME_ERROR
+        return Measurement(status, error=_msg(exc), compile_seconds=time.perf_counter() - t0)
+    compile_s = time.perf_counter() - t0
+    resources = {"registers": int(getattr(compiled, "n_regs", -1) or -1),
+                 "spills": int(getattr(compiled, "n_spills", -1) or -1),
+                 "shared_bytes": int(getattr(getattr(compiled, "metadata", None), "shared", -1) or -1)}
+    hook = req.get("hook")
+    got = [o.float().cpu().numpy() for o in outs]
+    if hook is not None:
+        hook(config, got)
+    ok, err = st.expected.check(got)
+    if not ok:
+        return Measurement(Status.WRONG_RESULT, max_error=err, compile_seconds=compile_s, resources=resources)
+    samples = []
+    for _ in range(int(req["warmup"])):
+        launch()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(int(req["samples"])):
+        st.flush.zero_()  # evict the L2 (twice its size) so every sample starts cold
+        start.record()
+        launch()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+    return Measurement(Status.OK, tuple(samples), verified=True, max_error=err, compile_seconds=compile_s,
+                       resources=resources)

@@ -1,0 +1,262 @@
+"""Search strategies over a SearchSpace: grid, random, Optuna TPE and model-guided evolution.
+
+A strategy proposes batches (`ask(n, measured)`) of legal configs not yet measured and learns from
+every record of the workload (`observe(record)`), including records from earlier or concurrent runs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import Config
+from .records import Record
+from .space import SearchSpace
+
+if TYPE_CHECKING:
+    from ..kernels.base import KernelSpec
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("grid", "random", "tpe", "model")
+
+
+class Strategy:
+    """Base: remembers what was measured; subclasses pick what to measure next."""
+
+    name = "base"
+
+    def __init__(self, space: SearchSpace, seed: int = 0):
+        self.space = space
+        self.rng = random.Random(seed)
+        self.seconds: dict[Config, float | None] = {}  # None: failed, wrong or rejected
+
+    def observe(self, record: Record) -> None:
+        self.seconds[record.config] = record.measurement.median
+
+    def ask(self, n: int, measured: set[Config]) -> list[Config]:
+        raise NotImplementedError
+
+    def best(self, k: int) -> list[Config]:
+        ok = sorted((s, c.key, c) for c, s in self.seconds.items() if s is not None)
+        return [c for _, _, c in ok[:k]]
+
+
+class GridStrategy(Strategy):
+    """Every legal config once, in the space's deterministic space-filling order."""
+
+    name = "grid"
+
+    def __init__(self, space: SearchSpace, seed: int = 0):
+        super().__init__(space, seed)
+        self._it: Iterator[Config] = space.grid_order()
+
+    def ask(self, n: int, measured: set[Config]) -> list[Config]:
+        out: list[Config] = []
+        for c in self._it:
+            if c not in measured:
+                out.append(c)
+                if len(out) >= n:
+                    break
+        return out
+
+
+class RandomStrategy(Strategy):
+    """Uniform samples of the legal, unmeasured configs."""
+
+    name = "random"
+
+    def ask(self, n: int, measured: set[Config]) -> list[Config]:
+        return self.space.sample(self.rng, n, exclude=measured)
+
+
+class TpeStrategy(Strategy):
+    """Optuna's TPE over categorical knobs (ask/tell). The objective is log(seconds); failed and
+    illegal configs get a large penalty, told without being measured (illegal ones never compile).
+    `storage` (an SQLAlchemy URL) shares one study between tuner processes."""
+
+    name = "tpe"
+    PENALTY = 1e3  # log-seconds of real kernels are far below this
+
+    def __init__(self, space: SearchSpace, seed: int = 0, storage: str | None = None, study_name: str | None = None):
+        super().__init__(space, seed)
+        import optuna
+
+        self._optuna = optuna
+        cat = optuna.distributions.CategoricalDistribution
+        self.dists: dict[str, Any] = {k: cat(list(space.knobs[k])) for k in space.names}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # multivariate TPE is "experimental"
+            sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+        with _quiet_optuna():
+            self.study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage,
+                                             study_name=study_name, load_if_exists=storage is not None)
+        self._pending: dict[Config, Any] = {}
+        self._told: set[Config] = {Config(t.params) for t in self.study.trials if t.state.is_finished()}
+
+    def _value(self, seconds: float | None) -> float:
+        return math.log(seconds) if seconds is not None and seconds > 0 else self.PENALTY
+
+    def observe(self, record: Record) -> None:
+        super().observe(record)
+        c = record.config
+        value = self._value(record.measurement.median)
+        with _quiet_optuna():
+            trial = self._pending.pop(c, None)
+            if trial is not None:
+                self.study.tell(trial, value)
+            elif c not in self._told and set(c) == set(self.dists):
+                self.study.add_trial(self._optuna.trial.create_trial(params=dict(c), distributions=self.dists,
+                                                                     value=value))
+        self._told.add(c)
+
+    def ask(self, n: int, measured: set[Config]) -> list[Config]:
+        out: list[Config] = []
+        with _quiet_optuna():
+            for _ in range(100 * n):
+                if len(out) >= n:
+                    break
+                trial = self.study.ask(self.dists)
+                c = Config(trial.params)
+                if not self.space.is_legal(c):
+                    self.study.tell(trial, self.PENALTY)
+                elif c in measured or c in out or c in self._pending:
+                    known = self.seconds.get(c)
+                    if c in measured and c not in self._pending:
+                        self.study.tell(trial, self._value(known))
+                    else:
+                        self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+                else:
+                    self._pending[c] = trial
+                    out.append(c)
+        if len(out) < n:  # TPE keeps proposing known configs: top up at random
+            out += self.space.sample(self.rng, n - len(out), exclude=measured | set(out) | set(self._pending))
+        return out
+
+
+class _quiet_optuna:  # noqa: N801 - used as a context manager
+    """Hold Optuna's per-trial INFO logging down for the duration (restored afterwards)."""
+
+    def __enter__(self) -> None:
+        import optuna
+
+        self.level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(max(self.level, optuna.logging.WARNING))
+
+    def __exit__(self, *exc: object) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(self.level)
+
+
+class ModelStrategy(Strategy):
+    """Model-guided evolutionary search: a pool of `pool` candidates (mutations and crossovers of the
+    best measured configs, plus random ones) is ranked by the cost model; the top of the batch is
+    measured (with a few random picks for exploration; half the batch while the roofline ranks) and
+    the model refit on all records of the
+    workload plus the device's history for the family. XGBoost ranks once `min_xgb` OK records
+    exist, the analytic roofline model before that."""
+
+    name = "model"
+
+    def __init__(self, space: SearchSpace, spec: KernelSpec, device: Any, seed: int = 0,
+                 history: list[Record] | None = None, pool: int = 512, parents: int = 8, min_xgb: int = 8,
+                 explore: float = 0.125):
+        super().__init__(space, seed)
+        self.spec = spec
+        self.device = device
+        self.pool = pool
+        self.parents = parents
+        self.min_xgb = min_xgb
+        self.explore = explore
+        self.history = [r for r in (history or []) if r.workload_key != spec.key and r.features]
+        self.records: dict[Config, Record] = {}
+        self.model: Any = None
+        self.model_name = "roofline"
+        self._dirty = True
+        self._features: dict[Config, dict[str, float]] = {}
+
+    def observe(self, record: Record) -> None:
+        super().observe(record)
+        self.records[record.config] = record
+        self._dirty = True
+
+    def _fit(self) -> None:
+        from ..costmodel.models import ModelError, RooflineModel, XGBRankModel
+
+        ok = [r for r in self.records.values() if r.measurement.median is not None and r.features]
+        self.model, self.model_name = RooflineModel(), "roofline"
+        if len(ok) >= self.min_xgb:
+            xgb = XGBRankModel(num_boost_round=100, seed=self.rng.randrange(2**31))
+            try:
+                xgb.fit(ok + self.history)
+                self.model, self.model_name = xgb, "xgb"
+            except ModelError as err:
+                log.info("%s: cost model not trained (%s); ranking by roofline", self.spec.name, err)
+        self._dirty = False
+
+    def features(self, c: Config) -> dict[str, float]:
+        f = self._features.get(c)
+        if f is None:
+            from ..costmodel.features import featurize
+
+            f = featurize(self.spec, c, self.device)
+            self._features[c] = f
+        return f
+
+    def candidates(self, measured: set[Config]) -> list[Config]:
+        """Unique legal unmeasured configs: ~half mutations, ~a fifth crossovers, the rest random."""
+        seen: set[Config] = set(measured)
+        out: list[Config] = []
+
+        def add(c: Config | None) -> None:
+            if c is not None and c not in seen:
+                seen.add(c)
+                out.append(c)
+
+        parents = self.best(self.parents)
+        if parents:
+            for _ in range(self.pool // 2):
+                add(self.space.mutate(self.rng.choice(parents), self.rng))
+            if len(parents) > 1:
+                for _ in range(self.pool // 5):
+                    a, b = self.rng.sample(parents, 2)
+                    add(self.space.crossover(a, b, self.rng))
+        for c in self.space.sample(self.rng, max(0, self.pool - len(out)), exclude=seen):
+            add(c)
+        return out
+
+    def ask(self, n: int, measured: set[Config]) -> list[Config]:
+        if self._dirty or self.model is None:
+            self._fit()
+        pool = self.candidates(measured)
+        if not pool:
+            return []
+        scores = np.asarray(self.model.predict([self.features(c) for c in pool]), dtype=np.float64)
+        order = [pool[i] for i in np.argsort(-scores, kind="stable")]
+        # The analytic model is a weak ranker on CPUs: until XGBoost takes over, half the batch is random.
+        n_explore = int(round(n * self.explore)) if self.model_name == "xgb" else n // 2
+        chosen = order[:max(0, n - n_explore)]
+        rest = order[len(chosen):]
+        chosen += self.rng.sample(rest, min(len(rest), n - len(chosen)))
+        return chosen
+
+
+def make_strategy(name: str, space: SearchSpace, spec: KernelSpec, device: Any, seed: int = 0,
+                  history: list[Record] | None = None, storage: str | None = None) -> Strategy:
+    """The strategy called `name` (one of STRATEGIES)."""
+    if name == "grid":
+        return GridStrategy(space, seed)
+    if name == "random":
+        return RandomStrategy(space, seed)
+    if name == "tpe":
+        study = f"tilefuse-{spec.key[:16]}-{getattr(device, 'key', 'dev')[:16]}" if storage else None
+        return TpeStrategy(space, seed, storage=storage, study_name=study)
+    if name == "model":
+        return ModelStrategy(space, spec, device, seed, history=history)
+    raise ValueError(f"unknown search strategy {name!r}; accepted: {', '.join(STRATEGIES)}")
