@@ -56,7 +56,9 @@ def rewrite_graph(g: Graph, rules: list[Rule], ctx: Any = None) -> Graph:
     A rule may build new nodes; their operands are rewritten too, so the result is a fixpoint."""
     from ..ir.ops import make
 
-    memo: dict[int, Node] = {}
+    # id -> (node, result): the node is kept alive so its id cannot be reused by a node a rule
+    # builds later (temporaries built by rules would otherwise die and alias memo entries).
+    memo: dict[int, tuple[Node, Node]] = {}
 
     def rebuild(n: Node, src: tuple[Node, ...]) -> Node:
         if n.op is Op.INPUT or all(a is b for a, b in zip(src, n.src)):
@@ -65,8 +67,8 @@ def rewrite_graph(g: Graph, rules: list[Rule], ctx: Any = None) -> Graph:
 
     def rw(n: Node) -> Node:
         hit = memo.get(id(n))
-        if hit is not None:
-            return hit
+        if hit is not None and hit[0] is n:
+            return hit[1]
         cur = rebuild(n, tuple(rw(s) for s in n.src))
         for _ in range(MAX_STEPS):
             new = next((r for p, fn in rules if p.match(cur) and (r := fn(cur, ctx)) is not None and r is not cur),
@@ -76,13 +78,13 @@ def rewrite_graph(g: Graph, rules: list[Rule], ctx: Any = None) -> Graph:
             cur = rebuild(new, tuple(rw(s) for s in new.src))
         else:
             raise RewriteError(f"rewrite of {n!r} did not reach a fixpoint in {MAX_STEPS} steps")
-        memo[id(n)] = cur
-        memo[id(cur)] = cur
+        memo[id(n)] = (n, cur)
+        memo[id(cur)] = (cur, cur)
         return cur
 
     for n in toposort([n for _, n in g.outputs]):  # operands first keeps the recursion shallow
         rw(n)
-    return g.replace(tuple((name, memo[id(n)]) for name, n in g.outputs))
+    return g.replace(tuple((name, rw(n)) for name, n in g.outputs))
 
 
 def rewrite_expr(e: Expr, rules: list[Rule], ctx: Any = None) -> Expr:

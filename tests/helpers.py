@@ -30,4 +30,5 @@ def check_graph(cg, seed: int):
         rtol, atol = dt.tolerance(node.dtype)
         scale = max(1.0, float(np.max(np.abs(want))))
         err = float(np.max(np.abs(got - want)))
-        assert err <= atol * scale + rtol * scale, f"{name}: max error {err} (scale {scale}, dtype {node.dtype})"
+        assert err <= atol * scale + rtol * scale, (f"{name}: max error {err} (scale {scale}, dtype {node.dtype})\n"
+                                                    f"{cg.graph.text}")

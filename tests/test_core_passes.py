@@ -113,3 +113,21 @@ def test_pipeline_preserves_reference_semantics(g, seed):
     for k in before:
         np.testing.assert_allclose(after[k], before[k], rtol=1e-12, atol=1e-12)
     run_pipeline(g)  # fusion and partition accept every such graph
+
+
+def test_rewrite_memo_survives_dead_temporaries():
+    """Regression: rewrite_graph memoised by id(); a rule's temporary node died, its id was reused
+    and mean(x, 0) was rewritten into an unrelated value."""
+    g = parse_graph("""graph prop {
+  %x = input f32[1, 2]
+  %0 = pointwise(%x) {expr=(mul $0:f32 $0:f32)}
+  %1 = pointwise(%0) {expr=(add $0:f32 0.5:f32)}
+  %2 = reduce(%1) {axes=[0], keepdim=false, op="mean"}
+  %3 = reduce(%x) {axes=[0], keepdim=false, op="mean"}
+  output out = %2
+  output mid = %3
+}""")
+    x = {"x": np.array([[1.5, -2.0]])}
+    c = canonicalize(g)
+    assert c.output("out") is not c.output("mid")
+    np.testing.assert_allclose(evaluate(c, x)["mid"], [1.5, -2.0])
