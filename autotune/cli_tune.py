@@ -38,8 +38,9 @@ def _fmt_eta(s: float | None) -> str:
 class ProgressBar:
     """One line per kernel, redrawn with \\r: trials/budget, best time, roofline fraction, ETA."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 24, min_interval: float = 0.1):
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, width: int = 24, min_interval: float = 0.1):
+        # resolved per call, not at import: sys.stderr may be replaced (pytest capture, redirection)
+        self.stream = stream if stream is not None else sys.stderr
         self.width = width
         self.min_interval = min_interval
         self.kernel: str | None = None
