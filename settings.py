@@ -30,7 +30,7 @@ class Settings:
     model_dir: Path
     no_cache: bool
     jobs: int
-    threads: int  # threads a CPU (TVM) kernel runs on
+    threads: int  # threads a CPU (TVM) kernel runs on; 0 = the backend's default (physical cores)
     triton_interpret: bool
 
     @classmethod
@@ -43,7 +43,7 @@ class Settings:
             model_dir=_model_dir(env),
             no_cache=_bool(env, "TILEFUSE_NO_CACHE"),
             jobs=_jobs(env),
-            threads=_count(env, "TILEFUSE_THREADS"),
+            threads=_count(env, "TILEFUSE_THREADS") if env.get("TILEFUSE_THREADS", "").strip() else 0,
             triton_interpret=_bool(env, "TRITON_INTERPRET"),
         )
 
