@@ -356,3 +356,25 @@ def recent_cache(k: Any, lengths: Sequence[int], window: int) -> Any:
         for t in range(max(0, n - window), n):
             out[bi, t % window] = k[bi, :, t]
     return out
+
+
+# ---- attention backward ------------------------------------------------------------------------------
+# Builder for the attention_bwd op (ir/attention_bwd_op.py): gradients of `attention`.
+def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dout: Tensor, lse: Tensor, *,
+                       scale: float | None = None, mask_mod: Expr | None = None, score_mod: Expr | None = None,
+                       extra: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) of `attention(q, k, v, scale, mask_mod, score_mod, extra, return_lse=True) -> (out, lse)`
+    given dout. mask_mod / score_mod are the forward's expressions (extras from operand 3); their loads
+    are renumbered to the backward's operands (extras from 6). score_mod must be an additive bias."""
+    from .ir.attention_bwd_op import shift_loads
+
+    kw: dict[str, Any] = {}
+    if scale is not None:
+        kw["scale"] = float(scale)
+    if mask_mod is not None:
+        kw["mask_mod"] = shift_loads(mask_mod, 3)
+    if score_mod is not None:
+        kw["score_mod"] = shift_loads(score_mod, 3)
+    srcs = [t.node for t in (q, k, v, out, dout, lse, *extra)]
+    dq, dk, dv = _results(make(Op.ATTENTION_BWD, srcs, **kw))
+    return dq, dk, dv

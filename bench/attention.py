@@ -11,6 +11,10 @@ Run on a machine with a CUDA GPU (it has not run in the CPU-only sessions that w
 2. Block-sparse at densities 0.5 / 0.25 / 0.1 (random 128 x 128 block masks, a block-mask tensor
    read at run time) and streaming heads (64 sink + 256 local tokens) at 32k and 64k tokens: speedup
    over our dense kernel (target >= 0.8 / density); LServe-style layer with half the heads streaming.
+3. Dense backward (attention_bwd: dq, dk, dv from q, k, v, out, dout, lse) on the same shapes vs the SDPA
+   flash backward (torch.autograd.grad of the flash forward's output), TFLOP/s with FLOPs = 2.5 x the
+   forward's, and the ratio. Our out / lse come from our forward kernel (return_lse); gradients are
+   checked against SDPA's first.
 
 Timing: triton.testing.do_bench (CUDA events, median). Every output is checked first: dense against
 SDPA, sparse ones on sampled query rows against a masked softmax computed in f32.
@@ -46,6 +50,60 @@ def rows_reference(q: Any, k: Any, v: Any, rows: Any, keep: Any) -> Any:
     s = s.masked_fill(~keep, float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)
     return p @ v.float()
+
+
+def bwd_graph(b: int, h: int, s: int, d: int, causal: bool) -> Any:
+    """attention_bwd over [b, h, s, d] f16 with inputs q, k, v, out, dout, lse (lse f32)."""
+    import tilefuse as tf
+
+    g = tf.GraphBuilder("attn_bwd")
+    q, k, v, o, do = (g.input(n, (b, h, s, d), "f16") for n in ("q", "k", "v", "out", "dout"))
+    lse = g.input("lse", (b, h, s), "f32")
+    mask = tf.causal_mask(s, s) if causal else None
+    for name, t in zip(("dq", "dk", "dv"), tf.attention_backward(q, k, v, o, do, lse, mask_mod=mask)):
+        g.output(name, t)
+    return g.build()
+
+
+def backward_rows(target: str, shapes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Section 3: dense backward vs the SDPA flash backward."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from triton.testing import do_bench
+
+    import tilefuse as tf
+
+    rows: list[dict[str, Any]] = []
+    for d in (64, 128):
+        h = 2048 // d
+        for b, s in shapes:
+            for causal in (False, True):
+                q, k, v, do = (torch.randn(b, h, s, d, device="cuda", dtype=torch.float16) for _ in range(4))
+                g = tf.GraphBuilder("attn")
+                qi, ki, vi = (g.input(n, (b, h, s, d), "f16") for n in "qkv")
+                out, lse = tf.attention(qi, ki, vi, mask_mod=tf.causal_mask(s, s) if causal else None,
+                                        return_lse=True)
+                g.output("out", out)
+                g.output("lse", lse)
+                o, lse_t = tf.compile(g.build(), target=target)(q, k, v)
+                cg = tf.compile(bwd_graph(b, h, s, d, causal), target=target)
+                qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    ref_out = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+                ref = torch.autograd.grad(ref_out, (qg, kg, vg), do, retain_graph=True)
+                t_sdpa = do_bench(lambda: torch.autograd.grad(ref_out, (qg, kg, vg), do, retain_graph=True),
+                                  return_mode="median")
+                got = cg(q, k, v, o, do, lse_t)
+                err = max(float((x.float() - y.float()).abs().max()) / max(1.0, float(y.float().abs().max()))
+                          for x, y in zip(got, ref))
+                assert err < 5e-2, f"backward d={d} b={b} s={s} causal={causal}: relative error {err} vs SDPA"
+                t_tf = do_bench(lambda: cg(q, k, v, o, do, lse_t), return_mode="median")
+                fl = 2.5 * 4.0 * b * s * s * h * d / (2 if causal else 1)
+                rows.append({"case": "dense backward", "hdim": d, "batch": b, "seqlen": s, "causal": causal,
+                             "tilefuse_tflops": fl / t_tf / 1e9, "sdpa_tflops": fl / t_sdpa / 1e9,
+                             "ratio": t_sdpa / t_tf, "max_rel_err": err, "config": cg.kernels[0].config.to_json()})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main() -> None:  # noqa: PLR0915 - one linear script
@@ -92,6 +150,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
                              "tilefuse_tflops": fl / t_tf / 1e9, "sdpa_tflops": fl / t_sdpa / 1e9,
                              "ratio": t_sdpa / t_tf, "max_err": err, "config": cg.kernels[0].config.to_json()})
                 print(json.dumps(rows[-1]), flush=True)
+
+    # ---- 3. dense backward vs SDPA (flash) backward (run before the long-context section) ------------
+    rows += backward_rows(target, shapes)
 
     # ---- 2. block-sparse and streaming at long context --------------------------------------------
     h, d, blk = 32, 128, 128

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..passes.partition import Kernel, KernelGraph
 from .attention import AttentionSpec
+from .attention_bwd import AttentionBwdSpec
 from .base import ConfigRejected, KernelSpec
 from .decode import DecodeSpec
 from .lowering import KernelLoweringError
@@ -19,6 +20,7 @@ FAMILIES: dict[str, type[KernelSpec]] = {
     "matmul": MatmulSpec,
     "attention": AttentionSpec,
     "paged_attention": DecodeSpec,
+    "attention_bwd": AttentionBwdSpec,
 }
 
 

@@ -1,0 +1,262 @@
+"""Attention family (backward): dQ, dK, dV of attention_bwd, FlashAttention-2 style, over the block
+structure of the forward (kernels/block_sparsity.py).
+
+Launch structure (one module, two launches, deterministic: no atomics):
+
+1. `{name}` (preprocess): delta = rowsum(dO * O) in f32 for every query row, into the f32 workspace
+   [B * Hq * Sq]; a grid-stride loop over (query block, b * Hq + h).
+2. `{name}_finish` (the backward), grid (NKV + NQ,): programs 0..NKV-1 are dK/dV programs, one per
+   (key block, b * Hkv + kv head). Each keeps its k, v tiles and dK, dV accumulators resident and
+   walks, for every query head of its GQA group (no K/V copies), the query blocks that see its key
+   block: the TRANSPOSE of the forward's block lists, full blocks first (no mask), then partial ones
+   (mask applied per element); empty blocks are never visited. Programs NKV.. are dQ programs, one
+   per (query block, b * Hq + h), walking the forward's lists with q, dO resident and dQ in f32.
+   dK and dV (dQ) are each written by exactly one program, so results are bit-reproducible; the
+   price is recomputing P and dP in both roles (as FlashAttention-2's Triton kernels do).
+
+Both roles share one block size pair (BLOCK_M query rows x BLOCK_N keys), so one block analysis
+serves both lists. Roles whose outputs the graph does not use are left out of the grid. Auxiliary
+int32 tensors: the forward's four (kv_ptr, kv_nfull, kv_idx, head_pat) plus the transposed CSR
+q_ptr [P * NKB + 1], q_nfull [P * NKB], q_idx [nnz] over rows pattern * NKB + key block; a ragged
+last query block is always in the masked part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..autotune.config import Config
+from ..autotune.target import Target
+from ..ir.attention_bwd_op import FIRST_EXTRA
+from ..ir.expr import E, Expr
+from ..ir.ops import Node, Op
+from ..ir.text import format_expr
+from ..passes.partition import Kernel, KernelGraph
+from .attention import AUX_NAMES, REF_BLOCK, AttentionSpec
+from .base import KernelSpec
+from .block_sparsity import BlockLists, BlockSparsity, analyze_runtime, compact
+from .lowering import KernelLoweringError, next_pow2
+
+BWD_AUX_NAMES = AUX_NAMES + ("q_ptr", "q_nfull", "q_idx")
+ROLES = ("dq", "dk", "dv")
+
+
+@dataclass
+class BwdLists(BlockLists):
+    """The forward's CSR lists plus their transpose (query blocks per (pattern, key block) row)."""
+
+    q_ptr: Any = None
+    q_nfull: Any = None
+    q_idx: Any = None
+
+    def as_list(self) -> list[Any]:
+        return super().as_list() + [self.q_ptr, self.q_nfull, self.q_idx]
+
+
+class AttentionBwdSpec(AttentionSpec):
+    """Backward attention: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv], o / do [B, Hq, Sq, Dv],
+    lse [B, Hq, Sq] -> dq, dk, dv. Block analysis, run-time lists and aux caching come from the forward."""
+
+    family = "attention_bwd"
+
+    def __init__(self, kg: KernelGraph, kernel: Kernel):
+        KernelSpec.__init__(self, kg, kernel)  # the forward's __init__ expects an attention anchor
+        node = kernel.group.anchor
+        if node is None or node.op is not Op.ATTENTION_BWD:
+            raise KernelLoweringError(f"{self.name}: attention_bwd group without an attention_bwd anchor")
+        self.node: Node = node
+        q, k, v, o, do, lse = node.src[:6]
+        self.B, self.Hq, self.Sq, self.D = q.shape
+        self.Hkv, self.Sk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
+        self.group = self.Hq // self.Hkv
+        self.dtype = q.dtype
+        self.scale = float(node.attr("scale"))
+        self.mask: Expr | None = node.attr("mask_mod")
+        self.score_mod: Expr | None = node.attr("score_mod")
+        lw = self.lowering
+        self.q_expr, self.k_expr, self.v_expr, self.o_expr, self.do_expr, self.lse_expr = (
+            lw.value(x, x.shape, lambda _: None) for x in (q, k, v, o, do, lse))
+        if self.lse_expr.op is not E.LOAD:
+            raise KernelLoweringError(f"{self.name}: lse ({lse!r}) must be a tensor or a view of one")
+        self.extra_slot: dict[int, int] = {}
+        for i, x in enumerate(node.src[FIRST_EXTRA:], start=FIRST_EXTRA):
+            e = lw.value(x, x.shape, lambda _: None)
+            if e.op is not E.LOAD:
+                raise KernelLoweringError(f"{self.name}: mask/score operand {i} ({x!r}) must be a tensor or a view "
+                                          "of one; materialise computed operands first")
+            self.extra_slot[i] = e.arg
+        self.outs: list[tuple[int, str]] = []
+        for i, out in enumerate(kernel.group.outputs):
+            if out is node:
+                self.outs.append((i, "dq"))
+            elif out.op is Op.RESULT and out.src[0] is node:
+                self.outs.append((i, ROLES[out.attr("index")]))
+            else:
+                raise KernelLoweringError(f"{self.name}: output {out!r} is not a result of the attention_bwd")
+        self._sparsity: dict[tuple[int, int], BlockSparsity] = {}
+        self._aux: dict[Any, list[Any]] = {}
+        self._describe: dict[str, Any] | None = None
+
+    # -- roles and block structure --
+    def out_index(self, role: str) -> int | None:
+        """The kernel output argument index of result `role` (None when the graph does not use it)."""
+        return next((i for i, r in self.outs if r == role), None)
+
+    @property
+    def has_dkdv(self) -> bool:
+        return self.out_index("dk") is not None or self.out_index("dv") is not None
+
+    @property
+    def has_dq(self) -> bool:
+        return self.out_index("dq") is not None
+
+    def block_lists(self, config: Config, operands: dict[int, np.ndarray] | None = None) -> BwdLists:
+        """Numpy CSR lists (forward and transposed) for `config`; `operands` refines data-dependent masks."""
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        sp = self.sparsity(bm, bn)
+        if operands is not None and self.mask is not None and self.runtime_lists(bm, bn):
+            from ..ir.attention_op import make_loader
+
+            xs: list[Any] = [None] * (FIRST_EXTRA + len(self.extra_slot))
+            for i, arr in operands.items():
+                xs[i] = arr
+            sp = analyze_runtime(self.mask, sp, self.B, self.Hq, make_loader(xs, f"{self.name} block analysis"))
+        fwd = compact(sp.classes, sp.pattern_of, self.Sk, bn)
+        bwd = compact(np.ascontiguousarray(sp.classes.transpose(0, 2, 1)), sp.pattern_of, self.Sq, bm)
+        return BwdLists(fwd.kv_ptr, fwd.kv_nfull, fwd.kv_idx, fwd.head_pat, bwd.kv_ptr, bwd.kv_nfull, bwd.kv_idx)
+
+    def aux_signature(self, config: Config) -> dict[str, str]:
+        return {name: "*i32" for name in BWD_AUX_NAMES}
+
+    def workspace_shape(self, config: Config) -> tuple[int]:
+        """The f32 delta = rowsum(dO * O) workspace, one value per query row."""
+        return (self.B * self.Hq * self.Sq,)
+
+    # -- identity --
+    def program_description(self) -> dict[str, Any]:
+        if self._describe is None:
+            exprs = {name: format_expr(e) for name, e in (("q", self.q_expr), ("k", self.k_expr), ("v", self.v_expr),
+                                                          ("o", self.o_expr), ("do", self.do_expr),
+                                                          ("lse", self.lse_expr))}
+            self._describe = {
+                "B": self.B, "Hq": self.Hq, "Hkv": self.Hkv, "Sq": self.Sq, "Sk": self.Sk, "D": self.D, "Dv": self.Dv,
+                "dtype": self.dtype.name, "scale": self.scale, **exprs,
+                "mask_mod": format_expr(self.mask) if self.mask is not None else None,
+                "score_mod": format_expr(self.score_mod) if self.score_mod is not None else None,
+                "extra_slots": sorted(self.extra_slot.items()),
+                "outputs": [[i, r] for i, r in self.outs],
+                "block_structure": self.sparsity(*REF_BLOCK).describe(),
+            }
+        return self._describe
+
+    # -- schedule --
+    def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
+        space = super().knob_space(target)
+        return {**space, "BLOCK_M": (16, 32, 64, 128)}
+
+    def smem_bytes(self, config: Config) -> int:
+        """Shared memory of the larger role: the resident tiles plus num_stages buffers of the streamed
+        ones (k, v stream in the dQ role; q, dO in the dK/dV role), plus LSE / delta vectors. An upper
+        bound of every static build measured at hdim 64 / 128 (sm_90 keeps wgmma operands there)."""
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        dp, dvp = self.head_dims
+        stages = config.int("num_stages")
+        rows = max(bn + stages * bm if self.has_dkdv else 0, bm + stages * bn if self.has_dq else 0)
+        return rows * (dp + dvp) * self.dtype.itemsize + 16 * (bm + bn)
+
+    def registers(self, config: Config) -> int:
+        """Estimated 32-bit registers per thread: the f32 accumulators (dK, dV, or dQ), six score-sized
+        tiles (s, p, dP, dS and their half-precision copies) and a quarter of the operand tiles."""
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        dp, dvp = self.head_dims
+        acc = max(bn * (dp + dvp) if self.has_dkdv else 0, bm * dp if self.has_dq else 0)
+        return (acc + 6 * bm * bn + (bm + bn) * (dp + dvp) // 4) // (config.int("num_warps") * 32)
+
+    def constraints(self, config: Config, target: Target) -> list[str]:
+        out: list[str] = []
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        warps = config.int("num_warps")
+        dp, dvp = self.head_dims
+        if max(dp, dvp) > 256:
+            out.append(f"head dims {self.D}/{self.Dv} exceed 256")
+        if target.max_shared_bytes and self.smem_bytes(config) > target.max_shared_bytes:
+            out.append(f"the backward's tiles need {self.smem_bytes(config)} B of shared memory, {target.name} "
+                       f"allows {target.max_shared_bytes}")
+        regs = self.registers(config)
+        # Fitted to a sweep of static builds (BLOCK 32..128, 4/8 warps, 1..3 stages, hdim 64/128): beyond
+        # these the builds spill; 5 of 216 builds spill below them (ptxas quirks), 14 would not spill above.
+        limit = 288 if target.arch >= 90 else 192
+        if target.kind == "cuda" and regs > limit:
+            out.append(f"the dK/dV (dQ) accumulators and {bm}x{bn} score tiles need about {regs} registers per "
+                       f"thread with {warps} warps (> {limit} spills on {target.name})")
+        if bm > max(16, next_pow2(self.Sq)) or bn > max(16, next_pow2(self.Sk)):
+            out.append(f"tile {bm}x{bn} is larger than the {self.Sq}x{self.Sk} score matrix")
+        if target.arch >= 90 and min(bm, bn) >= 64 and warps < 4:
+            out.append("sm_90 wgmma needs a warpgroup (num_warps >= 4) for 64-row tiles")
+        if target.kind == "cuda" and bm * bn < warps * 32 * 4:
+            out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
+        return out
+
+    def default_config(self, target: Target) -> Config:
+        def fit(x: int, cap: int) -> int:
+            return max(16, min(cap, next_pow2(x)))
+
+        if target.kind == "interp":  # the interpreter pays per op, not per element: small tiles
+            return Config(BLOCK_M=fit(self.Sq, 32), BLOCK_N=fit(self.Sk, 32), num_warps=4, num_stages=1)
+        # From the static-build sweep (no spills, HGMMA on sm_90): FlashAttention-2's square 64 x 64 tiles
+        # with 8 warps at hdim 128; at hdim 64 a 128-key dK/dV tile on sm_90 and 64 x 32 with 4 warps on
+        # sm_80 (64 x 64 spills there with either warp count).
+        dp = max(self.head_dims)
+        if dp <= 64:
+            bm, bn, warps, stages = (64, 128, 8, 2) if target.schedule_arch >= 90 else (64, 32, 4, 2)
+        elif dp <= 128:
+            bm, bn, warps, stages = 64, 64, 8, 2
+        else:
+            bm, bn, warps, stages = 32, 32, 8, 1
+        cfg = Config(BLOCK_M=fit(self.Sq, bm), BLOCK_N=fit(self.Sk, bn), num_warps=warps, num_stages=stages)
+        while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
+            cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
+        while self.constraints(cfg, target) and cfg.int("BLOCK_N") > 16:
+            cfg = cfg.replace(BLOCK_N=cfg.int("BLOCK_N") // 2)
+        return cfg
+
+    def programs(self, config: Config) -> tuple[int, int]:
+        """(dK/dV programs, dQ programs) of the backward launch."""
+        nkv = -(-self.Sk // config.int("BLOCK_N")) * self.B * self.Hkv if self.has_dkdv else 0
+        nq = -(-self.Sq // config.int("BLOCK_M")) * self.B * self.Hq if self.has_dq else 0
+        return nkv, nq
+
+    def grid(self, config: Config) -> tuple[int, int, int]:
+        # Both launches use (grid[0], 1, 1): the executor launches `{name}_finish` on (grid[0], 1, grid[2]).
+        return (max(1, sum(self.programs(config))), 1, 1)
+
+    def flops(self) -> float:
+        """FlashAttention's convention: 2.5 x the forward's matmul flops over the visited blocks."""
+        return 2.5 * super().flops()
+
+    def bytes_moved(self) -> float:
+        return super().bytes_moved() + 8.0 * self.B * self.Hq * self.Sq  # the delta workspace, written + read
+
+    # -- reports and rendering --
+    def summary(self) -> str:
+        lines = [f"anchor: attention_bwd q [{self.B}, {self.Hq}, {self.Sq}, {self.D}] kv [{self.B}, {self.Hkv}, "
+                 f"{self.Sk}, {self.Dv}] {self.dtype} scale {self.scale:.6g}"]
+        if self.mask is not None:
+            lines.append(f"mask_mod: {format_expr(self.mask)}")
+        if self.score_mod is not None:
+            lines.append(f"score_mod: {format_expr(self.score_mod)}")
+        lines.append("outputs: " + ", ".join(r for _, r in self.outs))
+        return "\n".join(lines)
+
+    def report_lines(self, config: Config) -> list[str]:
+        nkv, nq = self.programs(config)
+        return super().report_lines(config) + [
+            f"  backward: delta pre-pass, then {nkv} dK/dV programs (transposed lists) + {nq} dQ programs"]
+
+    def render_triton(self, config: Config, interpret: bool = False) -> str:
+        from .attention_bwd_triton import render
+
+        return render(self, config, interpret)
