@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .fileio import write_atomic
 
 MANIFEST_SCHEMA = 1
 
@@ -142,12 +143,7 @@ def write_bundle(cg: Any, out: Path) -> Path:
                                                       "shape": list(n.shape)} for n in cg.graph.inputs],
                 "outputs": [{"name": n, "buffer": b.name} for n, b in cg.pipeline.kernels.outputs],
                 "kernels": kernels}
-    tmp = out / ".manifest.json.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / "manifest.json")
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
     return out / "manifest.json"
 
 

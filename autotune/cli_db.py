@@ -3,10 +3,10 @@ fingerprints and the tuning database. `cli.main` calls `register(subparsers)`.""
 
 from __future__ import annotations
 
+from ..fileio import atomic_open
+
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -171,17 +171,8 @@ def cmd_db_export(args: argparse.Namespace) -> int:
                 db.export_jsonl(sys.stdout)
                 return 0
             out = Path(args.file)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fp:
-                    n = db.export_jsonl(fp)
-                    fp.flush()
-                    os.fsync(fp.fileno())
-                os.replace(tmp, out)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_open(out, "w", encoding="utf-8") as fp:
+                n = db.export_jsonl(fp)
     except DatabaseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,9 +3,9 @@ the target's device, and a report directory gets results.json, summary.md and be
 
 from __future__ import annotations
 
+from ..fileio import atomic_open, write_atomic
+
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -156,28 +156,15 @@ def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: 
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_report(res: GraphTuneResult, out: Path) -> Path:
     """results.json, summary.md and best_so_far.png in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     res.report_dir = str(out)
-    _write_atomic(out / "results.json", json.dumps(res.to_json(), indent=2, sort_keys=True).encode())
+    write_atomic(out / "results.json", json.dumps(res.to_json(), indent=2, sort_keys=True).encode())
     md = (f"# Tuning {res.graph} on {res.device} ({res.target})\n\n"
           f"Strategy `{res.strategy}`, budget {res.budget} trials per kernel, {res.elapsed:.1f} s.\n"
           "Roofline: max(FLOPs / peak, bytes / bandwidth) over the best time.\n\n" + res.table() + "\n")
-    _write_atomic(out / "summary.md", md.encode())
+    write_atomic(out / "summary.md", md.encode())
     _plot(res, out / "best_so_far.png")
     return out
 
@@ -201,11 +188,5 @@ def _plot(res: GraphTuneResult, path: Path) -> None:
         ax.set_ylabel("ms")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=90)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)

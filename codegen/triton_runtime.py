@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..fileio import write_atomic
 from ..settings import get_settings
 
 _LOCK = threading.Lock()
@@ -26,15 +25,6 @@ def source_dir() -> Path:
     return root
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def load_module(source: str, interpret: bool) -> ModuleType:
     """Import generated source (once per process and mode); `interpret` picks the Triton
     interpreter regardless of the TRITON_INTERPRET environment variable."""
@@ -46,7 +36,7 @@ def load_module(source: str, interpret: bool) -> ModuleType:
             return hit
         path = source_dir() / f"k_{digest[:24]}.py"
         if not path.exists() or path.read_text(encoding="utf-8") != source:
-            _write_atomic(path, source)
+            write_atomic(path, source)
         name = f"tilefuse_generated_{digest[:24]}_{'interp' if interpret else 'jit'}"
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None

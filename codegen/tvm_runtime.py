@@ -8,6 +8,8 @@ TVM version, target, schema}; a later build of the same kernel loads it and comp
 
 from __future__ import annotations
 
+from ..fileio import write_atomic
+
 import functools
 import json
 import os
@@ -157,17 +159,7 @@ def _install(data: bytes, path: Path) -> None:
     """Write `data` to `path` atomically (temp file + os.replace) unless an identical file is there."""
     if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, data)
 
 
 def compile_library(spec: KernelSpec, config: Config) -> bytes:

@@ -9,11 +9,11 @@ in XGBoost's own JSON format (never pickle). Both are written atomically, the mo
 
 from __future__ import annotations
 
+from ..fileio import write_atomic
+
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,23 +52,9 @@ class CostModel(Protocol):
 
 
 # -- files --
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, os.replace: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / META_FILE, (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode())
+    write_atomic(directory / META_FILE, (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode())
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -203,7 +189,7 @@ class XGBRankModel:
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         raw = bytes(self._booster.save_raw(raw_format="json"))
-        _write_atomic(directory / XGB_FILE, raw)
+        write_atomic(directory / XGB_FILE, raw)
         _write_meta(directory, {
             "schema": META_SCHEMA, "kind": self.name, "feature_schema": FEATURE_SCHEMA,
             "feature_names": self.feature_names, "params": self.params, "num_boost_round": self.num_boost_round,

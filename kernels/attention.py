@@ -256,7 +256,8 @@ class AttentionSpec(KernelSpec):
 
     # -- reports and rendering --
     def summary(self) -> str:
-        lines = [f"anchor: attention q [{self.B}, {self.Hq}, {self.Sq}, {self.D}] kv [{self.B}, {self.Hkv}, "
+        op = self.kernel.group.anchor.op.value if self.kernel.group.anchor is not None else "attention"
+        lines = [f"anchor: {op} q [{self.B}, {self.Hq}, {self.Sq}, {self.D}] kv [{self.B}, {self.Hkv}, "
                  f"{self.Sk}, {self.Dv}] {self.dtype} scale {self.scale:.6g}"]
         if self.mask is not None:
             lines.append(f"mask_mod: {format_expr(self.mask)}")

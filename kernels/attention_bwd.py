@@ -241,16 +241,6 @@ class AttentionBwdSpec(AttentionSpec):
         return super().bytes_moved() + 8.0 * self.B * self.Hq * self.Sq  # the delta workspace, written + read
 
     # -- reports and rendering --
-    def summary(self) -> str:
-        lines = [f"anchor: attention_bwd q [{self.B}, {self.Hq}, {self.Sq}, {self.D}] kv [{self.B}, {self.Hkv}, "
-                 f"{self.Sk}, {self.Dv}] {self.dtype} scale {self.scale:.6g}"]
-        if self.mask is not None:
-            lines.append(f"mask_mod: {format_expr(self.mask)}")
-        if self.score_mod is not None:
-            lines.append(f"score_mod: {format_expr(self.score_mod)}")
-        lines.append("outputs: " + ", ".join(r for _, r in self.outs))
-        return "\n".join(lines)
-
     def report_lines(self, config: Config) -> list[str]:
         nkv, nq = self.programs(config)
         return super().report_lines(config) + [
