@@ -44,30 +44,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def random_inputs(g: Any, seed: int) -> dict[str, Any]:
-    """Fresh random inputs; matmul weights are scaled by 1/sqrt(K), as initialisations are, so
-    f16 results stay in range."""
+    """Fresh random inputs by name (floats as float32; see ir.sampling)."""
     import numpy as np
 
-    from .ir.ops import Op
-    from .passes.views import base_of
+    from .ir.sampling import random_array, weight_scales
 
-    scale: dict[str, float] = {}
-    for n in g.nodes:
-        if n.op is Op.MATMUL:
-            b = base_of(n.src[1])
-            k = n.src[1].shape[-1] if n.attr("trans_b") else n.src[1].shape[-2]
-            if b.op is Op.INPUT:
-                scale[b.attr("name")] = 1.0 / float(np.sqrt(k))
+    scales = weight_scales(g.nodes)
     rng = np.random.default_rng(seed)
     out = {}
     for n in g.inputs:
-        if n.dtype.is_float:
-            x = rng.standard_normal(n.shape) * scale.get(n.attr("name"), 1.0)
-            out[n.attr("name")] = x.astype(np.float32)
-        elif n.dtype.is_bool:
-            out[n.attr("name")] = rng.random(n.shape) < 0.5
-        else:
-            out[n.attr("name")] = rng.integers(-8, 8, n.shape).astype(np.int64)
+        x = random_array(rng, n.shape, n.dtype, scales.get(id(n), 1.0))
+        out[n.attr("name")] = x.astype(np.float32) if n.dtype.is_float else x
     return out
 
 

@@ -63,39 +63,16 @@ def resolve(ref: SpecRef) -> KernelSpec:
                     f"(kernels: {', '.join(k.name for k in kg.kernels)})")
 
 
-def np_dtype(d: dt.DType) -> Any:
-    if d == dt.bf16:
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return dt.to_numpy(d)
-
-
 def kernel_inputs(spec: KernelSpec, seed: int) -> list[np.ndarray]:
     """Fresh random inputs for the kernel's input buffers (never zeros): floats ~ N(0, 1), a matmul's
     B operand scaled by 1/sqrt(K) as weights are initialised (cli.random_inputs), small ints, bools."""
-    from ..ir.ops import Op
-    from ..passes.views import base_of
+    from ..ir.sampling import random_array, weight_scales
 
-    scale: dict[str, float] = {}
-    for n in spec.kernel.group.nodes:
-        if n.op is Op.MATMUL:
-            buf = spec.kg.buffers.get(id(base_of(n.src[1])))
-            k = n.src[1].shape[-1] if n.attr("trans_b") else n.src[1].shape[-2]
-            if buf is not None:
-                scale[buf.name] = 1.0 / math.sqrt(k)
+    scales = weight_scales(spec.kernel.group.nodes)
+    by_buffer = {spec.kg.buffers[i].name: s for i, s in scales.items() if i in spec.kg.buffers}
     rng = np.random.default_rng(seed)
-    out = []
-    for b in spec.inputs:
-        x: np.ndarray
-        if b.dtype.is_float:
-            x = rng.standard_normal(b.shape) * scale.get(b.name, 1.0)
-        elif b.dtype.is_bool:
-            x = rng.random(b.shape) < 0.5
-        else:
-            x = rng.integers(-8, 8, b.shape)
-        out.append(np.ascontiguousarray(np.asarray(x).astype(np_dtype(b.dtype))))
-    return out
+    return [np.ascontiguousarray(np.asarray(random_array(rng, b.shape, b.dtype, by_buffer.get(b.name, 1.0)))
+                                 .astype(dt.storage_numpy(b.dtype))) for b in spec.inputs]
 
 
 def kernel_reference(spec: KernelSpec, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -120,12 +97,6 @@ def kernel_reference(spec: KernelSpec, inputs: Sequence[np.ndarray]) -> list[np.
         raise SpecError(f"{spec.name}: the reference cannot evaluate output {missing[0]!r} from the kernel's inputs")
     return [np.broadcast_to(np.asarray(env[id(o)], dtype=np.float64), b.shape)
             for o, b in zip(spec.kernel.group.outputs, spec.outputs)]
-
-
-def poison_value(d: dt.DType) -> Any:
-    from ..codegen.executors import _poison_value
-
-    return _poison_value(d)
 
 
 def error_bound(ref: np.ndarray, d: dt.DType) -> float:

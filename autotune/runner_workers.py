@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from .config import Config
-from .measure import CacheFlusher, Expected, expected_outputs, kernel_inputs, np_dtype, poison_value, resolve, time_runs
+from ..codegen.executors import poison_value
+from ..ir.dtypes import storage_numpy
+from .measure import CacheFlusher, Expected, expected_outputs, kernel_inputs, resolve, time_runs
 from .records import Measurement, Status
 from .target import get_target
 
@@ -42,7 +44,7 @@ def _cpu_state(spec: Any, req: dict[str, Any]) -> _CpuState:
         from ..codegen.cache import default_cache
 
         inputs = kernel_inputs(spec, int(req["seed"]))
-        poison = [np.full(b.shape, poison_value(b.dtype), dtype=np_dtype(b.dtype)) for b in spec.outputs]
+        poison = [np.full(b.shape, poison_value(b.dtype), dtype=storage_numpy(b.dtype)) for b in spec.outputs]
 
         def run_default() -> list[np.ndarray]:
             kern = tvm_runtime.build(spec, spec.default_config(get_target(req["arch"])), default_cache())

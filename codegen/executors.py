@@ -16,15 +16,8 @@ if TYPE_CHECKING:
 POISON_INT = -0x5A5A5A5A
 
 
-def _np_dtype(d: dt.DType) -> Any:
-    if d == dt.bf16:
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return dt.to_numpy(d)
-
-
-def _poison_value(d: dt.DType) -> Any:
+def poison_value(d: dt.DType) -> Any:
+    """What unwritten outputs hold: NaN for floats, an unlikely pattern for integers."""
     if d.is_float:
         return float("nan")
     if d.is_bool:
@@ -48,13 +41,13 @@ def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
         if hasattr(x, "detach"):
             x = x.detach().cpu()
             x = x.float().numpy() if n.dtype == dt.bf16 else x.numpy()
-        bufs[n.attr("name")] = np.ascontiguousarray(np.asarray(x).astype(_np_dtype(n.dtype), copy=False))
+        bufs[n.attr("name")] = np.ascontiguousarray(np.asarray(x).astype(dt.storage_numpy(n.dtype), copy=False))
     for ck in cg.kernels:
         outs = []
         for b in ck.spec.outputs:
-            arr = np.empty(b.shape, dtype=_np_dtype(b.dtype))
+            arr = np.empty(b.shape, dtype=dt.storage_numpy(b.dtype))
             if poison:
-                arr.fill(_poison_value(b.dtype))
+                arr.fill(poison_value(b.dtype))
             bufs[b.name] = arr
             outs.append(arr)
         ck.runner([bufs[b.name] for b in ck.spec.inputs], outs)
@@ -78,7 +71,7 @@ def _alloc(b: Buffer, device: str, poison: bool) -> Any:
 
     t = torch.empty(b.shape, dtype=dt.to_torch(b.dtype), device=device)
     if poison:
-        t.fill_(_poison_value(b.dtype))
+        t.fill_(poison_value(b.dtype))
     return t
 
 

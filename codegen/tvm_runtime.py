@@ -79,13 +79,9 @@ def cache_payload(spec: KernelSpec, config: Config) -> dict[str, Any]:
 
 
 def _np_dtype(d: dt.DType) -> Any:
-    if d == dt.bf16:
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
     if d in (dt.f8e4m3, dt.f8e5m2) or d.packed:
         raise LoweringError(f"tvm: dtype {d} is not supported by the tvm backend")
-    return dt.to_numpy(d)
+    return dt.storage_numpy(d)
 
 
 class TvmKernel:

@@ -133,6 +133,16 @@ def to_numpy(d: DType) -> Any:
     return _NP[d]
 
 
+def storage_numpy(d: DType) -> Any:
+    """The numpy dtype that holds `d`'s bits on the host for kernels (bf16 via ml_dtypes); unlike
+    to_numpy, which picks the reference's working representation."""
+    if d == bf16:
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return to_numpy(d)
+
+
 def round_to(x: np.ndarray, d: DType) -> np.ndarray:
     """Round float64 values to the nearest value representable in `d` (returned as float64/int)."""
     if d.is_float:
