@@ -65,18 +65,6 @@ def _as_graph(g: Any) -> Graph:
     raise CompileError(f"expected a Graph or GraphBuilder, got {type(g).__name__}")
 
 
-def _triton_signature(spec: KernelSpec, config: Config) -> dict[str, str]:
-    from .ir import dtypes as dt
-
-    sig = {}
-    for name, buf in zip(spec.arg_names(), spec.inputs + spec.outputs):
-        sig[name] = "*" + dt.triton_sig(buf.dtype)
-    if getattr(spec, "workspace_shape", lambda c: None)(config) is not None:
-        sig["ws"] = "*fp32"
-    sig.update(getattr(spec, "aux_signature", lambda c: {})(config))
-    return sig
-
-
 class CompiledGraph:
     """A compiled graph: call it with inputs (positional in declaration order, or by name)."""
 
@@ -269,7 +257,7 @@ def build_aot(spec: KernelSpec, config: Config, text: str, tgt: Target) -> dict[
     from .codegen.aot import build_triton
     from .codegen.cache import default_cache
 
-    sig = _triton_signature(spec, config)
+    sig = spec.triton_signature(config)
     fns = [spec.name] + ([f"{spec.name}_finish"] if "ws" in sig else [])
     out = {}
     for fn in fns:

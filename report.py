@@ -33,7 +33,7 @@ def format_report(cg: CompiledGraph) -> str:
         for s in spec.summary().splitlines():
             lines.append(f"    fuses  {s}")
         lines.append(f"    config ({ck.config_source}) {ck.config.to_json()}  grid {spec.grid(ck.config)}")
-        for s in getattr(spec, "report_lines", lambda c: [])(ck.config):
+        for s in spec.report_lines(ck.config):
             lines.append(f"    {s}")
         lines.append(f"    build  {ck.build_seconds:.2f} s{' (cache hit)' if ck.cached else ''}")
         for bins in ck.binaries.values():

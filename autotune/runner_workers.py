@@ -151,10 +151,8 @@ def _gpu_launcher(spec: Any, config: Config, source: str, inputs: list[Any]) -> 
 
     mod = load_module(source, interpret=False)
     outs = [torch.empty(b.shape, dtype=dt.to_torch(b.dtype), device="cuda") for b in spec.outputs]
-    args = list(inputs) + outs
-    ws_shape = getattr(spec, "workspace_shape", lambda c: None)(config)
-    if ws_shape is not None:
-        args.append(torch.empty(ws_shape, dtype=torch.float32, device="cuda"))
+    args = spec.launch_args(config, list(inputs), outs, "cuda")  # aux tensors (block lists) and workspace too
+    ws_shape = spec.workspace_shape(config)
     kw = {**spec.triton_constexprs(config), **spec.launch_options(config)}
     grid = spec.grid(config)
     main = getattr(mod, spec.name)

@@ -102,19 +102,14 @@ def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
             t = _alloc(b, device, poison)
             bufs[b.name] = t
             outs.append(t)
-        args = [bufs[b.name] for b in spec.inputs] + outs
-        aux_args = getattr(spec, "aux_args", None)  # auxiliary tensors a family computes (e.g. block lists)
-        if aux_args is not None:
-            args.extend(aux_args(ck.config, args[:len(spec.inputs)], device))
-        ws_shape = getattr(spec, "workspace_shape", lambda c: None)(ck.config)
-        if ws_shape is not None:
-            args.append(torch.empty(ws_shape, dtype=torch.float32, device=device))
+        args = spec.launch_args(ck.config, [bufs[b.name] for b in spec.inputs], outs, device)
+        finish = spec.workspace_shape(ck.config) is not None
         mod = ck.runner or load_module(ck.source, interpret)
         ck.runner = mod
         cex = spec.triton_constexprs(ck.config)
         opts = spec.launch_options(ck.config)
         launch(getattr(mod, spec.name), spec.grid(ck.config), args, cex, opts, interpret)
-        if ws_shape is not None:
+        if finish:
             launch(getattr(mod, f"{spec.name}_finish"), spec.grid(ck.config)[:1] + (1,) + spec.grid(ck.config)[2:],
                    args, cex, opts, interpret)
     return {name: bufs[b.name] for name, b in cg.pipeline.kernels.outputs}

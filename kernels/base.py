@@ -123,6 +123,43 @@ class KernelSpec:
     def launch_options(self, config: Config) -> dict[str, int]:
         return {"num_warps": config.int("num_warps"), "num_stages": config.int("num_stages")}
 
+    # -- optional launch extras (families override) --
+    def aux_signature(self, config: Config) -> dict[str, str]:
+        """Triton types of auxiliary tensors the family computes (e.g. attention block lists)."""
+        return {}
+
+    def aux_args(self, config: Config, inputs: list[Any], device: Any) -> list[Any]:
+        """The auxiliary tensors themselves, in aux_signature order."""
+        return []
+
+    def workspace_shape(self, config: Config) -> tuple[int, ...] | None:
+        """An f32 scratch buffer `ws` and a `{name}_finish` launch, when the family needs them."""
+        return None
+
+    def report_lines(self, config: Config) -> list[str]:
+        """Extra compile-report lines (e.g. block-sparsity counts)."""
+        return []
+
+    def triton_signature(self, config: Config) -> dict[str, str]:
+        """Pointer types of every kernel argument, in launch order: inputs, outputs, aux, ws."""
+        from ..ir import dtypes as dt
+
+        sig = {name: "*" + dt.triton_sig(b.dtype) for name, b in zip(self.arg_names(), self.inputs + self.outputs)}
+        sig.update(self.aux_signature(config))
+        if self.workspace_shape(config) is not None:
+            sig["ws"] = "*fp32"
+        return sig
+
+    def launch_args(self, config: Config, inputs: list[Any], outputs: list[Any], device: Any) -> list[Any]:
+        """Torch launch arguments in triton_signature order (allocates the workspace)."""
+        import torch
+
+        args = list(inputs) + list(outputs) + self.aux_args(config, list(inputs), device)
+        ws = self.workspace_shape(config)
+        if ws is not None:
+            args.append(torch.empty(ws, dtype=torch.float32, device=device))
+        return args
+
     def summary(self) -> str:
         """The ops this kernel fuses, one per line, for reports."""
         lines = []
