@@ -159,8 +159,10 @@ class ModelStrategy(Strategy):
     best measured configs, plus random ones) is ranked by the cost model; the top of the batch is
     measured (with a few random picks for exploration; half the batch while the roofline ranks) and
     the model refit on all records of the
-    workload plus the device's history for the family. XGBoost ranks once `min_xgb` OK records
-    exist, the analytic roofline model before that."""
+    workload plus the device's history for the family (other workloads). XGBoost ranks once
+    `min_xgb` OK records exist counting the history, the analytic roofline model before that; the
+    best configs of the history's workloads that are legal here join the parents, so a device that
+    has tuned similar kernels starts from what won there."""
 
     name = "model"
 
@@ -180,6 +182,21 @@ class ModelStrategy(Strategy):
         self.model_name = "roofline"
         self._dirty = True
         self._features: dict[Config, dict[str, float]] = {}
+        self.transfer = self._transfer_parents()
+
+    def _transfer_parents(self) -> list[Config]:
+        """The fastest config of each history workload, fastest workloads' winners first, where legal
+        in this space (at most `parents`)."""
+        best: dict[str, Record] = {}
+        for r in self.history:
+            m = r.measurement.median
+            if m is not None and (r.workload_key not in best or m < (best[r.workload_key].measurement.median or m)):
+                best[r.workload_key] = r
+        out: list[Config] = []
+        for r in sorted(best.values(), key=lambda r: r.measurement.median or 0.0):
+            if r.config not in out and self.space.is_legal(r.config):
+                out.append(r.config)
+        return out[:self.parents]
 
     def observe(self, record: Record) -> None:
         super().observe(record)
@@ -191,7 +208,7 @@ class ModelStrategy(Strategy):
 
         ok = [r for r in self.records.values() if r.measurement.median is not None and r.features]
         self.model, self.model_name = RooflineModel(), "roofline"
-        if len(ok) >= self.min_xgb:
+        if len(ok) + len(self.history) >= self.min_xgb:
             xgb = XGBRankModel(num_boost_round=100, seed=self.rng.randrange(2**31))
             try:
                 xgb.fit(ok + self.history)
@@ -220,6 +237,10 @@ class ModelStrategy(Strategy):
                 out.append(c)
 
         parents = self.best(self.parents)
+        for c in self.transfer:
+            add(c)  # unmeasured winners of other workloads are candidates themselves, and parents
+            if c not in parents:
+                parents.append(c)
         if parents:
             for _ in range(self.pool // 2):
                 add(self.space.mutate(self.rng.choice(parents), self.rng))
@@ -239,9 +260,12 @@ class ModelStrategy(Strategy):
             return []
         scores = np.asarray(self.model.predict([self.features(c) for c in pool]), dtype=np.float64)
         order = [pool[i] for i in np.argsort(-scores, kind="stable")]
+        # Other workloads' winners go first, in the model's order, up to a quarter of the batch.
+        head = [c for c in order if c in self.transfer][:max(1, n // 4)]
+        order = head + [c for c in order if c not in head]
         # The analytic model is a weak ranker on CPUs: until XGBoost takes over, half the batch is random.
         n_explore = int(round(n * self.explore)) if self.model_name == "xgb" else n // 2
-        chosen = order[:max(0, n - n_explore)]
+        chosen = order[:max(len(head), n - n_explore)]
         rest = order[len(chosen):]
         chosen += self.rng.sample(rest, min(len(rest), n - len(chosen)))
         return chosen

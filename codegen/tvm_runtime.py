@@ -8,10 +8,9 @@ TVM version, target, schema}; a later build of the same kernel loads it and comp
 
 from __future__ import annotations
 
-from ..fileio import write_atomic
-
 import functools
 import json
+import logging
 import os
 import tempfile
 import time
@@ -22,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..autotune.config import Config
+from ..fileio import write_atomic
 from ..ir import dtypes as dt
 from .cache import BuildCache
 from .lowering import LoweringError
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import tvm
 
     from ..kernels.base import KernelSpec
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 LIBRARY = "kernel.so"
@@ -171,22 +173,46 @@ def compile_library(spec: KernelSpec, config: Config) -> bytes:
             return fh.read()
 
 
+def default_threads() -> int:
+    """One thread per physical core this process may run on."""
+    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or avail
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        physical = avail
+    return max(1, min(physical, avail))
+
+
 _THREADS_SET: list[int] = []
 
 
 def configure_threads() -> int:
-    """Run CPU kernels on TILEFUSE_THREADS threads when set; otherwise keep TVM's default (one per
-    physical core). Measured on a 2-vCPU machine: 1 thread gave 117 GFLOP/s on f32 1024^3, 2 threads
-    92, because FMA-bound micro-kernels do not scale across SMT siblings."""
+    """Run CPU kernels on TILEFUSE_THREADS threads, else one per physical core (default_threads).
+
+    TVM sizes its thread pool from TVM_NUM_THREADS when the pool is first made, else from half the
+    logical CPUs on x86 (it assumes two SMT threads per core): on a 2-vCPU machine with one thread
+    per core that is a single thread, and f32 1024^3 ran at 118 GFLOP/s on one core while numpy used
+    both. So the count is set explicitly, before the first kernel runs; a pool that already exists
+    with another size is reconfigured. Returns the thread count in effect."""
     import tvm
 
     from ..settings import get_settings
 
-    n = get_settings().threads
-    if n and _THREADS_SET != [n]:
-        tvm.get_global_func("runtime.config_threadpool")(1, n)  # mode 1: big cores, n threads
-        _THREADS_SET[:] = [n]
-    return n
+    want = get_settings().threads or int(os.environ.get("TVM_NUM_THREADS", "0") or 0) or default_threads()
+    if _THREADS_SET == [want]:
+        return want
+    os.environ["TVM_NUM_THREADS"] = str(want)  # read when TVM creates its pool
+    num_threads = tvm.get_global_func("runtime.NumThreads")
+    if int(num_threads()) != want:
+        tvm.get_global_func("runtime.config_threadpool")(1, want)  # mode 1: big cores, `want` threads
+    got = int(num_threads())
+    if got != want:
+        log.warning("tvm runs CPU kernels on %d threads, not the %d asked for (its pool was made earlier)",
+                    got, want)
+    _THREADS_SET[:] = [want]
+    return got
 
 
 def build(spec: KernelSpec, config: Config, cache: BuildCache | None = None) -> TvmKernel:

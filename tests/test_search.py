@@ -246,3 +246,16 @@ def test_tune_command_reports_and_resumes(tmp_path, monkeypatch, capsys):
     args = parser.parse_args(argv)
     assert args.fn(args) == 0
     assert "5 (+5 earlier)" in capsys.readouterr().out
+
+
+def test_model_search_starts_from_other_workloads_winners(dev, db):
+    """With another workload of the family tuned on this device, the model strategy's first batch
+    holds that workload's winner (here the optimum of both), so it is measured right after the
+    default instead of being searched for."""
+    first = tune_kernel(FakeSpec("k0_fake"), dev, FakeRunner(latency), db, budget=30, strategy="random", seed=1)
+    assert first.best_config == OPT
+    runner = FakeRunner(latency)
+    res = tune_kernel(FakeSpec("k1_fake"), dev, runner, db, budget=6, strategy="model", seed=0, batch=4)
+    assert runner.calls[0] == Config(a=1, b=1, c=0)  # the default, always first
+    assert OPT in runner.calls[1:5]
+    assert res.best_config == OPT
