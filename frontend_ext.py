@@ -365,9 +365,15 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dout: Tenso
                        extra: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) of `attention(q, k, v, scale, mask_mod, score_mod, extra, return_lse=True) -> (out, lse)`
     given dout. mask_mod / score_mod are the forward's expressions (extras from operand 3); their loads
-    are renumbered to the backward's operands (extras from 6). score_mod must be an additive bias."""
+    are renumbered to the backward's operands (extras from 6). score_mod must be differentiable in the
+    score (softcap, scales, where(...) of differentiable branches, additive biases)."""
     from .ir.attention_bwd_op import shift_loads
 
+    for t in (out, lse):  # results of the forward node: its post-softmax expression has no backward here
+        fwd = t.node.src[0] if t.node.op is Op.RESULT else t.node
+        if fwd.op is Op.ATTENTION and fwd.attr("post_mod") is not None:
+            raise VerifyError("attention backward does not support post-softmax expressions (the forward "
+                              "attention has a post_mod); differentiate an attention without post_mod")
     kw: dict[str, Any] = {}
     if scale is not None:
         kw["scale"] = float(scale)

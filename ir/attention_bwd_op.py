@@ -9,14 +9,18 @@ mask_mod / score_mod count over all operands: extras are operands 6, 7, ... (`sh
 a forward expression, whose extras start at 3; the `attention_backward` builder does it).
 
 Results (dq [B, Hq, Sq, D], dk [B, Hkv, Sk, D], dv [B, Hkv, Sk, Dv]) in q's dtype. Semantics
-(float64): s = scale q k^T (+ score_mod), P = exp(s - lse) where mask_mod holds and lse is finite, else
-0 (fully masked rows contribute nothing); dV = P^T dO; dP = dO V^T; delta = rowsum(dO * O);
-dS = P * (dP - delta); dQ = scale dS K; dK = scale dS^T Q. dK and dV of a kv head sum over the query
+(float64): s_raw = scale q k^T, s = score_mod(s_raw) (s_raw without one), P = exp(s - lse) where
+mask_mod holds and lse is finite, else 0 (fully masked rows contribute nothing); dV = P^T dO;
+dP = dO V^T; delta = rowsum(dO * O); dS = P * (dP - delta); dS_raw = dS * score_mod'(s_raw) where P
+is live, else 0; dQ = scale dS_raw K; dK = scale dS_raw^T Q. dK and dV of a kv head sum over the query
 heads of its group.
 
-score_mod is restricted to additive biases, `score + bias(b, h, q_idx, kv_idx)` (ALiBi, relative
-position biases), whose derivative in the score is 1; other score_mods (softcap's tanh) raise
-VerifyError.
+score_mod may be any expression differentiable in the score (ir/autodiff.py: softcap's c tanh(s / c),
+a per-head scale loaded from an extra, where(...) of differentiable branches); score_mod' is its
+symbolic derivative, with torch's subgradients at kinks. Additive biases, `score + bias(b, h, q_idx,
+kv_idx)` (ALiBi, relative position biases), have score_mod' = 1 and skip the multiplication. A
+score_mod that depends on the score through floor, a comparison used as a value, an integer cast,
+... raises VerifyError.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from . import dtypes as dt
 from .attention_op import INDEX_VARS, _check_mod, _infer_attention, eval_mask, index_grid, make_loader
+from .autodiff import NotDifferentiableError, derivative
 from .expr import E, Expr, toposort as expr_toposort, vars_used
 from .ops import Node, Op, VerifyError, fmt_shape, register
 from .reference import eval_expr, evaluator, rnd
@@ -44,6 +49,13 @@ def is_additive(e: Expr) -> bool:
             return True
         return e.op is E.ADD and "score" not in vars_used(a) and is_additive(b)
     return False
+
+
+def score_derivative(score_mod: Expr) -> Expr | None:
+    """d score_mod / d score, or None for an additive score_mod (derivative 1, the fast path)."""
+    if is_additive(score_mod):
+        return None
+    return derivative(score_mod, "score")
 
 
 def shift_loads(e: Expr, by: int) -> Expr:
@@ -85,9 +97,12 @@ def _infer_attention_bwd(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
                               f"{FIRST_EXTRA}.. (q, k, v, o, do, lse come first; use shift_loads(expr, 3) on "
                               "a forward expression)")
         used |= loads
-    if "score_mod" in norm and not is_additive(norm["score_mod"]):
-        raise VerifyError("attention_bwd: only additive score_mods (score + bias(b, h, q_idx, kv_idx)) have a "
-                          "backward; softcap and other non-linear score_mods are not supported")
+    if "score_mod" in norm:
+        try:
+            score_derivative(norm["score_mod"])
+        except NotDifferentiableError as err:
+            msg = f"attention_bwd: score_mod has no derivative in the score, so it has no backward: {err}"
+            raise VerifyError(msg) from None
     unused = sorted(set(range(FIRST_EXTRA, len(srcs))) - used)
     if unused:
         raise VerifyError(f"{what}: extra operands {unused} are not read by mask_mod or score_mod")
@@ -111,17 +126,24 @@ def _eval_attention_bwd(n: Node, xs: list[Any]) -> Any:
     vv = np.repeat(v, hq // hkv, axis=1)
     scale = n.attr("scale")
     s = scale * np.einsum("bhqd,bhkd->bhqk", q, kk)
+    shape = (b, hq, sq, sk)
     score_mod = n.attr("score_mod")
+    dmod: Any = None
     if score_mod is not None:
-        grid = index_grid(b, hq, sq, sk)
-        s = eval_expr(score_mod, variables={**grid, "score": s}, loads=make_loader(xs, "attention_bwd score_mod"))
-        s = np.broadcast_to(np.asarray(s, dtype=np.float64), (b, hq, sq, sk))
-    live = eval_mask(n.attr("mask_mod"), xs, (b, hq, sq, sk)) & np.isfinite(lse)[..., None]
+        env = {**index_grid(b, hq, sq, sk), "score": s}
+        loads = make_loader(xs, "attention_bwd score_mod")
+        d_expr = score_derivative(score_mod)
+        if d_expr is not None:
+            dmod = np.broadcast_to(np.asarray(eval_expr(d_expr, variables=env, loads=loads), dtype=np.float64), shape)
+        s = np.broadcast_to(np.asarray(eval_expr(score_mod, variables=env, loads=loads), dtype=np.float64), shape)
+    live = eval_mask(n.attr("mask_mod"), xs, shape) & np.isfinite(lse)[..., None]
     p = np.where(live, np.exp(np.where(live, s - lse[..., None], 0.0)), 0.0)
     dv = _group_sum(np.einsum("bhqk,bhqd->bhkd", p, do), hkv)
     dp = np.einsum("bhqd,bhkd->bhqk", do, vv)
     delta = (do * o).sum(axis=-1)
     ds = p * (dp - delta[..., None])
+    if dmod is not None:  # the chain rule through score_mod, at the raw score
+        ds = np.where(live, ds * dmod, 0.0)
     dq = scale * np.einsum("bhqk,bhkd->bhqd", ds, kk)
     dk = _group_sum(scale * np.einsum("bhqk,bhqd->bhkd", ds, q), hkv)
     return rnd(dq, n.dtype), rnd(dk, n.dtype), rnd(dv, n.dtype)

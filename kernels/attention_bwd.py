@@ -30,7 +30,7 @@ import numpy as np
 
 from ..autotune.config import Config
 from ..autotune.target import Target
-from ..ir.attention_bwd_op import FIRST_EXTRA
+from ..ir.attention_bwd_op import FIRST_EXTRA, score_derivative
 from ..ir.expr import E, Expr
 from ..ir.ops import Node, Op
 from ..ir.text import format_expr
@@ -76,6 +76,8 @@ class AttentionBwdSpec(AttentionSpec):
         self.scale = float(node.attr("scale"))
         self.mask: Expr | None = node.attr("mask_mod")
         self.score_mod: Expr | None = node.attr("score_mod")
+        # d score_mod / d score, multiplied into dS; None for no score_mod or an additive one (derivative 1)
+        self.dscore: Expr | None = score_derivative(self.score_mod) if self.score_mod is not None else None
         lw = self.lowering
         self.q_expr, self.k_expr, self.v_expr, self.o_expr, self.do_expr, self.lse_expr = (
             lw.value(x, x.shape, lambda _: None) for x in (q, k, v, o, do, lse))

@@ -3,6 +3,8 @@
 P is recomputed from the scores and the forward's LSE in base 2 (p = exp2(s * scale * log2(e) -
 lse * log2(e))); rows whose LSE is -inf (fully masked) use +inf instead, so their p is 0, and so do
 query rows past Sq (their LSE loads as +inf). dS = P * (dP - delta) with delta from the pre-pass.
+A non-additive score_mod also renders its derivative (ir/autodiff.py) at the raw score, `dmod`, with
+the same emitter (shared nodes such as softcap's tanh are computed once), and dS is multiplied by it.
 P and dS are rounded to the input dtype before they feed the tensor cores, as in FlashAttention-2.
 
 The Triton interpreter computes bf16 dots wrongly and f16 dots in f16 (triton 3.6): under it every
@@ -79,22 +81,34 @@ def _probs(c: _Ctx, ind: str, tag: str, masked: bool, transposed: bool, ragged_k
     if _uses_loads(spec.score_mod) or (masked and _uses_loads(spec.mask)):
         c.emit(ind, f"valid = ({qi} < {spec.Sq}) & ({ki} < {spec.Sk})")
 
-    def mods(prefix: str, e: Expr) -> str:
+    def mods(prefix: str) -> _Mods:
         m = _Mods(spec, c.L, ind, prefix, "s")
         m.vars.update(q_idx=qi, kv_idx=ki)
-        return m.emit(e)
+        return m
 
     if spec.score_mod is not None:
         c.emit(ind, f"s = s * {spec.scale!r}")
-        c.emit(ind, f"s = {mods(f'{tag}s', spec.score_mod)} * {LOG2E!r}")
+        sm = mods(f"{tag}s")
+        mod = sm.emit(spec.score_mod)
+        if spec.dscore is not None:  # score_mod' at the raw score, before s is overwritten (shares its nodes)
+            c.emit(ind, f"dmod = {sm.emit(spec.dscore)}")
+        c.emit(ind, f"s = {mod} * {LOG2E!r}")
     else:
         c.emit(ind, f"s = s * {spec.scale * LOG2E!r}")
     c.emit(ind, f"p = tl.exp2(s - {lse2})")
     keep = [f"({ki} < {spec.Sk})"] if ragged_k else []
     if masked and spec.mask is not None:
-        keep.append(f"({mods(f'{tag}m', spec.mask)})")
+        keep.append(f"({mods(f'{tag}m').emit(spec.mask)})")
     if keep:
         c.emit(ind, f"p = tl.where({' & '.join(keep)}, p, 0.0)")
+
+
+def _ds(spec: AttentionBwdSpec, delta: str) -> str:
+    """dS = P * (dP - delta), times score_mod' (`dmod`) for a non-additive score_mod, and then 0 where p is
+    0 (masked, rows past Sq, keys past Sk) so that a derivative that is inf or NaN there cannot leak in."""
+    if spec.dscore is None:
+        return f"ds = p * (dp - {delta})"
+    return f"ds = tl.where(p > 0.0, p * (dp - {delta}) * dmod, 0.0)"
 
 
 def _dkdv_loop(c: _Ctx, ind: str, masked: bool) -> None:
@@ -115,7 +129,7 @@ def _dkdv_loop(c: _Ctx, ind: str, masked: bool) -> None:
                 [(f"(rm[:, None] < {spec.Sq})", ragged), (f"(rdv[None, :] < {spec.Dv})", spec.Dv != c.dvp)])
     c.emit(i2, f"dv = tl.dot({c.cast('p')}, {do}, dv{c.prec})",
            f"dp = tl.dot(v, tl.trans({do}){c.prec})",
-           "ds = p * (dp - delta[None, :])",
+           _ds(spec, "delta[None, :]"),
            f"dk = tl.dot({c.cast('ds')}, tl.trans({qt}), dk{c.prec})")
 
 
@@ -169,7 +183,7 @@ def _dq_loop(c: _Ctx, ind: str, masked: bool) -> None:
     vt = c.tile(i2, f"vt{tag}", spec.v_expr, "hk", "rdv", "rn", True,
                 [(f"(rdv[:, None] < {spec.Dv})", spec.Dv != c.dvp), (f"(rn[None, :] < {spec.Sk})", ragged)])
     c.emit(i2, f"dp = tl.dot(do, {vt}{c.prec})",
-           "ds = p * (dp - delta[:, None])",
+           _ds(spec, "delta[:, None]"),
            f"dq = tl.dot({c.cast('ds')}, tl.trans({kt}), dq{c.prec})")
 
 

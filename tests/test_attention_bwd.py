@@ -1,8 +1,9 @@
 """Attention backward under the Triton interpreter: dq, dk, dv of forward + backward kernels against float64
 autograd (torch on CPU, masks built from the same expressions via numpy) and against the IR reference;
 causal (Sq == Sk, Sq < Sk and Sq > Sk with fully masked rows), sliding window, sink + local, per-head
-patterns, block mask tensors, an additive score_mod, GQA and MHA, f16 and bf16, sizes that are not
-multiples of the blocks; outputs poisoned. Tolerance as FlashAttention tests it: the kernel's max error
+patterns, block mask tensors, an additive score_mod, non-additive score_mods (softcap, a per-head scale
+loaded from an extra, where()) differentiated by ir/autodiff.py, GQA and MHA, f16 and bf16, sizes that are
+not multiples of the blocks; outputs poisoned. Tolerance as FlashAttention tests it: the kernel's max error
 is at most twice that of a same-precision torch computation (both against float64) plus a small floor.
 Plus the transposed block lists and AOT builds (sm_80 / sm_90, no spills, HGMMA on sm_90)."""
 
@@ -41,14 +42,17 @@ def graph(dtype, b, hq, hkv, sq, sk, d, dv=None, mask=None, extras=(), score_mod
     return g.build()
 
 
-def torch_grads(ins, keep, bias, scale, tdt):
+def torch_grads(ins, keep, bias, scale, tdt, tmod=None):
     """Autograd of a masked softmax attention in `tdt` (f64: the reference; f16/bf16: FlashAttention's
-    same-precision baseline, scores rounded to the input dtype, softmax in f32, P rounded)."""
+    same-precision baseline, scores rounded to the input dtype, softmax in f32, P rounded); `tmod(s)`
+    is a non-additive score_mod written in torch."""
     q, k, v = (ins[n].to(tdt).requires_grad_() for n in "qkv")
     group = q.shape[1] // k.shape[1]
     s = (q @ k.repeat_interleave(group, 1).transpose(-1, -2)) * scale
     s = s.double() if tdt == torch.float64 else s.float()
     s = s + torch.from_numpy(bias).to(s.dtype)
+    if tmod is not None:
+        s = tmod(s)
     s = s.masked_fill(~keep, float("-inf"))
     m = s.amax(-1, keepdim=True).detach()
     live = torch.isfinite(m)
@@ -67,8 +71,9 @@ def block_cfg(g, bm, bn):
     return {names(g)[1]: Config(BLOCK_M=bm, BLOCK_N=bn, num_warps=4, num_stages=1)}
 
 
-def check(g, dtype, extras=(), configs=None, seed=0):
-    """Run `g` (interp) on fresh random inputs with poisoned outputs; FlashAttention-style tolerance."""
+def check(g, dtype, extras=(), configs=None, seed=0, tmod=None):
+    """Run `g` (interp) on fresh random inputs with poisoned outputs; FlashAttention-style tolerance.
+    A non-additive score_mod needs `tmod`, the same function in torch, for the autograd references."""
     gen = torch.Generator().manual_seed(seed)
     ins = {n.attr("name"): torch.randn(n.shape, generator=gen).to(TORCH_DT[dtype]) for n in g.inputs[:4]}
     for name, arr, _ in extras:
@@ -81,11 +86,11 @@ def check(g, dtype, extras=(), configs=None, seed=0):
     xs = [None, None, None] + [np.asarray(ins[name]) for name, _, _ in extras]
     keep = torch.from_numpy(np.ascontiguousarray(eval_mask(fwd.attr("mask_mod"), xs, (b, hq, sq, sk))))
     bias = np.zeros((b, hq, sq, sk))
-    if fwd.attr("score_mod") is not None:  # additive: score_mod(0) is the bias
+    if tmod is None and fwd.attr("score_mod") is not None:  # additive: score_mod(0) is the bias
         bias = np.broadcast_to(eval_expr(fwd.attr("score_mod"), variables={**index_grid(b, hq, sq, sk), "score": 0.0},
                                          loads=lambda i, idx: xs[i][tuple(idx)]), bias.shape)
-    ref = torch_grads(ins, keep, bias, fwd.attr("scale"), torch.float64)
-    base = torch_grads(ins, keep, bias, fwd.attr("scale"), TORCH_DT[dtype])
+    ref = torch_grads(ins, keep, bias, fwd.attr("scale"), torch.float64, tmod)
+    base = torch_grads(ins, keep, bias, fwd.attr("scale"), TORCH_DT[dtype], tmod)
     g32 = tf.parse_graph(g.text.replace(f"{dtype}[", "f32["))
     ir_ref = evaluate(g32, {n: (x.float() if n in ("q", "k", "v", "do") else x) for n, x in ins.items()})
     for name, _ in g.outputs:
@@ -167,8 +172,11 @@ def test_verify_errors():
     g = tf.GraphBuilder("bad")
     q, k, v = (g.input(n, (1, 2, 8, 16), "f16") for n in "qkv")
     out, lse = tf.attention(q, k, v, return_lse=True)
-    with pytest.raises(VerifyError, match="only additive score_mods"):
-        tf.attention_backward(q, k, v, out, out, lse, score_mod=tf.softcap_score(5.0))
+    tf.attention_backward(q, k, v, out, out, lse, score_mod=tf.softcap_score(5.0))  # differentiable: accepted
+    with pytest.raises(VerifyError, match=r"no derivative in the score.*floor is not differentiable in 'score'"):
+        tf.attention_backward(q, k, v, out, out, lse, score_mod=ex.floor(ex.var("score", "f32")))
+    with pytest.raises(VerifyError, match="no derivative in the score.*cast to i32"):
+        tf.attention_backward(q, k, v, out, out, lse, score_mod=ex.var("score", "f32").cast("i32").cast("f32"))
     with pytest.raises(VerifyError, match="lse is f16"):
         tf.attention_backward(q, k, v, out, out, q)
 
@@ -207,3 +215,86 @@ def test_aot_default_config_no_spills(arch, d):
         assert r.hgmma > 0, f"hdim {d} sm_90 backward has no HGMMA"
     else:
         assert r.hmma > 0
+
+
+# ---- non-additive score_mods: dS is multiplied by score_mod' (ir/autodiff.py) at the raw score ----------
+HEAD_SCALE = np.array([0.5, 1.5, 2.0, 0.75], dtype=np.float32)  # per query head (Hq = 4)
+SCORE = ex.var("score", "f32")
+
+
+def leaky_where():
+    """where() on an index condition and on the score itself (a kink at 0, measure zero)."""
+    far = (ex.var("q_idx") + (SK - SQ) - ex.var("kv_idx")).gt(8)
+    return ex.where(far, SCORE * 0.5, ex.where(SCORE.gt(0.0), SCORE, SCORE * 0.25))
+
+
+def torch_leaky_where(s):
+    q_idx = torch.arange(SQ)[:, None] + (SK - SQ)
+    far = (q_idx - torch.arange(SK)[None, :]) > 8
+    return torch.where(far, s * 0.5, torch.where(s > 0, s, s * 0.25))
+
+
+NONLINEAR = {  # name: (score_mod over the forward's operands, the same in torch, extras)
+    "softcap": (lambda: tf.softcap_score(2.0), lambda s: 2.0 * torch.tanh(s / 2.0), ()),
+    "head_scale": (lambda: SCORE * ex.load(3, "f32", ex.var("h")),
+                   lambda s: s * torch.from_numpy(HEAD_SCALE).to(s.dtype)[None, :, None, None],
+                   (("hs", HEAD_SCALE, "f32"),)),
+    "where": (leaky_where, torch_leaky_where, ()),
+}
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("name,dtype,mask", [
+    ("softcap", "f16", "causal"), ("softcap", "bf16", "sliding"), ("head_scale", "f16", "sliding"),
+    ("head_scale", "bf16", "causal"), ("where", "f16", "causal"), ("where", "bf16", "sliding"),
+])
+def test_nonlinear_score_mod_gqa(name, dtype, mask):
+    # GQA 4:2; f16 runs 16 x 16 blocks (full, partial and ragged blocks), bf16 the interpreter default.
+    mod, tmod, extras = NONLINEAR[name]
+    g = graph(dtype, 1, 4, 2, SQ, SK, D, mask=lambda *_: MASKS[mask](), extras=extras, score_mod=mod())
+    cg = check(g, dtype, extras, configs=block_cfg(g, 16, 16) if dtype == "f16" else None, seed=7, tmod=tmod)
+    spec = cg.kernels[1].spec
+    assert spec.dscore is not None
+    src = spec.render_triton(cg.kernels[1].config)
+    assert src.count("dmod = ") == src.count("ds = tl.where(p > 0.0, p * (dp - delta") == 4  # 2 roles x 2 loops
+
+
+def test_additive_score_mod_keeps_fast_path():
+    alibi = SCORE + (ex.var("kv_idx") - ex.var("q_idx")).cast("f32") * 0.25
+    cg = tf.compile(graph("f16", 1, 2, 1, SQ, SK, D, score_mod=alibi), target="interp")
+    spec = cg.kernels[1].spec
+    assert spec.dscore is None
+    src = spec.render_triton(cg.kernels[1].config)
+    assert "dmod" not in src and src.count("ds = p * (dp - delta") == 4
+
+
+def test_score_mod_changes_workload_key():
+    keys = {tf.compile(graph("f16", 1, 2, 1, SQ, SK, D, score_mod=mod), target="interp").kernels[1].spec.key
+            for mod in (None, tf.softcap_score(2.0), tf.softcap_score(3.0), SCORE * 2.0)}
+    assert len(keys) == 4
+
+
+def test_backward_rejects_forward_post_mod():
+    g = tf.GraphBuilder("post")
+    q, k, v = (g.input(n, (1, 2, 8, 16), "f16") for n in "qkv")
+    try:
+        out, lse = tf.attention(q, k, v, return_lse=True, post_mod=ex.var("p", "f32") * 0.5)
+    except TypeError:
+        pytest.skip("the forward attention has no post_mod yet")
+    with pytest.raises(VerifyError, match="attention backward does not support post-softmax expressions"):
+        tf.attention_backward(q, k, v, out, out, lse)
+
+
+@pytest.mark.parametrize("name,d", [("softcap", 64), ("head_scale", 128)])
+def test_aot_nonlinear_score_mod_sm90_no_spills(name, d):
+    s, hq, hkv = 1024, 16, 8
+    mod, _, extras = NONLINEAR[name]
+    extras = tuple((n, np.ones(hq, np.float32), edt) for n, _, edt in extras)
+    cg = tf.compile(graph("f16", 1, hq, hkv, s, s, d, mask=lambda *_: causal(s, s), score_mod=mod(), extras=extras),
+                    target="sm_90")
+    ck = cg.kernels[1]
+    for fn, b in ck.binaries["sm_90"].items():
+        r = b.resources
+        assert b.cubin and r.registers > 0
+        assert not r.spills, f"{fn} {name} hdim {d} spills on sm_90 with {ck.config.to_json()}: {r}"
+    assert ck.binaries["sm_90"][f"{ck.spec.name}_finish"].resources.hgmma > 0
