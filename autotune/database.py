@@ -2,27 +2,18 @@
 
 SQLite by default (``settings.db_url``; WAL mode, a busy timeout and ``BEGIN IMMEDIATE`` write
 transactions so several tuner processes can share one file), any SQLAlchemy URL otherwise
-(PostgreSQL for sweeps shared by several machines). It stores decisions and measurements, never
-binaries. Every write is one transaction: a tuner killed with SIGKILL loses nothing it committed.
+(PostgreSQL for sweeps shared by several machines: ``postgresql://`` needs ``psycopg``, SQLAlchemy's
+default driver). It stores decisions and measurements, never binaries. Every write is one transaction:
+a tuner killed with SIGKILL loses nothing it committed; writes that collide with another writer (a
+locked SQLite file, a PostgreSQL deadlock or serialization failure) run again.
 
-Schema (version 1)::
-
-    meta(app, schema_version)                       one row; app = "tilefuse-tuning"
-    workloads(key PK, family, description)          description = KernelSpec.describe() as JSON
-    devices(key PK, arch, fingerprint)              key = Device.key, fingerprint as JSON
-    records(key PK = Record.key, workload_key FK, device_key FK, config_key, config, status,
-            samples, median, verified, max_error, error, compile_seconds, resources, toolchain,
-            features, created)                      index (workload_key, device_key, config_key)
-
-Version 0 (the first layout) had no ``records.features`` and no ``devices.arch`` column; it is
-upgraded in place by ``MIGRATIONS[0]``. A file that is not SQLite, a SQLite database with other
-applications' tables and no ``meta`` table, or a newer schema raises DatabaseError.
+The layout, its versions and migrations are in ``db_schema``. A file that is not SQLite, a database with
+other applications' tables and no ``meta`` table, or a newer schema raises DatabaseError.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import sqlite3
@@ -37,78 +28,14 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
 from .config import Config, canonical_json
+from .db_schema import MIGRATIONS, SCHEMA_VERSION, DatabaseError, devices_t, open_schema, records_t, workloads_t
 from .records import Measurement, Record, Status
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "TuningDB", "iter_jsonl"]
 
-logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-APP = "tilefuse-tuning"
 _BUSY_TIMEOUT_S = 60.0
-# Optuna's RDB storage may share the database (one URL for a whole sweep); its tables are not foreign.
-_COEXISTING_TABLES = frozenset({
-    "alembic_version", "version_info", "studies", "study_directions", "study_user_attributes",
-    "study_system_attributes", "trials", "trial_user_attributes", "trial_system_attributes", "trial_params",
-    "trial_values", "trial_intermediate_values", "trial_heartbeats",
-})
-
 T = TypeVar("T")
 
-
-class DatabaseError(RuntimeError):
-    """A database that cannot be used: corrupt, foreign, newer schema or unreachable."""
-
-
-metadata = sa.MetaData()
-meta_t = sa.Table("meta", metadata, sa.Column("app", sa.String(255), nullable=False),
-                  sa.Column("schema_version", sa.Integer, nullable=False))
-workloads_t = sa.Table("workloads", metadata, sa.Column("key", sa.String(255), primary_key=True),
-                       sa.Column("family", sa.String(255), nullable=False),
-                       sa.Column("description", sa.Text, nullable=False))
-devices_t = sa.Table("devices", metadata, sa.Column("key", sa.String(255), primary_key=True),
-                     sa.Column("arch", sa.String(255), nullable=False, index=True),
-                     sa.Column("fingerprint", sa.Text, nullable=False))
-records_t = sa.Table(
-    "records", metadata,
-    sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("workload_key", sa.String(255), sa.ForeignKey("workloads.key"), nullable=False),
-    sa.Column("device_key", sa.String(255), sa.ForeignKey("devices.key"), nullable=False),
-    sa.Column("config_key", sa.String(255), nullable=False),
-    sa.Column("config", sa.Text, nullable=False),
-    sa.Column("status", sa.String(255), nullable=False),
-    sa.Column("samples", sa.Text, nullable=False),
-    sa.Column("median", sa.Float, nullable=True),  # set only for verified OK records: what `best` sorts by
-    sa.Column("verified", sa.Boolean, nullable=False),
-    sa.Column("max_error", sa.Float, nullable=True),
-    sa.Column("error", sa.Text, nullable=False),
-    sa.Column("compile_seconds", sa.Float, nullable=False),
-    sa.Column("resources", sa.Text, nullable=False),
-    sa.Column("toolchain", sa.Text, nullable=False),
-    sa.Column("features", sa.Text, nullable=False),
-    sa.Column("created", sa.Float, nullable=False),
-    sa.Index("ix_records_workload_device", "workload_key", "device_key", "config_key"),
-)
-
-
-# ------------------------------------------------------------------------------------ migrations
-
-def _migrate_v0_to_v1(conn: Connection) -> None:
-    """v0 -> v1: records gain `features`; devices gain `arch` (filled from the fingerprint JSON)."""
-    conn.execute(sa.text("ALTER TABLE records ADD COLUMN features TEXT NOT NULL DEFAULT '{}'"))
-    conn.execute(sa.text("ALTER TABLE devices ADD COLUMN arch TEXT NOT NULL DEFAULT ''"))
-    rows = conn.execute(sa.text("SELECT key, fingerprint FROM devices")).all()
-    for key, fp in rows:
-        arch = str(json.loads(fp).get("arch", ""))
-        conn.execute(sa.text("UPDATE devices SET arch = :arch WHERE key = :key"), {"arch": arch, "key": key})
-    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_devices_arch ON devices (arch)"))
-
-
-# MIGRATIONS[v] upgrades a database at schema v to v + 1 inside the opening transaction.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {0: _migrate_v0_to_v1}
-
-
-# -------------------------------------------------------------------------------------- database
 
 class TuningDB:
     """Tuning records keyed by (workload, device, config, toolchain); see the module docstring."""
@@ -153,6 +80,8 @@ class TuningDB:
                 except OSError as err:
                     raise DatabaseError(f"cannot create the directory of {self._where}: {err}") from None
                 kw["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
+        else:
+            kw["pool_pre_ping"] = True  # a server restart or an idle timeout must not break a long sweep
         try:
             engine = sa.create_engine(self._sa_url, **kw)
         except (ImportError, sa.exc.ArgumentError) as err:
@@ -176,51 +105,18 @@ class TuningDB:
         while True:
             try:
                 return fn()
-            except sa.exc.OperationalError as err:
-                text = str(err.orig).lower()
-                if ("locked" in text or "busy" in text) and time.monotonic() < deadline:
+            except sa.exc.DBAPIError as err:
+                if _transient(err) and time.monotonic() < deadline:
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 0.5)
                     continue
-                raise DatabaseError(f"cannot use {self._where}: {err.orig}") from None
-            except sa.exc.DBAPIError as err:
                 raise DatabaseError(f"cannot use {self._where}: {err.orig}") from None
             except sqlite3.DatabaseError as err:  # raised by the connect hook, before SQLAlchemy wraps it
                 raise DatabaseError(f"cannot use {self._where}: {err}") from None
 
     def _open_schema(self) -> None:
         with self._tx(write=True) as conn:
-            if conn.dialect.name == "postgresql":  # serialise first-time creation across machines
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7426845)"))
-            tables = set(sa.inspect(conn).get_table_names())
-            if "meta" not in tables:
-                foreign = sorted(tables - _COEXISTING_TABLES)
-                if foreign:
-                    raise DatabaseError(f"{self._where} is not a tilefuse tuning database: it has no 'meta' table "
-                                        f"and holds other tables ({', '.join(foreign[:8])}); "
-                                        "point --db/TILEFUSE_DB at a new or tilefuse-made database")
-                metadata.create_all(conn)
-                conn.execute(meta_t.insert().values(app=APP, schema_version=SCHEMA_VERSION))
-                return
-            try:
-                row = conn.execute(sa.select(meta_t.c.app, meta_t.c.schema_version)).first()
-            except sa.exc.DBAPIError:
-                row = None
-            if row is None or row.app != APP:
-                raise DatabaseError(f"{self._where} is not a tilefuse tuning database: its 'meta' table "
-                                    f"holds {tuple(row) if row else 'no tilefuse row'}")
-            version = int(row.schema_version)
-            if version > SCHEMA_VERSION:
-                raise DatabaseError(f"{self._where} has tuning-database schema {version}, written by a newer "
-                                    f"tilefuse; this one reads schemas up to {SCHEMA_VERSION}: upgrade tilefuse")
-            while version < SCHEMA_VERSION:
-                if version not in MIGRATIONS:
-                    raise DatabaseError(f"{self._where} has schema {version}, which has no migration to "
-                                        f"{SCHEMA_VERSION}")
-                logger.info("migrating %s from schema %d to %d", self._where, version, version + 1)
-                MIGRATIONS[version](conn)
-                version += 1
-                conn.execute(meta_t.update().values(schema_version=version))
+            open_schema(conn, self._where)
 
     def close(self) -> None:
         """Release every connection."""
@@ -265,7 +161,8 @@ class TuningDB:
         if name in ("sqlite", "postgresql"):
             ins = sqlite_dialect.insert if name == "sqlite" else pg_dialect.insert
             stmt = ins(table).values(**row).on_conflict_do_nothing(index_elements=["key"])
-            return int(conn.execute(stmt).rowcount == 1)
+            # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg 3 reports -1 once the cursor closes
+            return int(conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1)
         if conn.execute(sa.select(table.c.key).where(table.c.key == row["key"])).first() is not None:
             return 0
         conn.execute(table.insert().values(**row))
@@ -399,6 +296,17 @@ class _Tx:
                 self.conn.rollback()
         finally:
             self.conn.close()
+
+
+def _transient(err: sa.exc.DBAPIError) -> bool:
+    """Whether `err` came from another writer and the whole transaction can simply run again."""
+    sqlstate = getattr(err.orig, "sqlstate", None) or getattr(err.orig, "pgcode", None)  # psycopg 3 / psycopg2
+    if sqlstate is not None:
+        # PostgreSQL aborts one side of a deadlock (add_many batches in different orders), and every
+        # conflicting writer under a SERIALIZABLE default_transaction_isolation.
+        return str(sqlstate) in ("40001", "40P01")
+    text = str(err.orig).lower()
+    return isinstance(err, sa.exc.OperationalError) and ("locked" in text or "busy" in text)  # SQLite
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -93,11 +94,14 @@ class TpeStrategy(Strategy):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # multivariate TPE is "experimental"
             sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+        self._shared = storage is not None
         with _quiet_optuna():
-            self.study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage,
-                                             study_name=study_name, load_if_exists=storage is not None)
+            self.study = optuna.create_study(direction="minimize", sampler=sampler,
+                                             storage=_rdb_storage(storage) if storage is not None else None,
+                                             study_name=study_name, load_if_exists=self._shared)
         self._pending: dict[Config, Any] = {}
         self._told: set[Config] = {Config(t.params) for t in self.study.trials if t.state.is_finished()}
+        self._synced = False  # shared study: `_told` re-read since the last ask
 
     def _value(self, seconds: float | None) -> float:
         return math.log(seconds) if seconds is not None and seconds > 0 else self.PENALTY
@@ -110,13 +114,25 @@ class TpeStrategy(Strategy):
             trial = self._pending.pop(c, None)
             if trial is not None:
                 self.study.tell(trial, value)
-            elif c not in self._told and set(c) == set(self.dists):
+            elif c not in self._told and set(c) == set(self.dists) and not self._shared_trial(c):
                 self.study.add_trial(self._optuna.trial.create_trial(params=dict(c), distributions=self.dists,
                                                                      value=value))
         self._told.add(c)
 
+    def _shared_trial(self, c: Config) -> bool:
+        """Whether another tuner sharing the study has a trial of `c` (told, or running: a tuner stores
+        the record before it tells the trial), so adding one would count the measurement twice."""
+        if not self._shared:
+            return False
+        if not self._synced:  # one read per batch of other tuners' records (between two asks)
+            states = (self._optuna.trial.TrialState.COMPLETE, self._optuna.trial.TrialState.RUNNING)
+            self._told |= {Config(t.params) for t in self.study.get_trials(deepcopy=False, states=states)}
+            self._synced = True
+        return c in self._told
+
     def ask(self, n: int, measured: set[Config]) -> list[Config]:
         out: list[Config] = []
+        self._synced = False
         with _quiet_optuna():
             for _ in range(100 * n):
                 if len(out) >= n:
@@ -137,6 +153,22 @@ class TpeStrategy(Strategy):
         if len(out) < n:  # TPE keeps proposing known configs: top up at random
             out += self.space.sample(self.rng, n - len(out), exclude=measured | set(out) | set(self._pending))
         return out
+
+
+def _rdb_storage(url: str) -> Any:
+    """Optuna's RDB storage at `url`. Optuna creates its tables on first use without a lock, so tuners
+    starting together on a new PostgreSQL database collide (duplicate table or type); a retry finds the
+    tables made."""
+    import optuna
+    import sqlalchemy as sa
+
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sa.exc.DBAPIError as err:
+            log.debug("Optuna storage not ready (%s); retrying", err.orig)
+            time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+    return optuna.storages.RDBStorage(url)
 
 
 class _quiet_optuna:  # noqa: N801 - used as a context manager
