@@ -52,6 +52,7 @@ class TuningDB:
             raise DatabaseError(f"{url!r} is not a database URL ({err}); accepted: an SQLAlchemy URL such as "
                                 "'sqlite:///path/tuning.db' or 'postgresql://host/db'") from None
         self._sqlite = self._sa_url.get_backend_name() == "sqlite"
+        self.is_server = not self._sqlite  # a database server several machines can share
         self._engine = self._make_engine()
         try:
             self._retry(self._open_schema)

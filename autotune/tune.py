@@ -135,6 +135,8 @@ def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: 
         spec = spec_for(kg, kernel, tgt.backend)
         groups.setdefault(spec.key, []).append(spec)
     rows: list[KernelTuneRow] = []
+    # TPE tuners sharing a server database (PostgreSQL) share one Optuna study per kernel and device.
+    storage = db.url if strategy == "tpe" and getattr(db, "is_server", False) else None
     try:
         for i, specs in enumerate(groups.values()):
             spec = specs[0]
@@ -142,7 +144,7 @@ def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: 
             if time_limit is not None:
                 limit = max(0.0, (time_limit - (time.monotonic() - t0)) / (len(groups) - i))
             res = tune_kernel(spec, dev, run, db, budget=budget, strategy=strategy, time_limit=limit,
-                              patience=patience, seed=seed, progress=progress)
+                              patience=patience, seed=seed, progress=progress, optuna_storage=storage)
             rows.append(KernelTuneRow([s.name for s in specs], spec.family, spec.key, len(res.trials), res.previous,
                                       res.best_seconds, res.default_seconds, roofline_seconds(spec, dev),
                                       dict(res.best_config) if res.best_config else None, res.stopped, res.statuses,

@@ -332,3 +332,21 @@ def test_dropped_connections_are_replaced(url, pg):
         pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db",
                    db=sa.engine.make_url(url).database)
         assert db.add(rec(2)) and db.count() == 2
+
+
+def test_tune_graph_shares_tpe_studies_through_a_server_database(url):
+    """`tilefuse tune --strategy tpe --db postgresql://...` (tune_graph) keeps each kernel's Optuna study
+    in that database, so tuners on other machines continue the same study."""
+    import optuna
+
+    import tilefuse as tf
+    from tilefuse.autotune.tune import tune_graph
+
+    g = tf.GraphBuilder("pg_tpe")
+    g.output("c", g.input("a", (64, 48), "f32") @ g.input("b", (48, 32), "f32"))
+    dev = cpu_device()
+    with TuningDB(url) as db:
+        res = tune_graph(g, "cpu", budget=4, strategy="tpe", db=db, runner=FakeRunner(lambda c: 1e-3), device=dev)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage=url)]
+    key = res.rows[0].workload_key
+    assert f"tilefuse-{key[:16]}-{dev.key[:16]}" in names
