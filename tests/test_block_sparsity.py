@@ -9,8 +9,8 @@ import pytest
 import tilefuse as tf
 from tilefuse.ir import expr as ex
 from tilefuse.ir.attention_op import eval_mask, make_loader
-from tilefuse.kernels.block_sparsity import (EMPTY, FULL, PARTIAL, analyze, analyze_runtime, block_aligned_loads,
-                                             compact, lists_from_block_mask)
+from tilefuse.kernels.block_sparsity import (EMPTY, FULL, PARTIAL, BlockSparsity, analyze, analyze_runtime,
+                                             block_aligned_loads, compact, lists_from_block_mask)
 
 RNG = np.random.default_rng(7)
 
@@ -139,6 +139,7 @@ def _expand(lists, nrows: int) -> dict[int, tuple[list[int], list[int]]]:
             for r in range(nrows)}
 
 
+@pytest.mark.interp  # torch tensors: the generated mask_compact kernel
 def test_compact_lists_numpy_and_torch():
     torch = pytest.importorskip("torch")
     cls = RNG.integers(0, 3, size=(2, 5, 7)).astype(np.int8)
@@ -156,6 +157,7 @@ def test_compact_lists_numpy_and_torch():
         assert a.tolist() == b.tolist()
 
 
+@pytest.mark.interp
 def test_lists_from_dense_block_mask():
     torch = pytest.importorskip("torch")
     bmask = RNG.random((1, 2, 4, 6)) < 0.5
@@ -167,3 +169,21 @@ def test_lists_from_dense_block_mask():
     for bh in range(4):
         for m in range(4):
             assert rows[bh * 4 + m] == ([n for n in range(6) if bmask[0, bh % 2, m, n]], [])
+
+
+def test_sparsity_lists_forward_and_transposed():
+    # BlockSparsity.lists: the forward's compact() call and the backward's transposed one, on numpy
+    cls = RNG.integers(0, 3, size=(2, 5, 7)).astype(np.int8)
+    pat = np.array([[0, 1, 1], [1, 0, 0]])
+    sp = BlockSparsity(32, 16, 5 * 32 - 9, 7 * 16 - 3, cls, pat, True, False)
+    for a, b in zip(sp.lists().as_list(), compact(cls, pat, 7 * 16 - 3, 16).as_list()):
+        np.testing.assert_array_equal(a, b)
+    want = compact(np.ascontiguousarray(cls.transpose(0, 2, 1)), pat, 5 * 32 - 9, 32)
+    for a, b in zip(sp.lists(transposed=True).as_list(), want.as_list()):
+        np.testing.assert_array_equal(a, b)
+    rows = _expand(want, 14)
+    for p in range(2):
+        for n in range(7):
+            full, part = rows[p * 7 + n]
+            assert full == [m for m in range(5) if cls[p, m, n] == FULL and m != 4]  # ragged last q block
+            assert sorted(full + part) == [m for m in range(5) if cls[p, m, n] != EMPTY]
