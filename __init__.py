@@ -10,7 +10,7 @@ from .frontend_ext import (AWQ_PACK_ORDER, NF4_CODEBOOK, attention, block_mask, 
                            project_gaussians, rasterize_gaussians, sddmm, sliding_window_mask, softcap_score,
                            sparse_24, sparse_bsr, sparse_csr, spmm, streaming_mask, strided_mask, topk_block_mask)
 from .frontend_ext import page_summaries, paged_attention, paginate, quantize_kv, recent_cache
-from .frontend_ext import attention_backward
+from .frontend_ext import attention_backward, softmax_threshold
 from .ir import Graph, ParseError, VerifyError, load_graph, parse_graph
 
 __version__ = "0.1.0"
@@ -25,7 +25,7 @@ __all__ += ["AWQ_PACK_ORDER", "NF4_CODEBOOK", "attention", "block_mask", "causal
             "sparse_24", "sparse_bsr", "sparse_csr", "spmm", "streaming_mask", "strided_mask",
             "topk_block_mask"]
 __all__ += ["page_summaries", "paged_attention", "paginate", "quantize_kv", "recent_cache"]
-__all__ += ["attention_backward"]
+__all__ += ["attention_backward", "softmax_threshold"]
 
 
 def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb

@@ -3,6 +3,7 @@
 Mask helpers return bool `Expr`s over the VARs b, h, q_idx, kv_idx (i32) for `attention(mask_mod=...)`;
 combine them with `&`, `|` and `~`. Helpers reading a tensor take the operand index it will have
 in the attention node: q, k, v are 0, 1, 2 and `extra` tensors follow from 3.
+`softmax_threshold` builds a post_mod (an f32 Expr over VAR `p`, the softmax probability).
 Queries are aligned bottom-right when Sq != Sk: query i sits at key position i + (Sk - Sq).
 """
 
@@ -116,13 +117,22 @@ def softcap_score(cap: float) -> Expr:
     return ex.tanh(s * (1.0 / cap)) * cap
 
 
+def softmax_threshold(tau: float) -> Expr:
+    """post_mod for SATA-style score thresholding: keep the probability p where p >= tau, else 0
+    (not renormalised: kept rows sum to at most 1)."""
+    p = ex.var("p", dt.f32)
+    return ex.where(p.ge(float(tau)), p, 0.0)
+
+
 def _results(node: Any) -> tuple[Tensor, ...]:
     return tuple(Tensor(make(Op.RESULT, [node], index=i)) for i in range(len(results_of(node))))
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, mask_mod: Expr | None = None,
-              score_mod: Expr | None = None, extra: Sequence[Tensor] = (), return_lse: bool = False) -> Any:
-    """softmax(scale q k^T (score_mod, masked)) v; returns out, or (out, lse) with return_lse."""
+              score_mod: Expr | None = None, extra: Sequence[Tensor] = (), return_lse: bool = False,
+              post_mod: Expr | None = None) -> Any:
+    """post_mod(softmax(scale q k^T (score_mod, masked))) v (post_mod: an f32 Expr over VAR `p`, see
+    `softmax_threshold`; not renormalised); returns out, or (out, lse) with return_lse."""
     kw: dict[str, Any] = {"return_lse": return_lse}
     if scale is not None:
         kw["scale"] = float(scale)
@@ -130,6 +140,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, mask_
         kw["mask_mod"] = mask_mod
     if score_mod is not None:
         kw["score_mod"] = score_mod
+    if post_mod is not None:
+        kw["post_mod"] = post_mod
     node = make(Op.ATTENTION, [q.node, k.node, v.node, *(t.node for t in extra)], **kw)
     return _results(node) if return_lse else Tensor(node)
 

@@ -1,17 +1,25 @@
 """The attention op: inference, verification and numpy reference semantics.
 
-    attention(q, k, v, extra...) {scale, mask_mod?, score_mod?, return_lse}
+    attention(q, k, v, extra...) {scale, mask_mod?, score_mod?, post_mod?, return_lse}
 
 q is [B, Hq, Sq, D], k is [B, Hkv, Sk, D], v is [B, Hkv, Sk, Dv] with Hq % Hkv == 0 (grouped-query
 attention: q head h reads kv head h // (Hq // Hkv)); q, k, v share one dtype in f16/bf16/f32.
-Operands after v ("extras") are tensors that `mask_mod` / `score_mod` read with explicit loads;
-operand numbering counts over all operands (q=0, k=1, v=2, extras from 3).
+Operands after v ("extras") are tensors that `mask_mod` / `score_mod` / `post_mod` read with explicit
+loads; operand numbering counts over all operands (q=0, k=1, v=2, extras from 3).
 
 Semantics (float64): s = scale * q k^T; s = score_mod(s) if given (VAR `score`:f32 and the index
 VARs b, h, q_idx, kv_idx:i32); positions where mask_mod (a bool Expr over b, h, q_idx, kv_idx) is
-false get -inf; out = softmax_kv(s) @ v. Rows with every position masked output 0 and lse = -inf.
+false get -inf; P = softmax_kv(s); out = P @ v. Rows with every position masked output 0 and lse = -inf.
 With return_lse the node has two results: (out [B, Hq, Sq, Dv] in q's dtype, lse [B, Hq, Sq] f32,
 the natural-log logsumexp of the (scaled, score-modded, masked) scores).
+
+post_mod (an f32 Expr over VAR `p`:f32, the final probability exp(s - lse) of the position, and the
+index VARs) rewrites the probabilities after the softmax, e.g. SATA's threshold
+`where(p >= tau, p, 0)`: P' = post_mod(P) where mask_mod holds, 0 where it does not (and 0 on rows
+whose lse is -inf); out = P' @ v. P' is NOT renormalised: its rows need not sum to 1, and this op
+offers no way to renormalise them (the row sums are what the same attention computes with v = ones;
+a caller needing renormalised output must divide by those itself). lse stays the logsumexp of the
+scores before post_mod.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ INDEX_VARS = ("b", "h", "q_idx", "kv_idx")
 
 
 def _check_mod(e: Any, name: str, srcs: tuple[Node, ...], want: dt.DType, allowed: dict[str, dt.DType]) -> Expr:
-    """Verify a mask_mod/score_mod expression: its dtype, free variables and operand loads."""
+    """Verify a mask_mod/score_mod/post_mod expression: its dtype, free variables and operand loads."""
     if not isinstance(e, Expr):
         raise VerifyError(f"attention: {name} must be an Expr, got {type(e).__name__}")
     if e.dtype != want:
@@ -87,13 +95,15 @@ def _infer_attention(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
         norm["mask_mod"] = _check_mod(a["mask_mod"], "mask_mod", srcs, dt.bool_, idx_vars)
     if a.get("score_mod") is not None:
         norm["score_mod"] = _check_mod(a["score_mod"], "score_mod", srcs, dt.f32, {**idx_vars, "score": dt.f32})
+    if a.get("post_mod") is not None:
+        norm["post_mod"] = _check_mod(a["post_mod"], "post_mod", srcs, dt.f32, {**idx_vars, "p": dt.f32})
     used = set()
-    for key in ("mask_mod", "score_mod"):
+    for key in ("mask_mod", "score_mod", "post_mod"):
         if key in norm:
             used |= {n.arg for n in expr_toposort([norm[key]]) if n.op is E.LOAD}
     unused = sorted(set(range(3, len(srcs))) - used)
     if unused:
-        raise VerifyError(f"{what}: extra operands {unused} are not read by mask_mod or score_mod")
+        raise VerifyError(f"{what}: extra operands {unused} are not read by mask_mod, score_mod or post_mod")
     out_shape = (b, hq, sq, dv)
     ret_lse = a.get("return_lse", False)
     if not isinstance(ret_lse, bool):
@@ -136,6 +146,13 @@ def eval_mask(mask: Expr | None, xs: list[Any], shape: tuple[int, int, int, int]
     return np.broadcast_to(np.asarray(m, dtype=bool), shape)
 
 
+def _post(post_mod: Expr, p: np.ndarray, keep: np.ndarray, xs: list[Any]) -> np.ndarray:
+    """post_mod applied to the probabilities `p` [B, H, Sq, Sk]; 0 where `keep` is false."""
+    grid = index_grid(*p.shape)
+    pm = eval_expr(post_mod, variables={**grid, "p": p}, loads=make_loader(xs, "attention post_mod"))
+    return np.where(keep, np.broadcast_to(np.asarray(pm, dtype=np.float64), p.shape), 0.0)
+
+
 @evaluator(Op.ATTENTION)
 def _eval_attention(n: Node, xs: list[Any]) -> Any:
     q, k, v = (np.asarray(x, dtype=np.float64) for x in xs[:3])
@@ -156,8 +173,13 @@ def _eval_attention(n: Node, xs: list[Any]) -> Any:
     live = np.isfinite(m)
     p = np.exp(s - np.where(live, m, 0.0))
     denom = p.sum(axis=-1, keepdims=True)
+    post_mod = n.attr("post_mod")
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.einsum("bhqk,bhkd->bhqd", p, v) / np.where(live, denom, 1.0)
+        if post_mod is None:
+            out = np.einsum("bhqk,bhkd->bhqd", p, v) / np.where(live, denom, 1.0)
+        else:
+            weights = _post(post_mod, p / np.where(live, denom, 1.0), mask & live, xs)
+            out = np.einsum("bhqk,bhkd->bhqd", weights, v)
         lse = np.where(live, m + np.log(np.where(live, denom, 1.0)), -np.inf)[..., 0]
     out = np.where(live, out, 0.0)
     out = rnd(out, n.dtype)

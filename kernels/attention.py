@@ -11,6 +11,10 @@ that the spec provides at launch (`aux_args`; their pointer types come from `aux
 Static masks are analysed once per block size at compile time; masks reading operands through
 block-aligned loads (block masks, top-k lists) are re-analysed at run time on the actual operands
 (cached while the operand tensors are unchanged).
+
+With a post_mod (a post-softmax expression, e.g. a probability threshold) the same launch visits the
+block list twice: pass 1 computes the row max and normaliser, pass 2 the exact probabilities, applies
+post_mod and accumulates P' V; no score matrix is materialised.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class AttentionSpec(KernelSpec):
 
     family = "attention"
     backends = frozenset({"triton"})  # no TVM template yet: knob_space says so if asked for a CPU target
+    post_mod: Expr | None = None  # a class default: the backward spec shares these methods and has none
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)
@@ -54,6 +59,7 @@ class AttentionSpec(KernelSpec):
         self.scale = float(node.attr("scale"))
         self.mask: Expr | None = node.attr("mask_mod")
         self.score_mod: Expr | None = node.attr("score_mod")
+        self.post_mod = node.attr("post_mod")
         lw = self.lowering
         self.q_expr = lw.value(q, q.shape, lambda _: None)
         self.k_expr = lw.value(k, k.shape, lambda _: None)
@@ -159,6 +165,8 @@ class AttentionSpec(KernelSpec):
                 "outputs": [[i, r] for i, r in self.outs],
                 "block_structure": ref.describe(),
             }
+            if self.post_mod is not None:  # only when present: keys of kernels without one stay as they were
+                self._describe["post_mod"] = format_expr(self.post_mod)
         return self._describe
 
     # -- schedule --
@@ -221,6 +229,8 @@ class AttentionSpec(KernelSpec):
         # 128 x 128 tile with 4 warps on sm_90 at hdim 64.
         if dp <= 64:
             bm, bn, warps, stages = (128, 128, 8, 3) if arch >= 90 else (128, 64, 4, 3)
+            if self.post_mod is not None and arch < 90:  # measured: the two-pass kernel spills with 4 warps
+                warps = 8
         elif dp <= 128:
             bm, bn, warps, stages = 128, 64, 8, 3
         else:
@@ -238,8 +248,10 @@ class AttentionSpec(KernelSpec):
         return (-(-self.Sq // config.int("BLOCK_M")), self.B * self.Hq, 1)
 
     def flops(self) -> float:
-        """Matmul flops of the visited blocks (dense flops times the block density at 128x64)."""
-        dense = 2.0 * self.B * self.Hq * self.Sq * self.Sk * (self.D + self.Dv)
+        """Matmul flops of the visited blocks (dense flops times the block density at 128x64); a
+        post_mod's second pass computes q k^T again."""
+        qk = 2 if self.post_mod is not None else 1
+        dense = 2.0 * self.B * self.Hq * self.Sq * self.Sk * (qk * self.D + self.Dv)
         return dense * self.sparsity(*REF_BLOCK).density()
 
     def features(self, config: Config) -> dict[str, float]:
@@ -251,7 +263,7 @@ class AttentionSpec(KernelSpec):
                 "Sk": float(self.Sk), "D": float(self.D), "Dv": float(self.Dv), "programs": float(gx * gy * gz),
                 "flops": self.flops(), "bytes": self.bytes_moved(), "density": sp.density(),
                 "partial_fraction": float((c == 1).sum()) / live, "data_dependent": float(self.dynamic),
-                "score_mod": float(self.score_mod is not None),
+                "score_mod": float(self.score_mod is not None), "post_mod": float(self.post_mod is not None),
                 **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
 
     # -- reports and rendering --
@@ -263,6 +275,8 @@ class AttentionSpec(KernelSpec):
             lines.append(f"mask_mod: {format_expr(self.mask)}")
         if self.score_mod is not None:
             lines.append(f"score_mod: {format_expr(self.score_mod)}")
+        if self.post_mod is not None:
+            lines.append(f"post_mod: {format_expr(self.post_mod)}")
         lines.append("outputs: " + ", ".join(r for _, r in self.outs))
         return "\n".join(lines)
 
@@ -274,6 +288,9 @@ class AttentionSpec(KernelSpec):
             lines.append("  data-dependent mask: block lists rebuilt from the operands at run time")
         elif self.dynamic:
             lines.append("  data-dependent mask: loads not block-aligned, blocks kept partial (masked per element)")
+        if self.post_mod is not None:
+            lines.append("  post-softmax pass: post_mod on the exact probabilities (2 passes over KV: "
+                         "row max and normaliser, then P' V)")
         return lines
 
     def triton_constexprs(self, config: Config) -> dict[str, Any]:

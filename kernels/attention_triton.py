@@ -3,7 +3,12 @@
 One program per (query block, b * Hq + h). The q tile stays resident; the key blocks come from the
 CSR block lists: first the blocks that need no mask, then the masked (partial or ragged) ones. The
 softmax is online in base 2 (scale * log2(e) folded into the scores, or applied after score_mod),
-with f32 statistics and accumulator; fully masked rows give 0 and lse = -inf."""
+with f32 statistics and accumulator; fully masked rows give 0 and lse = -inf.
+
+With a post_mod the program walks its block list twice: pass 1 keeps only the row max m and the
+normaliser l (online, as above); pass 2 recomputes the scores, forms the final probabilities
+p = exp2(s - m) * (1 / l), applies post_mod, zeroes masked positions and accumulates p' V (the
+accumulator is not divided by l afterwards: post_mod's output is the weight)."""
 
 from __future__ import annotations
 
@@ -66,12 +71,15 @@ class _Tile:
 
 
 class _Mods:
-    """Renders mask_mod / score_mod over a [BLOCK_M, BLOCK_N] tile; their loads read extra operands
-    at explicit indices, masked to the valid (in-range) elements."""
+    """Renders mask_mod / score_mod / post_mod over a [BLOCK_M, BLOCK_N] tile; their loads read extra
+    operands at explicit indices, masked to the valid (in-range) elements."""
 
-    def __init__(self, spec: AttentionSpec, lines: list[str], indent: str, prefix: str, score: str):
+    def __init__(self, spec: AttentionSpec, lines: list[str], indent: str, prefix: str, score: str,
+                 prob: str | None = None):
         self.spec, self.lines, self.indent = spec, lines, indent
         self.vars = {"q_idx": "rm[:, None]", "kv_idx": "rn[None, :]", "b": "b", "h": "h", "score": score}
+        if prob is not None:
+            self.vars["p"] = prob
         self.loads = 0
         self.prefix = prefix
         self.em = TileEmitter(lines, indent, prefix, self.leaf)
@@ -94,21 +102,22 @@ class _Mods:
         return self.em.emit(e)
 
 
-def _loop(spec: AttentionSpec, L: list[str], masked: bool, interpret: bool, op_t: str, bn: int) -> None:
-    """One pass over a block list range; `masked` applies bounds and mask_mod per element."""
+def _scores(spec: AttentionSpec, L: list[str], masked: bool, op_t: str, bn: int, tag: str,
+            post: bool) -> tuple[list[str], list[str]]:
+    """Opens a loop over a block list range and emits the base-2 scores `s` of one key block;
+    returns the per-element keep conditions (bounds, mask_mod) of a `masked` range and the v mask."""
     sq, sk, d, dv = spec.Sq, spec.Sk, spec.D, spec.Dv
     dp, dvp = spec.head_dims
     lo, hi = ("mid", "end") if masked else ("start", "mid")
     ind = IND * 2
-    tag = "p" if masked else "f"
     L.append(f"{IND}for j in range({lo}, {hi}):")
     L.append(f"{ind}rn = tl.load(kv_idx + j) * BLOCK_N + rn0")
     ragged = masked and sk % bn != 0
     kmask = [c for c, on in ((f"(rd[:, None] < {d})", d != dp), (f"(rn[None, :] < {sk})", ragged)) if on]
     vmask = [c for c, on in ((f"(rn[:, None] < {sk})", ragged), (f"(rdv[None, :] < {dv})", dv != dvp)) if on]
     kt = _Tile(spec, L, ind, f"k{tag}", "hk", "rd", "rn", True, " & ".join(kmask) or None).emit(spec.k_expr)
-    uses_loads = any(n.op is E.LOAD for m in (spec.mask if masked else None, spec.score_mod) if m is not None
-                     for n in m.toposort())
+    mods = (spec.mask if masked else None, spec.score_mod, spec.post_mod if post else None)
+    uses_loads = any(n.op is E.LOAD for m in mods if m is not None for n in m.toposort())
     if uses_loads:
         L.append(f"{ind}valid = (rm[:, None] < {sq}) & (rn[None, :] < {sk})")
     precision = ', input_precision="ieee"' if op_t == "tl.float32" else ""
@@ -119,12 +128,48 @@ def _loop(spec: AttentionSpec, L: list[str], masked: bool, interpret: bool, op_t
         L.append(f"{ind}s = {sm} * {LOG2E!r}")
     else:
         L.append(f"{ind}s = s * {spec.scale * LOG2E!r}")
+    keep: list[str] = []
     if masked:
         keep = [f"(rn[None, :] < {sk})"] if ragged else []
         if spec.mask is not None:
             keep.append(f"({_Mods(spec, L, ind, f'{tag}m', 's').emit(spec.mask)})")
-        if keep:
-            L.append(f"{ind}s = tl.where({' & '.join(keep)}, s, float('-inf'))")
+    return keep, vmask
+
+
+def _pv(spec: AttentionSpec, L: list[str], interpret: bool, op_t: str, tag: str, p: str, vmask: list[str],
+        rescale: bool) -> None:
+    """acc += p @ v for the current key block (p rounded to the input dtype, as the tensor cores see it);
+    `rescale` first moves the accumulator to the new row max (the single-pass online softmax; False in
+    pass 2 of a post_mod kernel, whose p are final)."""
+    ind = IND * 2
+    precision = ', input_precision="ieee"' if op_t == "tl.float32" else ""
+    vt = _Tile(spec, L, ind, f"v{tag}", "hk", "rn", "rdv", False, " & ".join(vmask) or None).emit(spec.v_expr)
+    if rescale:
+        L.append(f"{ind}acc = acc * alpha[:, None]")
+    if interpret and not rescale and spec.dtype == dt.bf16:
+        # The interpreter converts f32 -> bf16 by truncation; pass 2's normalised probabilities (no exact
+        # 1.0 among them, unlike the online p) then lose up to an ulp each, all downwards. Round to
+        # nearest as the GPU's cvt.rn does, in f32 arithmetic: Veltkamp's split by 2^16 + 1 keeps the top
+        # 8 significant bits.
+        L.append(f"{ind}pr = {p} * 65537.0")
+        L.append(f"{ind}pr = pr - (pr - {p})")
+        p_cast = "pr"
+    elif interpret and op_t != tl_type(spec.dtype):
+        p_cast = f"{p}.to({tl_type(spec.dtype)}).to({op_t})"
+    else:
+        p_cast = f"{p}.to({op_t})"
+    L.append(f"{ind}acc = tl.dot({p_cast}, {vt}.to({op_t}), acc{precision})")
+
+
+def _loop(spec: AttentionSpec, L: list[str], masked: bool, interpret: bool, op_t: str, bn: int,
+          stats_only: bool = False) -> None:
+    """One online-softmax pass over a block list range; `masked` applies bounds and mask_mod per
+    element; `stats_only` (pass 1 of a post_mod kernel) keeps m and l and skips v."""
+    ind = IND * 2
+    tag = ("p" if masked else "f") + ("1" if stats_only else "")
+    keep, vmask = _scores(spec, L, masked, op_t, bn, tag, False)
+    if keep:
+        L.append(f"{ind}s = tl.where({' & '.join(keep)}, s, float('-inf'))")
     L.append(f"{ind}m_new = tl.maximum(m_i, tl.max(s, 1))")
     if masked or spec.score_mod is not None:  # a row may still be all -inf: keep exp2 finite
         L.append(f"{ind}m_use = tl.where(m_new == float('-inf'), 0.0, m_new)")
@@ -133,12 +178,31 @@ def _loop(spec: AttentionSpec, L: list[str], masked: bool, interpret: bool, op_t
     L.append(f"{ind}alpha = tl.exp2(m_i - m_use)")
     L.append(f"{ind}p = tl.exp2(s - m_use[:, None])")
     L.append(f"{ind}l_i = l_i * alpha + tl.sum(p, 1)")
-    vt = _Tile(spec, L, ind, f"v{tag}", "hk", "rn", "rdv", False, " & ".join(vmask) or None).emit(spec.v_expr)
-    L.append(f"{ind}acc = acc * alpha[:, None]")
-    p_cast = f"p.to({tl_type(spec.dtype)}).to({op_t})" if interpret and op_t != tl_type(spec.dtype) else \
-        f"p.to({op_t})"
-    L.append(f"{ind}acc = tl.dot({p_cast}, {vt}.to({op_t}), acc{precision})")
+    if not stats_only:
+        _pv(spec, L, interpret, op_t, tag, "p", vmask, True)
     L.append(f"{ind}m_i = m_new")
+
+
+def _post_loop(spec: AttentionSpec, L: list[str], masked: bool, interpret: bool, op_t: str, bn: int) -> None:
+    """Pass 2 of a post_mod kernel over a block list range: exact probabilities from pass 1's m and
+    l, then post_mod; masked (and out-of-range) positions contribute 0 whatever post_mod gives."""
+    assert spec.post_mod is not None
+    ind = IND * 2
+    tag = ("p" if masked else "f") + "2"
+    keep, vmask = _scores(spec, L, masked, op_t, bn, tag, True)
+    if keep:  # masked scores give p = 0 (post_mod then sees no overflowed garbage there)
+        L.append(f"{ind}keep = {' & '.join(keep)}")
+        L.append(f"{ind}s = tl.where(keep, s, float('-inf'))")
+    L.append(f"{ind}p = tl.exp2(s - m_fin[:, None]) * inv_l[:, None]")
+    pm = _Mods(spec, L, ind, f"{tag}x", "s", prob="p").emit(spec.post_mod)
+    tile = any(n.op is E.LOAD or (n.op is E.VAR and n.arg == "p") for n in spec.post_mod.toposort())
+    if not tile:  # post_mod ignores p and reads no operand: widen it to the [BLOCK_M, BLOCK_N] tile
+        L.append(f"{ind}pw = {pm} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
+        pm = "pw"
+    if keep:
+        L.append(f"{ind}pk = tl.where(keep, {pm}, 0.0)")
+        pm = "pk"
+    _pv(spec, L, interpret, op_t, tag, pm, vmask, False)
 
 
 def render(spec: AttentionSpec, config: Config, interpret: bool = False) -> str:
@@ -178,22 +242,40 @@ def render(spec: AttentionSpec, config: Config, interpret: bool = False) -> str:
           f"{IND}start = tl.load(kv_ptr + row)",
           f"{IND}mid = start + tl.load(kv_nfull + row)",
           f"{IND}end = tl.load(kv_ptr + row + 1)"]
-    _loop(spec, L, False, interpret, op_t, bn)
-    _loop(spec, L, True, interpret, op_t, bn)
-    _epilogue(spec, L, bm)
+    if spec.post_mod is None:
+        _loop(spec, L, False, interpret, op_t, bn)
+        _loop(spec, L, True, interpret, op_t, bn)
+    else:
+        L.append(f"{IND}# pass 1: row max m_i and normaliser l_i (base 2) over the block list")
+        _loop(spec, L, False, interpret, op_t, bn, stats_only=True)
+        _loop(spec, L, True, interpret, op_t, bn, stats_only=True)
+        L += [f"{IND}l_safe = tl.where(l_i == 0.0, 1.0, l_i)",
+              f"{IND}inv_l = 1.0 / l_safe",
+              f"{IND}m_fin = tl.where(m_i == float('-inf'), 0.0, m_i)",
+              f"{IND}# pass 2: the same blocks again, p = exp2(s - m) / l, post_mod, acc += p' @ v"]
+        _post_loop(spec, L, False, interpret, op_t, bn)
+        _post_loop(spec, L, True, interpret, op_t, bn)
+    _epilogue(spec, L, bm, interpret)
     return "\n".join(L) + "\n"
 
 
-def _epilogue(spec: AttentionSpec, L: list[str], bm: int) -> None:
+def _epilogue(spec: AttentionSpec, L: list[str], bm: int, interpret: bool) -> None:
     sq, dv = spec.Sq, spec.Dv
     _, dvp = spec.head_dims
-    L.append(f"{IND}l_safe = tl.where(l_i == 0.0, 1.0, l_i)")
+    if spec.post_mod is None:  # a post_mod kernel computed l_safe between its passes
+        L.append(f"{IND}l_safe = tl.where(l_i == 0.0, 1.0, l_i)")
     smask = [c for c, on in ((f"(rm[:, None] < {sq})", sq % bm != 0), (f"(rdv[None, :] < {dv})", dv != dvp)) if on]
     for index, role in spec.outs:
         buf = spec.outputs[index]
         if role == "out":
             mask = f", mask={' & '.join(smask)}" if smask else ""
-            L.append(f"{IND}o = acc / l_safe[:, None]")
+            if spec.post_mod is None:
+                L.append(f"{IND}o = acc / l_safe[:, None]")
+            else:  # not renormalised; rows with no live score (lse = -inf) output 0
+                L.append(f"{IND}o = tl.where(l_i[:, None] == 0.0, 0.0, acc)")
+                if interpret and buf.dtype == dt.bf16:  # round to nearest before the truncating store (_pv)
+                    L.append(f"{IND}ob = o * 65537.0")
+                    L.append(f"{IND}o = ob - (ob - o)")
             L.append(f"{IND}tl.store(out{index} + pid_bh.to(tl.int64) * {sq * dv} + (rm[:, None] * {dv} + "
                      f"rdv[None, :]), o.to({tl_type(buf.dtype)}){mask})")
         else:

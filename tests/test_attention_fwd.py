@@ -19,7 +19,7 @@ TORCH_DT = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
 FLOOR = {"f16": 2e-4, "bf16": 2e-3, "f32": 1e-5}
 
 
-def graph(dtype, b, hq, hkv, sq, sk, d, dv=None, mask=None, score_mod=None, extras=(), scale=None):
+def graph(dtype, b, hq, hkv, sq, sk, d, dv=None, mask=None, score_mod=None, extras=(), scale=None, post_mod=None):
     """attention(q, k, v) with out and lse outputs; `mask(*extra_tensors)` builds the mask_mod."""
     g = tf.GraphBuilder("attn")
     q = g.input("q", (b, hq, sq, d), dtype)
@@ -27,7 +27,7 @@ def graph(dtype, b, hq, hkv, sq, sk, d, dv=None, mask=None, score_mod=None, extr
     v = g.input("v", (b, hkv, sk, dv or d), dtype)
     ext = [g.input(name, arr.shape, edt) for name, arr, edt in extras]
     out, lse = tf.attention(q, k, v, scale=scale, mask_mod=mask(*ext) if mask else None, score_mod=score_mod,
-                            extra=ext, return_lse=True)
+                            extra=ext, return_lse=True, post_mod=post_mod)
     g.output("out", out)
     g.output("lse", lse)
     return g.build()
@@ -35,7 +35,7 @@ def graph(dtype, b, hq, hkv, sq, sk, d, dv=None, mask=None, score_mod=None, extr
 
 def same_precision(node, ins, dtype):
     """FlashAttention's test baseline: scores rounded to the input dtype, softmax in f32, probabilities
-    rounded to the input dtype, P @ V accumulated in f32 and rounded."""
+    rounded to the input dtype, P @ V accumulated in f32 and rounded (a post_mod applied in f32 first)."""
     q, k, v = (ins[n].float() for n in "qkv")
     b, hq, sq, _ = q.shape
     hkv, sk = k.shape[1], k.shape[2]
@@ -43,9 +43,9 @@ def same_precision(node, ins, dtype):
     v = v.repeat_interleave(hq // hkv, 1)
     xs = [None, None, None] + [np.asarray(ins[n]) for n in ins if n not in "qkv"]
     s = (q @ k.transpose(-1, -2)).to(TORCH_DT[dtype]).float() * node.attr("scale")
+    grid = {"b": np.arange(b).reshape(b, 1, 1, 1), "h": np.arange(hq).reshape(1, hq, 1, 1),
+            "q_idx": np.arange(sq).reshape(1, 1, sq, 1), "kv_idx": np.arange(sk).reshape(1, 1, 1, sk)}
     if node.attr("score_mod") is not None:
-        grid = {"b": np.arange(b).reshape(b, 1, 1, 1), "h": np.arange(hq).reshape(1, hq, 1, 1),
-                "q_idx": np.arange(sq).reshape(1, 1, sq, 1), "kv_idx": np.arange(sk).reshape(1, 1, 1, sk)}
         s = torch.from_numpy(np.broadcast_to(eval_expr(node.attr("score_mod"), variables={**grid, "score": s.numpy()},
                                                        loads=lambda i, idx: xs[i][tuple(idx)]), s.shape).copy()).float()
     keep = torch.from_numpy(np.ascontiguousarray(eval_mask(node.attr("mask_mod"), xs, (b, hq, sq, sk))))
@@ -55,7 +55,13 @@ def same_precision(node, ins, dtype):
     p = torch.exp(s - torch.where(live, m, torch.zeros_like(m)))
     denom = p.sum(-1, keepdim=True)
     lse = torch.where(live, m + torch.log(torch.where(live, denom, torch.ones_like(denom))), float("-inf"))[..., 0]
-    p = (p / torch.where(live, denom, torch.ones_like(denom))).to(TORCH_DT[dtype]).float()
+    p = p / torch.where(live, denom, torch.ones_like(denom))
+    if node.attr("post_mod") is not None:
+        pm = eval_expr(node.attr("post_mod"), variables={**grid, "p": p.numpy()},
+                       loads=lambda i, idx: xs[i][tuple(idx)])
+        pm = torch.from_numpy(np.broadcast_to(np.asarray(pm, dtype=np.float32), p.shape).copy())
+        p = torch.where(keep & live, pm, torch.zeros_like(pm))
+    p = p.to(TORCH_DT[dtype]).float()
     return (p @ v).to(TORCH_DT[dtype]).float().numpy(), lse.numpy()
 
 
@@ -73,10 +79,16 @@ def block_cfg(g, bm, bn):
     return {_name(g): Config(BLOCK_M=bm, BLOCK_N=bn, num_warps=4, num_stages=1)}
 
 
-def check(g, dtype, extras=(), configs=None, seed=0):
-    """Run `g` (interp) on fresh random inputs, poisoned outputs; FlashAttention-style tolerance."""
+def inputs(g, dtype, seed=0):
+    """Fresh random q, k, v (standard normal, rounded to `dtype`) for `g`."""
     gen = torch.Generator().manual_seed(seed)
-    ins = {n.attr("name"): torch.randn(n.shape, generator=gen).to(TORCH_DT[dtype]) for n in g.inputs[:3]}
+    return {n.attr("name"): torch.randn(n.shape, generator=gen).to(TORCH_DT[dtype]) for n in g.inputs[:3]}
+
+
+def check(g, dtype, extras=(), configs=None, seed=0, ins=None):
+    """Run `g` (interp) on fresh random inputs (or the given q, k, v), poisoned outputs; FlashAttention-style
+    tolerance."""
+    ins = dict(ins) if ins is not None else inputs(g, dtype, seed)
     for name, arr, _ in extras:
         ins[name] = torch.from_numpy(arr)
     cg = tf.compile(g, target="interp", configs=configs)
