@@ -31,7 +31,7 @@ from ..ir.ops import Node, Op
 from ..ir.text import format_expr
 from ..passes.partition import Kernel, KernelGraph
 from .base import KernelSpec
-from .block_sparsity import BlockLists, BlockSparsity, analyze, analyze_runtime, block_aligned_loads, compact
+from .block_sparsity import BlockLists, BlockSparsity, analyze, analyze_runtime, block_aligned_loads
 from .lowering import KernelLoweringError, next_pow2
 
 AUX_NAMES = ("kv_ptr", "kv_nfull", "kv_idx", "head_pat")
@@ -101,9 +101,10 @@ class AttentionSpec(KernelSpec):
         """Whether block lists are rebuilt from the operands at run time (block-aligned loads)."""
         return self.mask is not None and self.dynamic and block_aligned_loads(self.mask, self.Sq, self.Sk, bm, bn)
 
-    def block_lists(self, config: Config, operands: dict[int, np.ndarray] | None = None) -> BlockLists:
-        """Numpy CSR lists for `config`; `operands` (attention operand index -> array) refines
-        data-dependent masks."""
+    def block_lists(self, config: Config, operands: dict[int, np.ndarray] | None = None,
+                    device: Any = None) -> BlockLists:
+        """CSR lists for `config`: numpy, or torch tensors built on `device` by the mask_compact kernel;
+        `operands` (attention operand index -> array) refines data-dependent masks."""
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         sp = self.sparsity(bm, bn)
         if operands is not None and self.mask is not None and self.runtime_lists(bm, bn):
@@ -113,7 +114,7 @@ class AttentionSpec(KernelSpec):
             for i, arr in operands.items():
                 xs[i] = arr
             sp = analyze_runtime(self.mask, sp, self.B, self.Hq, make_loader(xs, f"{self.name} block analysis"))
-        return compact(sp.classes, sp.pattern_of, self.Sk, bn)
+        return sp.lists(device)
 
     def aux_signature(self, config: Config) -> dict[str, str]:
         """Triton pointer types of the auxiliary (block list) arguments."""
@@ -121,8 +122,6 @@ class AttentionSpec(KernelSpec):
 
     def aux_args(self, config: Config, inputs: list[Any], device: Any) -> list[Any]:
         """The block-list tensors for a launch on `inputs` (the kernel's input tensors)."""
-        import torch
-
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         runtime = self.runtime_lists(bm, bn)
         key: tuple[Any, ...] = (bm, bn, str(device))
@@ -132,11 +131,16 @@ class AttentionSpec(KernelSpec):
         hit = self._aux.get(key)
         if hit is not None:
             return hit
-        operands = self._host_operands(inputs) if runtime else None
-        lists = self.block_lists(config, operands)
-        out = [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in lists.as_list()]
         if runtime:
-            self._aux = {k: v for k, v in self._aux.items() if len(k) == 3}  # keep one data-dependent entry
+            # Data-dependent: classes from the operands, compacted on the launch's device by the
+            # generated mask_compact kernel; one such entry is kept.
+            out = self.block_lists(config, self._host_operands(inputs), device).as_list()
+            self._aux = {k: v for k, v in self._aux.items() if len(k) == 3}
+        else:
+            # Static: the compile-time lists, compacted on the host once per block size and device.
+            import torch
+
+            out = [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in self.block_lists(config).as_list()]
         self._aux[key] = out
         return out
 

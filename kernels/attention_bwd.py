@@ -37,7 +37,7 @@ from ..ir.text import format_expr
 from ..passes.partition import Kernel, KernelGraph
 from .attention import AUX_NAMES, REF_BLOCK, AttentionSpec
 from .base import KernelSpec
-from .block_sparsity import BlockLists, BlockSparsity, analyze_runtime, compact
+from .block_sparsity import BlockLists, BlockSparsity, analyze_runtime
 from .lowering import KernelLoweringError, next_pow2
 
 BWD_AUX_NAMES = AUX_NAMES + ("q_ptr", "q_nfull", "q_idx")
@@ -115,8 +115,10 @@ class AttentionBwdSpec(AttentionSpec):
     def has_dq(self) -> bool:
         return self.out_index("dq") is not None
 
-    def block_lists(self, config: Config, operands: dict[int, np.ndarray] | None = None) -> BwdLists:
-        """Numpy CSR lists (forward and transposed) for `config`; `operands` refines data-dependent masks."""
+    def block_lists(self, config: Config, operands: dict[int, np.ndarray] | None = None,
+                    device: Any = None) -> BwdLists:
+        """CSR lists (forward and transposed) for `config`, numpy or built on `device` (see the forward);
+        `operands` refines data-dependent masks."""
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         sp = self.sparsity(bm, bn)
         if operands is not None and self.mask is not None and self.runtime_lists(bm, bn):
@@ -126,8 +128,7 @@ class AttentionBwdSpec(AttentionSpec):
             for i, arr in operands.items():
                 xs[i] = arr
             sp = analyze_runtime(self.mask, sp, self.B, self.Hq, make_loader(xs, f"{self.name} block analysis"))
-        fwd = compact(sp.classes, sp.pattern_of, self.Sk, bn)
-        bwd = compact(np.ascontiguousarray(sp.classes.transpose(0, 2, 1)), sp.pattern_of, self.Sq, bm)
+        fwd, bwd = sp.lists(device), sp.lists(device, transposed=True)
         return BwdLists(fwd.kv_ptr, fwd.kv_nfull, fwd.kv_idx, fwd.head_pat, bwd.kv_ptr, bwd.kv_nfull, bwd.kv_idx)
 
     def aux_signature(self, config: Config) -> dict[str, str]:

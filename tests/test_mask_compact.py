@@ -6,7 +6,6 @@ errors; rendering; an sm_90 AOT build; attention reading the kernel's lists end 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import subprocess
 import sys
 
@@ -285,14 +284,7 @@ def test_attention_reads_the_kernels_block_lists(monkeypatch):
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
 
 
-def _wired() -> bool:
-    from tilefuse.kernels.attention import AttentionSpec
-
-    return "device" in inspect.signature(AttentionSpec.block_lists).parameters
-
-
 @pytest.mark.interp
-@pytest.mark.skipif(not _wired(), reason="kernels/attention.py does not build its launch lists on the device yet")
 def test_attention_launch_builds_lists_with_the_kernel(monkeypatch):
     calls = []
     real = mask_compact.compact_rows
