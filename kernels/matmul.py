@@ -20,6 +20,22 @@ from .lowering import KernelLoweringError, next_pow2, prod
 
 ACC = "acc"
 CPU_VECTOR_REGISTERS = 32  # AVX-512 zmm registers: the micro tile's register budget
+CPU_TILE_M = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+CPU_TILE_N = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def padded(size: int, tile: int) -> int:
+    """`size` rounded up to whole tiles (the CPU template pads every dimension to its tile)."""
+    return -(-size // tile) * tile
+
+
+def fitted_tiles(size: int, grains: tuple[int, ...], lo: int, hi: int, count: int = 3) -> tuple[int, ...]:
+    """Up to `count` tile sizes in [lo, hi], multiples of a grain, that pad `size` by at most 1%
+    (largest first): an odd size such as 777 gets tiles of 112 or 156 where the power-of-two list
+    would pad it to 896."""
+    found = {t for g in grains for n in range(1, 65)
+             if lo <= (t := padded(-(-size // n), g)) <= hi and padded(size, t) - size <= size // 100}
+    return tuple(sorted(found, reverse=True)[:count])
 
 
 @dataclass(frozen=True)
@@ -84,8 +100,11 @@ class MatmulSpec(KernelSpec):
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         if target.kind == "cpu":
             # cache tiles (tile_*) around a register micro tile (micro_*), vectorized along micro_n
-            return {"tile_m": (8, 16, 24, 32, 48, 64, 96, 128, 192, 256),
-                    "tile_n": (16, 32, 48, 64, 96, 128, 192, 256, 384, 512),
+            # plus tiles fitted to this problem's M and N, so odd sizes need not pad to a power of two
+            fit_m = fitted_tiles(self.M, (8, 12), 48, 256)
+            fit_n = fitted_tiles(self.N, (16, 32, 48), 48, 512)
+            return {"tile_m": tuple(sorted(set(CPU_TILE_M + fit_m))),
+                    "tile_n": tuple(sorted(set(CPU_TILE_N + fit_n))),
                     "tile_k": (16, 32, 64, 128, 256, 512, 1024), "micro_m": (2, 4, 6, 8, 12),
                     "micro_n": (8, 16, 32, 48, 64), "vector": (4, 8, 16), "unroll": (1, 2, 4, 8)}
         return {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128, 256),
@@ -142,7 +161,7 @@ class MatmulSpec(KernelSpec):
 
     def default_config(self, target: Target) -> Config:
         if target.kind == "cpu":
-            return self._cpu_default()
+            return self._cpu_default(target)
 
         def fit(x: int, cap: int) -> int:
             return max(16, min(cap, next_pow2(x)))
@@ -166,14 +185,26 @@ class MatmulSpec(KernelSpec):
             cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
         return cfg
 
-    def _cpu_default(self) -> Config:
-        """Measured on AVX-512 (2 cores, f32 512..2048): an 8x32 micro tile (16 zmm accumulators) whose
-        rows divide power-of-two M; a 256-deep k-tile keeps its B panel (32 KiB) in L1."""
+    def _cpu_default(self, target: Target) -> Config:
+        """Measured on AVX-512 (2 cores, f32 512..2048): an 8x32 micro tile (16 zmm accumulators); a
+        256-deep k-tile keeps its B panel (32 KiB) in L1; cache tiles of 64..128 rows and 128..256
+        columns, sized to pad M and N least (777 rows: 7 tiles of 112, not 7 of 128)."""
         def fit(x: int, cap: int) -> int:
             return max(16, min(cap, next_pow2(x)))
 
-        return Config(tile_m=fit(self.M, 128), tile_n=fit(self.N, 256), tile_k=fit(self.K, 256), micro_m=8,
-                      micro_n=32 if self.N > 16 else 16, vector=16, unroll=4)
+        space = self.knob_space(target)
+
+        def least_padding(knob: str, size: int, grain: int, lo: int, hi: int) -> int:
+            # the knob's multiple of `grain` in [lo, hi] padding `size` least (the larger on ties)
+            if size <= lo:
+                return fit(size, lo)
+            tiles = [t for t in space[knob] if lo <= t <= hi and t % grain == 0]
+            return min(tiles, key=lambda t: (padded(size, t), -t))
+
+        nr = 32 if self.N > 16 else 16
+        return Config(tile_m=least_padding("tile_m", self.M, 8, 64, 128),
+                      tile_n=least_padding("tile_n", self.N, nr, 128, 256),
+                      tile_k=fit(self.K, 256), micro_m=8, micro_n=nr, vector=16, unroll=4)
 
     def grid(self, config: Config) -> tuple[int, int, int]:
         if "BLOCK_M" not in config:
