@@ -48,7 +48,7 @@ def _cpu_state(spec: Any, req: dict[str, Any]) -> _CpuState:
 
         def run_default() -> list[np.ndarray]:
             kern = tvm_runtime.build(spec, spec.default_config(get_target(req["arch"])), default_cache())
-            args = kern._args(inputs, poison)
+            args = kern._args(inputs, poison, alias_outputs=False)
             for a, p in zip(args[len(inputs):], poison):
                 a.copyfrom(p.reshape(a.shape))
             kern.func(*args)
@@ -75,7 +75,7 @@ def cpu_measure(req: dict[str, Any]) -> Measurement:
     compile_s = 0.0 if kern.from_cache else time.perf_counter() - t0
     hook: Callable[[Config, list[np.ndarray]], None] | None = req.get("hook")
     # TvmKernel's own argument marshalling; the timed loop calls the packed function directly.
-    args = kern._args(st.inputs, st.poison)
+    args = kern._args(st.inputs, st.poison, alias_outputs=False)
     outs = args[len(st.inputs):]
 
     def poison() -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..ir import dtypes as dt
+from .tvm_runtime import aligned_empty
 from ..passes.partition import Buffer
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
     for ck in cg.kernels:
         outs = []
         for b in ck.spec.outputs:
-            arr = np.empty(b.shape, dtype=dt.storage_numpy(b.dtype))
+            # aligned, so the kernel writes it in place and the next kernel reads it without a copy
+            arr = aligned_empty(b.shape, dt.storage_numpy(b.dtype))
             if poison:
                 arr.fill(poison_value(b.dtype))
             bufs[b.name] = arr

@@ -107,7 +107,12 @@ class TvmKernel:
         """Whether the library was loaded from the build cache (no compiler work)."""
         return not self.compiled
 
-    def _args(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> list[Any]:
+    def _args(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+              alias_outputs: bool = True) -> list[Any]:
+        """TVM tensors for the packed function. An argument that is already C-contiguous, of the
+        storage dtype and 64-byte aligned (what the compiled code assumes) is passed without a copy
+        (DLPack); other inputs are copied into aligned tensors, and other outputs (or every output
+        unless `alias_outputs`) get their own tensors, which `_copy_out` copies back."""
         import tvm
 
         if len(inputs) != self.n_inputs or len(outputs) != len(self.shapes) - self.n_inputs:
@@ -120,11 +125,19 @@ class TvmKernel:
             if int(np.size(a)) != n:
                 raise ValueError(f"{self.name}: argument {i} has {np.size(a)} elements, expected {n} "
                                  f"(shape {list(shape)}, dtype {d})")
-            if i < self.n_inputs:
-                host = np.ascontiguousarray(np.asarray(a).astype(_np_dtype(d), copy=False)).reshape(shape)
-                args.append(tvm.runtime.tensor(host, dev))
+            want = np.dtype(_np_dtype(d))
+            is_input = i < self.n_inputs
+            if (is_input or alias_outputs) and zero_copy_ok(a, want) and (is_input or a.flags.writeable):
+                try:
+                    args.append(tvm.runtime.from_dlpack(a.reshape(shape)))
+                    continue
+                except (BufferError, RuntimeError, TypeError):
+                    pass  # e.g. a read-only array numpy will not export: copy it
+            if is_input:
+                args.append(tvm.runtime.tensor(np.ascontiguousarray(np.asarray(a).astype(want, copy=False))
+                                               .reshape(shape), dev))
             else:
-                args.append(tvm.runtime.empty(shape, str(np.dtype(_np_dtype(d))), dev))
+                args.append(tvm.runtime.empty(shape, str(want), dev))
         return args
 
     def __call__(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
@@ -135,7 +148,9 @@ class TvmKernel:
 
     def _copy_out(self, args: list[Any], outputs: Sequence[np.ndarray]) -> None:
         for out, arg in zip(outputs, args[self.n_inputs:]):
-            out[...] = arg.numpy().reshape(out.shape).astype(out.dtype)
+            if isinstance(out, np.ndarray) and arg.data_ptr() == out.ctypes.data:
+                continue  # written in place
+            out[...] = arg.numpy().reshape(out.shape).astype(out.dtype, copy=False)
 
     def time(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], number: int = 10,
              repeat: int = 3) -> list[float]:
@@ -151,6 +166,25 @@ class TvmKernel:
             samples.append((time.perf_counter() - t0) / number)
         self._copy_out(args, outputs)
         return samples
+
+
+ALIGNMENT = 64  # bytes: TVM's compiled kernels assume their buffers are aligned to this
+
+
+def zero_copy_ok(a: Any, dtype: np.dtype) -> bool:
+    """Whether `a` can be handed to a TVM kernel as is: a C-contiguous ndarray of `dtype` whose data
+    is ALIGNMENT-aligned."""
+    return (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
+            and a.ctypes.data % ALIGNMENT == 0)
+
+
+def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data is ALIGNMENT-aligned (numpy aligns to 16)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + ALIGNMENT, dtype=np.uint8)
+    off = -raw.ctypes.data % ALIGNMENT
+    return raw[off:off + n].view(dtype).reshape(tuple(shape))
 
 
 def _install(data: bytes, path: Path) -> None:

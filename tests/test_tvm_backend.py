@@ -340,3 +340,35 @@ if __name__ == "__main__":
     import sys
 
     print(json.dumps(benchmark_gemm(int(sys.argv[1]) if len(sys.argv) > 1 else 1024), indent=1))
+
+
+def test_aligned_arrays_are_passed_without_copies_and_others_are_copied():
+    """64-byte aligned C-contiguous arrays of the storage dtype go to the kernel in place (an output
+    is written where it lies, so its poison is what the kernel overwrites); unaligned, strided,
+    read-only or other-dtype arrays are copied, with the same results."""
+    g = tf.GraphBuilder("zc")
+    g.output("c", g.input("a", (40, 24), "f32") @ g.input("b", (24, 16), "f32"))
+    cg = tf.compile(g, target="cpu", db=None, cost_model=None)
+    kern = cg.kernels[0].runner
+    rng = np.random.default_rng(0)
+    a = tvm_runtime.aligned_empty((40, 24), np.float32)
+    a[...] = rng.standard_normal((40, 24))
+    b = rng.standard_normal((24, 16)).astype(np.float32)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    out = tvm_runtime.aligned_empty((1, 40, 16), np.float32)
+    out.fill(np.nan)
+    args = kern._args([a.reshape(-1), b.reshape(-1)], [out])
+    assert args[0].data_ptr() == a.ctypes.data and args[2].data_ptr() == out.ctypes.data
+    assert not kern._args([a.reshape(-1), b.reshape(-1)], [out], alias_outputs=False)[2].data_ptr() == \
+        out.ctypes.data
+    kern([a.reshape(-1), b.reshape(-1)], [out])
+    np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+    unaligned = np.empty(40 * 24 + 1, np.float32)[1:]
+    unaligned[...] = a.reshape(-1)
+    strided = np.repeat(b, 2, axis=1)[:, ::2]
+    readonly = np.broadcast_to(b, b.shape)
+    for x, y in ((unaligned, b), (a, strided), (a, readonly), (a.astype(np.float64), b)):
+        got = np.full((40, 16), np.nan, np.float32)[:, :]  # numpy-allocated: usually not 64-aligned
+        kern([np.asarray(x).reshape(-1) if x.ndim == 1 else x, y], [got])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cg(a, b), want, rtol=1e-5, atol=1e-5)
