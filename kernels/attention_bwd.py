@@ -23,6 +23,7 @@ last query block is always in the masked part.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,17 @@ from .lowering import KernelLoweringError, next_pow2
 
 BWD_AUX_NAMES = AUX_NAMES + ("q_ptr", "q_nfull", "q_idx")
 ROLES = ("dq", "dk", "dv")
+# Register estimate per arch: (score tiles, extra tiles for score_mod's derivative, limit), fitted to AOT builds
+# of a causal f16 backward with an additive (ALiBi-style) and a non-additive (softcap) score_mod: BLOCK_M and
+# BLOCK_N in 32 / 64 / 128, 4 / 8 warps, 1-3 stages, hdim 64 and 128 (432 builds, 210 spill; the defaults must
+# pass). Softcap's derivative tile costs sm_90 about 12 registers per thread more than the bias (12 more builds
+# spill) and sm_80 none.
+# 11 accepted builds spill, all at 255 registers: 64 x 64 with 8 warps at hdim 64 on sm_80 (Triton puts the 8
+# warps along 64 rows there, 8 rows per 16-row mma fragment, while the accepted sm_80 default 64 x 32 with 4
+# warps is larger in every term) and 1- or 3-stage neighbours of accepted 2-stage configs on sm_90 (the
+# hdim-128 default among them); catching those would reject another dozen non-spilling 3-stage builds.
+# 20 non-spilling builds are rejected, all at 237-255 registers.
+BWD_REGISTERS = {80: (6.0, 0.0, 192), 90: (4.5, 0.25, 252)}
 
 
 @dataclass
@@ -170,13 +182,16 @@ class AttentionBwdSpec(AttentionSpec):
         rows = max(bn + stages * bm if self.has_dkdv else 0, bm + stages * bn if self.has_dq else 0)
         return rows * (dp + dvp) * self.dtype.itemsize + 16 * (bm + bn)
 
-    def registers(self, config: Config) -> int:
-        """Estimated 32-bit registers per thread: the f32 accumulators (dK, dV, or dQ), six score-sized
-        tiles (s, p, dP, dS and their half-precision copies) and a quarter of the operand tiles."""
+    def registers(self, config: Config, target: Target) -> int:
+        """Estimated 32-bit registers per thread: the f32 accumulators (dK, dV, or dQ), the score-sized tiles
+        (s, p, dP, dS and their half-precision copies; score_mod's derivative `dmod` with a non-additive
+        score_mod) and a quarter of the operand tiles (BWD_REGISTERS)."""
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         dp, dvp = self.head_dims
+        score, dscore, _ = BWD_REGISTERS[90 if target.arch >= 90 else 80]
+        tiles = score + (dscore if self.dscore is not None else 0.0)
         acc = max(bn * (dp + dvp) if self.has_dkdv else 0, bm * dp if self.has_dq else 0)
-        return (acc + 6 * bm * bn + (bm + bn) * (dp + dvp) // 4) // (config.int("num_warps") * 32)
+        return math.ceil((acc + tiles * bm * bn + (bm + bn) * (dp + dvp) / 4) / (config.int("num_warps") * 32))
 
     def constraints(self, config: Config, target: Target) -> list[str]:
         out: list[str] = []
@@ -188,10 +203,8 @@ class AttentionBwdSpec(AttentionSpec):
         if target.max_shared_bytes and self.smem_bytes(config) > target.max_shared_bytes:
             out.append(f"the backward's tiles need {self.smem_bytes(config)} B of shared memory, {target.name} "
                        f"allows {target.max_shared_bytes}")
-        regs = self.registers(config)
-        # Fitted to a sweep of static builds (BLOCK 32..128, 4/8 warps, 1..3 stages, hdim 64/128): beyond
-        # these the builds spill; 5 of 216 builds spill below them (ptxas quirks), 14 would not spill above.
-        limit = 288 if target.arch >= 90 else 192
+        regs = self.registers(config, target)
+        limit = BWD_REGISTERS[90 if target.arch >= 90 else 80][2]
         if target.kind == "cuda" and regs > limit:
             out.append(f"the dK/dV (dQ) accumulators and {bm}x{bn} score tiles need about {regs} registers per "
                        f"thread with {warps} warps (> {limit} spills on {target.name})")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from ..autotune.config import Config
 from ..codegen.triton_expr import tl_type
 from ..ir import dtypes as dt
-from ..ir.expr import E, Expr
-from .attention_triton import LOG2E, _Mods, _terms, _Tile
+from ..ir.expr import Expr
+from .attention_triton import LOG2E, _Mods, _terms, _Tile, tile_loads
 from .base import header
 
 if TYPE_CHECKING:
@@ -69,20 +69,16 @@ class _Ctx:
         self.emit(ind, f"delta = tl.load(ws + pid_bh.to(tl.int64) * {self.spec.Sq} + {rows}{mask})")
 
 
-def _uses_loads(e: Expr | None) -> bool:
-    return e is not None and any(n.op is E.LOAD for n in e.toposort())
-
-
 def _probs(c: _Ctx, ind: str, tag: str, masked: bool, transposed: bool, ragged_k: bool) -> None:
     """s (already q k^T) -> p with score_mod, mask_mod and the LSE; `transposed`: s is [BLOCK_N, BLOCK_M]."""
     spec = c.spec
     qi, ki = ("rm[None, :]", "rn[:, None]") if transposed else ("rm[:, None]", "rn[None, :]")
     lse2 = "lse2[None, :]" if transposed else "lse2[:, None]"
-    if _uses_loads(spec.score_mod) or (masked and _uses_loads(spec.mask)):
+    if tile_loads(spec.score_mod, spec.mask if masked else None):
         c.emit(ind, f"valid = ({qi} < {spec.Sq}) & ({ki} < {spec.Sk})")
 
     def mods(prefix: str) -> _Mods:
-        m = _Mods(spec, c.L, ind, prefix, "s")
+        m = _Mods(spec, c.L, ind, prefix, "s", zero="z2t" if transposed else "z2")
         m.vars.update(q_idx=qi, kv_idx=ki)
         return m
 
@@ -145,8 +141,9 @@ def _dkdv(c: _Ctx, ind: str, pid: str) -> None:
     c.tile(ind, "v", spec.v_expr, "hk", "rn", "rdv", False, rows + [(f"(rdv[None, :] < {spec.Dv})", spec.Dv != c.dvp)])
     c.emit(ind, "dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)",
            "dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)")
-    if _uses_loads(spec.mask) or _uses_loads(spec.score_mod):
-        c.emit(ind, "z2 = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)")
+    if tile_loads(spec.mask, spec.score_mod):
+        # Its own name: Triton requires a name assigned in both roles' branches to have one type.
+        c.emit(ind, "z2t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)")
     c.emit(ind, f"for g in range({spec.group}):")
     i2 = ind + IND
     c.emit(i2, f"h = hk * {spec.group} + g", f"pid_bh = b * {spec.Hq} + h",
@@ -200,7 +197,7 @@ def _dq(c: _Ctx, ind: str, pid: str) -> None:
            rows + [(f"(rdv[None, :] < {spec.Dv})", spec.Dv != c.dvp)])
     c.lse(ind, "rm", ragged)
     c.emit(ind, "dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)")
-    if _uses_loads(spec.mask) or _uses_loads(spec.score_mod):
+    if tile_loads(spec.mask, spec.score_mod):
         c.emit(ind, "z2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)")
     c.emit(ind, f"row = tl.load(head_pat + pid_bh) * {nqb} + m", "start = tl.load(kv_ptr + row)",
            "mid = start + tl.load(kv_nfull + row)", "end = tl.load(kv_ptr + row + 1)")

@@ -30,6 +30,24 @@ LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
 
 
+# Mod variables that vary over a [BLOCK_M, BLOCK_N] tile; b and h are one value per program.
+TILE_VARS = frozenset({"q_idx", "kv_idx", "score", "p"})
+
+
+def load_kind(n: Expr) -> str:
+    """How a mod's operand load `n` is rendered, from the tile variables its indices use: "scalar" (none: one
+    value per program), "q_idx" or "kv_idx" (a column or row vector) or "tile" (both, or the score)."""
+    used = {v.arg for i in n.src for v in i.toposort() if v.op is E.VAR} & TILE_VARS
+    if not used:
+        return "scalar"
+    return used.pop() if len(used) == 1 and used <= {"q_idx", "kv_idx"} else "tile"
+
+
+def tile_loads(*mods: Expr | None) -> bool:
+    """Whether any of `mods` loads a whole tile (such loads need the `valid` mask and a zero tile)."""
+    return any(n.op is E.LOAD and load_kind(n) == "tile" for m in mods if m is not None for n in m.toposort())
+
+
 def _terms(pairs: list[tuple[str, int]]) -> str:
     """`idx * stride` terms of an offset, skipping zero strides."""
     out = [(idx if st == 1 else f"{idx} * {st}") for idx, st in pairs if st]
@@ -72,11 +90,16 @@ class _Tile:
 
 class _Mods:
     """Renders mask_mod / score_mod / post_mod over a [BLOCK_M, BLOCK_N] tile; their loads read extra
-    operands at explicit indices, masked to the valid (in-range) elements."""
+    operands at explicit indices, each in the shape its indices give (load_kind): one value per program
+    (a scalar load), a column / row vector masked to the query / key range, or a whole tile masked to the
+    valid elements, its offset widened by `zero`, an int32 zero tile of the tile's shape (a transposed
+    [BLOCK_N, BLOCK_M] tile needs its own). The arithmetic around them broadcasts. (Widening every load to
+    the tile made Triton pipeline a whole f32 tile per load and stage through shared memory.)"""
 
     def __init__(self, spec: AttentionSpec, lines: list[str], indent: str, prefix: str, score: str,
-                 prob: str | None = None):
+                 prob: str | None = None, zero: str = "z2"):
         self.spec, self.lines, self.indent = spec, lines, indent
+        self.zero = zero
         self.vars = {"q_idx": "rm[:, None]", "kv_idx": "rn[None, :]", "b": "b", "h": "h", "score": score}
         if prob is not None:
             self.vars["p"] = prob
@@ -94,8 +117,16 @@ class _Mods:
         off = _terms([(f"({i})", st) for i, st in zip(idx, site.view.strides)])
         var = f"{self.prefix}ld{self.loads}"
         self.loads += 1
-        self.lines.append(f"{self.indent}{var} = tl.load(in{site.buffer} + ({site.view.offset} + {off} + z2), "
-                          "mask=valid, other=0)")
+        ptr = f"in{site.buffer} + ({site.view.offset} + {off}"
+        kind = load_kind(n)
+        if kind == "scalar":  # in range: every visited block has a valid element, which would read it
+            load = f"tl.load({ptr}))"
+        elif kind == "tile":
+            load = f"tl.load({ptr} + {self.zero}), mask=valid, other=0)"
+        else:
+            bound = self.spec.Sq if kind == "q_idx" else self.spec.Sk
+            load = f"tl.load({ptr}), mask={self.vars[kind]} < {bound}, other=0)"
+        self.lines.append(f"{self.indent}{var} = {load}")
         return var
 
     def emit(self, e: Expr) -> str:
@@ -116,9 +147,7 @@ def _scores(spec: AttentionSpec, L: list[str], masked: bool, op_t: str, bn: int,
     kmask = [c for c, on in ((f"(rd[:, None] < {d})", d != dp), (f"(rn[None, :] < {sk})", ragged)) if on]
     vmask = [c for c, on in ((f"(rn[:, None] < {sk})", ragged), (f"(rdv[None, :] < {dv})", dv != dvp)) if on]
     kt = _Tile(spec, L, ind, f"k{tag}", "hk", "rd", "rn", True, " & ".join(kmask) or None).emit(spec.k_expr)
-    mods = (spec.mask if masked else None, spec.score_mod, spec.post_mod if post else None)
-    uses_loads = any(n.op is E.LOAD for m in mods if m is not None for n in m.toposort())
-    if uses_loads:
+    if tile_loads(spec.mask if masked else None, spec.score_mod, spec.post_mod if post else None):
         L.append(f"{ind}valid = (rm[:, None] < {sq}) & (rn[None, :] < {sk})")
     precision = ', input_precision="ieee"' if op_t == "tl.float32" else ""
     L.append(f"{ind}s = tl.dot(q, {kt}.to({op_t}){precision})")
@@ -195,8 +224,8 @@ def _post_loop(spec: AttentionSpec, L: list[str], masked: bool, interpret: bool,
         L.append(f"{ind}s = tl.where(keep, s, float('-inf'))")
     L.append(f"{ind}p = tl.exp2(s - m_fin[:, None]) * inv_l[:, None]")
     pm = _Mods(spec, L, ind, f"{tag}x", "s", prob="p").emit(spec.post_mod)
-    tile = any(n.op is E.LOAD or (n.op is E.VAR and n.arg == "p") for n in spec.post_mod.toposort())
-    if not tile:  # post_mod ignores p and reads no operand: widen it to the [BLOCK_M, BLOCK_N] tile
+    tile = any(n.op is E.VAR and n.arg == "p" for n in spec.post_mod.toposort())
+    if not tile:  # post_mod ignores p: widen it to the [BLOCK_M, BLOCK_N] tile
         L.append(f"{ind}pw = {pm} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
         pm = "pw"
     if keep:

@@ -232,3 +232,64 @@ def test_parsers_on_canned_output() -> None:
     )
     counts, total = parse_sass_mix(sass)
     assert (counts["HGMMA"], counts["STL"], counts["LDL"], total) == (1, 1, 1, 3)
+
+
+# ---- attention register estimates (constraints()) against real builds ------------------------------------
+# A few configs of the sweep the estimates were fitted to (FWD_REGISTERS in kernels/attention.py, BWD_REGISTERS
+# in kernels/attention_bwd.py), with what the build measured: spilling configs the earlier estimates accepted
+# (post_mod kernels and 128 x 128 tiles on sm_80), non-spilling ones just below the limits, and a backward pair
+# at one config that only score_mod's derivative tile tells apart (it costs sm_90 about 12 registers).
+REGISTER_CASES = [  # kernel, arch, hdim, BLOCK_M, BLOCK_N, num_warps, num_stages, spills
+    ("post", "sm_80", 64, 64, 128, 4, 2, True),
+    ("post", "sm_80", 64, 128, 128, 8, 2, True),
+    ("post", "sm_80", 64, 64, 128, 8, 2, False),
+    ("fwd", "sm_80", 128, 128, 128, 8, 3, True),
+    ("fwd", "sm_90", 128, 64, 128, 4, 3, False),
+    ("bwd_bias", "sm_80", 64, 32, 64, 4, 1, False),
+    ("bwd_bias", "sm_90", 64, 128, 32, 4, 2, False),
+    ("bwd_softcap", "sm_90", 64, 128, 32, 4, 2, True),
+]
+
+
+def _attention_spec(kind: str, d: int) -> Any:
+    """The sweep's kernels: causal f16 attention (1 x 32 heads x 2048, out and lse; a probability threshold as
+    post_mod) or its backward (1 x 16 heads x 1024, dq / dk / dv) with an ALiBi-style bias or softcap."""
+    import tilefuse as tf
+    from tilefuse.ir import expr as ex
+
+    fwd = kind in ("fwd", "post")
+    s, h = (2048, 32) if fwd else (1024, 16)
+    g = tf.GraphBuilder("regs")
+    q, k, v = (g.input(n, (1, h, s, d), "f16") for n in "qkv")
+    if fwd:
+        post = tf.softmax_threshold(0.01) if kind == "post" else None
+        out, lse = tf.attention(q, k, v, mask_mod=tf.causal_mask(s, s), return_lse=True, post_mod=post)
+        g.output("out", out)
+        g.output("lse", lse)
+    else:
+        do = g.input("do", (1, h, s, d), "f16")
+        bias = ex.var("score", "f32") + (ex.var("kv_idx") - ex.var("q_idx")).cast("f32") * 0.25
+        kw = {"mask_mod": tf.causal_mask(s, s),
+              "score_mod": tf.softcap_score(20.0) if kind == "bwd_softcap" else bias}
+        out, lse = tf.attention(q, k, v, return_lse=True, **kw)
+        for name, grad in zip(("dq", "dk", "dv"), tf.attention_backward(q, k, v, out, do, lse, **kw)):
+            g.output(name, grad)
+    return tf.compile(g.build(), target="sm_80", aot=False).kernels[0 if fwd else 1].spec
+
+
+@pytest.mark.parametrize("kind,arch,d,bm,bn,warps,stages,spills", REGISTER_CASES)
+def test_attention_register_estimate_against_builds(kind, arch, d, bm, bn, warps, stages, spills):
+    from tilefuse.autotune.config import Config
+    from tilefuse.autotune.target import get_target
+
+    spec = _attention_spec(kind, d)
+    target = get_target(arch)
+    cfg = Config(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    problems = spec.constraints(cfg, target)
+    sig = spec.triton_signature(cfg)
+    fn = spec.name + ("_finish" if "ws" in sig else "")  # the backward's main kernel (not the delta pre-pass)
+    b = build_triton(spec.render_triton(cfg), fn, sig, spec.triton_constexprs(cfg), arch=target.arch,
+                     num_warps=warps, num_stages=stages, divisible_by_16=tuple(sig))
+    r = b.resources
+    assert r.spills == spills, f"{kind} {cfg.to_json()} on {arch}: measured {r} (expected spills={spills})"
+    assert bool(problems) == spills, f"estimate {spec.registers(cfg, target)}: {problems or 'accepted'}; {r}"

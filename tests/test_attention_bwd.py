@@ -14,6 +14,7 @@ import pytest
 
 import tilefuse as tf
 from tilefuse.autotune.config import Config
+from tilefuse.autotune.target import get_target
 from tilefuse.ir import expr as ex
 from tilefuse.ir.attention_op import eval_mask, index_grid
 from tilefuse.ir.ops import VerifyError
@@ -295,3 +296,69 @@ def test_aot_nonlinear_score_mod_sm90_no_spills(name, d):
         assert b.cubin and r.registers > 0
         assert not r.spills, f"{fn} {name} hdim {d} spills on sm_90 with {ck.config.to_json()}: {r}"
     assert ck.binaries["sm_90"][f"{ck.spec.name}_finish"].resources.hgmma > 0
+
+
+
+# ---- score_mods reading operands, on non-square tiles ---------------------------------------------------
+# A mod's operand load takes the shape of its indices: one value per program (h: a scalar load), a row or
+# column vector (kv_idx or q_idx) or a whole tile (both), widened by an int32 zero tile of the role's own
+# orientation: dK/dV programs work on [BLOCK_N, BLOCK_M] tiles (z2t), dQ programs on [BLOCK_M, BLOCK_N] ones
+# (z2). Both roles sit in one if/else of `_finish`, where Triton requires a name assigned in both branches to
+# have one type: one shared name failed the sm_80 / sm_90 build whenever BLOCK_M != BLOCK_N ("Mismatched type
+# for z2"), then for every load, since per-head values were widened to the tile too.
+RNG = np.random.default_rng(11)
+LOADED = {  # name: (score_mod, the same in torch or None if additive, extras)
+    "head_scale": NONLINEAR["head_scale"],
+    "key_bias": (lambda: SCORE + ex.load(3, "f32", ex.var("h"), ex.var("kv_idx")), None,
+                 (("kb", RNG.standard_normal((4, SK)).astype(np.float32), "f32"),)),
+    "qk_bias": (lambda: SCORE + ex.load(3, "f32", ex.var("q_idx"), ex.var("kv_idx")), None,
+                (("qb", RNG.standard_normal((SQ, SK)).astype(np.float32), "f32"),)),
+}
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("bm,bn", [(16, 32), (32, 16)])
+@pytest.mark.parametrize("name", list(LOADED))
+def test_loaded_score_mod_non_square_blocks(name, bm, bn):
+    mod, tmod, extras = LOADED[name]
+    g = graph("f16", 1, 4, 2, SQ, SK, D, mask=lambda *_: causal(SQ, SK), extras=extras, score_mod=mod())
+    cg = check(g, "f16", extras, configs=block_cfg(g, bm, bn), seed=bm, tmod=tmod)
+    src = cg.kernels[1].spec.render_triton(cg.kernels[1].config)
+    tile = "z2t = tl.zeros([BLOCK_N, BLOCK_M]" in src and "z2 = tl.zeros([BLOCK_M, BLOCK_N]" in src
+    assert tile == (name == "qk_bias") and (src.count("mask=valid") == 4) == tile  # 2 roles x 2 loops
+    if name == "head_scale":
+        assert src.count("ld0 = tl.load(in6 + (0 + (h)))") == 4
+    if name == "key_bias":
+        assert src.count(f"mask=rn[:, None] < {SK}, other=0)") == src.count(f"mask=rn[None, :] < {SK}, other=0)") == 2
+
+
+def loaded_graph(name, d=64, s=1024, hq=16, hkv=8):
+    """A causal backward whose score_mod reads operands (zeros and ones: the values do not change the kernel)."""
+    h, kv = ex.var("h"), ex.var("kv_idx")
+    if name == "qk_bias":
+        mod, extras = SCORE + ex.load(3, "f32", ex.var("q_idx"), kv), (("qb", np.zeros((s, s), np.float32), "f32"),)
+    else:  # a per-head scale (a scalar load) and a per-(head, key) bias (a vector load)
+        mod = SCORE * ex.load(3, "f32", h) + ex.load(4, "f32", h, kv)
+        extras = (("hs", np.ones(hq, np.float32), "f32"), ("kb", np.zeros((hq, s), np.float32), "f32"))
+    return graph("f16", 1, hq, hkv, s, s, d, mask=lambda *_: causal(s, s), score_mod=mod, extras=extras)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("bm,bn", [(32, 64), (64, 32)])
+def test_aot_tile_loaded_score_mod_non_square_tiles(arch, bm, bn):
+    g = loaded_graph("qk_bias")
+    cfg = Config(BLOCK_M=bm, BLOCK_N=bn, num_warps=8, num_stages=2)
+    ck = tf.compile(g, target=arch, configs={names(g)[1]: cfg}).kernels[1]
+    fin = ck.binaries[arch][f"{ck.spec.name}_finish"]
+    assert fin.cubin and fin.resources.registers > 0 and fin.resources.uses_tensor_cores
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_aot_loaded_score_mod_default_config_no_spills(arch):
+    # hdim 64: the defaults are non-square (64 x 32 on sm_80, 64 x 128 on sm_90).
+    ck = tf.compile(loaded_graph("head_key"), target=arch).kernels[1]
+    assert ck.config.int("BLOCK_M") != ck.config.int("BLOCK_N")
+    limit = get_target(arch).max_shared_bytes
+    for fn, b in ck.binaries[arch].items():
+        assert b.cubin and not b.resources.spills, f"{fn} spills on {arch} with {ck.config.to_json()}: {b.resources}"
+        assert b.shared_mem_bytes <= limit, f"{fn}: {b.shared_mem_bytes} B of shared memory on {arch} (limit {limit})"

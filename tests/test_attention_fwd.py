@@ -10,6 +10,7 @@ import pytest
 
 import tilefuse as tf
 from tilefuse.autotune.config import Config
+from tilefuse.autotune.target import get_target
 from tilefuse.ir import expr as ex
 from tilefuse.ir.attention_op import eval_mask
 from tilefuse.ir.reference import eval_expr, evaluate
@@ -225,8 +226,6 @@ def test_report_key_and_constraints():
     assert "block sparsity at 128x64 (2 head pattern(s)" in rep and "heads 0-15: full 240, partial 32" in rep
     other = tf.compile(graph("f16", 1, 32, 32, s, s, 128, mask=lambda: causal(s, s)), target="sm_90", aot=False)
     assert other.kernels[0].spec.key != spec.key
-    from tilefuse.autotune.target import get_target
-
     assert spec.constraints(Config(BLOCK_M=256, BLOCK_N=128, num_warps=4, num_stages=4), get_target("sm_80"))
     with pytest.raises(Exception, match="op 'attention' with dtype f16 is not supported on backend 'tvm'"):
         tf.compile(g, target="cpu")
@@ -246,3 +245,29 @@ def test_aot_default_config_no_spills(arch, d):
             assert r.hgmma > 0, f"hdim {d} sm_90 build has no HGMMA"
         else:
             assert r.hmma > 0
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_aot_loaded_score_mod(arch):
+    # A per-head scale (one value per program: a scalar load) and a per-(head, key) bias (a row vector masked
+    # to the key range). Both used to be widened to [BLOCK_M, BLOCK_N] tiles of loads, which Triton pipelined
+    # through shared memory as whole f32 tiles: a per-head scale and bias needed 180 KB on sm_80 and 368 KB on
+    # sm_90 at the defaults, over the limits, and spilled on sm_80. (Whole-tile loads: test_attention_bwd.py.)
+    s, hq = 2048, 32
+    h, kv = ex.var("h"), ex.var("kv_idx")
+    mod = ex.var("score", "f32") * ex.load(3, "f32", h) + ex.load(4, "f32", h, kv)
+    extras = (("hs", np.ones(hq, np.float32), "f32"), ("kb", np.zeros((hq, s), np.float32), "f32"))
+    g = graph("f16", 1, hq, hq, s, s, 64, mask=lambda *_: causal(s, s), score_mod=mod, extras=extras)
+    default = tf.compile(g, target=arch).kernels[0]
+    limit = get_target(arch).max_shared_bytes
+    for b in default.binaries[arch].values():
+        assert b.cubin and not b.resources.spills, f"spills on {arch} with {default.config.to_json()}: {b.resources}"
+        assert b.shared_mem_bytes <= limit, f"{b.shared_mem_bytes} B of shared memory on {arch} (limit {limit})"
+    for bm, bn in ((32, 64), (64, 32)):
+        cfg = Config(BLOCK_M=bm, BLOCK_N=bn, num_warps=4, num_stages=2)
+        ck = tf.compile(g, target=arch, configs={_name(g): cfg}).kernels[0]
+        src = ck.spec.render_triton(cfg)
+        assert "mask=valid" not in src and src.count(" + (0 + (h)))") == 2  # 2 loops
+        assert src.count(f"mask=rn[None, :] < {s}, other=0)") == 2
+        for b in ck.binaries[arch].values():
+            assert b.cubin and b.resources.uses_tensor_cores
