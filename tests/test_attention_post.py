@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 from test_attention_fwd import TORCH_DT, block_cfg, check, graph, inputs
+from test_ir_attention import naive
 
 import tilefuse as tf
 from tilefuse.frontend_ext import softmax_threshold
@@ -138,29 +139,6 @@ def test_text_round_trip_and_node_identity():
     assert len({g.key, other.key, plain.key}) == 3
 
 
-def naive_post(q, k, v, scale, keep, post):
-    """Per-(b, h, row) loop: P = softmax of the kept scores, P' = post(P, b, h, i, j) where kept,
-    out = P' v."""
-    b, hq, sq, _ = q.shape
-    hkv, sk, dv = k.shape[1], k.shape[2], v.shape[3]
-    out = np.zeros((b, hq, sq, dv))
-    lse = np.full((b, hq, sq), -np.inf)
-    for bi in range(b):
-        for h in range(hq):
-            kh = h // (hq // hkv)
-            for i in range(sq):
-                if not keep[bi, h, i].any():
-                    continue
-                s = np.array([scale * float(q[bi, h, i] @ k[bi, kh, j]) for j in range(sk)])
-                m = s[keep[bi, h, i]].max()
-                e = np.where(keep[bi, h, i], np.exp(s - m), 0.0)
-                p = e / e.sum()
-                pp = np.array([post(p[j], bi, h, i, j) if keep[bi, h, i, j] else 0.0 for j in range(sk)])
-                out[bi, h, i] = pp @ v[bi, kh]
-                lse[bi, h, i] = m + math.log(e.sum())
-    return out, lse
-
-
 def test_reference_vs_loop():
     rng = np.random.default_rng(7)
     b, hq, hkv, sq, sk, d = 2, 4, 2, 9, 6, 8  # Sq > Sk: bottom-right causal leaves 3 rows fully masked
@@ -176,8 +154,8 @@ def test_reference_vs_loop():
     g = gb.build()
     res = evaluate(g, {"q": q, "k": k, "v": v, "w": w})
     keep = np.broadcast_to(np.arange(sk)[None, :] <= np.arange(sq)[:, None] - 3, (b, hq, sq, sk))
-    want, want_lse = naive_post(q, k, v, 1 / math.sqrt(d), keep,
-                                lambda p, bi, h, i, j: (p if p >= 0.2 else 0.0) * w[h, j] + 0.01)
+    want, want_lse = naive(q, k, v, 1 / math.sqrt(d), keep,
+                           post_fn=lambda p, bi, h, i, j: (p if p >= 0.2 else 0.0) * w[h, j] + 0.01)
     assert np.all(res["out"][:, :, :3] == 0) and np.all(np.isneginf(res["lse"][:, :, :3]))
     np.testing.assert_allclose(res["out"], want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(res["lse"], want_lse, rtol=1e-6, atol=1e-6)

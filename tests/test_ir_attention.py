@@ -20,8 +20,9 @@ def rand(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32).astype(np.float64)
 
 
-def naive(q, k, v, scale, mask=None, score_fn=None):
-    """Per-(b, h, row) loop: softmax of the masked scores times v; fully masked rows give 0 / -inf."""
+def naive(q, k, v, scale, mask=None, score_fn=None, post_fn=None):
+    """Per-(b, h, row) loop: softmax of the masked scores times v; fully masked rows give 0 / -inf.
+    `post_fn(p, b, h, i, j)` replaces each kept probability before the (unrenormalised) product with v."""
     b, hq, sq, _ = q.shape
     hkv, sk, dv = k.shape[1], k.shape[2], v.shape[3]
     out = np.zeros((b, hq, sq, dv))
@@ -38,7 +39,11 @@ def naive(q, k, v, scale, mask=None, score_fn=None):
                     continue
                 m = s[keep].max()
                 p = np.where(keep, np.exp(s - m), 0.0)
-                out[bi, h, i] = p @ v[bi, kh] / p.sum()
+                if post_fn is None:
+                    out[bi, h, i] = p @ v[bi, kh] / p.sum()
+                else:
+                    pp = [post_fn(x / p.sum(), bi, h, i, j) if keep[j] else 0.0 for j, x in enumerate(p)]
+                    out[bi, h, i] = np.array(pp) @ v[bi, kh]
                 lse[bi, h, i] = m + math.log(p.sum())
     return out, lse
 
