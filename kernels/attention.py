@@ -240,14 +240,11 @@ class AttentionSpec(KernelSpec):
             config.int("BLOCK_M"), config.int("BLOCK_N"), dp, dvp, config.int("num_warps"),
             config.int("num_stages"), self.post_mod is not None)
 
-    def constraints(self, config: Config, target: Target) -> list[str]:
-        """Shared memory, registers (an estimate: RegisterModel), tile vs problem size and warp counts.
+    smem_what = "q/k/v tiles"  # what the shared memory holds, in constraint messages
 
-        On the sweep FWD_REGISTERS was fitted to (576 builds, 117 of them spill) the estimate accepts 459.
-        20 of those spill: 10 by at most 24 B where ptxas chose 128 or 168 registers (an occupancy step, not
-        register pressure: no tile-size estimate predicts them), 9 at hdim 256 on sm_80 next to the 255-register
-        default 64 x 32 (128-row 8-warp tiles and post_mod kernels with 1 stage), and 128 x 128 with 8 warps,
-        2 stages at hdim 128 on sm_80. It rejects 12 builds that do not spill, all at 242-255 registers."""
+    def constraints(self, config: Config, target: Target) -> list[str]:
+        """Head dims, shared memory, registers (`register_constraints`), tile vs problem size and warps
+        (`tile_constraints`), warp count vs tile; the backward spec overrides the two hooks."""
         out: list[str] = []
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         warps = config.int("num_warps")
@@ -255,20 +252,40 @@ class AttentionSpec(KernelSpec):
         if max(dp, dvp) > 256:
             out.append(f"head dims {self.D}/{self.Dv} exceed 256")
         if target.max_shared_bytes and self.smem_bytes(config) > target.max_shared_bytes:
-            out.append(f"q/k/v tiles need {self.smem_bytes(config)} B of shared memory, {target.name} allows "
+            out.append(f"{self.smem_what} need {self.smem_bytes(config)} B of shared memory, {target.name} allows "
                        f"{target.max_shared_bytes}")
-        limit = FWD_REGISTERS[90 if target.arch >= 90 else 80].limit
-        if target.kind == "cuda" and self.registers(config, target) > limit:
-            out.append(f"the {bm}x{dvp} accumulator, {bm}x{bn} score tiles and k/v tiles need about "
-                       f"{self.registers(config, target)} registers per thread with {warps} warps and "
-                       f"{config.int('num_stages')} stage(s) (> {limit} spills on {target.name})")
+        if target.kind == "cuda":
+            out += self.register_constraints(config, target)
+        out += self.tile_constraints(config, target)
+        if target.kind == "cuda" and bm * bn < warps * 32 * 4:
+            out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
+        return out
+
+    def register_constraints(self, config: Config, target: Target) -> list[str]:
+        """The register estimate against the arch's limit (RegisterModel).
+
+        On the sweep FWD_REGISTERS was fitted to (576 builds, 117 of them spill) the estimate accepts 459.
+        20 of those spill: 10 by at most 24 B where ptxas chose 128 or 168 registers (an occupancy step, not
+        register pressure: no tile-size estimate predicts them), 9 at hdim 256 on sm_80 next to the 255-register
+        default 64 x 32 (128-row 8-warp tiles and post_mod kernels with 1 stage), and 128 x 128 with 8 warps,
+        2 stages at hdim 128 on sm_80. It rejects 12 builds that do not spill, all at 242-255 registers."""
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        regs, limit = self.registers(config, target), FWD_REGISTERS[90 if target.arch >= 90 else 80].limit
+        if regs <= limit:
+            return []
+        return [f"the {bm}x{self.head_dims[1]} accumulator, {bm}x{bn} score tiles and k/v tiles need about {regs} "
+                f"registers per thread with {config.int('num_warps')} warps and {config.int('num_stages')} "
+                f"stage(s) (> {limit} spills on {target.name})"]
+
+    def tile_constraints(self, config: Config, target: Target) -> list[str]:
+        """Tiles larger than the score matrix (sm_90's wgmma tiles are 64 rows anyway), warpgroups."""
+        out: list[str] = []
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         min_m = 64 if target.arch >= 90 else 16
         if bm > max(min_m, next_pow2(self.Sq)) or bn > max(16, next_pow2(self.Sk)):
             out.append(f"tile {bm}x{bn} is larger than the {self.Sq}x{self.Sk} score matrix")
-        if target.arch >= 90 and bm >= 64 and warps < 4:
+        if target.arch >= 90 and bm >= 64 and config.int("num_warps") < 4:
             out.append("sm_90 wgmma needs a warpgroup (num_warps >= 4) for BLOCK_M >= 64")
-        if target.kind == "cuda" and bm * bn < warps * 32 * 4:
-            out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
         return out
 
     def default_config(self, target: Target) -> Config:

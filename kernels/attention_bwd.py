@@ -43,7 +43,7 @@ from .lowering import KernelLoweringError, next_pow2
 
 BWD_AUX_NAMES = AUX_NAMES + ("q_ptr", "q_nfull", "q_idx")
 ROLES = ("dq", "dk", "dv")
-# Register estimate per arch: (score tiles, extra tiles for score_mod's derivative, limit), fitted to AOT builds
+# Register estimate per arch (BwdRegisterModel), fitted to AOT builds
 # of a causal f16 backward with an additive (ALiBi-style) and a non-additive (softcap) score_mod: BLOCK_M and
 # BLOCK_N in 32 / 64 / 128, 4 / 8 warps, 1-3 stages, hdim 64 and 128 (432 builds, 210 spill; the defaults must
 # pass). Softcap's derivative tile costs sm_90 about 12 registers per thread more than the bias (12 more builds
@@ -53,7 +53,14 @@ ROLES = ("dq", "dk", "dv")
 # warps is larger in every term) and 1- or 3-stage neighbours of accepted 2-stage configs on sm_90 (the
 # hdim-128 default among them); catching those would reject another dozen non-spilling 3-stage builds.
 # 20 non-spilling builds are rejected, all at 237-255 registers.
-BWD_REGISTERS = {80: (6.0, 0.0, 192), 90: (4.5, 0.25, 252)}
+@dataclass(frozen=True)
+class BwdRegisterModel:
+    score: float  # f32 score-sized tiles live at once
+    dscore: float  # more with a non-additive score_mod (its derivative tile)
+    limit: int
+
+
+BWD_REGISTERS = {80: BwdRegisterModel(6.0, 0.0, 192), 90: BwdRegisterModel(4.5, 0.25, 252)}
 
 
 @dataclass
@@ -188,32 +195,29 @@ class AttentionBwdSpec(AttentionSpec):
         score_mod) and a quarter of the operand tiles (BWD_REGISTERS)."""
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         dp, dvp = self.head_dims
-        score, dscore, _ = BWD_REGISTERS[90 if target.arch >= 90 else 80]
-        tiles = score + (dscore if self.dscore is not None else 0.0)
+        model = BWD_REGISTERS[90 if target.arch >= 90 else 80]
+        tiles = model.score + (model.dscore if self.dscore is not None else 0.0)
         acc = max(bn * (dp + dvp) if self.has_dkdv else 0, bm * dp if self.has_dq else 0)
         return math.ceil((acc + tiles * bm * bn + (bm + bn) * (dp + dvp) / 4) / (config.int("num_warps") * 32))
 
-    def constraints(self, config: Config, target: Target) -> list[str]:
+    smem_what = "the backward's tiles"
+
+    def register_constraints(self, config: Config, target: Target) -> list[str]:
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        regs, limit = self.registers(config, target), BWD_REGISTERS[90 if target.arch >= 90 else 80].limit
+        if regs <= limit:
+            return []
+        return [f"the dK/dV (dQ) accumulators and {bm}x{bn} score tiles need about {regs} registers per "
+                f"thread with {config.int('num_warps')} warps (> {limit} spills on {target.name})"]
+
+    def tile_constraints(self, config: Config, target: Target) -> list[str]:
+        """Tiles larger than the problem; on sm_90 a 64-row tile in either role needs a warpgroup."""
         out: list[str] = []
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
-        warps = config.int("num_warps")
-        dp, dvp = self.head_dims
-        if max(dp, dvp) > 256:
-            out.append(f"head dims {self.D}/{self.Dv} exceed 256")
-        if target.max_shared_bytes and self.smem_bytes(config) > target.max_shared_bytes:
-            out.append(f"the backward's tiles need {self.smem_bytes(config)} B of shared memory, {target.name} "
-                       f"allows {target.max_shared_bytes}")
-        regs = self.registers(config, target)
-        limit = BWD_REGISTERS[90 if target.arch >= 90 else 80][2]
-        if target.kind == "cuda" and regs > limit:
-            out.append(f"the dK/dV (dQ) accumulators and {bm}x{bn} score tiles need about {regs} registers per "
-                       f"thread with {warps} warps (> {limit} spills on {target.name})")
         if bm > max(16, next_pow2(self.Sq)) or bn > max(16, next_pow2(self.Sk)):
             out.append(f"tile {bm}x{bn} is larger than the {self.Sq}x{self.Sk} score matrix")
-        if target.arch >= 90 and min(bm, bn) >= 64 and warps < 4:
+        if target.arch >= 90 and min(bm, bn) >= 64 and config.int("num_warps") < 4:
             out.append("sm_90 wgmma needs a warpgroup (num_warps >= 4) for 64-row tiles")
-        if target.kind == "cuda" and bm * bn < warps * 32 * 4:
-            out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
         return out
 
     def default_config(self, target: Target) -> Config:
