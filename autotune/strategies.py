@@ -199,8 +199,8 @@ class ModelStrategy(Strategy):
     name = "model"
 
     def __init__(self, space: SearchSpace, spec: KernelSpec, device: Any, seed: int = 0,
-                 history: list[Record] | None = None, pool: int = 512, parents: int = 8, min_xgb: int = 8,
-                 explore: float = 0.125):
+                 history: list[Record] | None = None, pool: int = 2048, parents: int = 8, min_xgb: int = 8,
+                 explore: float = 0.125, mutations: float = 0.5, crossovers: float = 0.2):
         super().__init__(space, seed)
         self.spec = spec
         self.device = device
@@ -208,6 +208,8 @@ class ModelStrategy(Strategy):
         self.parents = parents
         self.min_xgb = min_xgb
         self.explore = explore
+        self.mutations = mutations
+        self.crossovers = crossovers
         self.history = [r for r in (history or []) if r.workload_key != spec.key and r.features]
         self.records: dict[Config, Record] = {}
         self.model: Any = None
@@ -274,10 +276,10 @@ class ModelStrategy(Strategy):
             if c not in parents:
                 parents.append(c)
         if parents:
-            for _ in range(self.pool // 2):
+            for _ in range(int(self.pool * self.mutations)):
                 add(self.space.mutate(self.rng.choice(parents), self.rng))
             if len(parents) > 1:
-                for _ in range(self.pool // 5):
+                for _ in range(int(self.pool * self.crossovers)):
                     a, b = self.rng.sample(parents, 2)
                     add(self.space.crossover(a, b, self.rng))
         for c in self.space.sample(self.rng, max(0, self.pool - len(out)), exclude=seen):

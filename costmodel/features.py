@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-FEATURE_SCHEMA = 1
+FEATURE_SCHEMA = 2
 
 # Fields of codegen.resources.ResourceReport that become res_* features, in a fixed order.
 RESOURCE_FIELDS = ("registers", "shared_bytes", "static_shared_bytes", "dynamic_shared_bytes", "stack_bytes",
@@ -228,10 +228,14 @@ def featurize(spec: Any, config: Mapping[str, Any], device: Any,
         occupancy = blocks * warps / warps_sm
     else:
         threads, regs, smem, blocks, occupancy = -1.0, -1.0, -1.0, 1.0, 1.0
-    waves = programs / (units * max(1.0, blocks))
-    # Load balance over units: the busiest unit runs ceil(programs / units) programs, so a
-    # launch of 133 programs on 132 SMs takes as long as 264 (resident blocks share one SM).
-    balance = programs / (units * math.ceil(programs / units))
+    # Work items spread over the units: GPU programs over SMs; on a CPU the template's parallel
+    # tasks (spec_parallel_tasks) over cores, where the launch grid is a single call.
+    tasks = programs if dev["dev_is_gpu"] or out.get("spec_parallel_tasks", 0.0) < 1 else out["spec_parallel_tasks"]
+    waves = tasks / (units * max(1.0, blocks))
+    # Load balance over units: the busiest unit runs ceil(tasks / units) of them, so a launch of
+    # 133 programs on 132 SMs takes as long as 264 (resident blocks share one SM), and 7 tiles on
+    # 2 cores as long as 8.
+    balance = tasks / (units * math.ceil(tasks / units))
     out.update({
         "threads_per_program": threads, "regs_per_thread": regs, "shared_per_program": smem,
         "occupancy_blocks": blocks, "occupancy": occupancy, "fits": 1.0 if blocks >= 1 else 0.0,
@@ -240,6 +244,8 @@ def featurize(spec: Any, config: Mapping[str, Any], device: Any,
 
     peak, bw = _peak(spec, dev), dev["dev_mem_bandwidth"]
     t_compute = flops / peak if peak > 0 else 0.0
+    # padding to whole tiles is work too (spec_work_ratio: padded over useful FLOPs)
+    t_padded = t_compute * max(1.0, out.get("spec_work_ratio", 1.0))
     t_memory = bytes_min / bw if bw > 0 else 0.0
     t_tiled = bytes_tiled / bw if bw > 0 else 0.0
     # roofline_time_min is the config-independent bound; roofline_time charges the tiles' traffic
@@ -248,7 +254,7 @@ def featurize(spec: Any, config: Mapping[str, Any], device: Any,
     out.update({
         "roofline_compute_time": t_compute, "roofline_memory_time": t_memory,
         "roofline_time_min": max(t_compute, t_memory),
-        "roofline_time": max(t_compute, t_tiled) / balance * (1.0 if blocks >= 1 else 2.0),
+        "roofline_time": max(t_padded, t_tiled) / balance * (1.0 if blocks >= 1 else 2.0),
     })
     return {k: _num(v) for k, v in out.items()}
 

@@ -217,10 +217,31 @@ class MatmulSpec(KernelSpec):
 
     def features(self, config: Config) -> dict[str, float]:
         gx, gy, gz = self.grid(config)
-        return {"M": float(self.M), "N": float(self.N), "K": float(self.K), "batch": float(prod(self.batch)),
-                "programs": float(gx * gy * gz), "flops": self.flops(), "bytes": self.bytes_moved(),
-                "prologue": float(sum(self.has_prologue)), "epilogue_outputs": float(len(self.outs)),
-                **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
+        out = {"M": float(self.M), "N": float(self.N), "K": float(self.K), "batch": float(prod(self.batch)),
+               "programs": float(gx * gy * gz), "flops": self.flops(), "bytes": self.bytes_moved(),
+               "prologue": float(sum(self.has_prologue)), "epilogue_outputs": float(len(self.outs)),
+               **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
+        if "tile_m" in config:
+            out.update(self._cpu_features(config))
+        return out
+
+    def _cpu_features(self, config: Config) -> dict[str, float]:
+        """What the CPU template's loop nest does with a config: the padded work (every dimension is
+        padded to whole cache tiles), the parallel tasks (one per batch x m-tile x n-tile) and the
+        bytes of the packed panels that must stay in cache (B's k x n panel, A's m x k block, one
+        micro panel of each, the C tile)."""
+        tm, tn, tk = config.int("tile_m"), config.int("tile_n"), config.int("tile_k")
+        mr, nr, vec = config.int("micro_m"), config.int("micro_n"), config.int("vector")
+        el = float(self.operand_dtype.itemsize)
+        pm, pn, pk = padded(self.M, tm) / self.M, padded(self.N, tn) / self.N, padded(self.K, tk) / self.K
+        return {
+            "pad_m": pm, "pad_n": pn, "pad_k": pk, "work_ratio": pm * pn * pk,
+            "parallel_tasks": float(prod(self.batch) * -(-self.M // tm) * -(-self.N // tn)),
+            "k_tiles": float(-(-self.K // tk)),
+            "micro_accumulators": float(mr * (nr // max(1, vec))),
+            "micro_panel_bytes": (mr + nr) * tk * el, "a_block_bytes": tm * tk * el,
+            "b_panel_bytes": tk * tn * el, "c_tile_bytes": tm * tn * 4.0,
+        }
 
     # -- rendering --
     def triton_constexprs(self, config: Config) -> dict[str, Any]:

@@ -350,6 +350,32 @@ def test_featurize_cpu_config_and_stand_in_device(matmul_spec):
     assert featurize(matmul_spec, matmul_spec.default_config(get_target("sm_80")), _stand_in_device())["dev_arch"] == 90
 
 
+def test_cpu_matmul_features_count_padding_and_core_balance():
+    """An odd 777x333 GEMM: tiles of 112x48 pad M to 784 and N to 336 and make 7 x 7 = 49 parallel
+    tasks (2 cores: the busier runs 25, so balance 49/50); tiles of 128x256 pad to 896x512 in 7 x 2
+    tasks (balance 14/14) and the roofline charges the padded work."""
+    import tilefuse as tf
+    from tilefuse.kernels import spec_for
+    from tilefuse.passes import run_pipeline
+
+    g = tf.GraphBuilder("odd")
+    g.output("c", g.input("a", (777, 1024), "f32") @ g.input("b", (1024, 333), "f32"))
+    kg = run_pipeline(g.build()).kernels
+    spec = spec_for(kg, kg.kernels[0], "tvm")
+    dev = _stand_in_device("cpu")
+    base = dict(tile_k=256, micro_m=8, micro_n=48, vector=16, unroll=4)
+    fitted = featurize(spec, Config(tile_m=112, tile_n=48, **base), dev)
+    assert fitted["spec_pad_m"] == pytest.approx(784 / 777) and fitted["spec_pad_n"] == pytest.approx(336 / 333)
+    assert fitted["spec_pad_k"] == 1.0 and fitted["spec_k_tiles"] == 4
+    assert fitted["spec_parallel_tasks"] == 49 and fitted["unit_balance"] == pytest.approx(49 / 50)
+    assert fitted["spec_micro_accumulators"] == 8 * 3
+    assert fitted["spec_b_panel_bytes"] == 256 * 48 * 4 and fitted["spec_micro_panel_bytes"] == (8 + 48) * 256 * 4
+    pow2 = featurize(spec, Config(tile_m=128, tile_n=256, **{**base, "micro_n": 32}), dev)
+    assert pow2["spec_work_ratio"] == pytest.approx(896 * 512 / (777 * 333))
+    assert pow2["spec_parallel_tasks"] == 14 and pow2["unit_balance"] == 1.0
+    assert pow2["roofline_time"] > fitted["roofline_time"]  # 1.77x the work outweighs 2% imbalance
+
+
 def test_feature_names_and_matrix():
     dicts = [{"b": 1.0, "a": 2.0}, {"c": 3.0}]
     names = feature_names(dicts)
