@@ -243,7 +243,7 @@ class ModelStrategy(Strategy):
         ok = [r for r in self.records.values() if r.measurement.median is not None and r.features]
         self.model, self.model_name = RooflineModel(), "roofline"
         if len(ok) + len(self.history) >= self.min_xgb:
-            xgb = XGBRankModel(num_boost_round=100, seed=self.rng.randrange(2**31))
+            xgb = XGBRankModel(max_depth=4, min_child_weight=1.0, num_boost_round=100, seed=self.rng.randrange(2**31))
             try:
                 xgb.fit(ok + self.history)
                 self.model, self.model_name = xgb, "xgb"
