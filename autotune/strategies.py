@@ -210,7 +210,10 @@ class ModelStrategy(Strategy):
         self.explore = explore
         self.mutations = mutations
         self.crossovers = crossovers
-        self.history = [r for r in (history or []) if r.workload_key != spec.key and r.features]
+        from ..costmodel.features import record_features
+
+        # records of other workloads whose features this tilefuse computes (not an older schema's)
+        self.history = [r for r in (history or []) if r.workload_key != spec.key and record_features(r)]
         self.records: dict[Config, Record] = {}
         self.model: Any = None
         self.model_name = "roofline"
@@ -240,7 +243,9 @@ class ModelStrategy(Strategy):
     def _fit(self) -> None:
         from ..costmodel.models import ModelError, RooflineModel, XGBRankModel
 
-        ok = [r for r in self.records.values() if r.measurement.median is not None and r.features]
+        from ..costmodel.features import record_features
+
+        ok = [r for r in self.records.values() if r.measurement.median is not None and record_features(r)]
         self.model, self.model_name = RooflineModel(), "roofline"
         if len(ok) + len(self.history) >= self.min_xgb:
             xgb = XGBRankModel(max_depth=4, min_child_weight=1.0, num_boost_round=100, seed=self.rng.randrange(2**31))

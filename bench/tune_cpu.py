@@ -30,6 +30,7 @@ Shapes are MxNxK. Defaults take about 30 minutes on a 2-core machine (MetaSchedu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -134,6 +135,17 @@ def trials_to_within(history: list[float | None], target: float) -> int | None:
     return None
 
 
+def raw(runs: dict[str, list[Run]], true: dict[str, dict[Any, float]]) -> dict[str, Any]:
+    """JSON-able runs (per strategy and seed: each workload's configs and times in trial order) and
+    the re-timed medians, from which every figure of the report can be recomputed."""
+    return {
+        "runs": {s: [{"seed": r.seed, "elapsed": r.result.elapsed,
+                      "trials": {k: [[dict(c), t] for c, t in v] for k, v in r.trials.items()}} for r in rs]
+                 for s, rs in runs.items()},
+        "retimed": {k: [[dict(c), t] for c, t in v.items()] for k, v in true.items()},
+    }
+
+
 def specs_by_key(graph: Any) -> dict[str, Any]:
     """The graph's CPU kernel specs by workload key (kernels with one key share a spec)."""
     from tilefuse.kernels import spec_for
@@ -197,6 +209,19 @@ def trials_to_target(run: Run, key: str, true: dict[Any, float], within: float =
 def median_trials(needs: list[int | None], budget: int) -> float:
     """Median trials-to-target, a run that never got there counting as budget + 1 (a lower bound)."""
     return float(statistics.median([n if n is not None else budget + 1 for n in needs]))
+
+
+def random_draws(runs: list[Run], key: str, true: dict[Any, float], within: float = 1.05) -> tuple[int, int]:
+    """(hits, draws) over random search's uniform draws (every trial but each run's first, the
+    default): how many configs it drew whose re-timed median is within `within` of the best. Random
+    search needs about 1 + draws / hits trials on average (the default first, then geometric)."""
+    target = within * min(true.values())
+    hits = draws = 0
+    for run in runs:
+        for c, _ in run.trials.get(key, [])[1:]:
+            draws += 1
+            hits += c in true and true[c] <= target
+    return hits, draws
 
 
 def metaschedule(m: int, n: int, k: int, budget: int) -> tuple[float | None, float, str]:
@@ -337,10 +362,17 @@ def report_workload(name: str, runs: dict[str, list[Run]], numpy_s: float | None
             print("   model-guided within a third of random's trials: n/a (the default config, every run's "
                   "first trial, is already within 5%)")
         elif "model" in medians and "random" in medians:
-            ok = 3 * medians["model"] <= medians["random"]
-            print(f"   model-guided within a third of random's trials: {'yes' if ok else 'no'} "
-                  f"({medians['model']:g} x 3 vs {'>' if medians['random'] > budget else ''}"
-                  f"{min(medians['random'], budget):g})")
+            hits, draws = random_draws(runs["random"], key, t)
+            model = f"model median {medians['model']:g}" + (" (a lower bound)" if medians["model"] > budget else "")
+            if hits:
+                need = 1 + draws / hits
+                verdict = "yes" if 3 * medians["model"] <= need else "no"
+                print(f"   random search: {hits} of its {draws} uniform draws within 5%, so it needs ~{need:.0f} "
+                      f"trials on average; {model}: within a third: {verdict}")
+            else:
+                verdict = "yes" if 3 * medians["model"] <= 1 + draws else "no"
+                print(f"   random search: none of its {draws} uniform draws within 5%, so it needs > {draws} trials "
+                      f"on average (63% confidence); {model}: within a third: {verdict}")
 
 
 def main() -> None:
@@ -358,6 +390,7 @@ def main() -> None:
     ap.add_argument("--history-budget", type=int, default=24, help="random trials per history shape (0: none)")
     ap.add_argument("--seeds", type=int, default=3, help="runs (seeds) of model-guided and random search")
     ap.add_argument("--retime-reps", type=int, default=5, help="interleaved re-measurements of the best configs")
+    ap.add_argument("--json", default=None, help="also write every run's trials and the re-timed configs here")
     args = ap.parse_args()
     overlap = set(args.history_shapes) & set(args.shapes)
     if overlap and args.history_budget:
@@ -367,6 +400,7 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t_all = time.perf_counter()
+    dump: dict[str, Any] = {}
     history = build_history(args.history_shapes, args.history_budget, args.seed) if args.history_budget else None
     for shape in args.shapes:
         m, n, k = (int(x) for x in shape.split("x"))
@@ -378,6 +412,7 @@ def main() -> None:
             ms_row = metaschedule(m, n, k, args.budget)
         report_workload(f"f32 GEMM {m}x{n}x{k} (MxNxK), budget {args.budget}", runs, numpy_seconds(m, n, k),
                         ms_row, true, args.budget)
+        dump[f"gemm {shape}"] = raw(runs, true)
     if not args.no_mlp:
         from tilefuse.ir.text import load_graph
 
@@ -388,6 +423,10 @@ def main() -> None:
         true = retime(g, [r for rs in runs.values() for r in rs], args.retime_reps)
         report_workload(f"decoder MLP {args.mlp_sizes} (sum over kernels), budget {args.mlp_budget}/kernel",
                         runs, None, None, true, args.mlp_budget)
+        dump[f"decoder mlp {args.mlp_sizes}"] = raw(runs, true)
+    if args.json:
+        with open(args.json, "w") as fp:
+            json.dump(dump, fp, indent=1)
     print(f"\ntotal wall time {time.perf_counter() - t_all:.0f} s")
 
 

@@ -4,7 +4,9 @@ Every value is a finite float. Names are grouped by prefix: ``knob_*`` (the nume
 values), ``spec_*`` (the family's own numbers from ``KernelSpec.features``), ``dev_*`` (the
 device), ``res_*`` (the static resource report of the compiled binary; -1 when absent) and
 unprefixed derived numbers (intensity, per-program work, occupancy, waves, roofline times).
-Bump FEATURE_SCHEMA whenever a name changes meaning: saved models refuse another schema.
+Bump FEATURE_SCHEMA whenever a name changes meaning: saved models refuse another schema, and
+every feature dict carries its schema as ``feature_schema`` so that records stored by an older
+tilefuse (no marker: schema 1) are left out of training and scoring instead of mixing meanings.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 FEATURE_SCHEMA = 2
+SCHEMA_FEATURE = "feature_schema"
 
 # Fields of codegen.resources.ResourceReport that become res_* features, in a fixed order.
 RESOURCE_FIELDS = ("registers", "shared_bytes", "static_shared_bytes", "dynamic_shared_bytes", "stack_bytes",
@@ -256,12 +259,21 @@ def featurize(spec: Any, config: Mapping[str, Any], device: Any,
         "roofline_time_min": max(t_compute, t_memory),
         "roofline_time": max(t_padded, t_tiled) / balance * (1.0 if blocks >= 1 else 2.0),
     })
+    out[SCHEMA_FEATURE] = float(FEATURE_SCHEMA)
     return {k: _num(v) for k, v in out.items()}
 
 
+def is_current(features: Mapping[str, Any]) -> bool:
+    """Whether a feature dict was computed under this FEATURE_SCHEMA (no marker: schema 1)."""
+    return _num(features.get(SCHEMA_FEATURE), 1.0) == FEATURE_SCHEMA
+
+
 def record_features(record: Any) -> dict[str, float]:
-    """A Record's stored features with res_* filled from its measurement's resource report."""
+    """A Record's stored features with res_* filled from its measurement's resource report; {} when
+    it has none or they were computed under another FEATURE_SCHEMA (their names may mean other things)."""
     feats = dict(getattr(record, "features", {}) or {})
+    if not feats or not is_current(feats):
+        return {}
     resources = getattr(getattr(record, "measurement", None), "resources", None)
     if resources:
         feats.update({k: v for k, v in resource_features(resources).items() if v >= 0 or k not in feats})

@@ -105,7 +105,8 @@ def evaluate(model: Any, records: Sequence[Any], groups_by: str = "workload") ->
 
     rows: list[tuple[float, float, float, float]] = []
     n_records = 0
-    for key, group in group_records(records, groups_by).items():
+    for key, all_of_group in group_records(records, groups_by).items():
+        group = [r for r in all_of_group if record_features(r)]  # none, or of another feature schema
         if len(group) < 2:
             logger.debug("skipping group %s: %d measured config", key, len(group))
             continue

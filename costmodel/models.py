@@ -138,16 +138,22 @@ class XGBRankModel:
         labels: list[float] = []
         sizes: list[int] = []
         skipped = 0
+        stale = 0
+        used: list[Any] = []
         for rs in groups.values():
-            feats = [(record_features(r), y) for r, y in rs]
-            kept = [(f, y) for f, y in feats if f]
+            feats = [(record_features(r), y, r) for r, y in rs]
+            kept = [(f, y) for f, y, _ in feats if f]
+            used += [r for f, _, r in feats if f]
             skipped += len(feats) - len(kept)
+            stale += sum(1 for f, _, r in feats if not f and r.features)
             if kept:
                 rows += [f for f, _ in kept]
                 labels += [y for _, y in kept]
                 sizes.append(len(kept))
         if skipped:
-            logger.warning("%d records have no features and were left out of training", skipped)
+            logger.warning("%d records have no features and were left out of training%s", skipped,
+                           f" ({stale} carry features of another schema, stored by an older tilefuse; re-tune "
+                           f"those workloads to refresh them)" if stale else "")
         if not rows:
             raise ModelError(f"no training data: {len(records)} records given, none verified OK with features; "
                              "tune some kernels first (`tilefuse tune`) or pass a dataset (--data FILE.jsonl)")
@@ -160,7 +166,6 @@ class XGBRankModel:
         dtrain.set_group(sizes)
         self._booster = xgb.train(self._train_params(len(rows)), dtrain, num_boost_round=self.num_boost_round)
         self.feature_names = names
-        used = [r for rs in groups.values() for r, _ in rs]
         self.trained_on = {
             "records": len(rows), "groups": len(sizes),
             "failed": labels.count(0.0),

@@ -88,7 +88,8 @@ def make_records(n_workloads: int, device: str = "devA", opt_m: int = 64, bandwi
             lat = scale * (1 + abs(bm - opt_m) / 64 + 0.3 * abs(math.log2(bn / opt_n)) + 0.1 * (warps == 8))
             lat *= 1 + 0.02 * rng.standard_normal()
             feats = {"knob_BLOCK_M": bm, "knob_BLOCK_N": bn, "knob_num_warps": warps, "spec_M": m, "spec_N": n,
-                     "spec_K": k, "dev_mem_bandwidth": bandwidth, "roofline_time": scale}
+                     "spec_K": k, "dev_mem_bandwidth": bandwidth, "roofline_time": scale,
+                     "feature_schema": FEATURE_SCHEMA}
             ok = i >= failed
             meas = Measurement(Status.OK if ok else Status.COMPILE_ERROR, (lat, lat * 1.01, lat * 0.99) if ok else (),
                                verified=ok, error="" if ok else "ptxas: out of registers")
@@ -153,6 +154,28 @@ def test_failed_records_do_not_train_unless_asked(synthetic):
     worst = XGBRankModel(failed_as_worst=True, **FAST)
     worst.fit(synthetic)
     assert worst.trained_on["failed"] == 20 * 2 and worst.trained_on["records"] == 20 * 30
+
+
+def test_features_of_another_schema_neither_train_nor_score(synthetic, caplog):
+    """Records stored by an older tilefuse (features without the schema marker, or another schema)
+    are left out of training with a warning that says why, and evaluation skips them."""
+    import dataclasses
+
+    def stale(r, marker):
+        f = {k: v for k, v in r.features.items() if k != "feature_schema"}
+        return dataclasses.replace(r, features=f if marker is None else {**f, "feature_schema": marker})
+
+    old = [stale(r, None) for r in make_records(3, seed=7)] + [stale(r, FEATURE_SCHEMA + 1.0)
+                                                             for r in make_records(2, seed=8)]
+    assert all(record_features(r) == {} for r in old)
+    m = XGBRankModel(**FAST)
+    with caplog.at_level("WARNING"):
+        m.fit(synthetic[:30 * 4] + old)  # 4 workloads of 30 records, 28 measured
+    assert m.trained_on["records"] == 4 * 28 and m.trained_on["workloads"] == 4
+    assert f"{5 * 28} carry features of another schema" in caplog.text
+    assert evaluate(m, old)["groups"] == 0.0
+    with pytest.raises(ModelError, match="no training data"):
+        XGBRankModel(**FAST).fit(old)
 
 
 def test_cross_device_with_and_without_few_shot():
@@ -382,7 +405,7 @@ def test_feature_names_and_matrix():
     assert names == ["a", "b", "c"]
     x = to_matrix(dicts, names)
     assert x.shape == (2, 3) and x[0, 0] == 2.0 and np.isnan(x[1, 0]) and x[1, 2] == 3.0
-    assert feature_names(make_records(1)[:3])[:3] == ["dev_mem_bandwidth", "knob_BLOCK_M", "knob_BLOCK_N"]
+    assert feature_names(make_records(1)[:3])[:3] == ["dev_mem_bandwidth", "feature_schema", "knob_BLOCK_M"]
 
 
 # -- import hygiene and CLI --

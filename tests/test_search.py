@@ -259,3 +259,21 @@ def test_model_search_starts_from_other_workloads_winners(dev, db):
     assert runner.calls[0] == Config(a=1, b=1, c=0)  # the default, always first
     assert OPT in runner.calls[1:5]
     assert res.best_config == OPT
+
+
+def test_model_search_ignores_history_of_another_feature_schema(dev, db):
+    """Records an older tilefuse stored (features without the schema marker) do not train the model."""
+    import dataclasses
+
+    from tilefuse.autotune.records import Status
+    from tilefuse.autotune.space import SearchSpace
+    from tilefuse.autotune.strategies import ModelStrategy
+
+    tune_kernel(FakeSpec("k0_fake"), dev, FakeRunner(latency), db, budget=12, strategy="random", seed=1)
+    recs = db.records(device_key=dev.key, status=Status.OK)
+    spec = FakeSpec("k1_fake")
+    space = SearchSpace(spec, dev.target)
+    assert len(ModelStrategy(space, spec, dev, history=recs).history) == len(recs) > 0
+    old = [dataclasses.replace(r, features={k: v for k, v in r.features.items() if k != "feature_schema"})
+           for r in recs]
+    assert ModelStrategy(space, spec, dev, history=old).history == []
