@@ -9,9 +9,10 @@ database and build cache, so none profits from another's work on the measured wo
 Trials-to-target is a random variable, and on a shared 2-core machine one config's median moves
 by 3-10% between measurements, which is the size of the 5% target. So model and random search run
 with --seeds seeds each (their median is reported), and the verdict does not rest on single noisy
-timings: every config any run measured within 15% of the best is re-timed, all of them interleaved,
---retime-reps times, and a trial reaches the target when its config's re-timed median is within 5%
-of the best re-timed median.
+timings: every config any run measured within 25% of the best (--retime-window; the lowest single
+timing is itself often a low outlier) is re-timed, all of them interleaved, --retime-reps times,
+and a trial reaches the target when its config's re-timed median is within 5% of the best
+re-timed median.
 
 A learned cost model is trained on what a device has tuned before; so first, unless --history-budget
 is 0, random search tunes a few *other* GEMM shapes (--history-shapes, none of them measured below)
@@ -23,7 +24,8 @@ strategy.
 Usage: python bench/tune_cpu.py [--budget 32] [--mlp-budget 12] [--strategies model tpe random grid]
                                 [--shapes 1024x1024x1024 1000x1000x1000 777x333x1024] [--no-metaschedule]
                                 [--history-shapes 512x512x512 ...] [--history-budget 24]
-                                [--seeds 3] [--retime-reps 5]
+                                [--seeds 3] [--retime-reps 5] [--retime-window 1.25] [--retime-cap 60]
+                                [--json RUNS.json] [--report RUNS.json]
 Shapes are MxNxK. Defaults take about 30 minutes on a 2-core machine (MetaSchedule is 12 of them).
 """
 
@@ -135,10 +137,12 @@ def trials_to_within(history: list[float | None], target: float) -> int | None:
     return None
 
 
-def raw(runs: dict[str, list[Run]], true: dict[str, dict[Any, float]]) -> dict[str, Any]:
+def raw(runs: dict[str, list[Run]], true: dict[str, dict[Any, float]], budget: int) -> dict[str, Any]:
     """JSON-able runs (per strategy and seed: each workload's configs and times in trial order) and
     the re-timed medians, from which every figure of the report can be recomputed."""
+    first = next(iter(runs.values()))[0].result
     return {
+        "budget": budget, "kernels": {r.workload_key: r.kernels[0] for r in first.rows},
         "runs": {s: [{"seed": r.seed, "elapsed": r.result.elapsed,
                       "trials": {k: [[dict(c), t] for c, t in v] for k, v in r.trials.items()}} for r in rs]
                  for s, rs in runs.items()},
@@ -159,7 +163,8 @@ def specs_by_key(graph: Any) -> dict[str, Any]:
     return out
 
 
-def retime(graph: Any, runs: list[Run], reps: int, window: float = 1.15, cap: int = 40) -> dict[str, dict[Any, float]]:
+def retime(graph: Any, runs: list[Run], reps: int, window: float = 1.25,
+           cap: int = 60) -> dict[str, dict[Any, float]]:
     """Per workload: the median of `reps` fresh, interleaved measurements of every config that some
     run measured within `window` of the best time any run measured (at most `cap`, fastest first)."""
     from tilefuse.autotune.device import device_for_target
@@ -343,36 +348,62 @@ def report_workload(name: str, runs: dict[str, list[Run]], numpy_s: float | None
         print(f"{'numpy':<14} {fmt_time(numpy_s):>11}")
     first = next(iter(runs.values()))[0]
     for row in first.result.rows:
-        key = row.workload_key
-        t = true.get(key, {})
-        if not t:
+        report_target(row.kernels[0], row.workload_key, runs, true.get(row.workload_key, {}), budget)
+
+
+def report_target(kernel: str, key: str, runs: dict[str, list[Run]], t: dict[Any, float], budget: int) -> None:
+    """Trials to within 5% of the best re-timed config, per strategy and seed, and the verdict on
+    'model-guided search needs at most a third of the trials random search needs'."""
+    from tilefuse.autotune.tune import fmt_time
+
+    if not t:
+        return
+    print(f"{kernel}: best re-timed {fmt_time(min(t.values()))} ({len(t)} configs re-timed); "
+          "trials to within 5% of it, per seed:")
+    medians = {}
+    for strat in ("model", "random", "tpe", "grid"):
+        if strat not in runs:
             continue
-        print(f"{row.kernels[0]}: best re-timed {fmt_time(min(t.values()))} ({len(t)} configs re-timed); "
-              "trials to within 5% of it, per seed:")
-        medians = {}
-        for strat in ("model", "random", "tpe", "grid"):
-            if strat not in runs:
-                continue
-            needs = [trials_to_target(run, key, t) for run in runs[strat]]
-            medians[strat] = median_trials(needs, budget)
-            shown = ", ".join(str(n) if n is not None else f">{budget}" for n in needs)
-            med = f"{medians[strat]:g}" if medians[strat] <= budget else f">{budget}"
-            print(f"   {strat:<8} {shown:<24} median {med}")
-        if medians.get("random") == 1:
-            print("   model-guided within a third of random's trials: n/a (the default config, every run's "
-                  "first trial, is already within 5%)")
-        elif "model" in medians and "random" in medians:
-            hits, draws = random_draws(runs["random"], key, t)
-            model = f"model median {medians['model']:g}" + (" (a lower bound)" if medians["model"] > budget else "")
-            if hits:
-                need = 1 + draws / hits
-                verdict = "yes" if 3 * medians["model"] <= need else "no"
-                print(f"   random search: {hits} of its {draws} uniform draws within 5%, so it needs ~{need:.0f} "
-                      f"trials on average; {model}: within a third: {verdict}")
-            else:
-                verdict = "yes" if 3 * medians["model"] <= 1 + draws else "no"
-                print(f"   random search: none of its {draws} uniform draws within 5%, so it needs > {draws} trials "
-                      f"on average (63% confidence); {model}: within a third: {verdict}")
+        needs = [trials_to_target(run, key, t) for run in runs[strat]]
+        medians[strat] = median_trials(needs, budget)
+        shown = ", ".join(str(n) if n is not None else f">{budget}" for n in needs)
+        med = f"{medians[strat]:g}" if medians[strat] <= budget else f">{budget}"
+        print(f"   {strat:<8} {shown:<24} median {med}")
+    if medians.get("random") == 1:
+        print("   model-guided within a third of random's trials: n/a (the default config, every run's "
+              "first trial, is already within 5%)")
+        return
+    if "model" not in medians or "random" not in medians:
+        return
+    hits, draws = random_draws(runs["random"], key, t)
+    if hits:
+        need = 1 + draws / hits
+        about = f"{hits} of its {draws} uniform draws within 5%, so it needs ~{need:.0f}"
+    else:
+        need, about = 1 + draws, f"none of its {draws} uniform draws within 5%, so it needs > {draws}"
+    if medians["model"] > budget:
+        verdict = f"no (the median model run did not get there in {budget} trials)"
+    else:
+        verdict = f"{'yes' if 3 * medians['model'] <= need else 'no'} (model median {medians['model']:g})"
+    conf = "" if hits else " (63% confidence)"
+    print(f"   random search: {about} trials on average{conf}; model-guided within a third of that: {verdict}")
+
+
+def rereport(path: str) -> None:
+    """The trials-to-target part of the report again, from a --json file."""
+    from tilefuse.autotune.config import Config
+
+    with open(path) as fp:
+        dump = json.load(fp)
+    for name, d in dump.items():
+        budget = d.get("budget")
+        runs = {s: [Run(s, r["seed"], None, {k: [(Config(c), t) for c, t in v] for k, v in r["trials"].items()})
+                    for r in rs] for s, rs in d["runs"].items()}
+        print(f"\n== {name}")
+        for i, (key, rows) in enumerate(d["retimed"].items()):
+            n = budget or max(len(v) for rs in runs.values() for r in rs for v in r.trials.values())
+            report_target(d.get("kernels", {}).get(key, f"kernel {i}"), key, runs,
+                          {Config(c): t for c, t in rows}, n)
 
 
 def main() -> None:
@@ -390,8 +421,15 @@ def main() -> None:
     ap.add_argument("--history-budget", type=int, default=24, help="random trials per history shape (0: none)")
     ap.add_argument("--seeds", type=int, default=3, help="runs (seeds) of model-guided and random search")
     ap.add_argument("--retime-reps", type=int, default=5, help="interleaved re-measurements of the best configs")
+    ap.add_argument("--retime-window", type=float, default=1.25,
+                    help="re-time every config measured within this factor of the best measured time")
+    ap.add_argument("--retime-cap", type=int, default=60, help="re-time at most this many configs per workload")
     ap.add_argument("--json", default=None, help="also write every run's trials and the re-timed configs here")
+    ap.add_argument("--report", metavar="JSON", help="only print the trials-to-target verdicts of a --json file")
     args = ap.parse_args()
+    if args.report:
+        rereport(args.report)
+        return
     overlap = set(args.history_shapes) & set(args.shapes)
     if overlap and args.history_budget:
         ap.error(f"history shapes {sorted(overlap)} are also measured shapes; the history must be other workloads")
@@ -406,13 +444,14 @@ def main() -> None:
         m, n, k = (int(x) for x in shape.split("x"))
         g = gemm_graph(m, n, k)
         runs = tune_all(g, args.strategies, args.budget, args.seed, args.seeds, history)
-        true = retime(g, [r for rs in runs.values() for r in rs], args.retime_reps)
+        true = retime(g, [r for rs in runs.values() for r in rs], args.retime_reps, args.retime_window,
+                      args.retime_cap)
         ms_row = None
         if not args.no_metaschedule:
             ms_row = metaschedule(m, n, k, args.budget)
         report_workload(f"f32 GEMM {m}x{n}x{k} (MxNxK), budget {args.budget}", runs, numpy_seconds(m, n, k),
                         ms_row, true, args.budget)
-        dump[f"gemm {shape}"] = raw(runs, true)
+        dump[f"gemm {shape}"] = raw(runs, true, args.budget)
     if not args.no_mlp:
         from tilefuse.ir.text import load_graph
 
@@ -420,10 +459,11 @@ def main() -> None:
         path = os.path.join(os.path.dirname(__file__), "..", "examples", "decoder_mlp.tf")
         g = load_graph(path, sizes)
         runs = tune_all(g, args.strategies, args.mlp_budget, args.seed, args.seeds, history)
-        true = retime(g, [r for rs in runs.values() for r in rs], args.retime_reps)
+        true = retime(g, [r for rs in runs.values() for r in rs], args.retime_reps, args.retime_window,
+                      args.retime_cap)
         report_workload(f"decoder MLP {args.mlp_sizes} (sum over kernels), budget {args.mlp_budget}/kernel",
                         runs, None, None, true, args.mlp_budget)
-        dump[f"decoder mlp {args.mlp_sizes}"] = raw(runs, true)
+        dump[f"decoder mlp {args.mlp_sizes}"] = raw(runs, true, args.mlp_budget)
     if args.json:
         with open(args.json, "w") as fp:
             json.dump(dump, fp, indent=1)
