@@ -110,14 +110,27 @@ def make_runner(device: Any) -> Any:
     return GpuRunner()
 
 
+def workload_groups(graph: Any, backend: str) -> dict[str, list[Any]]:
+    """The graph's kernel specs for `backend`, grouped by workload key (kernels with one key are
+    tuned once), in kernel order."""
+    from ..compiler import _as_graph
+    from ..kernels import spec_for
+    from ..passes import run_pipeline
+
+    kg = run_pipeline(_as_graph(graph)).kernels
+    groups: dict[str, list[Any]] = {}
+    for kernel in kg.kernels:
+        spec = spec_for(kg, kernel, backend)
+        groups.setdefault(spec.key, []).append(spec)
+    return groups
+
+
 def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: Any, time_limit: float | None = None,
                report_dir: str | Path | None = None, progress: Callable[[ProgressEvent], None] | None = None,
                runner: Any = None, device: Any = None, patience: int | None = None, seed: int = 0) -> GraphTuneResult:
     """Tune every kernel of `graph` on `target_name`'s device with `budget` trials per kernel."""
     from ..autotune.target import get_target
     from ..compiler import _as_graph
-    from ..kernels import spec_for
-    from ..passes import run_pipeline
     from .device import device_for_target
 
     t0 = time.monotonic()
@@ -129,11 +142,7 @@ def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: 
     dev = device if device is not None else device_for_target(target_name)
     own_runner = runner is None
     run = make_runner(dev) if own_runner else runner
-    kg = run_pipeline(g).kernels
-    groups: dict[str, list[Any]] = {}
-    for kernel in kg.kernels:
-        spec = spec_for(kg, kernel, tgt.backend)
-        groups.setdefault(spec.key, []).append(spec)
+    groups = workload_groups(g, tgt.backend)
     rows: list[KernelTuneRow] = []
     # TPE tuners sharing a server database (PostgreSQL) share one Optuna study per kernel and device.
     storage = db.url if strategy == "tpe" and getattr(db, "is_server", False) else None

@@ -130,13 +130,6 @@ def build_history(shapes: list[str], budget: int, seed: int) -> str:
     return path
 
 
-def trials_to_within(history: list[float | None], target: float) -> int | None:
-    for i, h in enumerate(history):
-        if h is not None and h <= target:
-            return i + 1
-    return None
-
-
 def raw(runs: dict[str, list[Run]], true: dict[str, dict[Any, float]], budget: int) -> dict[str, Any]:
     """JSON-able runs (per strategy and seed: each workload's configs and times in trial order) and
     the re-timed medians, from which every figure of the report can be recomputed."""
@@ -150,33 +143,20 @@ def raw(runs: dict[str, list[Run]], true: dict[str, dict[Any, float]], budget: i
     }
 
 
-def specs_by_key(graph: Any) -> dict[str, Any]:
-    """The graph's CPU kernel specs by workload key (kernels with one key share a spec)."""
-    from tilefuse.kernels import spec_for
-    from tilefuse.passes import run_pipeline
-
-    kg = run_pipeline(graph).kernels
-    out: dict[str, Any] = {}
-    for kernel in kg.kernels:
-        spec = spec_for(kg, kernel, "tvm")
-        out.setdefault(spec.key, spec)
-    return out
-
-
 def retime(graph: Any, runs: list[Run], reps: int, window: float = 1.25,
            cap: int = 60) -> dict[str, dict[Any, float]]:
     """Per workload: the median of `reps` fresh, interleaved measurements of every config that some
     run measured within `window` of the best time any run measured (at most `cap`, fastest first)."""
     from tilefuse.autotune.device import device_for_target
     from tilefuse.autotune.runners import close, prebuild
-    from tilefuse.autotune.tune import make_runner
+    from tilefuse.autotune.tune import make_runner, workload_groups
 
     os.environ["TILEFUSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="retime-", dir=ROOT)
     dev = device_for_target("cpu")
     runner = make_runner(dev)
     out: dict[str, dict[Any, float]] = {}
     try:
-        for key, spec in specs_by_key(graph).items():
+        for key, (spec, *_) in workload_groups(graph, "tvm").items():
             seen: dict[Any, float] = {}
             for run in runs:
                 for c, t in run.trials.get(key, []):

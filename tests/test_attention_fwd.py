@@ -235,14 +235,19 @@ def test_report_key_and_constraints():
 @pytest.mark.parametrize("d", [64, 128, 256])
 def test_aot_default_config_no_spills(arch, d):
     s = 2048
-    g = graph("f16", 1, 32, 32, s, s, d, mask=lambda: causal(s, s))
+    assert_default_builds_clean(graph("f16", 1, 32, 32, s, s, d, mask=lambda: causal(s, s)), arch, f"hdim {d}")
+
+
+def assert_default_builds_clean(g, arch: str, what: str) -> None:
+    """Every binary of the graph's first kernel at its default config builds for `arch` without
+    spills and uses the tensor cores (HGMMA on sm_90, HMMA before)."""
     ck = tf.compile(g, target=arch).kernels[0]
     for b in ck.binaries[arch].values():
         r = b.resources
         assert b.cubin and r.registers > 0
-        assert not r.spills, f"hdim {d} spills on {arch}: {r}"
+        assert not r.spills, f"{what} spills on {arch}: {r}"
         if arch == "sm_90":
-            assert r.hgmma > 0, f"hdim {d} sm_90 build has no HGMMA"
+            assert r.hgmma > 0, f"{what} sm_90 build has no HGMMA"
         else:
             assert r.hmma > 0
 

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 import pytest
-from test_attention_fwd import TORCH_DT, block_cfg, check, graph, inputs
+from test_attention_fwd import TORCH_DT, assert_default_builds_clean, block_cfg, check, graph, inputs
 from test_ir_attention import naive
 
 import tilefuse as tf
@@ -329,12 +329,4 @@ def test_aot_default_config_no_spills(arch, d):
     s = 2048
     pm = softmax_threshold(0.01)
     g = graph("f16", 1, 32, 32, s, s, d, mask=lambda: causal(s, s), post_mod=pm)
-    ck = tf.compile(g, target=arch).kernels[0]
-    for b in ck.binaries[arch].values():
-        r = b.resources
-        assert b.cubin and r.registers > 0
-        assert not r.spills, f"hdim {d} post_mod kernel spills on {arch}: {r}"
-        if arch == "sm_90":
-            assert r.hgmma > 0, f"hdim {d} sm_90 post_mod build has no HGMMA"
-        else:
-            assert r.hmma > 0
+    assert_default_builds_clean(g, arch, f"hdim {d} post_mod kernel")
