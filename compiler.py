@@ -175,13 +175,17 @@ def _legal_candidates(spec: KernelSpec, target: Target, n: int) -> list[Config]:
     return sorted(out[:n], key=lambda c: c.to_json())
 
 
-def _best_legal(spec: KernelSpec, target: Target, records: list[Any]) -> Any:
-    """The fastest verified record whose config is still legal (knob spaces change over time)."""
-    timed = sorted((r for r in records if r.measurement.median is not None), key=lambda r: r.measurement.median)
-    for rec in timed:
+def _best_legal(spec: KernelSpec, target: Target, records: list[Any]) -> tuple[Any, float] | None:
+    """The fastest verified record whose config is still legal (knob spaces change over time), and its
+    time (records.corrected_seconds: drift-corrected where the runner paired it with the reference)."""
+    from .autotune.records import corrected_seconds
+
+    seconds = corrected_seconds(records)
+    timed = sorted((seconds[r.key], r.key, r) for r in records if r.key in seconds)
+    for t, _, rec in timed:
         problems = spec.check_problems(Config(rec.config), target)
         if not problems:
-            return rec
+            return rec, t
         log.warning("%s: stored config %s is no longer legal (%s); skipping it", spec.name,
                     Config(rec.config).to_json(), "; ".join(problems))
     return None
@@ -197,10 +201,11 @@ def choose_config(spec: KernelSpec, target: Target, configs: Mapping[str, Config
     if src.db is not None and src.device is not None:
         for how, kw in (("database: this device", {"device_key": src.device.key}),
                         ("database: same arch", {"arch": src.device.arch})):
-            rec = _best_legal(spec, target, src.db.records(workload_key=spec.key, status="ok", **kw))
-            if rec is not None:
+            hit = _best_legal(spec, target, src.db.records(workload_key=spec.key, status="ok", **kw))
+            if hit is not None:
+                rec, seconds = hit
                 name = rec.device.get("name", "?")
-                return Config(rec.config), f"{how} ({name}, {rec.measurement.median * 1e6:.1f} us)"
+                return Config(rec.config), f"{how} ({name}, {seconds * 1e6:.1f} us)"
     if src.model is not None and src.device is not None:
         from .costmodel.features import featurize
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .config import Config, canonical_json
 from .db_schema import MIGRATIONS, SCHEMA_VERSION, DatabaseError, devices_t, open_schema, records_t, workloads_t
-from .records import Measurement, Record, Status
+from .records import Measurement, Record, Status, corrected_seconds
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "TuningDB", "iter_jsonl"]
 
@@ -215,11 +215,15 @@ class TuningDB:
         return [_row_record(row) for row in self._query(stmt.order_by(c.created, c.key))]
 
     def _best(self, *conds: Any) -> Record | None:
+        """The fastest verified OK record matching `conds`, by `corrected_seconds` (per device: paired
+        records rank by their time relative to the reference kernel, which machine drift does not move)."""
         c = records_t.c
         stmt = (self._select().where(*conds, c.status == Status.OK.value, c.verified.is_(True), c.median.is_not(None))
-                .order_by(c.median, c.key).limit(1))
-        rows = self._query(stmt)
-        return _row_record(rows[0]) if rows else None
+                .order_by(c.created, c.key))
+        recs = [_row_record(row) for row in self._query(stmt)]
+        seconds = corrected_seconds(recs)
+        timed = [(seconds[r.key], r.key, r) for r in recs if r.key in seconds]
+        return min(timed)[2] if timed else None
 
     def best(self, workload_key: str, device_key: str) -> Record | None:
         """The fastest verified OK record of this workload on this device."""
@@ -335,12 +339,14 @@ def _record_row(rec: Record) -> dict[str, Any]:
             "samples": canonical_json(list(m.samples)), "median": m.median, "verified": bool(m.verified),
             "max_error": m.max_error, "error": m.error, "compile_seconds": float(m.compile_seconds),
             "resources": canonical_json(m.resources), "toolchain": canonical_json(rec.toolchain),
-            "features": canonical_json(rec.features), "created": float(rec.created)}
+            "features": canonical_json(rec.features), "created": float(rec.created),
+            "reference": canonical_json(list(m.reference))}
 
 
 def _row_record(row: Any) -> Record:
     m = Measurement(Status(row.status), tuple(json.loads(row.samples)), bool(row.verified), row.max_error,
-                    row.error or "", float(row.compile_seconds), json.loads(row.resources))
+                    row.error or "", float(row.compile_seconds), json.loads(row.resources),
+                    tuple(json.loads(row.reference or "[]")))
     return Record(row.workload_key, row.family, json.loads(row.description), row.device_key,
                   json.loads(row.fingerprint), Config.from_json(row.config), m, json.loads(row.toolchain),
                   json.loads(row.features), float(row.created))

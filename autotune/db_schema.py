@@ -1,17 +1,20 @@
 """The tuning database's layout and its versions: tables, migrations, and the check that opens one.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta(app, schema_version)                       one row; app = "tilefuse-tuning"
     workloads(key PK, family, description)          description = KernelSpec.describe() as JSON
     devices(key PK, arch, fingerprint)              key = Device.key, fingerprint as JSON
     records(key PK = Record.key, workload_key FK, device_key FK, config_key, config, status,
             samples, median, verified, max_error, error, compile_seconds, resources, toolchain,
-            features, created)                      index (workload_key, device_key, config_key)
+            features, created, reference)           index (workload_key, device_key, config_key)
 
-Version 0 (the first layout) had no ``records.features`` and no ``devices.arch`` column; it is
-upgraded in place by ``MIGRATIONS[0]``. A database with other applications' tables and no ``meta``
-table, or with a newer schema, raises DatabaseError. The SQL is portable (SQLite and PostgreSQL).
+``median`` is the median of ``samples`` (raw seconds); ``reference`` holds the reference kernel's
+timings interleaved with them (Measurement.reference), '[]' where the runner did not pair.
+Version 0 (the first layout) had no ``records.features`` and no ``devices.arch`` column; version 1
+had no ``records.reference``. Both are upgraded in place by ``MIGRATIONS``. A database with other
+applications' tables and no ``meta`` table, or with a newer schema, raises DatabaseError. The SQL is
+portable (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ __all__ = ["APP", "COEXISTING_TABLES", "MIGRATIONS", "SCHEMA_VERSION", "Database
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APP = "tilefuse-tuning"
 # Optuna's RDB storage may share the database (one URL for a whole sweep); its tables are not foreign.
 COEXISTING_TABLES = frozenset({
@@ -69,6 +72,7 @@ records_t = sa.Table(
     sa.Column("toolchain", sa.Text, nullable=False),
     sa.Column("features", sa.Text, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
+    sa.Column("reference", sa.Text, nullable=False, server_default="[]"),
     sa.Index("ix_records_workload_device", "workload_key", "device_key", "config_key"),
 )
 
@@ -86,8 +90,13 @@ def _migrate_v0_to_v1(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_devices_arch ON devices (arch)"))
 
 
+def _migrate_v1_to_v2(conn: Connection) -> None:
+    """v1 -> v2: records gain `reference` (older records are unpaired: '[]')."""
+    conn.execute(sa.text("ALTER TABLE records ADD COLUMN reference TEXT NOT NULL DEFAULT '[]'"))
+
+
 # MIGRATIONS[v] upgrades a database at schema v to v + 1 inside the opening transaction.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {0: _migrate_v0_to_v1}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2}
 
 
 def open_schema(conn: Connection, where: str) -> None:

@@ -7,7 +7,11 @@ builds the family's DEFAULT config and checks it against that reference with the
 tolerance. Every candidate is then compared with the verified default kernel's outputs on the
 same inputs (bound: twice the reference tolerance, since both carry rounding error); should the
 default itself fail, candidates are compared with the reference directly. Outputs are poisoned
-(NaN / 0x5A..) before every run, so an element a candidate fails to write cannot pass."""
+(NaN / 0x5A..) before every run, so an element a candidate fails to write cannot pass.
+
+Timing protocol (`time_paired`): warm-up, then samples after a cache flush each; a paired runner
+(the CPU runner by default) times the verified default kernel right before every sample of the
+candidate, and records rank by the per-pair ratio (records.Measurement.relative)."""
 
 from __future__ import annotations
 
@@ -153,20 +157,42 @@ def time_runs(run: Callable[[], None], before_sample: Callable[[], None], *, sam
     """The common protocol: `warmup` runs, then `samples` samples, each preceded by `before_sample`
     (poison outputs, flush caches; not timed) and each the mean of enough back-to-back runs to last
     `min_sample_seconds` (1 run for kernels longer than that)."""
-    t_one = math.inf
-    for _ in range(max(1, warmup)):
-        t0 = clock()
-        run()
-        t_one = min(t_one, clock() - t0)
-    number = max(1, min(1000, math.ceil(min_sample_seconds / max(t_one, 1e-9))))
-    out = []
-    for _ in range(samples):
+    return time_paired(run, None, before_sample, samples=samples, warmup=warmup,
+                       min_sample_seconds=min_sample_seconds, clock=clock)[0]
+
+
+def time_paired(run: Callable[[], None], reference: Callable[[], None] | None, before_sample: Callable[[], None], *,
+                samples: int, warmup: int, min_sample_seconds: float,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float]]:
+    """`time_runs` with the reference kernel timed interleaved ("duet" timing): sample i of the
+    reference is taken just before sample i of `run`, both after `before_sample`, so a slow phase of
+    a shared machine (other tenants, frequency changes: they last longer than a sample pair) slows
+    both alike and the per-pair ratio cancels it. Returns (samples, reference samples); the second
+    is empty without a reference."""
+    def calibrate(fn: Callable[[], None]) -> int:
+        t_one = math.inf
+        for _ in range(max(1, warmup)):
+            t0 = clock()
+            fn()
+            t_one = min(t_one, clock() - t0)
+        return max(1, min(1000, math.ceil(min_sample_seconds / max(t_one, 1e-9))))
+
+    def sample(fn: Callable[[], None], number: int) -> float:
         before_sample()
         t0 = clock()
         for _ in range(number):
-            run()
-        out.append((clock() - t0) / number)
-    return out
+            fn()
+        return (clock() - t0) / number
+
+    n_run = calibrate(run)
+    n_ref = calibrate(reference) if reference is not None else 0
+    out: list[float] = []
+    ref: list[float] = []
+    for _ in range(samples):
+        if reference is not None:
+            ref.append(sample(reference, n_ref))
+        out.append(sample(run, n_run))
+    return out, ref
 
 
 class CacheFlusher:

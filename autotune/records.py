@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class Measurement:
     error: str = ""  # compiler/runtime message for failed candidates
     compile_seconds: float = 0.0
     resources: dict[str, Any] = field(default_factory=dict)  # static report of the binary (GPU)
+    # The workload's reference kernel (its family default), timed interleaved with the candidate:
+    # reference[i] was taken just before samples[i]; empty for runners that do not pair (GPU, fake).
+    reference: tuple[float, ...] = ()
 
     @property
     def median(self) -> float | None:
@@ -45,12 +49,49 @@ class Measurement:
         return float(statistics.median(self.samples))
 
     @property
+    def relative(self) -> float | None:
+        """Median of samples[i] / reference[i]: the time as a multiple of the reference kernel's, timed
+        in the same moments, so a slow phase of a shared machine cancels out; None without a full
+        reference or unless the run succeeded and was verified."""
+        if self.median is None or len(self.reference) != len(self.samples) or min(self.reference) <= 0:
+            return None
+        return float(statistics.median(s / r for s, r in zip(self.samples, self.reference)))
+
+    @property
     def spread(self) -> float | None:
         """(max - min) / median of the samples."""
         m = self.median
         if m is None or m == 0:
             return None
         return (max(self.samples) - min(self.samples)) / m
+
+
+def comparable_seconds(measurements: Sequence[Measurement]) -> list[float | None]:
+    """Times (seconds) that can be ranked against each other, for measurements of ONE workload on ONE
+    device: a paired measurement counts as its `relative` times the median of every reference sample
+    of the group (the reference kernel's typical time), an unpaired one as its own median; None for
+    failures. Ranking the paired ones this way is ranking their `relative`s, which drift on a shared
+    machine does not move (one median moves 15-20% there from one second to the next)."""
+    pool = [t for m in measurements if m.relative is not None for t in m.reference]
+    ref = float(statistics.median(pool)) if pool else 0.0
+    out: list[float | None] = []
+    for m in measurements:
+        rel = m.relative
+        out.append(rel * ref if rel is not None and ref > 0 else m.median)
+    return out
+
+
+def corrected_seconds(records: Iterable[Record]) -> dict[str, float]:
+    """Record.key -> `comparable_seconds` for every timed record, each (workload, device) its own group."""
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r.workload_key, r.device_key), []).append(r)
+    out: dict[str, float] = {}
+    for rs in groups.values():
+        for r, t in zip(rs, comparable_seconds([r.measurement for r in rs])):
+            if t is not None:
+                out[r.key] = t
+    return out
 
 
 @dataclass(frozen=True)
@@ -83,7 +124,8 @@ class Record:
             "workload": self.workload, "device_key": self.device_key, "device": self.device,
             "config": dict(self.config), "status": m.status.value, "samples": list(m.samples),
             "verified": m.verified, "max_error": m.max_error, "error": m.error,
-            "compile_seconds": m.compile_seconds, "resources": m.resources, "toolchain": self.toolchain,
+            "compile_seconds": m.compile_seconds, "resources": m.resources, "reference": list(m.reference),
+            "toolchain": self.toolchain,
             "features": self.features, "created": self.created,
         })
 
@@ -100,7 +142,8 @@ class Record:
             raise ValueError(f"tuning record schema {d.get('schema')!r} is not {RECORD_SCHEMA}")
         try:
             m = Measurement(Status(d["status"]), tuple(d["samples"]), bool(d["verified"]), d.get("max_error"),
-                            d.get("error", ""), float(d.get("compile_seconds", 0.0)), d.get("resources") or {})
+                            d.get("error", ""), float(d.get("compile_seconds", 0.0)), d.get("resources") or {},
+                            tuple(float(t) for t in d.get("reference") or ()))
             return Record(d["workload_key"], d["family"], d["workload"], d["device_key"], d["device"],
                           Config(d["config"]), m, d["toolchain"], d.get("features") or {},
                           float(d.get("created", 0.0)))

@@ -16,7 +16,7 @@ import numpy as np
 from .config import Config
 from ..codegen.executors import poison_value
 from ..ir.dtypes import storage_numpy
-from .measure import CacheFlusher, Expected, expected_outputs, kernel_inputs, resolve, time_runs
+from .measure import CacheFlusher, Expected, expected_outputs, kernel_inputs, resolve, time_paired
 from .records import Measurement, Status
 from .target import get_target
 
@@ -34,6 +34,7 @@ class _CpuState:
     poison: list[np.ndarray]
     expected: Expected
     flush: CacheFlusher
+    reference: Callable[[], None] | None  # the default kernel on its own output buffers (timing pair)
 
 
 def _cpu_state(spec: Any, req: dict[str, Any]) -> _CpuState:
@@ -45,6 +46,7 @@ def _cpu_state(spec: Any, req: dict[str, Any]) -> _CpuState:
 
         inputs = kernel_inputs(spec, int(req["seed"]))
         poison = [np.full(b.shape, poison_value(b.dtype), dtype=storage_numpy(b.dtype)) for b in spec.outputs]
+        ref: dict[str, Any] = {}
 
         def run_default() -> list[np.ndarray]:
             kern = tvm_runtime.build(spec, spec.default_config(get_target(req["arch"])), default_cache())
@@ -52,9 +54,12 @@ def _cpu_state(spec: Any, req: dict[str, Any]) -> _CpuState:
             for a, p in zip(args[len(inputs):], poison):
                 a.copyfrom(p.reshape(a.shape))
             kern.func(*args)
+            ref["run"] = lambda: kern.func(*args)
             return [a.numpy() for a in args[len(inputs):]]
 
-        st = _CpuState(inputs, poison, expected_outputs(spec, inputs, run_default), CacheFlusher(req["flush_bytes"]))
+        expected = expected_outputs(spec, inputs, run_default)
+        st = _CpuState(inputs, poison, expected, CacheFlusher(req["flush_bytes"]),
+                       ref.get("run") if req.get("paired", False) else None)
         _STATE[key] = st
     return st
 
@@ -103,15 +108,16 @@ def cpu_measure(req: dict[str, Any]) -> Measurement:
             poison()
             st.flush()
 
-        samples = time_runs(run, before, samples=int(req["samples"]), warmup=int(req["warmup"]),
-                            min_sample_seconds=float(req["min_sample_seconds"]))
+        samples, reference = time_paired(run, st.reference, before, samples=int(req["samples"]),
+                                         warmup=int(req["warmup"]), min_sample_seconds=float(req["min_sample_seconds"]))
         ok, err2 = st.expected.check(read())  # the last timed run must be right too
     except Exception as exc:  # noqa: BLE001 - a failing kernel is this candidate's runtime error
         return Measurement(Status.RUNTIME_ERROR, error=_msg(exc), compile_seconds=compile_s)
     if not ok:
         return Measurement(Status.WRONG_RESULT, tuple(samples), max_error=err2, compile_seconds=compile_s,
                            error="the last timed run differs from the expected outputs")
-    return Measurement(Status.OK, tuple(samples), verified=True, max_error=max(err, err2), compile_seconds=compile_s)
+    return Measurement(Status.OK, tuple(samples), verified=True, max_error=max(err, err2), compile_seconds=compile_s,
+                       reference=tuple(reference))
 
 
 def cpu_prebuild(req: dict[str, Any]) -> str:

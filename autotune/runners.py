@@ -93,6 +93,8 @@ class FakeRequest:
     noise: float
     hang_seconds: float
     isolated: bool
+    scale: float = 1.0  # the machine's slowdown while this candidate is measured (FakeRunner's drift)
+    reference: float | None = None  # seconds of the paired reference kernel, None: unpaired
 
 
 def fake_measure(req: FakeRequest) -> Measurement:
@@ -112,21 +114,25 @@ def fake_measure(req: FakeRequest) -> Measurement:
         return Measurement(Status.TIMEOUT, error="fake hang")
     t = float(req.time_fn(c))
     rng = random.Random(c.key)
-    samples = tuple(t * (1.0 + req.noise * rng.uniform(-1.0, 1.0)) for _ in range(req.samples))
+    samples = tuple(req.scale * t * (1.0 + req.noise * rng.uniform(-1.0, 1.0)) for _ in range(req.samples))
     if req.wrong(c):
         return Measurement(Status.WRONG_RESULT, samples, verified=False, max_error=1.0, error="fake wrong result")
-    return Measurement(Status.OK, samples, verified=True, max_error=0.0)
+    ref = tuple(req.scale * req.reference for _ in samples) if req.reference is not None else ()
+    return Measurement(Status.OK, samples, verified=True, max_error=0.0, reference=ref)
 
 
 class FakeRunner:
     """Fake timings from `time_fn(config) -> seconds`; `fail`, `error` (raises), `crash` (os._exit),
     `hang` (sleeps past the timeout) and `wrong` (fast but wrong) select misbehaving configs.
     With `isolate=True` each candidate runs in a worker subprocess with `timeout` seconds, exactly as
-    the real runners do; in-process, crashes and hangs are reported without happening."""
+    the real runners do; in-process, crashes and hangs are reported without happening.
+    `drift(i)` scales every time of the i-th measurement (a shared machine's slow phases); with
+    `reference` seconds, measurements are paired with a reference kernel that drifts alike."""
 
     def __init__(self, time_fn: Callable[[Config], float], *, fail: Any = None, error: Any = None, crash: Any = None,
                  hang: Any = None, wrong: Any = None, samples: int = 3, noise: float = 0.0, isolate: bool = False,
-                 timeout: float = 10.0, hang_seconds: float = 600.0):
+                 timeout: float = 10.0, hang_seconds: float = 600.0, drift: Callable[[int], float] | None = None,
+                 reference: float | None = None):
         self.time_fn = time_fn
         self.matchers = {k: Matcher.of(v) for k, v in
                          (("fail", fail), ("error", error), ("crash", crash), ("hang", hang), ("wrong", wrong))}
@@ -135,14 +141,17 @@ class FakeRunner:
         self.isolate = isolate
         self.timeout = timeout
         self.hang_seconds = hang_seconds
+        self.drift = drift
+        self.reference = reference
         self.calls: list[Config] = []
         self.worker = Worker(name="tilefuse-fake-worker") if isolate else None
 
     def measure(self, spec: Any, config: Config, device: Any) -> Measurement:
         self.calls.append(config)
         m = self.matchers
+        scale = float(self.drift(len(self.calls) - 1)) if self.drift is not None else 1.0
         req = FakeRequest(self.time_fn, config, m["fail"], m["error"], m["crash"], m["hang"], m["wrong"], self.samples,
-                          self.noise, self.hang_seconds, self.isolate)
+                          self.noise, self.hang_seconds, self.isolate, scale, self.reference)
         if self.worker is None:
             try:
                 return fake_measure(req)
@@ -161,10 +170,12 @@ class IsolatedRunner:
 
     backend = ""
     worker_env: dict[str, str] = {}
+    pairs_by_default = False
 
     def __init__(self, *, timeout: float = 120.0, samples: int = 5, warmup: int = 2, min_sample_seconds: float = 2e-3,
                  seed: int = 0, jobs: int | None = None, build_timeout: float = 600.0,
-                 worker_fn: Callable[[Any], Measurement] | None = None, output_hook: Any = None):
+                 worker_fn: Callable[[Any], Measurement] | None = None, output_hook: Any = None,
+                 paired: bool | None = None):
         from ..settings import get_settings
 
         self.timeout = timeout
@@ -176,6 +187,8 @@ class IsolatedRunner:
         self.build_timeout = build_timeout
         self.worker_fn = worker_fn or self.default_worker_fn()
         self.output_hook = output_hook  # module-level fn(config, outputs) run in the worker (tests)
+        # time the family default interleaved with every candidate (Measurement.reference)
+        self.paired = self.pairs_by_default if paired is None else bool(paired)
         self.worker = Worker(self.worker_env, name=f"tilefuse-{self.backend}-measure")
         self._pool: WorkerPool | None = None
         self._build_errors: dict[tuple[str, Config], str] = {}
@@ -196,6 +209,7 @@ class IsolatedRunner:
         return {"spec": SpecRef.of(spec, self.backend), "config": config.to_json(), "seed": self.seed,
                 "arch": str(getattr(device, "arch", "cpu")),
                 "samples": self.samples, "warmup": self.warmup, "min_sample_seconds": self.min_sample_seconds,
+                "paired": self.paired,
                 "flush_bytes": min(FLUSH_CAP_BYTES, 2 * int(getattr(device, "l2_bytes", 0) or 0)),
                 "hook": self.output_hook}
 
@@ -234,9 +248,15 @@ class IsolatedRunner:
 
 
 class CpuRunner(IsolatedRunner):
-    """TVM/LLVM kernels on the host CPU (see measure.py for the verification and timing protocol)."""
+    """TVM/LLVM kernels on the host CPU (see measure.py for the verification and timing protocol).
+
+    Paired by default: each sample of a candidate follows one of the family default's, so records
+    rank by a ratio that machine drift does not move (on a shared 2-vCPU VM one config's median
+    moves 15-20% between measurements; the paired ratio ~4%). It doubles the timing (not the
+    compile) time of a candidate; paired=False turns it off."""
 
     backend = "tvm"
+    pairs_by_default = True
 
     def default_worker_fn(self) -> Callable[[Any], Measurement]:
         from .runner_workers import cpu_measure
@@ -257,6 +277,9 @@ class GpuRunner(IsolatedRunner):
     worker_env = {"TRITON_INTERPRET": "0"}
 
     def __init__(self, **kw: Any):
+        if kw.get("paired"):
+            raise ValueError("GpuRunner does not pair measurements with the reference kernel (CUDA-event timings "
+                             "of a dedicated GPU drift far less than a shared CPU's); use paired=False")
         kw.setdefault("min_sample_seconds", 0.0)
         kw.setdefault("samples", 10)
         super().__init__(**kw)

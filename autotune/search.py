@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
-from .records import Measurement, Record, Status
+from .records import Measurement, Record, Status, comparable_seconds
 from .runners import prebuild
 from .space import SearchSpace
 from .strategies import STRATEGIES, Strategy, make_strategy
@@ -120,7 +120,8 @@ def tune_kernel(spec: KernelSpec, device: Any, runner: Any, db: TuningDB, *, bud
     queue: list[Config] = [default] if default is not None and default not in measured else []
     roof = roofline_seconds(spec, device)
     res = TuneResult(None, None, [], [], default, None, previous)
-    best = _best(measured)
+    earlier = set(measured)
+    best = _best(_times(measured))
     since_best = 0
     n_batch = batch or BATCH[strategy]
     while len(res.trials) < budget:
@@ -148,13 +149,11 @@ def tune_kernel(spec: KernelSpec, device: Any, runner: Any, db: TuningDB, *, bud
         strat.observe(rec)
         res.trials.append((config, m))
         res.statuses[m.status.value] = res.statuses.get(m.status.value, 0) + 1
-        t = m.median
-        if t is not None and (best is None or t < best[1] * (1.0 - IMPROVEMENT)):
-            since_best = 0
-        else:
-            since_best += 1
-        if t is not None and (best is None or t < best[1]):
-            best = (config, t)
+        times = _times(measured)
+        t = times.get(config)
+        prior = _best({c: v for c, v in times.items() if c != config})
+        since_best = 0 if t is not None and (prior is None or t < prior[1] * (1.0 - IMPROVEMENT)) else since_best + 1
+        best = _best(times)
         res.history.append(best[1] if best else None)
         if progress is not None:
             elapsed = time.monotonic() - t0
@@ -164,10 +163,19 @@ def tune_kernel(spec: KernelSpec, device: Any, runner: Any, db: TuningDB, *, bud
                 eta = min(eta, max(0.0, time_limit - elapsed))
             progress(ProgressEvent(spec.name, spec.family, done, budget, best[1] if best else None,
                                    roof / best[1] if best and roof > 0 else None, elapsed, eta, m.status))
-    if default is not None and default in measured:
-        res.default_seconds = measured[default].measurement.median
+    # Paired times are rescaled as the reference's pooled median settles: report them all at the end's.
+    times = _times(measured)
+    res.default_seconds = times.get(default) if default is not None else None
+    best = _best(times)
     if best is not None:
         res.best_config, res.best_seconds = best
+    seen = {c: times[c] for c in earlier if c in times}
+    res.history = []
+    for config, _ in res.trials:
+        if config in times:
+            seen[config] = times[config]
+        b = _best(seen)
+        res.history.append(b[1] if b else None)
     res.elapsed = time.monotonic() - t0
     return res
 
@@ -180,9 +188,15 @@ def _absorb(db: TuningDB, spec: KernelSpec, device: Any, strat: Strategy, measur
             strat.observe(rec)
 
 
-def _best(measured: dict[Config, Record]) -> tuple[Config, float] | None:
-    ok = [(r.measurement.median, c.key, c) for c, r in measured.items() if r.measurement.median is not None]
-    if not ok:
+def _times(measured: dict[Config, Record]) -> dict[Config, float]:
+    """Config -> comparable seconds (records.comparable_seconds) of every timed record."""
+    configs = list(measured)
+    return {c: t for c, t in zip(configs, comparable_seconds([measured[c].measurement for c in configs]))
+            if t is not None}
+
+
+def _best(times: dict[Config, float]) -> tuple[Config, float] | None:
+    if not times:
         return None
-    t, _, c = min(ok)
+    t, _, c = min((t, c.key, c) for c, t in times.items())
     return c, t

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import Config
-from .records import Record
+from .records import Measurement, Record, comparable_seconds, corrected_seconds
 from .space import SearchSpace
 
 if TYPE_CHECKING:
@@ -35,10 +35,21 @@ class Strategy:
     def __init__(self, space: SearchSpace, seed: int = 0):
         self.space = space
         self.rng = random.Random(seed)
-        self.seconds: dict[Config, float | None] = {}  # None: failed, wrong or rejected
+        self.measurements: dict[Config, Measurement] = {}
+        self._seconds: dict[Config, float | None] | None = None
 
     def observe(self, record: Record) -> None:
-        self.seconds[record.config] = record.measurement.median
+        self.measurements[record.config] = record.measurement
+        self._seconds = None
+
+    @property
+    def seconds(self) -> dict[Config, float | None]:
+        """Config -> comparable time of every observed measurement (records.comparable_seconds: paired
+        ones drift-corrected); None: failed, wrong or rejected."""
+        if self._seconds is None:
+            configs = list(self.measurements)
+            self._seconds = dict(zip(configs, comparable_seconds([self.measurements[c] for c in configs])))
+        return self._seconds
 
     def ask(self, n: int, measured: set[Config]) -> list[Config]:
         raise NotImplementedError
@@ -109,7 +120,7 @@ class TpeStrategy(Strategy):
     def observe(self, record: Record) -> None:
         super().observe(record)
         c = record.config
-        value = self._value(record.measurement.median)
+        value = self._value(self.seconds[c])
         with _quiet_optuna():
             trial = self._pending.pop(c, None)
             if trial is not None:
@@ -224,13 +235,14 @@ class ModelStrategy(Strategy):
     def _transfer_parents(self) -> list[Config]:
         """The fastest config of each history workload, fastest workloads' winners first, where legal
         in this space (at most `parents`)."""
+        seconds = corrected_seconds(self.history)
         best: dict[str, Record] = {}
         for r in self.history:
-            m = r.measurement.median
-            if m is not None and (r.workload_key not in best or m < (best[r.workload_key].measurement.median or m)):
+            t = seconds.get(r.key)
+            if t is not None and (r.workload_key not in best or t < seconds[best[r.workload_key].key]):
                 best[r.workload_key] = r
         out: list[Config] = []
-        for r in sorted(best.values(), key=lambda r: r.measurement.median or 0.0):
+        for r in sorted(best.values(), key=lambda r: seconds[r.key]):
             if r.config not in out and self.space.is_legal(r.config):
                 out.append(r.config)
         return out[:self.parents]

@@ -101,6 +101,7 @@ def evaluate(model: Any, records: Sequence[Any], groups_by: str = "workload") ->
     """Mean top-1, top-5, pairwise accuracy and Kendall tau of `model` over the groups of `records`.
 
     Groups with fewer than two measured configs say nothing about ranking and are skipped."""
+    from ..autotune.records import corrected_seconds
     from .features import record_features
 
     rows: list[tuple[float, float, float, float]] = []
@@ -110,7 +111,8 @@ def evaluate(model: Any, records: Sequence[Any], groups_by: str = "workload") ->
         if len(group) < 2:
             logger.debug("skipping group %s: %d measured config", key, len(group))
             continue
-        lat = [float(r.measurement.median) for r in group]
+        seconds = corrected_seconds(all_of_group)
+        lat = [seconds[r.key] for r in group]
         sc = np.asarray(model.predict([record_features(r) for r in group]), dtype=np.float64)
         rows.append((topk_score(lat, sc, 1), topk_score(lat, sc, 5), pairwise_accuracy(lat, sc),
                      kendall_tau(lat, sc)))

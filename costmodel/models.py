@@ -78,17 +78,21 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 # -- XGBoost ranking model --
 def _labelled(records: Sequence[Any], failed_as_worst: bool) -> dict[tuple[str, str], list[tuple[Any, float]]]:
-    """(record, label) per (workload, device) group; label = best median / median, 0 for failures."""
+    """(record, label) per (workload, device) group; label = best time / time, 0 for failures, with the
+    group's times from records.comparable_seconds (drift-corrected where paired)."""
+    from ..autotune.records import comparable_seconds
+
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for r in records:
         groups[(r.workload_key, r.device_key)].append(r)
     out: dict[tuple[str, str], list[tuple[Any, float]]] = {}
     for key, rs in sorted(groups.items()):
-        ok = [r for r in rs if r.measurement.median is not None and r.measurement.median > 0]
+        times = comparable_seconds([r.measurement for r in rs])
+        ok = [(r, t) for r, t in zip(rs, times) if t is not None and t > 0]
         if not ok:
             continue
-        best = min(r.measurement.median for r in ok)
-        rows = [(r, best / r.measurement.median) for r in ok]
+        best = min(t for _, t in ok)
+        rows = [(r, best / t) for r, t in ok]
         if failed_as_worst:
             rows += [(r, 0.0) for r in rs if r.measurement.median is None]
         out[key] = rows
@@ -98,7 +102,7 @@ def _labelled(records: Sequence[Any], failed_as_worst: bool) -> dict[tuple[str, 
 class XGBRankModel:
     """XGBoost with objective rank:pairwise, one query group per (workload, device).
 
-    Labels are relative speeds within the group (best median / median, in (0, 1]), so groups with
+    Labels are relative speeds within the group (best time / time, in (0, 1]), so groups with
     different absolute times train together. Only verified OK records train unless failed_as_worst,
     which adds failed candidates with label 0. Defaults follow TVM MetaSchedule (max_depth 10, eta 0.2).
     nthread 0 picks one thread for small training sets and XGBoost's default otherwise.

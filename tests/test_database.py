@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -10,6 +11,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import statistics
 import sys
 import textwrap
 
@@ -18,7 +20,7 @@ import pytest
 from tilefuse.autotune.config import Config
 from tilefuse.autotune.database import SCHEMA_VERSION, DatabaseError, TuningDB
 from tilefuse.autotune.device import NOMINAL, cpu_device
-from tilefuse.autotune.records import Measurement, Record, Status
+from tilefuse.autotune.records import Measurement, Record, Status, comparable_seconds, corrected_seconds
 
 H100, H200, A100 = NOMINAL["H100"], NOMINAL["H200"], NOMINAL["A100"]
 TOOLCHAIN = {"triton": "3.6.0", "tilefuse": "0.1.0"}
@@ -218,7 +220,7 @@ INSERT INTO meta VALUES ('tilefuse-tuning', 0);
 """
 
 
-def test_migration_v0_to_v1(tmp_path):
+def test_migration_v0_to_current(tmp_path):
     path = tmp_path / "v0.db"
     r = rec(2, device=H200)
     con = sqlite3.connect(path)
@@ -241,6 +243,70 @@ def test_migration_v0_to_v1(tmp_path):
     con = sqlite3.connect(path)
     assert con.execute("SELECT schema_version FROM meta").fetchall() == [(SCHEMA_VERSION,)]
     con.close()
+
+
+def test_migration_v1_to_v2_keeps_records_unpaired(tmp_path):
+    path = tmp_path / "v1.db"
+    r = rec(2)
+    con = sqlite3.connect(path)
+    con.executescript(V0_DDL.replace("created FLOAT NOT NULL)", "created FLOAT NOT NULL, features TEXT NOT NULL)")
+                      .replace("fingerprint TEXT NOT NULL)", "fingerprint TEXT NOT NULL, arch TEXT NOT NULL)")
+                      .replace("'tilefuse-tuning', 0", "'tilefuse-tuning', 1"))
+    con.execute("INSERT INTO workloads VALUES (?, ?, ?)", (r.workload_key, r.family, json.dumps(r.workload)))
+    con.execute("INSERT INTO devices VALUES (?, ?, ?)", (r.device_key, json.dumps(r.device), "sm_90"))
+    m = r.measurement
+    con.execute("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (r.key, r.workload_key, r.device_key, r.config.key, r.config.to_json(), m.status.value,
+                 json.dumps(list(m.samples)), m.median, 1, m.max_error, m.error, m.compile_seconds,
+                 json.dumps(m.resources), json.dumps(r.toolchain), r.created, json.dumps(r.features)))
+    con.commit()
+    con.close()
+    with TuningDB(f"sqlite:///{path}") as db:
+        (back,) = db.records()
+        assert back == r and back.measurement.reference == () and back.measurement.relative is None
+        paired = dataclasses.replace(rec(3), measurement=dataclasses.replace(
+            rec(3).measurement, reference=(2e-3, 2e-3, 2e-3)))
+        assert db.add(paired) and db.records()[-1].measurement.reference == (2e-3, 2e-3, 2e-3)
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT schema_version FROM meta").fetchall() == [(SCHEMA_VERSION,)] == [(2,)]
+    con.close()
+
+
+def paired_rec(i: int, scale: float, *, device=H100, created: float | None = None) -> Record:
+    """Config BLOCK_M=i of true time (i + 1) ms, measured while the machine ran `scale` x slower,
+    paired with a 2 ms reference kernel."""
+    samples = tuple(scale * 1e-3 * (i + 1) * f for f in (1.0, 1.1, 0.9))
+    m = Measurement(Status.OK, samples, True, 0.0, reference=tuple(scale * 2e-3 * f for f in (1.0, 1.1, 0.9)))
+    return dataclasses.replace(rec(i, device=device, created=created), measurement=m)
+
+
+def test_paired_records_rank_by_drift_corrected_time(url, tmp_path):
+    """Config 1 (2 ms) measured in a 1.6x slow phase reads 3.2 ms, config 2 (3 ms) in a fast one 3 ms:
+    by raw medians config 2 would win, by the paired ratios (1.0 vs 1.5) config 1 does; old unpaired
+    records of the same workload still compare, by their own medians."""
+    with TuningDB(url) as db:
+        db.add_many([paired_rec(1, 1.6), paired_rec(2, 1.0, created=900), paired_rec(4, 1.2)])
+        raw = min(db.records(), key=lambda r: r.measurement.median)
+        assert raw.config["BLOCK_M"] == 2 and raw.measurement.median == pytest.approx(3e-3)
+        best = db.best("w-gemm", H100.key)
+        assert best.config["BLOCK_M"] == 1 and best.measurement.relative == pytest.approx(1.0)
+        seconds = corrected_seconds(db.records())
+        # relative x the median of every reference sample (2 ms x {1.6, 1.0, 1.2} x {1, 1.1, 0.9})
+        ref = statistics.median(s * 2e-3 * f for s in (1.6, 1.0, 1.2) for f in (1.0, 1.1, 0.9))
+        assert seconds[best.key] == pytest.approx(ref * 1.0)
+        assert sorted(seconds.values()) == pytest.approx([ref * 1.0, ref * 1.5, ref * 2.5])
+        db.add(rec(0))  # unpaired, 1 ms median: it wins on its median
+        assert db.best("w-gemm", H100.key).config["BLOCK_M"] == 0
+        assert db.best_for_arch("w-gemm", "sm_90").config["BLOCK_M"] == 0
+        out = tmp_path / "paired.jsonl"
+        with open(out, "w") as f:
+            db.export_jsonl(f)
+    with TuningDB("sqlite://") as other, open(out) as f:
+        assert other.import_jsonl(f) == 4
+        assert {r.key: r.measurement.reference for r in other.records()} == \
+            {r.key: r.measurement.reference for r in TuningDB(url).records()}
+    assert comparable_seconds([Measurement(Status.OK, (1e-3,), True, reference=(0.0,)),
+                               Measurement(Status.WRONG_RESULT, (1e-3,), False, reference=(1e-3,))]) == [1e-3, None]
 
 
 def _writer(url: str, worker: int, n: int) -> None:

@@ -13,7 +13,7 @@ import tilefuse as tf
 from tilefuse.autotune.config import Config
 from tilefuse.autotune.database import TuningDB
 from tilefuse.autotune.device import cpu_device
-from tilefuse.autotune.measure import kernel_inputs, kernel_reference
+from tilefuse.autotune.measure import kernel_inputs, kernel_reference, time_paired
 from tilefuse.autotune.records import Measurement, Status
 from tilefuse.autotune.runners import CpuRunner, FakeRunner, GpuRunner
 from tilefuse.autotune.search import tune_kernel
@@ -113,6 +113,40 @@ def corrupt_one(config: Config, outputs: list) -> None:
         outputs[0].reshape(-1)[7] += 1.0
 
 
+def test_time_paired_interleaves_reference_and_candidate():
+    """Calibration, then reference sample i right before candidate sample i, each after the flush;
+    on a fake clock where the machine slows 3x from the fifth sample pair on, the per-pair ratios
+    stay exact while the raw samples do not."""
+    events: list[str] = []
+    now = [0.0]
+    slow = [1.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def kernel(name: str, seconds: float):
+        def run() -> None:
+            events.append(name)
+            now[0] += seconds * slow[0]
+        return run
+
+    def before() -> None:
+        events.append("flush")
+        if events.count("flush") == 9:
+            slow[0] = 3.0
+
+    out, ref = time_paired(kernel("cand", 2e-3), kernel("ref", 4e-3), before, samples=6, warmup=2,
+                           min_sample_seconds=0.0, clock=clock)
+    assert events[:4] == ["cand", "cand", "ref", "ref"]
+    assert events[4:] == ["flush", "ref", "flush", "cand"] * 6
+    assert [o / r for o, r in zip(out, ref)] == pytest.approx([0.5] * 6)
+    assert out == pytest.approx([2e-3] * 4 + [6e-3] * 2)
+    m = Measurement(Status.OK, tuple(out), True, reference=tuple(ref))
+    assert m.relative == pytest.approx(0.5) and m.median == pytest.approx(2e-3)
+    assert time_paired(kernel("cand", 1e-3), None, before, samples=2, warmup=1, min_sample_seconds=0.0,
+                       clock=clock)[1] == []
+
+
 def test_kernel_reference_matches_the_graph_reference():
     spec = matmul_spec()
     ins = kernel_inputs(spec, seed=1)
@@ -136,10 +170,25 @@ def test_cpu_runner_measures_verifies_and_catches_wrong_results():
         assert d.max_error is not None and d.max_error < 1e-3
         m = runner.measure(spec, other, dev)
         assert m.status is Status.OK and m.verified and m.median > 0
+        # paired by default: the default kernel timed before every sample
+        assert len(d.reference) == len(m.reference) == 3 and min(m.reference) > 0 and m.relative > 0
         w = runner.measure(spec, CORRUPT, dev)
         assert w.status is Status.WRONG_RESULT and w.median is None and w.max_error >= 0.5
     finally:
         runner.close()
+
+
+def test_cpu_runner_pairing_can_be_turned_off_and_gpu_runner_refuses_it():
+    dev = cpu_device()
+    spec = matmul_spec()
+    runner = CpuRunner(timeout=120, samples=2, warmup=1, min_sample_seconds=1e-4, jobs=1, paired=False)
+    try:
+        m = runner.measure(spec, spec.default_config(get_target("cpu")), dev)
+        assert m.status is Status.OK and m.reference == () and m.relative is None and m.median > 0
+    finally:
+        runner.close()
+    with pytest.raises(ValueError, match="does not pair"):
+        GpuRunner(paired=True)
 
 
 @pytest.mark.gpu

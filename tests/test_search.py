@@ -277,3 +277,34 @@ def test_model_search_ignores_history_of_another_feature_schema(dev, db):
     old = [dataclasses.replace(r, features={k: v for k, v in r.features.items() if k != "feature_schema"})
            for r in recs]
     assert ModelStrategy(space, spec, dev, history=old).history == []
+
+
+def test_paired_measurements_rank_through_machine_drift(dev):
+    """A slow phase of the machine (1.6x, five measurements long) strikes while the optimum is
+    measured: unpaired, tuning keeps a runner-up measured in a fast phase; paired with the reference
+    kernel, which slows alike, the optimum wins, in the sweep and in the database."""
+    spec = FakeSpec()
+    budget = len(SearchSpace(spec, dev.target).legal())
+    with TuningDB("sqlite://") as db:
+        order = FakeRunner(latency)
+        tune_kernel(spec, dev, order, db, budget=budget, strategy="grid")
+    at = order.calls.index(OPT)
+
+    def drift(i: int) -> float:
+        return 1.6 if abs(i - at) <= 2 else 1.0
+
+    for reference in (None, 2e-3):
+        with TuningDB("sqlite://") as db:
+            runner = FakeRunner(latency, drift=drift, reference=reference)
+            res = tune_kernel(spec, dev, runner, db, budget=budget, strategy="grid")
+            assert runner.calls == order.calls
+            best = db.best(spec.key, dev.key)
+            if reference is None:
+                assert res.best_config != OPT and best.config == res.best_config
+                continue
+            assert res.best_config == OPT and best.config == OPT and best.measurement.relative == pytest.approx(0.5)
+            # paired times: relative x the pooled median of the reference's samples (2 ms outside the phase)
+            assert res.best_seconds == pytest.approx(1e-3)
+            assert res.default_seconds == pytest.approx(latency(spec.default_config(dev.target)))
+            times = [t for t in res.history if t is not None]
+            assert times == sorted(times, reverse=True)
