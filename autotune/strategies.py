@@ -113,14 +113,26 @@ class TpeStrategy(Strategy):
         self._pending: dict[Config, Any] = {}
         self._told: set[Config] = {Config(t.params) for t in self.study.trials if t.state.is_finished()}
         self._synced = False  # shared study: `_told` re-read since the last ask
+        self._scale: float | None = None  # seconds per unit of `relative`, fixed at the first paired record
 
     def _value(self, seconds: float | None) -> float:
         return math.log(seconds) if seconds is not None and seconds > 0 else self.PENALTY
 
+    def _told_seconds(self, m: Measurement) -> float | None:
+        """The time told to TPE, fixed when told: a paired measurement's `relative` times a scale set
+        once (the first paired record's reference median; comparable_seconds' pooled scale moves as
+        records arrive), an unpaired one's median."""
+        rel = m.relative
+        if rel is None:
+            return m.median
+        if self._scale is None:
+            self._scale = float(np.median(m.reference))
+        return rel * self._scale
+
     def observe(self, record: Record) -> None:
         super().observe(record)
         c = record.config
-        value = self._value(self.seconds[c])
+        value = self._value(self._told_seconds(record.measurement))
         with _quiet_optuna():
             trial = self._pending.pop(c, None)
             if trial is not None:
@@ -153,9 +165,9 @@ class TpeStrategy(Strategy):
                 if not self.space.is_legal(c):
                     self.study.tell(trial, self.PENALTY)
                 elif c in measured or c in out or c in self._pending:
-                    known = self.seconds.get(c)
+                    known = self.measurements.get(c)
                     if c in measured and c not in self._pending:
-                        self.study.tell(trial, self._value(known))
+                        self.study.tell(trial, self._value(self._told_seconds(known) if known else None))
                     else:
                         self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
                 else:

@@ -308,3 +308,25 @@ def test_paired_measurements_rank_through_machine_drift(dev):
             assert res.default_seconds == pytest.approx(latency(spec.default_config(dev.target)))
             times = [t for t in res.history if t is not None]
             assert times == sorted(times, reverse=True)
+
+
+def test_tpe_tells_paired_times_on_a_scale_fixed_at_the_first(dev):
+    """TPE's values are told once, so a paired record is told as relative x the first paired record's
+    reference time, not with comparable_seconds' pooled scale, which moves as records arrive."""
+    from tilefuse.autotune.records import Measurement, Record, Status
+    from tilefuse.autotune.strategies import TpeStrategy
+
+    spec = FakeSpec()
+    strat = TpeStrategy(SearchSpace(spec, dev.target), seed=0)
+
+    def record(c: Config, seconds: float, reference: float) -> Record:
+        m = Measurement(Status.OK, (seconds,) * 3, True, 0.0, reference=(reference,) * 3)
+        return Record(spec.key, spec.family, spec.describe(), dev.key, dev.fingerprint, c, m, {})
+
+    a, b, c = Config(a=1, b=1, c=0), Config(a=2, b=1, c=0), Config(a=4, b=1, c=0)
+    strat.observe(record(a, 2e-3, 1e-3))  # relative 2; scale fixed at 1 ms
+    strat.observe(record(b, 9e-3, 3e-3))  # relative 3, measured in a 3x slow phase
+    strat.observe(Record(spec.key, spec.family, spec.describe(), dev.key, dev.fingerprint, c,
+                         Measurement(Status.OK, (5e-3,) * 3, True, 0.0), {}))  # unpaired: its median
+    told = {Config(t.params): t.value for t in strat.study.trials}
+    assert told == pytest.approx({a: math.log(2e-3), b: math.log(3e-3), c: math.log(5e-3)})
