@@ -121,7 +121,7 @@ def tune_kernel(spec: KernelSpec, device: Any, runner: Any, db: TuningDB, *, bud
     roof = roofline_seconds(spec, device)
     res = TuneResult(None, None, [], [], default, None, previous)
     earlier = set(measured)
-    best = _best(_times(measured))
+    best: tuple[Config, float] | None = None
     since_best = 0
     n_batch = batch or BATCH[strategy]
     while len(res.trials) < budget:

@@ -58,22 +58,29 @@ def gemm_graph(m: int, n: int, k: int) -> Any:
     return g.build()
 
 
-def numpy_seconds(m: int, n: int, k: int, reps: int = 10) -> float:
+def numpy_seconds(m: int, n: int, k: int, reps: int = 30) -> float:
+    """numpy's f32 GEMM: the median of `reps` samples, caches flushed before each, as the runner times
+    a kernel. Not paired with the default kernel: OpenBLAS's and TVM's worker threads spin after a
+    call and slowed the other library's next sample ~10x here (numpy/default read 0.08 paired vs 0.9-1.1
+    apart), and a pause long enough for them to stop let the VM's vCPUs idle, which cost ms to wake."""
+    from tilefuse.autotune.device import cpu_device
+    from tilefuse.autotune.measure import CacheFlusher, time_runs
+    from tilefuse.autotune.runners import FLUSH_CAP_BYTES
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
-    a @ b
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    c = np.empty((m, n), np.float32)
+    flush = CacheFlusher(min(FLUSH_CAP_BYTES, 2 * int(cpu_device().l2_bytes or 0)))
+    return float(statistics.median(time_runs(lambda: np.matmul(a, b, out=c), flush, samples=reps, warmup=2,
+                                             min_sample_seconds=0.0)))
 
 
 @dataclass
 class Run:
-    """One strategy's tuning run: its result and, per workload, the configs in measurement order."""
+    """One strategy's tuning run: its result and, per workload, the configs in measurement order with
+    their time relative to the default kernel's (Measurement.relative; None: failed). Relatives
+    compare across runs; a run's seconds (result) scale with that run's own reference median."""
 
     strategy: str
     seed: int
@@ -85,7 +92,6 @@ def tune(graph: Any, strategy: str, budget: int, seed: int, history: str | None 
     """One strategy on every kernel of `graph`, with a fresh build cache and a fresh database (a copy
     of the `history` database file when given)."""
     from tilefuse.autotune.database import TuningDB
-    from tilefuse.autotune.records import corrected_seconds
     from tilefuse.autotune.tune import tune_graph
 
     # Runner workers start lazily and read the cache directory from the environment then.
@@ -101,8 +107,7 @@ def tune(graph: Any, strategy: str, budget: int, seed: int, history: str | None 
         trials = {}
         for r in res.rows:
             recs = db.records(workload_key=r.workload_key, device_key=res.device_key)
-            seconds = corrected_seconds(recs)  # paired: drift-corrected, as the tuner ranked them
-            trials[r.workload_key] = [(rec.config, seconds.get(rec.key)) for rec in recs]
+            trials[r.workload_key] = [(rec.config, rec.measurement.relative) for rec in recs]
     return Run(strategy, seed, res, trials)
 
 
@@ -137,8 +142,9 @@ def build_history(shapes: list[str], budget: int, seed: int) -> str:
 
 
 def raw(runs: dict[str, list[Run]], true: dict[str, dict[Any, float]], budget: int) -> dict[str, Any]:
-    """JSON-able runs (per strategy and seed: each workload's configs and times in trial order) and
-    the re-timed medians, from which every figure of the report can be recomputed."""
+    """JSON-able runs (per strategy and seed: each workload's configs in trial order with their times
+    relative to the default kernel's) and the re-timed values (seconds), from which the
+    trials-to-target figures of the report can be recomputed (--report)."""
     first = next(iter(runs.values()))[0].result
     return {
         "budget": budget, "kernels": {r.workload_key: r.kernels[0] for r in first.rows},
@@ -152,7 +158,8 @@ def raw(runs: dict[str, list[Run]], true: dict[str, dict[Any, float]], budget: i
 def retime(graph: Any, runs: list[Run], reps: int, window: float = 1.25,
            cap: int = 60) -> dict[str, dict[Any, float]]:
     """Per workload: the median of `reps` fresh, interleaved measurements of every config that some
-    run measured within `window` of the best time any run measured (at most `cap`, fastest first).
+    run measured within `window` of the best relative time any run measured (at most `cap`, fastest
+    first).
     The runner pairs each with the default kernel (Measurement.relative); a config's re-timed value
     is the median of its relatives times the median of every reference sample of the workload."""
     from tilefuse.autotune.device import device_for_target
@@ -346,9 +353,9 @@ def report_workload(name: str, runs: dict[str, list[Run]], numpy_s: float | None
     if ms_row is not None:
         best, wall, note = ms_row
         ratio = f"{numpy_s / best:.2f}x" if numpy_s and best else "-"
-        print(f"{'metaschedule':<14} {fmt_time(best):>11} {wall:>9.1f}s {ratio:>9}  {note}")
+        print(f"{'metaschedule':<14} {fmt_time(best):>11} {wall:>9.1f}s {ratio:>9}  {note} (unpaired, its own process)")
     if numpy_s:
-        print(f"{'numpy':<14} {fmt_time(numpy_s):>11}")
+        print(f"{'numpy':<14} {fmt_time(numpy_s):>11}  (unpaired, right after the re-timing; see numpy_seconds)")
     first = next(iter(runs.values()))[0]
     for row in first.result.rows:
         report_target(row.kernels[0], row.workload_key, runs, true.get(row.workload_key, {}), budget)
