@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
-from .records import Measurement, Record, Status, comparable_seconds
+from .records import Measurement, Record, Status
 from .runners import prebuild
 from .space import SearchSpace
 from .strategies import STRATEGIES, Strategy, make_strategy
@@ -121,7 +121,6 @@ def tune_kernel(spec: KernelSpec, device: Any, runner: Any, db: TuningDB, *, bud
     roof = roofline_seconds(spec, device)
     res = TuneResult(None, None, [], [], default, None, previous)
     earlier = set(measured)
-    best: tuple[Config, float] | None = None
     since_best = 0
     n_batch = batch or BATCH[strategy]
     while len(res.trials) < budget:
@@ -149,33 +148,31 @@ def tune_kernel(spec: KernelSpec, device: Any, runner: Any, db: TuningDB, *, bud
         strat.observe(rec)
         res.trials.append((config, m))
         res.statuses[m.status.value] = res.statuses.get(m.status.value, 0) + 1
-        times = _times(measured)
-        t = times.get(config)
-        prior = _best({c: v for c, v in times.items() if c != config})
-        since_best = 0 if t is not None and (prior is None or t < prior[1] * (1.0 - IMPROVEMENT)) else since_best + 1
-        best = _best(times)
-        res.history.append(best[1] if best else None)
+        # the strategy has observed every measured record: its times are this workload's comparable ones
+        t = strat.seconds.get(config)
+        prior = min((v for c, v in strat.seconds.items() if v is not None and c != config), default=None)
+        since_best = 0 if t is not None and (prior is None or t < prior * (1.0 - IMPROVEMENT)) else since_best + 1
+        best_t = t if t is not None and (prior is None or t < prior) else prior
         if progress is not None:
             elapsed = time.monotonic() - t0
             done = len(res.trials)
             eta = elapsed / done * (budget - done) if done else None
             if time_limit is not None and eta is not None:
                 eta = min(eta, max(0.0, time_limit - elapsed))
-            progress(ProgressEvent(spec.name, spec.family, done, budget, best[1] if best else None,
-                                   roof / best[1] if best and roof > 0 else None, elapsed, eta, m.status))
+            progress(ProgressEvent(spec.name, spec.family, done, budget, best_t,
+                                   roof / best_t if best_t and roof > 0 else None, elapsed, eta, m.status))
     # Paired times are rescaled as the reference's pooled median settles: report them all at the end's.
-    times = _times(measured)
+    times = {c: v for c, v in strat.seconds.items() if v is not None}
     res.default_seconds = times.get(default) if default is not None else None
     best = _best(times)
     if best is not None:
         res.best_config, res.best_seconds = best
-    seen = {c: times[c] for c in earlier if c in times}
-    res.history = []
+    running: float | None = min((times[c] for c in earlier if c in times), default=None)
     for config, _ in res.trials:
-        if config in times:
-            seen[config] = times[config]
-        b = _best(seen)
-        res.history.append(b[1] if b else None)
+        v = times.get(config)
+        if v is not None and (running is None or v < running):
+            running = v
+        res.history.append(running)
     res.elapsed = time.monotonic() - t0
     return res
 
@@ -186,13 +183,6 @@ def _absorb(db: TuningDB, spec: KernelSpec, device: Any, strat: Strategy, measur
         if rec.config not in measured:
             measured[rec.config] = rec
             strat.observe(rec)
-
-
-def _times(measured: dict[Config, Record]) -> dict[Config, float]:
-    """Config -> comparable seconds (records.comparable_seconds) of every timed record."""
-    configs = list(measured)
-    return {c: t for c, t in zip(configs, comparable_seconds([measured[c].measurement for c in configs]))
-            if t is not None}
 
 
 def _best(times: dict[Config, float]) -> tuple[Config, float] | None:
