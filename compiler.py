@@ -177,12 +177,10 @@ def _legal_candidates(spec: KernelSpec, target: Target, n: int) -> list[Config]:
 
 def _best_legal(spec: KernelSpec, target: Target, records: list[Any]) -> tuple[Any, float] | None:
     """The fastest verified record whose config is still legal (knob spaces change over time), and its
-    time (records.corrected_seconds: drift-corrected where the runner paired it with the reference)."""
-    from .autotune.records import corrected_seconds
+    time (records.ranked: drift-corrected where the runner paired it with the reference)."""
+    from .autotune.records import ranked
 
-    seconds = corrected_seconds(records)
-    timed = sorted((seconds[r.key], r.key, r) for r in records if r.key in seconds)
-    for t, _, rec in timed:
+    for t, rec in ranked(records):
         problems = spec.check_problems(Config(rec.config), target)
         if not problems:
             return rec, t

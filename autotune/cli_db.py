@@ -128,7 +128,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_db_show(args: argparse.Namespace) -> int:
     """List workloads, devices, record counts and the best config per (workload, device)."""
     from .database import DatabaseError
-    from .records import corrected_seconds
+    from .records import ranked
 
     try:
         with _open(args.db) as db:
@@ -148,12 +148,10 @@ def cmd_db_show(args: argparse.Namespace) -> int:
                 groups.setdefault((rec.workload_key, rec.device_key), []).append(rec)
             rows = []
             for (wkey, dkey), recs in sorted(groups.items(), key=lambda kv: (kv[1][0].family, kv[0])):
-                seconds = corrected_seconds(recs)
-                ok = [r for r in recs if r.key in seconds]
-                best = min(ok, key=lambda r: (seconds[r.key], r.key)) if ok else None
+                timed = ranked(recs)
                 rows.append([wkey[:16], recs[0].family, str(recs[0].device.get("arch", "?")), dkey[:12],
-                             f"{len(ok)}/{len(recs)}", _time(seconds[best.key]) if best else "-",
-                             best.config.to_json() if best else "(no verified config)"])
+                             f"{len(timed)}/{len(recs)}", _time(timed[0][0]) if timed else "-",
+                             timed[0][1].config.to_json() if timed else "(no verified config)"])
             if rows:
                 print("\nbest config per (workload, device)")
                 print(_table(["workload", "family", "arch", "device", "ok/all", "best", "config"], rows))

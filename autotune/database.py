@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .config import Config, canonical_json
 from .db_schema import MIGRATIONS, SCHEMA_VERSION, DatabaseError, devices_t, open_schema, records_t, workloads_t
-from .records import Measurement, Record, Status, corrected_seconds
+from .records import Measurement, Record, Status, ranked
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "TuningDB", "iter_jsonl"]
 
@@ -215,15 +215,13 @@ class TuningDB:
         return [_row_record(row) for row in self._query(stmt.order_by(c.created, c.key))]
 
     def _best(self, *conds: Any) -> Record | None:
-        """The fastest verified OK record matching `conds`, by `corrected_seconds` (per device: paired
+        """The fastest verified OK record matching `conds`, by `records.ranked` (per device: paired
         records rank by their time relative to the reference kernel, which machine drift does not move)."""
         c = records_t.c
         stmt = (self._select().where(*conds, c.status == Status.OK.value, c.verified.is_(True), c.median.is_not(None))
                 .order_by(c.created, c.key))
-        recs = [_row_record(row) for row in self._query(stmt)]
-        seconds = corrected_seconds(recs)
-        timed = [(seconds[r.key], r.key, r) for r in recs if r.key in seconds]
-        return min(timed)[2] if timed else None
+        timed = ranked(_row_record(row) for row in self._query(stmt))
+        return timed[0][1] if timed else None
 
     def best(self, workload_key: str, device_key: str) -> Record | None:
         """The fastest verified OK record of this workload on this device."""

@@ -94,6 +94,14 @@ def corrected_seconds(records: Iterable[Record]) -> dict[str, float]:
     return out
 
 
+def ranked(records: Iterable[Record]) -> list[tuple[float, Record]]:
+    """(seconds, record) of every timed record, fastest first by `corrected_seconds` (ties by key)."""
+    rs = list(records)
+    seconds = corrected_seconds(rs)
+    keyed = sorted((seconds[k], k, r) for r, k in ((r, r.key) for r in rs) if k in seconds)
+    return [(t, r) for t, _, r in keyed]
+
+
 @dataclass(frozen=True)
 class Record:
     """One row of the tuning database."""

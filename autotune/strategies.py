@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import Config
-from .records import Measurement, Record, comparable_seconds, corrected_seconds
+from .records import Measurement, Record, comparable_seconds, ranked
 from .space import SearchSpace
 
 if TYPE_CHECKING:
@@ -247,14 +247,11 @@ class ModelStrategy(Strategy):
     def _transfer_parents(self) -> list[Config]:
         """The fastest config of each history workload, fastest workloads' winners first, where legal
         in this space (at most `parents`)."""
-        seconds = corrected_seconds(self.history)
         best: dict[str, Record] = {}
-        for r in self.history:
-            t = seconds.get(r.key)
-            if t is not None and (r.workload_key not in best or t < seconds[best[r.workload_key].key]):
-                best[r.workload_key] = r
+        for _, r in ranked(self.history):  # fastest first: each workload's first is its winner
+            best.setdefault(r.workload_key, r)
         out: list[Config] = []
-        for r in sorted(best.values(), key=lambda r: seconds[r.key]):
+        for r in best.values():
             if r.config not in out and self.space.is_legal(r.config):
                 out.append(r.config)
         return out[:self.parents]
