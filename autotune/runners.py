@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 FLUSH_CAP_BYTES = 256 * 2**20
 
 
+def flush_bytes(device: Any) -> int:
+    """Bytes a CPU cache flush writes for `device`: twice its last-level cache, at most FLUSH_CAP_BYTES."""
+    return min(FLUSH_CAP_BYTES, 2 * int(getattr(device, "l2_bytes", 0) or 0))
+
+
 @runtime_checkable
 class Runner(Protocol):
     """Measures one candidate: compile, verify against the reference, time."""
@@ -210,7 +215,7 @@ class IsolatedRunner:
                 "arch": str(getattr(device, "arch", "cpu")),
                 "samples": self.samples, "warmup": self.warmup, "min_sample_seconds": self.min_sample_seconds,
                 "paired": self.paired,
-                "flush_bytes": min(FLUSH_CAP_BYTES, 2 * int(getattr(device, "l2_bytes", 0) or 0)),
+                "flush_bytes": flush_bytes(device),
                 "hook": self.output_hook}
 
     def measure(self, spec: KernelSpec, config: Config, device: Device) -> Measurement:

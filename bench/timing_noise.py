@@ -28,7 +28,7 @@ def main() -> None:
     from tilefuse.autotune.config import Config
     from tilefuse.autotune.device import cpu_device
     from tilefuse.autotune.measure import CacheFlusher, kernel_inputs, time_paired, time_runs
-    from tilefuse.autotune.runners import FLUSH_CAP_BYTES
+    from tilefuse.autotune.runners import flush_bytes
     from tilefuse.codegen import tvm_runtime
     from tilefuse.codegen.cache import default_cache
     from tilefuse.kernels import spec_for
@@ -49,7 +49,7 @@ def main() -> None:
         kern = tvm_runtime.build(spec, cfg, default_cache())
         kargs = kern._args(inputs, [np.zeros(b.shape, np.float32) for b in spec.outputs], alias_outputs=False)
         runs[name] = (lambda kern=kern, kargs=kargs: kern.func(*kargs))
-    flush = CacheFlusher(min(FLUSH_CAP_BYTES, 2 * int(dev.l2_bytes or 0)))
+    flush = CacheFlusher(flush_bytes(dev))
     alone: list[float] = []
     paired: list[float] = []
     end = time.monotonic() + args.seconds

@@ -66,13 +66,13 @@ def numpy_seconds(m: int, n: int, k: int, reps: int = 30) -> float:
     apart), and a pause long enough for them to stop let the VM's vCPUs idle, which cost ms to wake."""
     from tilefuse.autotune.device import cpu_device
     from tilefuse.autotune.measure import CacheFlusher, time_runs
-    from tilefuse.autotune.runners import FLUSH_CAP_BYTES
+    from tilefuse.autotune.runners import flush_bytes
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     c = np.empty((m, n), np.float32)
-    flush = CacheFlusher(min(FLUSH_CAP_BYTES, 2 * int(cpu_device().l2_bytes or 0)))
+    flush = CacheFlusher(flush_bytes(cpu_device()))
     return float(statistics.median(time_runs(lambda: np.matmul(a, b, out=c), flush, samples=reps, warmup=2,
                                              min_sample_seconds=0.0)))
 
@@ -433,7 +433,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="runs (seeds) of model-guided and random search")
     ap.add_argument("--retime-reps", type=int, default=5, help="interleaved re-measurements of the best configs")
     ap.add_argument("--retime-window", type=float, default=1.25,
-                    help="re-time every config measured within this factor of the best measured time")
+                    help="re-time every config measured within this factor of the best relative time measured")
     ap.add_argument("--retime-cap", type=int, default=60, help="re-time at most this many configs per workload")
     ap.add_argument("--json", default=None, help="also write every run's trials and the re-timed configs here")
     ap.add_argument("--report", metavar="JSON", help="only print the trials-to-target verdicts of a --json file")
