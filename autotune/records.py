@@ -72,13 +72,10 @@ def comparable_seconds(measurements: Sequence[Measurement]) -> list[float | None
     of the group (the reference kernel's typical time), an unpaired one as its own median; None for
     failures. Ranking the paired ones this way is ranking their `relative`s, which drift on a shared
     machine does not move (one median moves 15-20% there from one second to the next)."""
-    pool = [t for m in measurements if m.relative is not None for t in m.reference]
+    rels = [m.relative for m in measurements]
+    pool = [t for m, rel in zip(measurements, rels) if rel is not None for t in m.reference]
     ref = float(statistics.median(pool)) if pool else 0.0
-    out: list[float | None] = []
-    for m in measurements:
-        rel = m.relative
-        out.append(rel * ref if rel is not None and ref > 0 else m.median)
-    return out
+    return [rel * ref if rel is not None and ref > 0 else m.median for m, rel in zip(measurements, rels)]
 
 
 def corrected_seconds(records: Iterable[Record]) -> dict[str, float]:
