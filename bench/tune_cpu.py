@@ -422,7 +422,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=32, help="trials per GEMM per strategy (and MetaSchedule)")
     ap.add_argument("--mlp-budget", type=int, default=12, help="trials per decoder-MLP kernel per strategy")
     ap.add_argument("--strategies", nargs="+", default=["model", "tpe", "random", "grid"])
-    ap.add_argument("--shapes", nargs="+", default=["1024x1024x1024", "1000x1000x1000", "777x333x1024"])
+    ap.add_argument("--shapes", nargs="*", default=["1024x1024x1024", "1000x1000x1000", "777x333x1024"],
+                    help="GEMM shapes (MxNxK) to tune; none (a bare --shapes) tunes only the decoder MLP")
     ap.add_argument("--mlp-sizes", default="T=16,H=256,I=688")
     ap.add_argument("--no-metaschedule", action="store_true")
     ap.add_argument("--no-mlp", action="store_true")
