@@ -1,5 +1,7 @@
 """Atomic file writes: a temp file in the target's directory, fsync, then os.replace, so readers
-see the old file or the whole new one, never a torn write (and a crash leaves no partial file)."""
+see the old file or the whole new one, never a torn write (and a crash leaves no partial file).
+The file gets the permissions a plain open() would give it (the old file's, else 0o666 less the
+umask), not the owner-only mode of the temp file."""
 
 from __future__ import annotations
 
@@ -22,10 +24,32 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits `path` should end with: those of the file it replaces, else 0o666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 from pathlib import Path
 
@@ -229,3 +230,21 @@ def test_settings_reject_bad_values(var: str, value: str) -> None:
 
     with pytest.raises(SettingsError, match=var):
         Settings.from_env({var: value})
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    """Reports, exports, models and bundles are shared files: not the temp file's owner-only 0600."""
+    from tilefuse.fileio import write_atomic
+
+    mask = os.umask(0o022)
+    try:
+        new = tmp_path / "report.json"
+        write_atomic(new, "{}")
+        assert new.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        write_atomic(kept, b"new")
+        assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_bytes() == b"new"
+    finally:
+        os.umask(mask)
