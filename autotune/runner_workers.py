@@ -6,6 +6,7 @@ per worker process and rebuilt by a fresh worker after a crash."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .measure import CacheFlusher, Expected, expected_outputs, kernel_inputs, re
 from .records import Measurement, Status
 from .target import get_target
 
+log = logging.getLogger(__name__)
 _STATE: dict[tuple[str, str, int], Any] = {}
 
 
@@ -196,6 +198,28 @@ def _gpu_state(spec: Any, req: dict[str, Any]) -> _GpuState:
     return st
 
 
+def kernel_resources(compiled: Any) -> dict[str, Any]:
+    """The static resource report of a JIT-compiled Triton kernel, for the cost model: cuobjdump's on
+    its cubin (registers, shared memory, spills and the SASS instruction mix), else the counts Triton
+    itself keeps (registers, spills, shared bytes; -1 for one it does not have)."""
+    from ..codegen.resources import ToolError, report_from_cubin
+
+    asm = getattr(compiled, "asm", None)
+    cubin = asm.get("cubin") if isinstance(asm, dict) else None
+    shared = getattr(getattr(compiled, "metadata", None), "shared", None)
+    if cubin:
+        try:
+            return report_from_cubin(cubin, int(shared or 0)).to_dict()
+        except (ToolError, ValueError) as err:
+            log.info("no cuobjdump report of the candidate's cubin (%s); keeping Triton's counts", err)
+
+    def count(value: Any) -> int:
+        return -1 if value is None else int(value)
+
+    return {"registers": count(getattr(compiled, "n_regs", None)), "spills": count(getattr(compiled, "n_spills", None)),
+            "shared_bytes": count(shared)}
+
+
 def gpu_measure(req: dict[str, Any]) -> Measurement:
     """JIT-build the Triton kernel, verify on poisoned outputs, time with CUDA events and L2 flushes."""
     import torch
@@ -215,9 +239,7 @@ def gpu_measure(req: dict[str, Any]) -> Measurement:
         status = Status.COMPILE_ERROR if ("Compilation" in kind or "OutOfResources" in kind) else Status.RUNTIME_ERROR
         return Measurement(status, error=_msg(exc), compile_seconds=time.perf_counter() - t0)
     compile_s = time.perf_counter() - t0
-    resources = {"registers": int(getattr(compiled, "n_regs", -1) or -1),
-                 "spills": int(getattr(compiled, "n_spills", -1) or -1),
-                 "shared_bytes": int(getattr(getattr(compiled, "metadata", None), "shared", -1) or -1)}
+    resources = kernel_resources(compiled)
     hook = req.get("hook")
     got = [o.float().cpu().numpy() for o in outs]
     if hook is not None:

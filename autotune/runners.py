@@ -29,7 +29,10 @@ FLUSH_CAP_BYTES = 256 * 2**20
 
 
 def flush_bytes(device: Any) -> int:
-    """Bytes a CPU cache flush writes for `device`: twice its last-level cache, at most FLUSH_CAP_BYTES."""
+    """Bytes a CPU cache flush writes for `device`: twice its per-core L2 (device.l2_bytes), at most
+    FLUSH_CAP_BYTES. That evicts the operands from L1 and L2 but not from a large L3: a server's L3
+    (tens to hundreds of MiB, shared with other tenants on a VM) would cost more to sweep per sample
+    than the kernels measured take, so samples model a kernel whose inputs another kernel wrote."""
     return min(FLUSH_CAP_BYTES, 2 * int(getattr(device, "l2_bytes", 0) or 0))
 
 
@@ -296,6 +299,16 @@ class GpuRunner(IsolatedRunner):
 
     def restart_after(self, m: Measurement) -> bool:
         return True
+
+    def measure(self, spec: KernelSpec, config: Config, device: Device) -> Measurement:
+        """As IsolatedRunner.measure; DeviceError up front for a nominal device (no such GPU here),
+        instead of one runtime_error record per candidate."""
+        if getattr(device, "nominal", False):
+            from .device import DeviceError, gpu_status
+
+            raise DeviceError(f"cannot measure on {getattr(device, 'name', device)}: it is a nominal fingerprint, "
+                              f"not a GPU of this machine ({gpu_status()})")
+        return super().measure(spec, config, device)
 
     def request(self, spec: KernelSpec, config: Config, device: Device) -> dict[str, Any]:
         req = super().request(spec, config, device)

@@ -293,3 +293,25 @@ def test_attention_register_estimate_against_builds(kind, arch, d, bm, bn, warps
     r = b.resources
     assert r.spills == spills, f"{kind} {cfg.to_json()} on {arch}: measured {r} (expected spills={spills})"
     assert bool(problems) == spills, f"estimate {spec.registers(cfg, target)}: {problems or 'accepted'}; {r}"
+
+
+def test_gpu_worker_resource_report_from_the_candidates_cubin(mm90: TritonBinary) -> None:
+    """The GPU runner stores cuobjdump's report of a candidate's cubin (instruction mix included), and,
+    without one, Triton's own counts, where 0 spills stays 0 (not "unknown")."""
+    from types import SimpleNamespace
+
+    from tilefuse.autotune.runner_workers import kernel_resources
+    from tilefuse.costmodel.features import resource_features
+
+    jit = SimpleNamespace(asm={"cubin": mm90.cubin, "ptx": mm90.ptx}, n_regs=1, n_spills=0,
+                          metadata=SimpleNamespace(shared=mm90.shared_mem_bytes))
+    report = kernel_resources(jit)
+    assert report == mm90.resources.to_dict()
+    feats = resource_features(report)
+    assert feats["res_hgmma"] > 0 and feats["res_registers"] == mm90.resources.registers
+    assert feats["res_shared_bytes"] == mm90.resources.shared_bytes
+
+    bare = SimpleNamespace(asm={}, n_regs=96, n_spills=0, metadata=SimpleNamespace(shared=0))
+    assert kernel_resources(bare) == {"registers": 96, "spills": 0, "shared_bytes": 0}
+    assert resource_features(kernel_resources(bare))["res_spills"] == 0.0
+    assert kernel_resources(SimpleNamespace()) == {"registers": -1, "spills": -1, "shared_bytes": -1}

@@ -191,6 +191,20 @@ def test_cpu_runner_pairing_can_be_turned_off_and_gpu_runner_refuses_it():
         GpuRunner(paired=True)
 
 
+def test_gpu_runner_refuses_a_nominal_device_up_front():
+    """No such GPU on this machine: one clear error, not a runtime_error record per candidate."""
+    from tilefuse.autotune.device import NOMINAL, DeviceError
+
+    spec = matmul_spec()
+    runner = GpuRunner(worker_fn=fake_gpu_worker, timeout=2.0, jobs=1)
+    try:
+        with pytest.raises(DeviceError, match="nominal fingerprint"):
+            runner.measure(spec, spec.default_config(get_target("sm_90")), NOMINAL["H100"])
+        assert runner.worker.starts == 0
+    finally:
+        runner.close()
+
+
 @pytest.mark.gpu
 def test_gpu_runner_on_a_real_gpu():
     from tilefuse.autotune.device import detect_devices
