@@ -180,15 +180,33 @@ def main(argv: list[str] | None = None) -> int:
     register_db(sub)
     register_costmodel(sub)
     args = p.parse_args(argv)
-    from .autotune.target import TargetError
-    from .compiler import CompileError, RuntimeUnavailable
-    from .kernels import UnsupportedKernel
-
     try:
         return int(args.fn(args))
-    except (TargetError, CompileError, RuntimeUnavailable, UnsupportedKernel) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = _expected_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _expected_error(err: Exception) -> str | None:
+    """The message for a failure the user can act on (bad input, target, database, model, settings,
+    a file they named); None for anything else, which is a bug and keeps its traceback. The error
+    classes are imported here, on failure, so that a command loads only the modules it uses."""
+    from .autotune.db_schema import DatabaseError
+    from .autotune.target import TargetError
+    from .compiler import CompileError, RuntimeUnavailable
+    from .costmodel.models import ModelError
+    from .kernels import UnsupportedKernel
+    from .settings import SettingsError
+
+    if isinstance(err, (TargetError, CompileError, RuntimeUnavailable, UnsupportedKernel, DatabaseError, ModelError,
+                        SettingsError)):
+        return str(err)
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return None
 
 
 if __name__ == "__main__":

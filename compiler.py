@@ -137,7 +137,7 @@ def open_sources(target: Target, db: Any = "auto", cost_model: Any = "auto") -> 
         from .autotune.database import TuningDB
         from .autotune.device import device_for_target
 
-        src.db = TuningDB(db) if isinstance(db, str) else db
+        src.db = TuningDB(db, create=False) if isinstance(db, str) else db
         src.device = device_for_target(target.name)
     if cost_model == "auto":
         cost_model = st.model_dir if (st.model_dir / "meta.json").exists() else None

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
+__all__ = ["Settings", "SettingsError", "database_url", "get_settings", "reload_settings"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -70,24 +70,32 @@ def _cache_dir(env: Mapping[str, str]) -> Path:
     return _xdg(env, "XDG_CACHE_HOME", ".cache") / "tilefuse"
 
 
+def database_url(value: str, name: str = "") -> str:
+    """The SQLAlchemy URL meant by a tuning-database setting (TILEFUSE_DB, any command's --db): a URL
+    as is, or a bare path to a SQLite file (one with a directory part or a .db/.sqlite suffix).
+    SettingsError, naming `name` when given, for anything else."""
+    value = value.strip()
+    if "://" in value:
+        return value
+    if value.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in value:
+        return f"sqlite:///{Path(value).expanduser().resolve()}"
+    raise SettingsError(
+        f"{name + '=' if name else ''}{value!r} is not a database URL; accepted: an SQLAlchemy URL such as "
+        "'sqlite:///path/tuning.db' or 'postgresql://host/db', or a path to a .db/.sqlite file"
+    )
+
+
 def _db_url(env: Mapping[str, str]) -> str:
     value = env.get("TILEFUSE_DB", "").strip()
     if not value:
         path = _xdg(env, "XDG_DATA_HOME", ".local/share") / "tilefuse" / "tuning.db"
         return f"sqlite:///{path}"
-    if "://" in value:
-        return value
-    # A bare path is accepted as shorthand for a SQLite file.
-    if value.endswith((".db", ".sqlite", ".sqlite3")) or os.sep in value:
-        return f"sqlite:///{Path(value).expanduser().resolve()}"
-    raise SettingsError(
-        f"TILEFUSE_DB={value!r} is not a database URL; accepted: an SQLAlchemy URL such as "
-        "'sqlite:///path/tuning.db' or 'postgresql://host/db', or a path to a .db/.sqlite file"
-    )
+    return database_url(value, "TILEFUSE_DB")
 
 
 def _model_dir(env: Mapping[str, str]) -> Path:
-    """Where `tilefuse costmodel train` saves the model `tilefuse.compile` consults."""
+    """Where `tilefuse costmodel train` saves the model (unless --out says elsewhere) and where
+    `tilefuse compile` / `tilefuse.compile` look for one."""
     value = env.get("TILEFUSE_COSTMODEL", "").strip()
     if value:
         return Path(value).expanduser()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..fileio import atomic_open
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,12 @@ def _describe(dev: Any) -> list[tuple[str, str]]:
 
 # -------------------------------------------------------------------------------------- commands
 
-def _open(url: str | None) -> Any:
+def _open(url: str | None, create: bool = False) -> Any:
+    """The tuning database at `url` (a URL or a path; default: TILEFUSE_DB). Only `import` creates one:
+    reading a database that does not exist is an error, not a new empty file."""
     from .database import TuningDB
 
-    return TuningDB(url)
+    return TuningDB(url, create=create)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -185,15 +188,13 @@ def cmd_db_import(args: argparse.Namespace) -> int:
     from .database import DatabaseError
 
     try:
-        with _open(args.db) as db:
-            if args.file == "-":
-                added = db.import_jsonl(sys.stdin)
-            else:
-                with open(args.file, encoding="utf-8") as fp:
-                    added = db.import_jsonl(fp)
+        # the file is opened first, so that an unreadable one creates no database
+        src = contextlib.nullcontext(sys.stdin) if args.file == "-" else open(args.file, encoding="utf-8")
+        with src as fp, _open(args.db, create=True) as db:
+            added = db.import_jsonl(fp)
             total = db.count()
-    except FileNotFoundError:
-        print(f"error: no such file {args.file}", file=sys.stderr)
+    except OSError as err:
+        print(f"error: cannot read {args.file}: {err.strerror or err}", file=sys.stderr)
         return 2
     except DatabaseError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -21,11 +21,18 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--db", metavar="URL", help="SQLAlchemy URL or .db path (default: TILEFUSE_DB or the "
                     "per-user sqlite file)")
     sp.add_argument("--time-limit", type=float, metavar="S", help="wall-clock limit for the whole graph")
-    sp.add_argument("--patience", type=int, metavar="N", help="stop a kernel after N trials without a 1%% gain")
+    sp.add_argument("--patience", type=int, metavar="N",
+                    help="stop a kernel after N trials without a 1%% gain (default: a quarter of the budget, "
+                         "at least 16; 0: never stop early)")
     sp.add_argument("--report", metavar="DIR", help="report directory (default: tune-report-<graph>)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="override a size parameter")
     sp.set_defaults(fn=cmd_tune)
+
+
+def default_patience(budget: int) -> int:
+    """`tune`'s early stop when --patience is not given: a quarter of the budget, at least 16 trials."""
+    return max(16, budget // 4)
 
 
 def _fmt_eta(s: float | None) -> str:
@@ -74,21 +81,11 @@ class ProgressBar:
         self._len = 0
 
 
-def _db_url(value: str | None) -> str | None:
-    """--db accepts a URL or a .db path, as TILEFUSE_DB does."""
-    import os
-
-    from ..settings import Settings
-
-    return None if value is None else Settings.from_env({**os.environ, "TILEFUSE_DB": value}).db_url
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
     """Tune, print the summary table, write the report; 0 on success."""
     import optuna
 
     from ..cli import _load
-    from ..settings import SettingsError
     from .database import DatabaseError, TuningDB
     from .device import DeviceError
     from .space import SpaceError
@@ -98,18 +95,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.budget < 1:
         print("error: --budget must be at least 1", file=sys.stderr)
         return 2
-    g = _load(args.file, args.set)
-    try:
-        url = _db_url(args.db)
-    except SettingsError as err:
-        print(f"error: --db: {err}", file=sys.stderr)
+    if args.patience is not None and args.patience < 0:
+        print("error: --patience must be 0 (never stop early) or more", file=sys.stderr)
         return 2
+    patience = default_patience(args.budget) if args.patience is None else (args.patience or None)
+    g = _load(args.file, args.set)
     report = args.report or f"tune-report-{g.name}"
     bar = ProgressBar()
     try:
-        with TuningDB(url) as db:
+        with TuningDB(args.db) as db:
             res = tune_graph(g, args.target, budget=args.budget, strategy=args.strategy, db=db,
-                             time_limit=args.time_limit, report_dir=report, progress=bar, patience=args.patience,
+                             time_limit=args.time_limit, report_dir=report, progress=bar, patience=patience,
                              seed=args.seed)
     except (TuneError, DatabaseError, DeviceError, SpaceError) as err:
         bar.finish()

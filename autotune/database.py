@@ -40,11 +40,18 @@ T = TypeVar("T")
 class TuningDB:
     """Tuning records keyed by (workload, device, config, toolchain); see the module docstring."""
 
-    def __init__(self, url: str | None = None) -> None:
-        if url is None:
-            from ..settings import get_settings
+    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+        """Open the database at `url` (an SQLAlchemy URL or a path to a SQLite file; default: the
+        TILEFUSE_DB setting). With create=False a SQLite file that does not exist yet is an error
+        instead of a new, empty database (for commands that only read)."""
+        from ..settings import SettingsError, database_url, get_settings
 
+        if url is None:
             url = get_settings().db_url
+        try:
+            url = database_url(url)
+        except SettingsError as err:
+            raise DatabaseError(str(err)) from None
         self.url = url
         try:
             self._sa_url = sa.engine.make_url(url)
@@ -53,6 +60,10 @@ class TuningDB:
                                 "'sqlite:///path/tuning.db' or 'postgresql://host/db'") from None
         self._sqlite = self._sa_url.get_backend_name() == "sqlite"
         self.is_server = not self._sqlite  # a database server several machines can share
+        if not create and self._sqlite and self._sa_url.database not in (None, "", ":memory:") \
+                and not Path(self._sa_url.database).expanduser().exists():
+            raise DatabaseError(f"no tuning database at {self._sa_url.database} (nothing has been tuned into it; "
+                                "`tilefuse tune --db` creates one)")
         self._engine = self._make_engine()
         try:
             self._retry(self._open_schema)

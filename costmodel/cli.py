@@ -29,7 +29,10 @@ def register(subparsers: Any) -> None:
 
     tr = sub.add_parser("train", help="train on some workloads, report metrics on the held-out ones")
     source(tr)
-    tr.add_argument("--out", metavar="MODEL_DIR", help="save a model trained on all records here")
+    tr.add_argument("--out", metavar="MODEL_DIR",
+                    help="save the model (refit on all records) here instead of the default directory that "
+                         "`tilefuse compile` reads (TILEFUSE_COSTMODEL, else ~/.local/share/tilefuse/costmodel)")
+    tr.add_argument("--no-save", action="store_true", help="only report the metrics; save no model")
     tr.add_argument("--holdout", type=float, default=0.2, help="fraction of workloads held out (default 0.2)")
     tr.add_argument("--test-device", metavar="KEY", help="evaluate on this device instead (cross-device)")
     tr.add_argument("--few-shot", type=int, default=0, metavar="N",
@@ -67,7 +70,8 @@ def load_records(args: argparse.Namespace) -> list[Any]:
         from ..autotune.database import TuningDB
     except ImportError as err:
         raise ValueError(f"the tuning database is not available ({err}); use --data FILE.jsonl") from None
-    return list(TuningDB(args.db).records())
+    with TuningDB(args.db, create=False) as db:
+        return list(db.records())
 
 
 def resolve_device(records: list[Any], key: str) -> str:
@@ -109,11 +113,12 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
+        from ..autotune.db_schema import DatabaseError
         from .models import ModelError
 
         try:
             return int(fn(args))
-        except (ModelError, ValueError) as err:
+        except (ModelError, ValueError, DatabaseError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
 
@@ -131,6 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("--test-device needs --device (the device to train on)")
         if args.out:
             raise ValueError("--out saves a model of `train` without --test-device; drop one of them")
+        # a cross-device run is an experiment: it saves nothing
         res = cross_device(records, resolve_device(records, args.device), resolve_device(records, args.test_device),
                            few_shot=args.few_shot, seed=args.seed, xgb_params=params)
         print(_describe("train (source device)", res["train"]))
@@ -142,7 +148,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.device:
         dev = resolve_device(records, args.device)
         records = [r for r in records if r.device_key == dev]
-    res = train_and_eval(records, holdout_frac=args.holdout, seed=args.seed, xgb_params=params, out=args.out)
+    if args.no_save and args.out:
+        raise ValueError("--out and --no-save contradict each other; drop one of them")
+    out = None
+    if not args.no_save:
+        from ..settings import get_settings
+
+        out = args.out or get_settings().model_dir
+    res = train_and_eval(records, holdout_frac=args.holdout, seed=args.seed, xgb_params=params, out=out)
     print(_describe("train", res["train"]))
     if res["metrics"]:
         print(_describe("held out", res["test"]))

@@ -1,11 +1,16 @@
-"""Test setup: the Triton interpreter is chosen before triton is imported; builds go to a
-temporary cache; `gpu` tests skip without CUDA."""
+"""Test setup: the Triton interpreter is chosen before triton is imported; builds, the tuning
+database and the cost model go to temporary places; `gpu` tests skip without CUDA."""
 
 import os
 import tempfile
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TILEFUSE_CACHE_DIR", tempfile.mkdtemp(prefix="tilefuse-test-cache-"))
+# Never the user's tuning database or cost model: compile's "auto" sources would read them, and
+# `costmodel train` writes its model to the default place.
+_DATA = tempfile.mkdtemp(prefix="tilefuse-test-data-")
+os.environ["TILEFUSE_DB"] = os.path.join(_DATA, "tuning.db")
+os.environ["TILEFUSE_COSTMODEL"] = os.path.join(_DATA, "costmodel")
 
 import pytest  # noqa: E402
 

@@ -440,3 +440,27 @@ def test_cli_train_eval_and_cross_device(tmp_path, capsys):
     data.write_text("{not json\n")
     assert cm_cli.main(["costmodel", "train", "--data", str(data)]) == 2
     assert "records.jsonl:1" in capsys.readouterr().err
+
+
+def test_cli_train_saves_where_compile_looks(tmp_path, monkeypatch, capsys):
+    """Without --out, `costmodel train` saves to the model directory compile's "auto" reads;
+    --no-save saves nothing."""
+    from tilefuse.autotune.target import get_target
+    from tilefuse.compiler import open_sources
+    from tilefuse.settings import reload_settings
+
+    data = tmp_path / "records.jsonl"
+    data.write_text("\n".join(r.to_json() for r in make_records(6)) + "\n")
+    home = tmp_path / "cm"
+    monkeypatch.setenv("TILEFUSE_COSTMODEL", str(home))
+    reload_settings()
+    try:
+        assert cm_cli.main(["costmodel", "train", "--data", str(data), "--rounds", "10", "--no-save"]) == 0
+        assert not home.exists()
+        assert cm_cli.main(["costmodel", "train", "--data", str(data), "--rounds", "10"]) == 0
+        assert f"to {home}" in capsys.readouterr().out and (home / "meta.json").is_file()
+        assert open_sources(get_target("cpu"), db=None).model is not None
+        assert cm_cli.main(["costmodel", "train", "--data", str(data), "--no-save", "--out", str(home)]) == 2
+    finally:
+        monkeypatch.undo()
+        reload_settings()
