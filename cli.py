@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -181,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     register_costmodel(sub)
     args = p.parse_args(argv)
     try:
-        return int(args.fn(args))
+        rc = int(args.fn(args))
+        sys.stdout.flush()  # here, so that a closed pipe is handled below, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        # the reader went away (`tilefuse db show | head`): stop quietly, as Unix tools do on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:
         message = _expected_error(err)
         if message is None:

@@ -96,3 +96,22 @@ def test_db_accepts_a_bare_path_everywhere(tmp_path, capsys):
     assert main(["db", "show", "--db", str(path)]) == 0
     assert "0 records" in capsys.readouterr().out
     assert main(["devices", "--db", str(path)]) == 0
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`tilefuse db show | head -1`: the reader goes away; no traceback, the SIGPIPE exit status."""
+    import subprocess
+    import sys
+
+    from tilefuse.autotune.database import TuningDB
+
+    with TuningDB(str(tmp_path / "t.db")):
+        pass
+    argv = ["db", "show", "--db", str(tmp_path / "t.db")]
+    code = f"import sys; from tilefuse.cli import main; sys.exit(main({argv!r}))"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # before the child has printed anything: it imports for far longer than this takes
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
