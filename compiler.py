@@ -129,16 +129,19 @@ def open_sources(target: Target, db: Any = "auto", cost_model: Any = "auto") -> 
     if target.kind == "interp":  # interpreter timings say nothing about a device
         return src
     st = get_settings()
-    if db == "auto":
-        url = st.db_url
-        exists = not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
-        db = url if exists else None
     if db is not None:
-        from .autotune.database import TuningDB
+        from .autotune.database import MissingDatabaseError, TuningDB
         from .autotune.device import device_for_target
 
-        src.db = TuningDB(db, create=False) if isinstance(db, str) else db
-        src.device = device_for_target(target.name)
+        if db == "auto":
+            try:
+                src.db = TuningDB(st.db_url, create=False)
+            except MissingDatabaseError:  # nothing tuned yet
+                pass
+        else:
+            src.db = TuningDB(db, create=False) if isinstance(db, str) else db
+        if src.db is not None:
+            src.device = device_for_target(target.name)
     if cost_model == "auto":
         cost_model = st.model_dir if (st.model_dir / "meta.json").exists() else None
     if cost_model is not None:

@@ -28,10 +28,11 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
 from .config import Config, canonical_json
-from .db_schema import MIGRATIONS, SCHEMA_VERSION, DatabaseError, devices_t, open_schema, records_t, workloads_t
+from .db_schema import (MIGRATIONS, SCHEMA_VERSION, DatabaseError, MissingDatabaseError, devices_t, open_schema,
+                        records_t, workloads_t)
 from .records import Measurement, Record, Status, ranked
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "TuningDB", "iter_jsonl"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "MissingDatabaseError", "TuningDB", "iter_jsonl"]
 
 _BUSY_TIMEOUT_S = 60.0
 T = TypeVar("T")
@@ -42,8 +43,8 @@ class TuningDB:
 
     def __init__(self, url: str | None = None, *, create: bool = True) -> None:
         """Open the database at `url` (an SQLAlchemy URL or a path to a SQLite file; default: the
-        TILEFUSE_DB setting). With create=False a SQLite file that does not exist yet is an error
-        instead of a new, empty database (for commands that only read)."""
+        TILEFUSE_DB setting). With create=False a SQLite file that does not exist yet raises
+        MissingDatabaseError instead of becoming a new, empty database (for commands that only read)."""
         from ..settings import SettingsError, database_url, get_settings
 
         if url is None:
@@ -62,8 +63,8 @@ class TuningDB:
         self.is_server = not self._sqlite  # a database server several machines can share
         if not create and self._sqlite and self._sa_url.database not in (None, "", ":memory:") \
                 and not Path(self._sa_url.database).expanduser().exists():
-            raise DatabaseError(f"no tuning database at {self._sa_url.database} (nothing has been tuned into it; "
-                                "`tilefuse tune --db` creates one)")
+            raise MissingDatabaseError(f"no tuning database at {self._sa_url.database} (nothing has been tuned "
+                                       "into it; `tilefuse tune --db` creates one)")
         self._engine = self._make_engine()
         try:
             self._retry(self._open_schema)

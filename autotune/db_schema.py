@@ -26,8 +26,8 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["APP", "COEXISTING_TABLES", "MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "devices_t", "meta_t",
-           "metadata", "open_schema", "records_t", "workloads_t"]
+__all__ = ["APP", "COEXISTING_TABLES", "MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "MissingDatabaseError",
+           "devices_t", "meta_t", "metadata", "open_schema", "records_t", "workloads_t"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ COEXISTING_TABLES = frozenset({
 
 class DatabaseError(RuntimeError):
     """A database that cannot be used: corrupt, foreign, newer schema or unreachable."""
+
+
+class MissingDatabaseError(DatabaseError):
+    """No database at a SQLite path opened for reading (TuningDB(..., create=False))."""
 
 
 metadata = sa.MetaData()
