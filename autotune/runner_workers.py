@@ -151,15 +151,16 @@ class _GpuState:
     flush: Any
 
 
-def _gpu_launcher(spec: Any, config: Config, source: str, inputs: list[Any]) -> tuple[Callable[[], Any], list[Any]]:
+def _gpu_launcher(spec: Any, config: Config, source: str, inputs: list[Any],
+                  device: str = "cuda") -> tuple[Callable[[], Any], list[Any]]:
     import torch
 
     from ..codegen.triton_runtime import load_module
     from ..ir import dtypes as dt
 
     mod = load_module(source, interpret=False)
-    outs = [torch.empty(b.shape, dtype=dt.to_torch(b.dtype), device="cuda") for b in spec.outputs]
-    args = spec.launch_args(config, list(inputs), outs, "cuda")  # aux tensors (block lists) and workspace too
+    outs = [torch.empty(b.shape, dtype=dt.to_torch(b.dtype), device=device) for b in spec.outputs]
+    args = spec.launch_args(config, list(inputs), outs, device)  # aux tensors (block lists) and workspace too
     ws_shape = spec.workspace_shape(config)
     kw = {**spec.triton_constexprs(config), **spec.launch_options(config)}
     grid = spec.grid(config)
@@ -175,6 +176,14 @@ def _gpu_launcher(spec: Any, config: Config, source: str, inputs: list[Any]) -> 
     return launch, outs
 
 
+def device_inputs(spec: Any, host: list[np.ndarray], device: str) -> list[Any]:
+    """The kernel's host inputs as torch tensors of its buffers' dtypes on `device` (bf16 goes through
+    float32: torch cannot take ml_dtypes arrays), as the compiled graph's own launches make them."""
+    from ..codegen.executors import torch_input
+
+    return [torch_input(b.name, x, b.dtype, device) for b, x in zip(spec.inputs, host)]
+
+
 def _gpu_state(spec: Any, req: dict[str, Any]) -> _GpuState:
     key = ("gpu", spec.key, int(req["seed"]))
     st = _STATE.get(key)
@@ -182,7 +191,7 @@ def _gpu_state(spec: Any, req: dict[str, Any]) -> _GpuState:
         import torch
 
         host = kernel_inputs(spec, int(req["seed"]))
-        inputs = [torch.from_numpy(np.ascontiguousarray(x)).to("cuda") for x in host]
+        inputs = device_inputs(spec, host, "cuda")
         target = get_target(req["arch"])
 
         def run_default() -> list[np.ndarray]:
@@ -260,3 +269,81 @@ def gpu_measure(req: dict[str, Any]) -> Measurement:
         samples.append(start.elapsed_time(end) / 1e3)
     return Measurement(Status.OK, tuple(samples), verified=True, max_error=err, compile_seconds=compile_s,
                        resources=resources)
+
+
+# ---- GPU builds (parallel build workers; no GPU needed) ---------------------------------------
+class TargetOnlyDriver:
+    """Triton's active driver in a GPU build worker. It reports the measured GPU's target, so that
+    `JITFunction.warmup` compiles exactly what the measurement worker's first launch of the same
+    source, arguments and options looks up: same specialization, options and target, hence the same
+    key in Triton's on-disk cache (TRITON_CACHE_DIR, shared by the workers). It makes no CUDA context
+    and needs no GPU; it cannot launch anything. The device index it reports is the arch, so a JIT
+    function's per-device caches never mix two targets in one process."""
+
+    def __init__(self, arch: int):
+        from triton.backends.compiler import GPUTarget
+
+        self.arch = int(arch)
+        self.target = GPUTarget("cuda", self.arch, 32)
+
+    def is_active(self) -> bool:
+        return True
+
+    def get_current_target(self) -> Any:
+        return self.target
+
+    def get_current_device(self) -> int:
+        return self.arch
+
+    def get_current_stream(self, device: Any = None) -> int:
+        return 0
+
+
+def use_target_only_driver(arch: int) -> None:
+    """Make a TargetOnlyDriver for sm_`arch` Triton's active driver in this (build worker) process."""
+    from triton.runtime import driver
+
+    current = driver.active if driver._active is not None else None
+    if not (isinstance(current, TargetOnlyDriver) and current.arch == int(arch)):
+        driver.set_active(TargetOnlyDriver(arch))
+
+
+def mock_launch_args(spec: Any, config: Config) -> list[Any]:
+    """Stand-ins for the launch arguments of `spec` under `config` (spec.launch_args order): the torch
+    dtype of each pointer, which `JITFunction.warmup` specializes as a 16-byte aligned tensor of that
+    dtype, as the measurement worker's freshly allocated tensors are."""
+    from ..ir import dtypes as dt
+
+    return [dt.torch_of_triton_sig(ty.removeprefix("*")) for ty in spec.triton_signature(config).values()]
+
+
+def gpu_prebuild(req: dict[str, Any]) -> str:
+    """Compile one candidate's Triton kernel(s) for the measured GPU into Triton's on-disk cache, where
+    the measurement worker's JIT finds them; '' on success (or a hit), else the compile error, which
+    includes a kernel needing more shared memory per block than the target has (Triton would refuse
+    to launch it: OutOfResources)."""
+    from ..codegen.triton_runtime import load_module
+
+    spec = resolve(req["spec"])
+    config = Config.from_json(req["config"])
+    target = get_target(req["arch"])
+    if not target.is_gpu:
+        raise ValueError(f"gpu_prebuild for {target.name}: not a CUDA target")
+    use_target_only_driver(target.arch)
+    try:
+        mod = load_module(spec.render_triton(config), interpret=False)
+        args = mock_launch_args(spec, config)
+        kw = {**spec.triton_constexprs(config), **spec.launch_options(config)}
+        grid = spec.grid(config)
+        fns = [getattr(mod, spec.name)]
+        if spec.workspace_shape(config) is not None:
+            fns.append(getattr(mod, f"{spec.name}_finish"))
+        for fn in fns:
+            compiled = fn.warmup(*args, grid=grid, **kw)
+            shared = int(getattr(compiled.metadata, "shared", 0) or 0)
+            if target.max_shared_bytes and shared > target.max_shared_bytes:
+                return (f"OutOfResources: {fn.__name__} needs {shared} bytes of shared memory per block, "
+                        f"{target.name} has {target.max_shared_bytes}")
+    except Exception as exc:  # noqa: BLE001 - any compiler failure is this candidate's compile error
+        return _msg(exc)
+    return ""

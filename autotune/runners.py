@@ -2,8 +2,9 @@
 Triton) measure in a worker subprocess with a timeout, so a crash or hang marks the candidate
 (runtime_error / timeout) and the sweep continues with a fresh worker. FakeRunner serves tests.
 
-Builds may run in parallel (`prebuild`: `jobs` build workers fill the build cache for a batch);
-measurement runs one candidate at a time in the single measurement worker."""
+Builds run in parallel (`prebuild`: `jobs` build workers compile a batch before it is measured, into
+tilefuse's build cache for TVM, into Triton's kernel cache for the GPU); measurement runs one
+candidate at a time in the single measurement worker, which then loads the binaries."""
 
 from __future__ import annotations
 
@@ -278,8 +279,10 @@ class CpuRunner(IsolatedRunner):
 
 
 class GpuRunner(IsolatedRunner):
-    """Triton kernels on a CUDA GPU: JIT build, CUDA-event timing, an L2 flush of twice the device's
-    L2 between samples. Any CUDA error (an illegal address poisons the context) replaces the worker."""
+    """Triton kernels on a CUDA GPU: builds in parallel workers (see prebuild), then in the measurement
+    worker a JIT launch that loads the built binary, CUDA-event timing, an L2 flush of twice the
+    device's L2 between samples. Any CUDA error (an illegal address poisons the context) replaces
+    the worker."""
 
     backend = "triton"
     worker_env = {"TRITON_INTERPRET": "0"}
@@ -297,18 +300,35 @@ class GpuRunner(IsolatedRunner):
 
         return gpu_measure
 
+    def build_fn(self) -> Callable[[Any], Any] | None:
+        from .runner_workers import gpu_prebuild
+
+        return gpu_prebuild
+
     def restart_after(self, m: Measurement) -> bool:
         return True
 
-    def measure(self, spec: KernelSpec, config: Config, device: Device) -> Measurement:
-        """As IsolatedRunner.measure; DeviceError up front for a nominal device (no such GPU here),
-        instead of one runtime_error record per candidate."""
+    @staticmethod
+    def _check_local(device: Device) -> None:
+        """DeviceError for a nominal device (no such GPU here), instead of one runtime_error record
+        per candidate."""
         if getattr(device, "nominal", False):
             from .device import DeviceError, gpu_status
 
             raise DeviceError(f"cannot measure on {getattr(device, 'name', device)}: it is a nominal fingerprint, "
                               f"not a GPU of this machine ({gpu_status()})")
+
+    def measure(self, spec: KernelSpec, config: Config, device: Device) -> Measurement:
+        """As IsolatedRunner.measure, on a GPU of this machine only."""
+        self._check_local(device)
         return super().measure(spec, config, device)
+
+    def prebuild(self, spec: KernelSpec, configs: list[Config], device: Device) -> None:
+        """Compile a batch for the device's arch in parallel build workers (runner_workers.gpu_prebuild:
+        no GPU in them) into Triton's on-disk cache, so the measurement worker's first launch of a
+        candidate loads its binary instead of compiling it while the GPU waits."""
+        self._check_local(device)
+        super().prebuild(spec, configs, device)
 
     def request(self, spec: KernelSpec, config: Config, device: Device) -> dict[str, Any]:
         req = super().request(spec, config, device)

@@ -57,7 +57,8 @@ def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
 
 
 # ---- Triton (interpreter or CUDA) ----------------------------------------------------------
-def _torch_input(name: str, x: Any, d: dt.DType, device: str) -> Any:
+def torch_input(name: str, x: Any, d: dt.DType, device: str) -> Any:
+    """Input `name` (an array or a tensor of dtype `d`) as a contiguous torch tensor on `device`."""
     import torch
 
     want = dt.to_torch(d)
@@ -96,7 +97,7 @@ def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
         device = "cuda"
     bufs: dict[str, Any] = {}
     for n in cg.graph.inputs:
-        bufs[n.attr("name")] = _torch_input(n.attr("name"), inputs[n.attr("name")], n.dtype, device)
+        bufs[n.attr("name")] = torch_input(n.attr("name"), inputs[n.attr("name")], n.dtype, device)
     for ck in cg.kernels:
         spec = ck.spec
         outs = []

@@ -220,6 +220,15 @@ def from_torch(t: Any) -> DType:
     raise DTypeError(f"torch dtype {t} has no tilefuse equivalent")
 
 
+def torch_of_triton_sig(name: str) -> Any:
+    """The torch dtype of a Triton pointer element spelling ("i32" -> torch.int32; "u8" is uint8)."""
+    for d, n in _TRITON_NAMES.items():
+        if n == name and not d.packed:
+            return to_torch(d)
+    raise DTypeError(f"Triton element type {name!r} has no torch dtype; accepted: "
+                     f"{', '.join(sorted(set(_TRITON_NAMES.values())))}")
+
+
 def triton_sig(d: DType) -> str:
     """Triton signature spelling of a pointer element type ("fp16", "bf16", "i32", ...)."""
     return _TRITON_NAMES[d]
