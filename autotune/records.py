@@ -92,11 +92,13 @@ def corrected_seconds(records: Iterable[Record]) -> dict[str, float]:
 
 
 def ranked(records: Iterable[Record]) -> list[tuple[float, Record]]:
-    """(seconds, record) of every timed record, fastest first by `corrected_seconds` (ties by key)."""
+    """(seconds, record) of every timed record, fastest first by `corrected_seconds`. Ties go by the
+    config's key, as in the tuner's own pick (search._best), so `tune` reports the config the database
+    then serves; then by the record's key."""
     rs = list(records)
     seconds = corrected_seconds(rs)
-    keyed = sorted((seconds[k], k, r) for r, k in ((r, r.key) for r in rs) if k in seconds)
-    return [(t, r) for t, _, r in keyed]
+    keyed = sorted((seconds[r.key], r.config.key, r.key, r) for r in rs if r.key in seconds)
+    return [(t, r) for t, _, _, r in keyed]
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,7 @@ def _absorb(db: TuningDB, spec: KernelSpec, device: Any, strat: Strategy, measur
 
 
 def _best(times: dict[Config, float]) -> tuple[Config, float] | None:
+    """The fastest config, ties by Config.key (as records.ranked, which the database's best uses)."""
     if not times:
         return None
     t, _, c = min((t, c.key, c) for c, t in times.items())
