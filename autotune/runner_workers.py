@@ -303,7 +303,7 @@ def use_target_only_driver(arch: int) -> None:
     """Make a TargetOnlyDriver for sm_`arch` Triton's active driver in this (build worker) process."""
     from triton.runtime import driver
 
-    current = driver.active if driver._active is not None else None
+    current = getattr(driver, "_active", None)  # not driver.active: that would make the default (CUDA) driver
     if not (isinstance(current, TargetOnlyDriver) and current.arch == int(arch)):
         driver.set_active(TargetOnlyDriver(arch))
 
