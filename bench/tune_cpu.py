@@ -18,15 +18,17 @@ measured within 25% of the best (--retime-window) is re-timed, all of them inter
 ratio x the reference's median time) is within 5% of the best re-timed value.
 
 A learned cost model is trained on what a device has tuned before; so first, unless --history-budget
-is 0, random search tunes a few *other* GEMM shapes (--history-shapes, none of them measured below)
-into a history database, and every run's database starts as a copy of it. Only model-guided
-search reads that history (it trains XGBoost on it and starts from its winners); the others ignore
+is 0, random search tunes a few *other* GEMM shapes (--history-shapes, none of them measured below),
+and with --history-mlp-sizes the decoder MLP at other sizes (the only history its norm kernel's
+family can have), into a history database, and every run's database starts as a copy of it. Only
+model-guided search reads that history (it trains XGBoost on it and starts from its winners); the others ignore
 records of other workloads. The history's tuning time is printed apart and not charged to any
 strategy.
 
 Usage: python bench/tune_cpu.py [--budget 32] [--mlp-budget 12] [--strategies model tpe random grid]
                                 [--shapes 1024x1024x1024 1000x1000x1000 777x333x1024] [--no-metaschedule]
-                                [--history-shapes 512x512x512 ...] [--history-budget 24]
+                                [--history-shapes 512x512x512 ...] [--history-mlp-sizes T=32,H=512,I=1376 ...]
+                                [--history-budget 24]
                                 [--seeds 3] [--retime-reps 5] [--retime-window 1.25] [--retime-cap 60]
                                 [--json RUNS.json] [--report RUNS.json]
 Shapes are MxNxK. Defaults take about 35 minutes on a 2-core machine (MetaSchedule is 12 of them);
@@ -124,8 +126,17 @@ def tune_all(graph: Any, strategies: list[str], budget: int, seed: int, seeds: i
     return runs
 
 
-def build_history(shapes: list[str], budget: int, seed: int) -> str:
-    """Tune `shapes` with random search into a new database file; its path."""
+def mlp_graph(sizes: str) -> Any:
+    """examples/decoder_mlp.tf at `sizes` ("T=16,H=256,I=688")."""
+    from tilefuse.ir.text import load_graph
+
+    dims = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in sizes.split(",")}
+    return load_graph(os.path.join(os.path.dirname(__file__), "..", "examples", "decoder_mlp.tf"), dims)
+
+
+def build_history(shapes: list[str], mlp_sizes: list[str], budget: int, seed: int) -> str:
+    """Tune GEMM `shapes` and decoder MLPs of `mlp_sizes` with random search into a new database file;
+    its path."""
     from tilefuse.autotune.database import TuningDB
     from tilefuse.autotune.tune import tune_graph
 
@@ -136,9 +147,12 @@ def build_history(shapes: list[str], budget: int, seed: int) -> str:
         for shape in shapes:
             m, n, k = (int(x) for x in shape.split("x"))
             tune_graph(gemm_graph(m, n, k), "cpu", budget=budget, strategy="random", db=db, seed=seed + 1)
+        for sizes in mlp_sizes:
+            tune_graph(mlp_graph(sizes), "cpu", budget=budget, strategy="random", db=db, seed=seed + 1)
         count = len(db.records())
-    print(f"history: {count} records of {len(shapes)} other GEMM shapes ({', '.join(shapes)}), random search, "
-          f"{budget} trials each, {time.perf_counter() - t0:.0f} s (not charged to any strategy)")
+    mlps = f" and decoder MLPs at {'; '.join(mlp_sizes)}" if mlp_sizes else ""
+    print(f"history: {count} records of {len(shapes)} other GEMM shapes ({', '.join(shapes)}){mlps}, random "
+          f"search, {budget} trials per kernel, {time.perf_counter() - t0:.0f} s (not charged to any strategy)")
     return path
 
 
@@ -430,7 +444,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--history-shapes", nargs="+", default=["512x512x512", "1536x768x1024", "640x1280x896"],
                     help="other GEMM shapes (MxNxK) tuned first as the device's history")
-    ap.add_argument("--history-budget", type=int, default=24, help="random trials per history shape (0: none)")
+    ap.add_argument("--history-mlp-sizes", nargs="*", default=[],
+                    help="other decoder MLP sizes (e.g. T=32,H=512,I=1376) tuned first as the device's history")
+    ap.add_argument("--history-budget", type=int, default=24, help="random trials per history kernel (0: none)")
     ap.add_argument("--seeds", type=int, default=3, help="runs (seeds) of model-guided and random search")
     ap.add_argument("--retime-reps", type=int, default=5, help="interleaved re-measurements of the best configs")
     ap.add_argument("--retime-window", type=float, default=1.25,
@@ -445,13 +461,16 @@ def main() -> None:
     overlap = set(args.history_shapes) & set(args.shapes)
     if overlap and args.history_budget:
         ap.error(f"history shapes {sorted(overlap)} are also measured shapes; the history must be other workloads")
+    if args.mlp_sizes in args.history_mlp_sizes and args.history_budget and not args.no_mlp:
+        ap.error(f"history MLP sizes include the measured {args.mlp_sizes}; the history must be other workloads")
     os.environ.setdefault("TILEFUSE_CACHE_DIR", os.path.join(ROOT, "default"))
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t_all = time.perf_counter()
     dump: dict[str, Any] = {}
-    history = build_history(args.history_shapes, args.history_budget, args.seed) if args.history_budget else None
+    history = build_history(args.history_shapes, args.history_mlp_sizes, args.history_budget, args.seed) \
+        if args.history_budget else None
     for shape in args.shapes:
         m, n, k = (int(x) for x in shape.split("x"))
         g = gemm_graph(m, n, k)
@@ -465,11 +484,7 @@ def main() -> None:
                         ms_row, true, args.budget)
         dump[f"gemm {shape}"] = raw(runs, true, args.budget)
     if not args.no_mlp:
-        from tilefuse.ir.text import load_graph
-
-        sizes = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in args.mlp_sizes.split(",")}
-        path = os.path.join(os.path.dirname(__file__), "..", "examples", "decoder_mlp.tf")
-        g = load_graph(path, sizes)
+        g = mlp_graph(args.mlp_sizes)
         runs = tune_all(g, args.strategies, args.mlp_budget, args.seed, args.seeds, history)
         true = retime(g, [r for rs in runs.values() for r in rs], args.retime_reps, args.retime_window,
                       args.retime_cap)
