@@ -21,8 +21,8 @@ A learned cost model is trained on what a device has tuned before; so first, unl
 is 0, random search tunes a few *other* GEMM shapes (--history-shapes, none of them measured below),
 and with --history-mlp-sizes the decoder MLP at other sizes (the only history its norm kernel's
 family can have), into a history database, and every run's database starts as a copy of it. Only
-model-guided search reads that history (it trains XGBoost on it and starts from its winners); the others ignore
-records of other workloads. The history's tuning time is printed apart and not charged to any
+model-guided search reads that history (it trains XGBoost on it and starts from its winners); the
+others ignore records of other workloads. The history's tuning time is printed apart and not charged to any
 strategy.
 
 Usage: python bench/tune_cpu.py [--budget 32] [--mlp-budget 12] [--strategies model tpe random grid]

@@ -100,12 +100,13 @@ def test_equal_times_break_ties_as_the_tuner_does(url):
     orders = set()
     with TuningDB(url) as db:
         for device in (H100, H200, A100, cpu_device()):
-            pair = [rec(i, device=device, samples=(2e-3, 2e-3, 2e-3)) for i in (3, 4, 5, 6)]
-            orders.add(min(pair, key=lambda r: r.key).config == min(pair, key=lambda r: r.config.key).config)
-            db.add_many(pair)
-            pick = _best({r.config: 2e-3 for r in pair})
+            tied = [rec(i, device=device, samples=(2e-3, 2e-3, 2e-3)) for i in (3, 4, 5, 6)]
+            orders.add(min(tied, key=lambda r: r.key).config == min(tied, key=lambda r: r.config.key).config)
+            db.add_many(tied)
+            pick = _best({r.config: 2e-3 for r in tied})
             assert pick is not None and db.best("w-gemm", device.key).config == pick[0]
     assert orders == {True, False}  # both orders occurred: the test does not pass by luck of hashing
+
 
 def test_toolchain_is_part_of_the_record_key(url):
     with TuningDB(url) as db:
