@@ -97,7 +97,7 @@ def ranked(records: Iterable[Record]) -> list[tuple[float, Record]]:
     then serves; then by the record's key."""
     rs = list(records)
     seconds = corrected_seconds(rs)
-    keyed = sorted((seconds[r.key], r.config.key, r.key, r) for r in rs if r.key in seconds)
+    keyed = sorted((seconds[k], r.config.key, k, r) for r, k in ((r, r.key) for r in rs) if k in seconds)
     return [(t, r) for t, _, _, r in keyed]
 
 

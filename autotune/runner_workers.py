@@ -151,21 +151,40 @@ class _GpuState:
     flush: Any
 
 
+@dataclass(frozen=True)
+class _LaunchPlan:
+    """The jitted functions of one candidate and how they are called: the main kernel, the split-K
+    finishing kernel when the family has a workspace, and the keyword arguments and grid they share.
+    The measurement launch and the parallel build both use it, so both reach Triton's cache key."""
+
+    main: Any
+    finish: Any | None
+    kw: dict[str, Any]
+    grid: tuple[int, ...]
+
+    @staticmethod
+    def of(spec: Any, config: Config, source: str) -> _LaunchPlan:
+        from ..codegen.triton_runtime import load_module
+
+        mod = load_module(source, interpret=False)
+        finish = getattr(mod, f"{spec.name}_finish") if spec.workspace_shape(config) is not None else None
+        return _LaunchPlan(getattr(mod, spec.name), finish,
+                           {**spec.triton_constexprs(config), **spec.launch_options(config)}, spec.grid(config))
+
+    def functions(self) -> list[Any]:
+        return [self.main] if self.finish is None else [self.main, self.finish]
+
+
 def _gpu_launcher(spec: Any, config: Config, source: str, inputs: list[Any],
                   device: str = "cuda") -> tuple[Callable[[], Any], list[Any]]:
     import torch
 
-    from ..codegen.triton_runtime import load_module
     from ..ir import dtypes as dt
 
-    mod = load_module(source, interpret=False)
+    plan = _LaunchPlan.of(spec, config, source)
     outs = [torch.empty(b.shape, dtype=dt.to_torch(b.dtype), device=device) for b in spec.outputs]
     args = spec.launch_args(config, list(inputs), outs, device)  # aux tensors (block lists) and workspace too
-    ws_shape = spec.workspace_shape(config)
-    kw = {**spec.triton_constexprs(config), **spec.launch_options(config)}
-    grid = spec.grid(config)
-    main = getattr(mod, spec.name)
-    finish = getattr(mod, f"{spec.name}_finish") if ws_shape is not None else None
+    main, finish, kw, grid = plan.main, plan.finish, plan.kw, plan.grid
 
     def launch() -> Any:
         k = main[grid](*args, **kw)
@@ -322,8 +341,6 @@ def gpu_prebuild(req: dict[str, Any]) -> str:
     the measurement worker's JIT finds them; '' on success (or a hit), else the compile error, which
     includes a kernel needing more shared memory per block than the target has (Triton would refuse
     to launch it: OutOfResources)."""
-    from ..codegen.triton_runtime import load_module
-
     spec = resolve(req["spec"])
     config = Config.from_json(req["config"])
     target = get_target(req["arch"])
@@ -331,15 +348,10 @@ def gpu_prebuild(req: dict[str, Any]) -> str:
         raise ValueError(f"gpu_prebuild for {target.name}: not a CUDA target")
     use_target_only_driver(target.arch)
     try:
-        mod = load_module(spec.render_triton(config), interpret=False)
+        plan = _LaunchPlan.of(spec, config, spec.render_triton(config))
         args = mock_launch_args(spec, config)
-        kw = {**spec.triton_constexprs(config), **spec.launch_options(config)}
-        grid = spec.grid(config)
-        fns = [getattr(mod, spec.name)]
-        if spec.workspace_shape(config) is not None:
-            fns.append(getattr(mod, f"{spec.name}_finish"))
-        for fn in fns:
-            compiled = fn.warmup(*args, grid=grid, **kw)
+        for fn in plan.functions():
+            compiled = fn.warmup(*args, grid=plan.grid, **plan.kw)
             shared = int(getattr(compiled.metadata, "shared", 0) or 0)
             if target.max_shared_bytes and shared > target.max_shared_bytes:
                 return (f"OutOfResources: {fn.__name__} needs {shared} bytes of shared memory per block, "
