@@ -11,21 +11,18 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-from .autotune.config import Config
-from .autotune.target import Target, get_target
-from .ir.graph import Graph
+from .schedule.config import Config
+from .schedule.target import Target, get_target
+from .errors import RuntimeUnavailable, TilefuseError  # noqa: F401 - RuntimeUnavailable re-exported
+from .ir.graph import Graph, as_graph
 from .kernels import KernelSpec, spec_for
 from .passes import PipelineResult, run_pipeline
 
 log = logging.getLogger(__name__)
 
 
-class CompileError(RuntimeError):
+class CompileError(TilefuseError, RuntimeError):
     """A graph that cannot be compiled for the requested target."""
-
-
-class RuntimeUnavailable(RuntimeError):
-    """A compiled graph that cannot run here (e.g. an sm_90 build on a machine without a GPU)."""
 
 
 @dataclass
@@ -55,14 +52,6 @@ def ensure_interpreter() -> None:
         raise CompileError("target 'interp' needs the Triton interpreter, but triton was already imported without "
                            "TRITON_INTERPRET=1; set TRITON_INTERPRET=1 in the environment (or compile for 'interp' "
                            "before importing triton)")
-
-
-def _as_graph(g: Any) -> Graph:
-    if isinstance(g, Graph):
-        return g
-    if hasattr(g, "build"):
-        return g.build()
-    raise CompileError(f"expected a Graph or GraphBuilder, got {type(g).__name__}")
 
 
 class CompiledGraph:
@@ -181,7 +170,7 @@ def _legal_candidates(spec: KernelSpec, target: Target, n: int) -> list[Config]:
 def _best_legal(spec: KernelSpec, target: Target, records: list[Any]) -> tuple[Any, float] | None:
     """The fastest verified record whose config is still legal (knob spaces change over time), and its
     time (records.ranked: drift-corrected where the runner paired it with the reference)."""
-    from .autotune.records import ranked
+    from .schedule.records import ranked
 
     for t, rec in ranked(records):
         problems = spec.check_problems(Config(rec.config), target)
@@ -224,7 +213,7 @@ def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str
 
     Each kernel's config comes from `configs` (by kernel name), else the tuning database `db`
     (exact device, then same arch), else `cost_model`, else the family default; see choose_config."""
-    g = _as_graph(graph)
+    g = as_graph(graph)
     tgt = get_target(target)
     if tgt.kind == "interp":
         ensure_interpreter()

@@ -10,6 +10,7 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from .errors import TilefuseError
 
 __all__ = ["Settings", "SettingsError", "database_url", "get_settings", "reload_settings"]
 
@@ -17,7 +18,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
-class SettingsError(ValueError):
+class SettingsError(TilefuseError, ValueError):
     """An environment variable holds a value tilefuse cannot accept."""
 
 

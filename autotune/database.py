@@ -27,10 +27,10 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
-from .config import Config, canonical_json
+from ..schedule.config import Config, canonical_json
 from .db_schema import (MIGRATIONS, SCHEMA_VERSION, DatabaseError, MissingDatabaseError, devices_t, open_schema,
                         records_t, workloads_t)
-from .records import Measurement, Record, Status, ranked
+from ..schedule.records import Measurement, Record, Status, ranked
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "MissingDatabaseError", "TuningDB", "iter_jsonl"]
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from ..errors import TilefuseError
 
 __all__ = ["APP", "COEXISTING_TABLES", "MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "MissingDatabaseError",
            "devices_t", "meta_t", "metadata", "open_schema", "records_t", "workloads_t"]
@@ -41,7 +42,7 @@ COEXISTING_TABLES = frozenset({
 })
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(TilefuseError, RuntimeError):
     """A database that cannot be used: corrupt, foreign, newer schema or unreachable."""
 
 

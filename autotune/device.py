@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import canonical_json, sha256_json
-from .target import Target, get_target
+from ..errors import TilefuseError
+from ..schedule.config import canonical_json, sha256_json
+from ..schedule.target import Target, get_target
 
 __all__ = ["FINGERPRINT_SCHEMA", "NOMINAL", "Device", "DeviceError", "cpu_device", "detect_devices",
            "device_for_target", "gpu_status"]
@@ -91,7 +92,7 @@ _ISA_FLAGS = frozenset({
 _CPU_BYTES_PER_S_PER_CORE = 10e9
 
 
-class DeviceError(ValueError):
+class DeviceError(TilefuseError, ValueError):
     """A target with no local device and no nominal table entry, or a malformed device record."""
 
 

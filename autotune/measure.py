@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import TilefuseError
 from ..ir import dtypes as dt
 if TYPE_CHECKING:
     from ..kernels.base import KernelSpec
 
 
-class SpecError(RuntimeError):
+class SpecError(TilefuseError, RuntimeError):
     """A kernel spec that cannot be rebuilt in a worker process."""
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config
+from ..schedule.config import Config
 from ..codegen.executors import poison_value
 from ..ir.dtypes import storage_numpy
 from .measure import CacheFlusher, Expected, expected_outputs, kernel_inputs, resolve, time_paired
-from .records import Measurement, Status
-from .target import get_target
+from ..schedule.records import Measurement, Status
+from ..schedule.target import get_target
 
 log = logging.getLogger(__name__)
 _STATE: dict[tuple[str, str, int], Any] = {}

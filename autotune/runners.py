@@ -16,8 +16,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .config import Config
-from .records import Measurement, Status
+from ..schedule.config import Config
+from ..schedule.records import Measurement, Status
 from .worker import CRASH, ERROR, OK, TIMEOUT, Outcome, Worker, WorkerPool
 
 if TYPE_CHECKING:

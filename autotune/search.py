@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .config import Config
-from .records import Measurement, Record, Status
+from ..schedule.config import Config
+from ..schedule.records import Measurement, Record, Status
 from .runners import prebuild
 from .space import SearchSpace
 from .strategies import STRATEGIES, Strategy, make_strategy

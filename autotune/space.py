@@ -9,8 +9,9 @@ import random
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .config import Config
-from .target import Target
+from ..errors import TilefuseError
+from ..schedule.config import Config
+from ..schedule.target import Target
 
 if TYPE_CHECKING:
     from ..kernels.base import KernelSpec
@@ -20,7 +21,7 @@ ENUMERATE_LIMIT = 200_000
 GRID_CAP = 20_000
 
 
-class SpaceError(ValueError):
+class SpaceError(TilefuseError, ValueError):
     """A knob space that cannot serve the request (empty, or too large for grid search)."""
 
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import Config
-from .records import Measurement, Record, comparable_seconds, ranked
+from ..schedule.config import Config
+from ..schedule.records import Measurement, Record, comparable_seconds, ranked
 from .space import SearchSpace
 
 if TYPE_CHECKING:

@@ -3,6 +3,7 @@ the target's device, and a report directory gets results.json, summary.md and be
 
 from __future__ import annotations
 
+from ..errors import TilefuseError
 from ..fileio import atomic_open, write_atomic
 
 import json
@@ -12,13 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from ..schedule.config import Config
 from .search import ProgressEvent, roofline_seconds, tune_kernel
 
 REPORT_SCHEMA = 1
 
 
-class TuneError(RuntimeError):
+class TuneError(TilefuseError, RuntimeError):
     """A graph or target that cannot be tuned here (no device to measure on, an untunable target)."""
 
 
@@ -113,11 +114,11 @@ def make_runner(device: Any) -> Any:
 def workload_groups(graph: Any, backend: str) -> dict[str, list[Any]]:
     """The graph's kernel specs for `backend`, grouped by workload key (kernels with one key are
     tuned once), in kernel order."""
-    from ..compiler import _as_graph
+    from ..ir.graph import as_graph
     from ..kernels import spec_for
     from ..passes import run_pipeline
 
-    kg = run_pipeline(_as_graph(graph)).kernels
+    kg = run_pipeline(as_graph(graph)).kernels
     groups: dict[str, list[Any]] = {}
     for kernel in kg.kernels:
         spec = spec_for(kg, kernel, backend)
@@ -129,12 +130,12 @@ def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: 
                report_dir: str | Path | None = None, progress: Callable[[ProgressEvent], None] | None = None,
                runner: Any = None, device: Any = None, patience: int | None = None, seed: int = 0) -> GraphTuneResult:
     """Tune every kernel of `graph` on `target_name`'s device with `budget` trials per kernel."""
-    from ..autotune.target import get_target
-    from ..compiler import _as_graph
+    from ..schedule.target import get_target
+    from ..ir.graph import as_graph
     from .device import device_for_target
 
     t0 = time.monotonic()
-    g = _as_graph(graph)
+    g = as_graph(graph)
     tgt = get_target(target_name)
     if tgt.kind == "interp":
         raise TuneError("target 'interp' (the Triton interpreter) has no meaningful timings; tune --target cpu "

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5)
     args = ap.parse_args()
     import tilefuse as tf
-    from tilefuse.autotune.config import Config
+    from tilefuse.schedule.config import Config
     from tilefuse.autotune.device import cpu_device
     from tilefuse.autotune.measure import CacheFlusher, kernel_inputs, time_paired, time_runs
     from tilefuse.autotune.runners import flush_bytes

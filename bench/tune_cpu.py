@@ -343,7 +343,7 @@ def report_workload(name: str, runs: dict[str, list[Run]], numpy_s: float | None
                     true: dict[str, dict[Any, float]], budget: int) -> None:
     """Per strategy: best time (re-timed, see best_of), tuning wall time, ratio to numpy; then the
     trials-to-target verdicts."""
-    from tilefuse.autotune.config import Config
+    from tilefuse.schedule.config import Config
     from tilefuse.autotune.tune import fmt_time
 
     def best_of(run: Run) -> float:
@@ -416,7 +416,7 @@ def report_target(kernel: str, key: str, runs: dict[str, list[Run]], t: dict[Any
 
 def rereport(path: str) -> None:
     """The trials-to-target part of the report again, from a --json file."""
-    from tilefuse.autotune.config import Config
+    from tilefuse.schedule.config import Config
 
     with open(path) as fp:
         dump = json.load(fp)

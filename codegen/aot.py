@@ -35,6 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..errors import TilefuseError
 from .cache import BuildCache, canonical_json
 from .resources import ResourceReport, report_from_cubin
 
@@ -55,7 +56,7 @@ _modules: dict[str, ModuleType] = {}
 _source_dir: Path | None = None
 
 
-class AOTError(RuntimeError):
+class AOTError(TilefuseError, RuntimeError):
     """An ahead-of-time build failed; the message names the kernel, the arch and what went wrong."""
 
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from ..errors import TilefuseError
 
 __all__ = ["CACHE_SCHEMA_VERSION", "BuildCache", "CacheError", "CacheStats", "canonical_json", "default_cache"]
 
@@ -28,7 +29,7 @@ MANIFEST = "MANIFEST.json"
 _TMP_PREFIX = ".tmp-"
 
 
-class CacheError(ValueError):
+class CacheError(TilefuseError, ValueError):
     """A cache request is malformed (bad key or file name); corrupt entries are misses, not errors."""
 
 

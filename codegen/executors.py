@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import RuntimeUnavailable
 from ..ir import dtypes as dt
 from .tvm_runtime import aligned_empty
 from ..passes.partition import Buffer
@@ -81,7 +82,6 @@ def _alloc(b: Buffer, device: str, poison: bool) -> Any:
 def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[str, Any]:
     import torch
 
-    from ..compiler import RuntimeUnavailable
     from .triton_runtime import launch, load_module
 
     interpret = cg.target.kind == "interp"

@@ -6,13 +6,10 @@ from __future__ import annotations
 from typing import Any
 from collections.abc import Callable
 
+from ..errors import LoweringError
 from ..ir.expr import E
 
 RULES: dict[str, dict[E, Callable[..., Any]]] = {}
-
-
-class LoweringError(NotImplementedError):
-    """No lowering rule for an (op, backend) pair, or an unsupported dtype for it."""
 
 
 def register_lowering(backend: str, *ops: E) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

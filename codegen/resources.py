@@ -18,6 +18,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from ..errors import TilefuseError
 
 __all__ = ["TRACKED_OPCODES", "ResourceReport", "ToolNotFoundError", "ToolError", "find_tool", "parse_resource_usage",
            "parse_sass_mix", "report_from_cubin"]
@@ -35,7 +36,7 @@ _FUNCTION = re.compile(r"^\s*Function\s+(\S+?)\s*:?\s*$")
 _USAGE_FIELD = re.compile(r"([A-Z]+(?:\[\d+\])?):(\d+)")
 
 
-class ToolError(RuntimeError):
+class ToolError(TilefuseError, RuntimeError):
     """A CUDA binary tool failed or timed out."""
 
 

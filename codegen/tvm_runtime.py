@@ -1,6 +1,6 @@
 """Building and running TVM (LLVM, host CPU) kernels, with a content-addressed library cache.
 
-`build(spec, config, cache)` lowers a KernelSpec to TIR (kernels/*_tvm.py), applies the Config's
+`build(spec, config, cache)` lowers a KernelSpec to TIR (the family's registered tvm template), applies the Config's
 schedule, compiles it with `tvm.compile` for the host CPU and returns a callable `TvmKernel`.
 The exported shared library is stored in a BuildCache under the sha256 of {workload key, config,
 TVM version, target, schema}; a later build of the same kernel loads it and compiles nothing.
@@ -20,16 +20,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..autotune.config import Config
+from ..schedule.config import Config
 from ..fileio import write_atomic
 from ..ir import dtypes as dt
 from .cache import BuildCache
+from .headers import header
 from .lowering import LoweringError
 
 if TYPE_CHECKING:
     import tvm
 
-    from ..kernels.base import KernelSpec
+    from ..kernels.base import KernelSpec  # annotations only: codegen never imports kernels
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +46,14 @@ def host_target() -> dict[str, str]:
     return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}
 
 
-def _family(spec: KernelSpec) -> Any:
-    if spec.family == "matmul":
-        from ..kernels import matmul_tvm
-
-        return matmul_tvm
-    if spec.family in ("pointwise", "reduction", "copy"):
-        from ..kernels import rowwise_tvm
-
-        return rowwise_tvm
-    raise LoweringError(f"tvm: kernel family {spec.family!r} of {spec.name} has no tvm template")
-
-
 def scheduled_module(spec: KernelSpec, config: Config) -> tvm.IRModule:
     """The scheduled TIR module of `spec` under `config` (deterministic)."""
-    fam = _family(spec)
+    fam = spec.template("tvm")
     return fam.schedule(fam.build_module(spec, config), spec, config)
 
 
 def source(spec: KernelSpec, config: Config) -> str:
     """The scheduled TIR script, opened by a header naming the kernel, family and config."""
-    from ..kernels.base import header
-
     return header(spec, config, "tvm") + scheduled_module(spec, config).script() + "\n"
 
 
@@ -255,7 +242,7 @@ def build(spec: KernelSpec, config: Config, cache: BuildCache | None = None) -> 
 
     configure_threads()
 
-    fam = _family(spec)
+    fam = spec.template("tvm")  # LoweringError before any cache lookup when the family has no tvm template
     payload = cache_payload(spec, config)
     key = (cache or BuildCache(tempfile.gettempdir())).key(payload)
     files = cache.get(key) if cache is not None else None

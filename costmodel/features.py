@@ -188,7 +188,7 @@ def _peak(spec: Any, dev: Mapping[str, float]) -> float:
 def featurize(spec: Any, config: Mapping[str, Any], device: Any,
               resources: Mapping[str, Any] | Any | None = None) -> dict[str, float]:
     """Features of running `spec` with `config` on `device` (resources: the binary's static report)."""
-    from ..autotune.config import Config
+    from ..schedule.config import Config
 
     cfg = config if isinstance(config, Config) else Config(config)
     out: dict[str, float] = {}

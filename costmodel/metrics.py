@@ -101,7 +101,7 @@ def evaluate(model: Any, records: Sequence[Any], groups_by: str = "workload") ->
     """Mean top-1, top-5, pairwise accuracy and Kendall tau of `model` over the groups of `records`.
 
     Groups with fewer than two measured configs say nothing about ranking and are skipped."""
-    from ..autotune.records import corrected_seconds
+    from ..schedule.records import corrected_seconds
     from .features import record_features
 
     rows: list[tuple[float, float, float, float]] = []

@@ -9,6 +9,7 @@ in XGBoost's own JSON format (never pickle). Both are written atomically, the mo
 
 from __future__ import annotations
 
+from ..errors import TilefuseError
 from ..fileio import write_atomic
 
 import hashlib
@@ -31,7 +32,7 @@ XGB_FILE = "model.json"
 SMALL_TRAINING_SET = 4096
 
 
-class ModelError(RuntimeError):
+class ModelError(TilefuseError, RuntimeError):
     """A cost model that cannot be trained, used, saved or loaded; the message says why and what to do."""
 
 
@@ -80,7 +81,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def _labelled(records: Sequence[Any], failed_as_worst: bool) -> dict[tuple[str, str], list[tuple[Any, float]]]:
     """(record, label) per (workload, device) group; label = best time / time, 0 for failures, with the
     group's times from records.comparable_seconds (drift-corrected where paired)."""
-    from ..autotune.records import comparable_seconds
+    from ..schedule.records import comparable_seconds
 
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for r in records:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from ..errors import TilefuseError
 
 
 class Kind(enum.Enum):
@@ -88,7 +89,7 @@ INTS = frozenset(d for d in ALL if d.is_int and not d.packed)
 PACKED = frozenset(d for d in ALL if d.packed)
 
 
-class DTypeError(ValueError):
+class DTypeError(TilefuseError, ValueError):
     """An unknown dtype name or an unsupported dtype use."""
 
 

@@ -14,6 +14,7 @@ import weakref
 from typing import Any, Union
 from collections.abc import Callable
 
+from ..errors import TilefuseError
 from . import dtypes as dt
 from .dtypes import DType
 
@@ -84,7 +85,7 @@ COST = {E.EXP: 4, E.EXP2: 4, E.LOG: 4, E.LOG2: 4, E.LOG1P: 4, E.SQRT: 2, E.RSQRT
         E.TANH: 6, E.SIGMOID: 6, E.ERF: 8, E.DIV: 2, E.POW: 8, E.RECIP: 2}
 
 
-class ExprError(TypeError):
+class ExprError(TilefuseError, TypeError):
     """A malformed scalar expression (wrong operand count, dtype or argument)."""
 
 

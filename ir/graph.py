@@ -78,3 +78,15 @@ class Graph:
 
     def __str__(self) -> str:
         return self.text
+
+
+def as_graph(g: object) -> Graph:
+    """`g` itself when it is a Graph, else the graph a builder (anything with `build()`) builds."""
+    if isinstance(g, Graph):
+        return g
+    build = getattr(g, "build", None)
+    if callable(build):
+        built = build()
+        if isinstance(built, Graph):
+            return built
+    raise VerifyError(f"expected a Graph or GraphBuilder, got {type(g).__name__}")

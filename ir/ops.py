@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable, Iterable
 
+from ..errors import TilefuseError
 from . import dtypes as dt
 from .dtypes import DType
 from .expr import E, Expr, toposort as expr_toposort
@@ -48,7 +49,7 @@ ANCHORS = frozenset({Op.MATMUL, Op.ATTENTION, Op.ATTENTION_BWD, Op.PAGED_ATTENTI
 REDUCE_OPS = ("sum", "max", "min", "mean")
 
 
-class VerifyError(ValueError):
+class VerifyError(TilefuseError, ValueError):
     """A node whose operands, shapes, dtypes or attributes are not accepted by its op."""
 
 
@@ -383,3 +384,10 @@ def toposort(roots: Iterable[Node]) -> list[Node]:
         stack.append((n, True))
         stack.extend((s, False) for s in reversed(n.src) if id(s) not in seen)
     return order
+
+
+def base_of(n: Node) -> Node:
+    """The first non-view node below a chain of views."""
+    while n.op in VIEWS:
+        n = n.src[0]
+    return n

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from ..errors import TilefuseError
 from . import dtypes as dt
 from .dtypes import DType
 from .expr import E, Expr
@@ -23,7 +24,7 @@ Array = np.ndarray
 EVALUATORS: dict[Op, Callable[[Node, list[Any]], Any]] = {}
 
 
-class ReferenceEvalError(RuntimeError):
+class ReferenceEvalError(TilefuseError, RuntimeError):
     """The reference evaluator cannot evaluate a node (missing rule or bad input array)."""
 
 

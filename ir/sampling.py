@@ -9,13 +9,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from .dtypes import DType
-from .ops import Node, Op
+from .ops import Node, Op, base_of
 
 
 def weight_scales(nodes: Iterable[Node]) -> dict[int, float]:
     """id(base node of a matmul's B operand) -> 1/sqrt(K)."""
-    from ..passes.views import base_of
-
     out: dict[int, float] = {}
     for n in nodes:
         if n.op is Op.MATMUL:

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import TilefuseError
 from . import dtypes as dt
 from . import expr as ex
 from .expr import E, Expr
@@ -26,7 +27,7 @@ from .graph import Graph
 from .ops import Node, Op, VerifyError, make, results_of
 
 
-class ParseError(ValueError):
+class ParseError(TilefuseError, ValueError):
     """A malformed text form; the message gives line, column and what was expected."""
 
     def __init__(self, msg: str, line: int, col: int, source_line: str = "", path: str = "<text>"):

@@ -5,24 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..autotune.config import Config, sha256_json
-from ..autotune.target import Target
+from ..errors import TilefuseError
+from ..schedule.config import Config, sha256_json
+from ..schedule.target import Target
 from ..ir.text import format_expr
 from ..passes.partition import Buffer, Kernel, KernelGraph
+from . import registry
 from .lowering import GroupLowering, LoadSite
 
 SCHEMA_VERSION = 1
 
 
-class ConfigRejected(ValueError):
+class ConfigRejected(TilefuseError, ValueError):
     """A Config that breaks the kernel's constraints on a target; lists every violation."""
 
 
 class KernelSpec:
     """A fused kernel: signature, knobs, constraints, grid, features and renderers."""
 
-    family = "base"
-    backends: frozenset[str] = frozenset({"triton", "tvm"})  # backends with a template for this family
+    family = "base"  # the name the family registers under, stored in tuning records
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         self.kg = kg
@@ -112,9 +113,19 @@ class KernelSpec:
         return float(sum(b.numel * b.dtype.itemsize for b in self.inputs + self.outputs))
 
     # -- rendering --
+    @property
+    def backends(self) -> frozenset[str]:
+        """The backends this kernel's family registered a template for."""
+        return registry.family(self.family).backends
+
+    def template(self, backend: str) -> Any:
+        """The family's registered template module for `backend` (LoweringError when it has none)."""
+        return registry.template(self.family, backend)
+
     def render_triton(self, config: Config, interpret: bool = False) -> str:
-        """Triton source; `interpret` targets the Triton interpreter (CPU)."""
-        raise NotImplementedError
+        """Triton source from the family's registered template; `interpret` targets the Triton
+        interpreter (CPU)."""
+        return str(self.template("triton").render(self, config, interpret))
 
     def triton_constexprs(self, config: Config) -> dict[str, Any]:
         """The constexpr arguments of the rendered Triton kernel."""
@@ -170,9 +181,3 @@ class KernelSpec:
             lines.append(f"{role}: {detail}")
         return "\n".join(lines)
 
-
-def header(spec: KernelSpec, config: Config, backend: str) -> str:
-    """The comment block that opens generated source: kernel, family, workload key, config."""
-    return (f"# tilefuse generated {backend} kernel: {spec.name}\n"
-            f"# family: {spec.family}   workload: {spec.key[:16]}\n"
-            f"# config: {config.to_json()}\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from collections.abc import Callable
 
+from ..errors import LoweringError  # noqa: F401 - re-exported for the families
 from ..ir import expr as ex
 from ..ir.dtypes import DType
 from ..ir.expr import E, Expr
@@ -15,10 +16,6 @@ from ..passes.partition import Kernel, KernelGraph
 from ..passes.views import StridedView, base_of, strided_view
 
 Shape = tuple[int, ...]
-
-
-class KernelLoweringError(NotImplementedError):
-    """A fused group that a kernel family cannot lower."""
 
 
 @dataclass(frozen=True)
@@ -46,10 +43,10 @@ class GroupLowering:
         base = base_of(n)
         buf = self.kg.buffers.get(id(base))
         if buf is None or buf not in self.kernel.inputs:
-            raise KernelLoweringError(f"{self.kernel.name}: {n!r} is not an input of the kernel")
+            raise LoweringError(f"{self.kernel.name}: {n!r} is not an input of the kernel")
         view = strided_view(n)
         if view is None:
-            raise KernelLoweringError(f"{self.kernel.name}: view {n!r} needs a copy (legalize_views missed it)")
+            raise LoweringError(f"{self.kernel.name}: view {n!r} needs a copy (legalize_views missed it)")
         view = view.broadcast_to(domain)
         if swap_last:
             nd = len(domain)
@@ -75,7 +72,7 @@ class GroupLowering:
                     srcs = [go(s) for s in m.src]
                     out = ex.substitute(m.attr("expr"), lambda e: srcs[e.arg] if e.op is E.ARG else None)
                 elif id(m) in self.members:
-                    raise KernelLoweringError(f"{self.kernel.name}: member {m!r} has no lowering in this family")
+                    raise LoweringError(f"{self.kernel.name}: member {m!r} has no lowering in this family")
                 else:
                     out = self.load(m, domain, swap_last)
             memo[id(m)] = out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir.ops import VIEWS, Node, Op
+from ..ir.ops import VIEWS, Node, Op, base_of  # noqa: F401 - base_of re-exported for passes and kernels
 
 Shape = tuple[int, ...]
 
@@ -88,13 +88,6 @@ def _reshape_strides(old: Shape, strides: Shape, new: Shape) -> Shape | None:
     if view_d != -1:
         return None
     return tuple(s if n != 1 else 0 for s, n in zip(out, new))
-
-
-def base_of(n: Node) -> Node:
-    """The first non-view node below a chain of views."""
-    while n.op in VIEWS:
-        n = n.src[0]
-    return n
 
 
 def strided_view(n: Node) -> StridedView | None:

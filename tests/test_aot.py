@@ -279,8 +279,8 @@ def _attention_spec(kind: str, d: int) -> Any:
 
 @pytest.mark.parametrize("kind,arch,d,bm,bn,warps,stages,spills", REGISTER_CASES)
 def test_attention_register_estimate_against_builds(kind, arch, d, bm, bn, warps, stages, spills):
-    from tilefuse.autotune.config import Config
-    from tilefuse.autotune.target import get_target
+    from tilefuse.schedule.config import Config
+    from tilefuse.schedule.target import get_target
 
     spec = _attention_spec(kind, d)
     target = get_target(arch)

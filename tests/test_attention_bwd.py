@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import tilefuse as tf
-from tilefuse.autotune.config import Config
-from tilefuse.autotune.target import get_target
+from tilefuse.schedule.config import Config
+from tilefuse.schedule.target import get_target
 from tilefuse.ir import expr as ex
 from tilefuse.ir.attention_op import eval_mask, index_grid
 from tilefuse.ir.ops import VerifyError
 from tilefuse.ir.reference import eval_expr, evaluate
-from tilefuse.kernels.block_sparsity import EMPTY
+from tilefuse.kernels.attention.block_sparsity import EMPTY
 
 torch = pytest.importorskip("torch")
 TORCH_DT = {"f16": torch.float16, "bf16": torch.bfloat16}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import tilefuse as tf
-from tilefuse.autotune.config import Config
-from tilefuse.autotune.target import get_target
+from tilefuse.schedule.config import Config
+from tilefuse.schedule.target import get_target
 from tilefuse.ir import expr as ex
 from tilefuse.ir.attention_op import eval_mask
 from tilefuse.ir.reference import eval_expr, evaluate

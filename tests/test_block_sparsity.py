@@ -9,7 +9,7 @@ import pytest
 import tilefuse as tf
 from tilefuse.ir import expr as ex
 from tilefuse.ir.attention_op import eval_mask, make_loader
-from tilefuse.kernels.block_sparsity import (EMPTY, FULL, PARTIAL, BlockSparsity, analyze, analyze_runtime,
+from tilefuse.kernels.attention.block_sparsity import (EMPTY, FULL, PARTIAL, BlockSparsity, analyze, analyze_runtime,
                                              block_aligned_loads, compact, lists_from_block_mask)
 
 RNG = np.random.default_rng(7)

@@ -4,11 +4,11 @@ then the cost model, then the family default, and says which in the report."""
 import numpy as np
 
 import tilefuse as tf
-from tilefuse.autotune.config import Config
+from tilefuse.schedule.config import Config
 from tilefuse.autotune.database import TuningDB
 from tilefuse.autotune.device import NOMINAL
-from tilefuse.autotune.records import Measurement, Record, Status
-from tilefuse.autotune.target import get_target
+from tilefuse.schedule.records import Measurement, Record, Status
+from tilefuse.schedule.target import get_target
 from tilefuse.compiler import ConfigSources, choose_config, compile_graph
 from tilefuse.kernels import spec_for
 from tilefuse.passes import run_pipeline

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 import tilefuse as tf
-from tilefuse.autotune.config import Config
-from tilefuse.autotune.target import get_target
+from tilefuse.schedule.config import Config
+from tilefuse.schedule.target import get_target
 from tilefuse.kernels import ConfigRejected, spec_for
 from tilefuse.passes import run_pipeline
 
@@ -17,7 +17,7 @@ import tilefuse as tf
 from tilefuse.ir.text import load_graph
 from tilefuse.passes import run_pipeline
 from tilefuse.kernels import spec_for
-from tilefuse.autotune.target import get_target
+from tilefuse.schedule.target import get_target
 g = load_graph("examples/decoder_mlp.tf", {"T": 5, "H": 64, "I": 96})
 kg = run_pipeline(g).kernels
 import hashlib

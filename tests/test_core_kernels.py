@@ -4,7 +4,7 @@ inputs, poisoned outputs, against the reference: under the Triton interpreter an
 import pytest
 
 import tilefuse as tf
-from tilefuse.autotune.config import Config
+from tilefuse.schedule.config import Config
 
 from helpers import check_graph
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tilefuse as tf
-from tilefuse.kernels import UnsupportedKernel
+from tilefuse.kernels import LoweringError
 
 
 def _grow(vals, a, b, op, rc, w):
@@ -71,7 +71,7 @@ def test_unsupported_op_names_op_dtype_and_backend():
     vv = g.input("values", values.shape, "f32")
     b = g.input("b", (4, 3), "f32")
     g.output("y", tf.spmm(tf.sparse_csr(ip, ix, vv, (4, 4)), b))
-    with pytest.raises(UnsupportedKernel, match=r"op '(sparse|spmm)' with dtype f32 is not supported on backend 'tvm'"):
+    with pytest.raises(LoweringError, match=r"op '(sparse|spmm)' with dtype f32 is not supported on backend 'tvm'"):
         tf.compile(g, target="cpu")
 
 

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from tilefuse.autotune.config import Config
-from tilefuse.autotune.records import Measurement, Record, Status
+from tilefuse.schedule.config import Config
+from tilefuse.schedule.records import Measurement, Record, Status
 from tilefuse.costmodel import (FEATURE_SCHEMA, ModelError, RandomModel, RooflineModel, XGBRankModel, cross_device,
                                 evaluate, feature_names, featurize, kendall_tau, load_model, pairwise_accuracy,
                                 record_features, split_by_workload, to_matrix, topk_score, train_and_eval)
-from tilefuse.costmodel import cli as cm_cli
+from tilefuse.cli import costmodel as cm_cli
 
 FAST = {"num_boost_round": 30}
 
@@ -323,7 +323,7 @@ def matmul_spec():
 
 
 def test_featurize_real_matmul_on_sm90(matmul_spec):
-    from tilefuse.autotune.target import get_target
+    from tilefuse.schedule.target import get_target
 
     cfg = matmul_spec.default_config(get_target("sm_90"))
     dev = _device("sm_90")
@@ -345,7 +345,7 @@ def test_featurize_real_matmul_on_sm90(matmul_spec):
 
 
 def test_featurize_with_resource_report(matmul_spec):
-    from tilefuse.autotune.target import get_target
+    from tilefuse.schedule.target import get_target
     from tilefuse.codegen.resources import ResourceReport
 
     fields = dict.fromkeys(("stack_bytes", "local_bytes", "spill_stores", "spill_loads", "imma", "qgmma", "utmaldg",
@@ -364,7 +364,7 @@ def test_featurize_with_resource_report(matmul_spec):
 
 
 def test_featurize_cpu_config_and_stand_in_device(matmul_spec):
-    from tilefuse.autotune.target import get_target
+    from tilefuse.schedule.target import get_target
 
     cfg = matmul_spec.default_config(get_target("cpu"))
     f = featurize(matmul_spec, cfg, _stand_in_device("cpu"))
@@ -445,7 +445,7 @@ def test_cli_train_eval_and_cross_device(tmp_path, capsys):
 def test_cli_train_saves_where_compile_looks(tmp_path, monkeypatch, capsys):
     """Without --out, `costmodel train` saves to the model directory compile's "auto" reads;
     --no-save saves nothing."""
-    from tilefuse.autotune.target import get_target
+    from tilefuse.schedule.target import get_target
     from tilefuse.compiler import open_sources
     from tilefuse.settings import reload_settings
 

@@ -17,10 +17,10 @@ import textwrap
 
 import pytest
 
-from tilefuse.autotune.config import Config
+from tilefuse.schedule.config import Config
 from tilefuse.autotune.database import SCHEMA_VERSION, DatabaseError, TuningDB
 from tilefuse.autotune.device import NOMINAL, cpu_device
-from tilefuse.autotune.records import Measurement, Record, Status, comparable_seconds, corrected_seconds
+from tilefuse.schedule.records import Measurement, Record, Status, comparable_seconds, corrected_seconds
 
 H100, H200, A100 = NOMINAL["H100"], NOMINAL["H200"], NOMINAL["A100"]
 TOOLCHAIN = {"triton": "3.6.0", "tilefuse": "0.1.0"}
@@ -384,7 +384,7 @@ def test_sigkill_loses_no_committed_record(url):
 
 
 def _cli():
-    from tilefuse.autotune.cli_db import register
+    from tilefuse.cli.db import register
 
     p = argparse.ArgumentParser()
     register(p.add_subparsers(dest="cmd", required=True))

@@ -23,7 +23,7 @@ import test_database as sqlite_tests
 from pg_fixture import PgServer, missing
 from test_database import H200, V0_DDL, rec
 from test_search import FakeSpec, latency
-from tilefuse.autotune.config import Config
+from tilefuse.schedule.config import Config
 from tilefuse.autotune.database import SCHEMA_VERSION, DatabaseError, TuningDB
 from tilefuse.autotune.device import cpu_device
 from tilefuse.autotune.runners import FakeRunner

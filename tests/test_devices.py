@@ -12,7 +12,7 @@ import pytest
 from tilefuse.autotune import device as devmod
 from tilefuse.autotune.device import (NOMINAL, Device, DeviceError, cpu_device, cpu_fingerprint, detect_devices,
                                       device_for_target, gpu_fingerprint, gpu_status)
-from tilefuse.autotune.target import TargetError
+from tilefuse.schedule.target import TargetError
 
 GPU_FIELDS = {"name", "arch", "cc", "memory_bytes", "sms", "max_sm_clock_mhz", "max_mem_clock_mhz",
               "bus_width_bits", "l2_bytes"}
@@ -237,7 +237,7 @@ def test_device_for_target_falls_back_to_nominal(no_gpu):
 
 
 def test_cli_devices_without_gpu(no_gpu, capsys):
-    from tilefuse.autotune.cli_db import register
+    from tilefuse.cli.db import register
 
     p = argparse.ArgumentParser()
     register(p.add_subparsers(dest="cmd", required=True))
@@ -251,7 +251,7 @@ def test_cli_devices_without_gpu(no_gpu, capsys):
 
 
 def test_cli_devices_with_gpu(fake_gpus, capsys):
-    from tilefuse.autotune.cli_db import register
+    from tilefuse.cli.db import register
 
     fake_gpus([H200_NVML])
     p = argparse.ArgumentParser()

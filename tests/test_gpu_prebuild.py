@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 import tilefuse as tf
-from tilefuse.autotune.config import Config
+from tilefuse.schedule.config import Config
 from tilefuse.autotune.device import DeviceError
 from tilefuse.autotune.measure import kernel_inputs, resolve
-from tilefuse.autotune.records import Measurement, Status
+from tilefuse.schedule.records import Measurement, Status
 from tilefuse.autotune.runners import GpuRunner
-from tilefuse.autotune.target import get_target
+from tilefuse.schedule.target import get_target
 from tilefuse.autotune.worker import OK, Worker
 from tilefuse.kernels import spec_for
 from tilefuse.passes import run_pipeline

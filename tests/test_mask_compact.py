@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import tilefuse as tf
-from tilefuse.autotune.config import Config
+from tilefuse.schedule.config import Config
 from tilefuse.ir.attention_op import make_loader
 from tilefuse.ir.reference import evaluate
-from tilefuse.kernels import mask_compact
-from tilefuse.kernels.block_sparsity import (EMPTY, FULL, PARTIAL, BlockSparsity, analyze, analyze_runtime, compact,
+from tilefuse.kernels.attention import mask_compact
+from tilefuse.kernels.attention.block_sparsity import (EMPTY, FULL, PARTIAL, BlockSparsity, analyze, analyze_runtime, compact,
                                              lists_from_block_mask, lists_from_topk)
-from tilefuse.kernels.mask_compact import (FNS, MaskCompactError, build_aot, compact_rows, default_config, render,
+from tilefuse.kernels.attention.mask_compact import (FNS, MaskCompactError, build_aot, compact_rows, default_config, render,
                                            workload_key)
 
 torch = pytest.importorskip("torch")
@@ -220,7 +220,7 @@ def test_rendered_source():
 
 
 def test_render_is_deterministic_across_processes():
-    code = ("import hashlib; from tilefuse.kernels.mask_compact import render, default_config; "
+    code = ("import hashlib; from tilefuse.kernels.attention.mask_compact import render, default_config; "
             "print(hashlib.sha256(render('topk', default_config('topk', 37, 5)).encode()).hexdigest())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.strip() == hashlib.sha256(render("topk", default_config("topk", 37, 5)).encode()).hexdigest()

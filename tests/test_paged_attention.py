@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import tilefuse as tf
-from tilefuse.autotune.config import Config
+from tilefuse.schedule.config import Config
 from tilefuse.ir import VerifyError, parse_graph
 from tilefuse.ir import dtypes as dt
 from tilefuse.ir.paged_attention_op import dequantize_pages, select_pages, seq_lengths
 from tilefuse.ir.reference import evaluate
-from tilefuse.kernels import UnsupportedKernel
+from tilefuse.kernels import LoweringError
 
 from helpers import to_np
 
@@ -139,7 +139,7 @@ def test_reference_matches_gather_then_dense():
 def test_text_round_trip_and_cpu_unsupported():
     g, _, _ = make_case(0, bits=4, recent=3, budget=3, selection=True)
     assert parse_graph(g.text).key == g.key
-    with pytest.raises(UnsupportedKernel, match="paged_attention"):
+    with pytest.raises(LoweringError, match="paged_attention"):
         tf.compile(g, target="cpu")
 
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 import tilefuse as tf
-from tilefuse.autotune.config import Config
+from tilefuse.schedule.config import Config
 from tilefuse.autotune.database import TuningDB
 from tilefuse.autotune.device import cpu_device
 from tilefuse.autotune.measure import kernel_inputs, kernel_reference, time_paired
-from tilefuse.autotune.records import Measurement, Status
+from tilefuse.schedule.records import Measurement, Status
 from tilefuse.autotune.runners import CpuRunner, FakeRunner, GpuRunner
 from tilefuse.autotune.search import tune_kernel
-from tilefuse.autotune.target import get_target
+from tilefuse.schedule.target import get_target
 from tilefuse.ir.reference import evaluate
 from tilefuse.kernels import spec_for
 from tilefuse.passes import run_pipeline

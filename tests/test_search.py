@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tilefuse.autotune.config import Config, sha256_json
+from tilefuse.schedule.config import Config, sha256_json
 from tilefuse.autotune.database import TuningDB
 from tilefuse.autotune.device import cpu_device
-from tilefuse.autotune.records import Status
+from tilefuse.schedule.records import Status
 from tilefuse.autotune.runners import FakeRunner
 from tilefuse.autotune.search import tune_kernel
 from tilefuse.autotune.space import SearchSpace
@@ -227,7 +227,8 @@ def test_sigkill_loses_nothing_and_resume_completes(tmp_path, dev):
 
 
 def test_tune_command_reports_and_resumes(tmp_path, monkeypatch, capsys):
-    from tilefuse.autotune import cli_tune, tune
+    from tilefuse.autotune import tune
+    from tilefuse.cli import tune as cli_tune
 
     monkeypatch.setattr(tune, "make_runner", lambda device: FakeRunner(lambda c: 1e-4 * (1 + len(c.key) % 7)))
     src = tmp_path / "g.tf"
@@ -265,7 +266,7 @@ def test_model_search_ignores_history_of_another_feature_schema(dev, db):
     """Records an older tilefuse stored (features without the schema marker) do not train the model."""
     import dataclasses
 
-    from tilefuse.autotune.records import Status
+    from tilefuse.schedule.records import Status
     from tilefuse.autotune.space import SearchSpace
     from tilefuse.autotune.strategies import ModelStrategy
 
@@ -313,7 +314,7 @@ def test_paired_measurements_rank_through_machine_drift(dev):
 def test_tpe_tells_paired_times_on_a_scale_fixed_at_the_first(dev):
     """TPE's values are told once, so a paired record is told as relative x the first paired record's
     reference time, not with comparable_seconds' pooled scale, which moves as records arrive."""
-    from tilefuse.autotune.records import Measurement, Record, Status
+    from tilefuse.schedule.records import Measurement, Record, Status
     from tilefuse.autotune.strategies import TpeStrategy
 
     spec = FakeSpec()

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("tvm")
 
 import tilefuse as tf  # noqa: E402
-from tilefuse.autotune.config import Config  # noqa: E402
-from tilefuse.autotune.target import get_target  # noqa: E402
+from tilefuse.schedule.config import Config  # noqa: E402
+from tilefuse.schedule.target import get_target  # noqa: E402
 from tilefuse.codegen import tvm_runtime  # noqa: E402
 from tilefuse.codegen.cache import BuildCache  # noqa: E402
 from tilefuse.codegen.lowering import LoweringError  # noqa: E402

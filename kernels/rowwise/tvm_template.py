@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from tvm import s_tir, te, tirx
 
-from ..autotune.config import Config
-from ..codegen.lowering import LoweringError
-from ..codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm_dtype, view_offset
-from ..ir import dtypes as dt
-from ..ir.expr import E, Expr
+from ...schedule.config import Config
+from ...codegen.lowering import LoweringError
+from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm_dtype, view_offset
+from ...ir import dtypes as dt
+from ...ir.expr import E, Expr
 
 if TYPE_CHECKING:
     import tvm
 
-    from .rowwise import Reduction, RowwiseSpec
+    from .spec import Reduction, RowwiseSpec
 
 INDEX32 = 2**31 - 1
 

@@ -55,7 +55,7 @@ class ProgressBar:
         self._len = 0
 
     def __call__(self, ev: Any) -> None:
-        from .tune import fmt_time
+        from ..autotune.tune import fmt_time
 
         if ev.kernel != self.kernel:
             self.finish()
@@ -85,11 +85,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Tune, print the summary table, write the report; 0 on success."""
     import optuna
 
-    from ..cli import _load
-    from .database import DatabaseError, TuningDB
-    from .device import DeviceError
-    from .space import SpaceError
-    from .tune import TuneError, tune_graph
+    from .common import load_graph_arg
+    from ..autotune.database import DatabaseError, TuningDB
+    from ..autotune.device import DeviceError
+    from ..autotune.space import SpaceError
+    from ..autotune.tune import TuneError, tune_graph
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI owns output: no per-trial INFO lines
     if args.budget < 1:
@@ -99,7 +99,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print("error: --patience must be 0 (never stop early) or more", file=sys.stderr)
         return 2
     patience = default_patience(args.budget) if args.patience is None else (args.patience or None)
-    g = _load(args.file, args.set)
+    g = load_graph_arg(args.file, args.set)
     report = args.report or f"tune-report-{g.name}"
     bar = ProgressBar()
     try:

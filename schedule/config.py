@@ -6,11 +6,12 @@ import hashlib
 import json
 from typing import Any, Union
 from collections.abc import Iterator, Mapping
+from ..errors import TilefuseError
 
 JSONScalar = Union[bool, int, float, str, None]
 
 
-class ConfigError(ValueError):
+class ConfigError(TilefuseError, ValueError):
     """A config value that is not a JSON scalar, or a knob the kernel does not have."""
 
 

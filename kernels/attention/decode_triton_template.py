@@ -7,13 +7,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ..autotune.config import Config
-from ..codegen.triton_expr import tl_type
-from ..ir import dtypes as dt
-from .base import header
+from ...schedule.config import Config
+from ...codegen.triton_expr import tl_type
+from ...ir import dtypes as dt
+from ...codegen.headers import header
 
 if TYPE_CHECKING:
-    from .decode import DecodeSpec
+    from .decode_spec import DecodeSpec
 
 I1, I2, I3, I4 = "    ", "        ", "            ", "                "
 LN2 = math.log(2.0)

@@ -24,30 +24,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..autotune.config import Config
-from ..autotune.target import Target
-from ..ir import dtypes as dt
-from ..ir.ops import Node, Op
-from ..ir.paged_attention_op import operand_names
-from ..passes.partition import Kernel, KernelGraph
-from ..passes.views import strided_view
-from .base import KernelSpec
-from .lowering import KernelLoweringError, next_pow2
+from ...schedule.config import Config
+from ...schedule.target import Target
+from ...ir import dtypes as dt
+from ...ir.ops import Node, Op
+from ...ir.paged_attention_op import operand_names
+from ...passes.partition import Kernel, KernelGraph
+from ...passes.views import strided_view
+from ..base import KernelSpec
+from ..registry import register_family
+from ..lowering import LoweringError, next_pow2
 
 MAX_ROWS = 128  # G * Sq query rows per program
 
 
+@register_family("paged_attention")
 class DecodeSpec(KernelSpec):
     """Paged decode attention with split-KV, GQA grouping, quantized KV and page selection."""
 
     family = "decode"
-    backends = frozenset({"triton"})  # no TVM template: compiling for 'cpu' raises UnsupportedKernel
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)
         node = kernel.group.anchor
         if node is None or node.op is not Op.PAGED_ATTENTION:
-            raise KernelLoweringError(f"{self.name}: decode group without a paged_attention anchor")
+            raise LoweringError(f"{self.name}: decode group without a paged_attention anchor")
         self.node: Node = node
         self.attrs = dict(node.attrs)
         self.attrs.pop("results", None)
@@ -56,7 +57,7 @@ class DecodeSpec(KernelSpec):
         for name, src in zip(operand_names(self.attrs), node.src):
             view = strided_view(src)
             if view is None or not view.is_contiguous:
-                raise KernelLoweringError(f"{self.name}: paged_attention operand {name} must be contiguous "
+                raise LoweringError(f"{self.name}: paged_attention operand {name} must be contiguous "
                                           f"(got a strided view {view})")
             self.args[name] = f"in{kernel.inputs.index(kg.buffer_of(src))}"
         # result index (0 out, then lse, then selection in that order) -> kernel output argument
@@ -68,7 +69,7 @@ class DecodeSpec(KernelSpec):
             elif o.op is Op.RESULT and o.src[0] is node:
                 self.args[kinds[o.attr("index")]] = f"out{i}"
             else:
-                raise KernelLoweringError(f"{self.name}: unexpected decode group output {o!r}")
+                raise LoweringError(f"{self.name}: unexpected decode group output {o!r}")
         self.B, self.HQ, self.SQ, self.D = node.src[0].shape
         self.NP, self.PS, self.HKV, _ = node.src[1].shape
         self.NNZ = node.src[4].shape[0]
@@ -78,7 +79,7 @@ class DecodeSpec(KernelSpec):
         self.bits: int = self.attrs["kv_bits"]
         self.select = self.attrs.get("page_budget") is not None
         if self.M > MAX_ROWS:
-            raise KernelLoweringError(f"{self.name}: {self.G} query heads per kv head x Sq={self.SQ} = {self.M} "
+            raise LoweringError(f"{self.name}: {self.G} query heads per kv head x Sq={self.SQ} = {self.M} "
                                       f"rows per program; the decode kernel handles at most {MAX_ROWS}")
 
     @property
@@ -98,10 +99,8 @@ class DecodeSpec(KernelSpec):
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         if target.kind == "cpu":
-            from . import UnsupportedKernel
-
-            raise UnsupportedKernel(f"{self.name}: paged_attention has no TVM/CPU lowering yet; use target "
-                                    "'interp' or a CUDA arch (sm_80, sm_90)")
+            raise LoweringError(f"{self.name}: paged_attention has no TVM/CPU lowering yet; use target "
+                                "'interp' or a CUDA arch (sm_80, sm_90)")
         return {"BLOCK_N": (16, 32, 64, 128), "KV_SPLITS": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
                 "num_warps": (1, 2, 4, 8), "num_stages": (1, 2, 3, 4)}
 
@@ -180,7 +179,3 @@ class DecodeSpec(KernelSpec):
     def triton_constexprs(self, config: Config) -> dict[str, Any]:
         return {"BLOCK_N": config.int("BLOCK_N"), "KV_SPLITS": config.int("KV_SPLITS")}
 
-    def render_triton(self, config: Config, interpret: bool = False) -> str:
-        from .decode_triton import render
-
-        return render(self, config, interpret)

@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 def load_records(args: argparse.Namespace) -> list[Any]:
     """Records from --data (JSON lines) or --db; ValueError names the file, line or database."""
-    from ..autotune.records import Record
+    from ..schedule.records import Record
 
     if args.data:
         path = Path(args.data)
@@ -114,7 +114,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
         from ..autotune.db_schema import DatabaseError
-        from .models import ModelError
+        from ..costmodel.models import ModelError
 
         try:
             return int(fn(args))
@@ -127,7 +127,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 @_guarded
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import cross_device, train_and_eval
+    from ..costmodel.train import cross_device, train_and_eval
 
     records = load_records(args)
     params = {"max_depth": args.max_depth, "eta": args.eta, "num_boost_round": args.rounds}
@@ -167,8 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .models import RandomModel, RooflineModel, load_model
-    from .train import compare, summarize
+    from ..costmodel.models import RandomModel, RooflineModel, load_model
+    from ..costmodel.train import compare, summarize
 
     model = load_model(args.model)
     records = load_records(args)
@@ -182,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m tilefuse.costmodel.cli`), the same as `tilefuse costmodel`."""
+    """Stand-alone entry point (`python -m tilefuse.cli.costmodel`), the same as `tilefuse costmodel`."""
     p = argparse.ArgumentParser(prog="tilefuse")
     register(p.add_subparsers(dest="cmd", required=True))
     args = p.parse_args(argv)

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from tvm import s_tir, te, tirx
 
-from ..autotune.config import Config
-from ..codegen.lowering import LoweringError
-from ..codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm_dtype, view_offset
-from ..ir.expr import E, Expr
-from .lowering import prod
+from ...schedule.config import Config
+from ...codegen.lowering import LoweringError
+from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm_dtype, view_offset
+from ...ir.expr import E, Expr
+from ..lowering import prod
 
 if TYPE_CHECKING:
     import tvm
 
-    from .matmul import MatmulSpec
+    from .spec import MatmulSpec
 
 INDEX32 = 2**31 - 1
 

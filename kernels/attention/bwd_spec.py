@@ -29,17 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from ..autotune.config import Config
-from ..autotune.target import Target
-from ..ir.attention_bwd_op import FIRST_EXTRA, score_derivative
-from ..ir.expr import E, Expr
-from ..ir.ops import Node, Op
-from ..ir.text import format_expr
-from ..passes.partition import Kernel, KernelGraph
-from .attention import AUX_NAMES, REF_BLOCK, AttentionSpec
-from .base import KernelSpec
+from ...schedule.config import Config
+from ...schedule.target import Target
+from ...ir.attention_bwd_op import FIRST_EXTRA, score_derivative
+from ...ir.expr import E, Expr
+from ...ir.ops import Node, Op
+from ...ir.text import format_expr
+from ...passes.partition import Kernel, KernelGraph
+from .spec import AUX_NAMES, REF_BLOCK, AttentionSpec
+from ..base import KernelSpec
+from ..registry import register_family
 from .block_sparsity import BlockLists, BlockSparsity, analyze_runtime
-from .lowering import KernelLoweringError, next_pow2
+from ..lowering import LoweringError, next_pow2
 
 BWD_AUX_NAMES = AUX_NAMES + ("q_ptr", "q_nfull", "q_idx")
 ROLES = ("dq", "dk", "dv")
@@ -75,6 +76,7 @@ class BwdLists(BlockLists):
         return super().as_list() + [self.q_ptr, self.q_nfull, self.q_idx]
 
 
+@register_family("attention_bwd")
 class AttentionBwdSpec(AttentionSpec):
     """Backward attention: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv], o / do [B, Hq, Sq, Dv],
     lse [B, Hq, Sq] -> dq, dk, dv. Block analysis, run-time lists and aux caching come from the forward."""
@@ -85,7 +87,7 @@ class AttentionBwdSpec(AttentionSpec):
         KernelSpec.__init__(self, kg, kernel)  # the forward's __init__ expects an attention anchor
         node = kernel.group.anchor
         if node is None or node.op is not Op.ATTENTION_BWD:
-            raise KernelLoweringError(f"{self.name}: attention_bwd group without an attention_bwd anchor")
+            raise LoweringError(f"{self.name}: attention_bwd group without an attention_bwd anchor")
         self.node: Node = node
         q, k, v, o, do, lse = node.src[:6]
         self.B, self.Hq, self.Sq, self.D = q.shape
@@ -101,12 +103,12 @@ class AttentionBwdSpec(AttentionSpec):
         self.q_expr, self.k_expr, self.v_expr, self.o_expr, self.do_expr, self.lse_expr = (
             lw.value(x, x.shape, lambda _: None) for x in (q, k, v, o, do, lse))
         if self.lse_expr.op is not E.LOAD:
-            raise KernelLoweringError(f"{self.name}: lse ({lse!r}) must be a tensor or a view of one")
+            raise LoweringError(f"{self.name}: lse ({lse!r}) must be a tensor or a view of one")
         self.extra_slot: dict[int, int] = {}
         for i, x in enumerate(node.src[FIRST_EXTRA:], start=FIRST_EXTRA):
             e = lw.value(x, x.shape, lambda _: None)
             if e.op is not E.LOAD:
-                raise KernelLoweringError(f"{self.name}: mask/score operand {i} ({x!r}) must be a tensor or a view "
+                raise LoweringError(f"{self.name}: mask/score operand {i} ({x!r}) must be a tensor or a view "
                                           "of one; materialise computed operands first")
             self.extra_slot[i] = e.arg
         self.outs: list[tuple[int, str]] = []
@@ -116,7 +118,7 @@ class AttentionBwdSpec(AttentionSpec):
             elif out.op is Op.RESULT and out.src[0] is node:
                 self.outs.append((i, ROLES[out.attr("index")]))
             else:
-                raise KernelLoweringError(f"{self.name}: output {out!r} is not a result of the attention_bwd")
+                raise LoweringError(f"{self.name}: output {out!r} is not a result of the attention_bwd")
         self._sparsity: dict[tuple[int, int], BlockSparsity] = {}
         self._aux: dict[Any, list[Any]] = {}
         self._describe: dict[str, Any] | None = None
@@ -141,7 +143,7 @@ class AttentionBwdSpec(AttentionSpec):
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         sp = self.sparsity(bm, bn)
         if operands is not None and self.mask is not None and self.runtime_lists(bm, bn):
-            from ..ir.attention_op import make_loader
+            from ...ir.attention_op import make_loader
 
             xs: list[Any] = [None] * (FIRST_EXTRA + len(self.extra_slot))
             for i, arr in operands.items():
@@ -266,7 +268,3 @@ class AttentionBwdSpec(AttentionSpec):
         return super().report_lines(config) + [
             f"  backward: delta pre-pass, then {nkv} dK/dV programs (transposed lists) + {nq} dQ programs"]
 
-    def render_triton(self, config: Config, interpret: bool = False) -> str:
-        from .attention_bwd_triton import render
-
-        return render(self, config, interpret)

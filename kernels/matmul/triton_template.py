@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..autotune.config import Config
-from ..codegen.triton_expr import TileEmitter, literal, tl_type
-from ..ir import dtypes as dt
-from ..ir.expr import E, Expr
-from .base import header
-from .lowering import LoadSite, prod
+from ...schedule.config import Config
+from ...codegen.triton_expr import TileEmitter, literal, tl_type
+from ...ir import dtypes as dt
+from ...ir.expr import E, Expr
+from ...codegen.headers import header
+from ..lowering import LoadSite, prod
 
 if TYPE_CHECKING:
-    from .matmul import MatmulSpec
+    from .spec import MatmulSpec
 
 IND = "    "
 

@@ -10,61 +10,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .fileio import write_atomic
+from ..errors import TilefuseError
+from ..fileio import write_atomic
+from .common import load_graph_arg, random_inputs
 
 MANIFEST_SCHEMA = 1
 
 
-def _sizes(items: list[str]) -> dict[str, int]:
-    out = {}
-    for it in items:
-        k, _, v = it.partition("=")
-        if not v.isdigit():
-            raise SystemExit(f"--set expects NAME=INT, got {it!r}")
-        out[k] = int(v)
-    return out
-
-
-def _load(path: str, sets: list[str]) -> Any:
-    from .ir.text import ParseError, load_graph
-
-    try:
-        return load_graph(path, _sizes(sets))
-    except FileNotFoundError:
-        raise SystemExit(f"error: no such file {path}") from None
-    except ParseError as err:
-        raise SystemExit(f"error: {err}") from None
-
-
 def cmd_show(args: argparse.Namespace) -> int:
-    from .passes import run_pipeline
-    from .report import format_pipeline
+    from ..passes import run_pipeline
+    from ..report import format_pipeline
 
-    print(format_pipeline(run_pipeline(_load(args.file, args.set))))
+    print(format_pipeline(run_pipeline(load_graph_arg(args.file, args.set))))
     return 0
-
-
-def random_inputs(g: Any, seed: int) -> dict[str, Any]:
-    """Fresh random inputs by name (floats as float32; see ir.sampling)."""
-    import numpy as np
-
-    from .ir.sampling import random_array, weight_scales
-
-    scales = weight_scales(g.nodes)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for n in g.inputs:
-        x = random_array(rng, n.shape, n.dtype, scales.get(id(n), 1.0))
-        out[n.attr("name")] = x.astype(np.float32) if n.dtype.is_float else x
-    return out
 
 
 def check_against_reference(cg: Any, seed: int = 0) -> list[tuple[str, float, float, bool]]:
     """Run on fresh random inputs with poisoned outputs; (output, max error, bound, ok) each."""
     import numpy as np
 
-    from .ir import dtypes as dt
-    from .ir.reference import evaluate
+    from ..ir import dtypes as dt
+    from ..ir.reference import evaluate
 
     ins = random_inputs(cg.graph, seed)
     outs = cg.run(ins, poison=True)
@@ -85,12 +51,12 @@ def check_against_reference(cg: Any, seed: int = 0) -> list[tuple[str, float, fl
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.target == "interp":
-        from .compiler import ensure_interpreter
+        from ..compiler import ensure_interpreter
 
         ensure_interpreter()
     import tilefuse
 
-    g = _load(args.file, args.set)
+    g = load_graph_arg(args.file, args.set)
     cg = tilefuse.compile(g, target=args.target)
     print(cg.report())
     ok = True
@@ -138,7 +104,7 @@ def write_bundle(cg: Any, out: Path) -> Path:
 def cmd_compile(args: argparse.Namespace) -> int:
     import tilefuse
 
-    g = _load(args.file, args.set)
+    g = load_graph_arg(args.file, args.set)
     t0 = time.perf_counter()
     db = None if args.db == "none" else args.db
     model = None if args.costmodel == "none" else args.costmodel
@@ -173,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--db", default="auto", help="tuning database URL ('none' to ignore it)")
             sp.add_argument("--costmodel", default="auto", help="cost model directory ('none' to ignore it)")
         sp.set_defaults(fn=fn)
-    from .autotune.cli_db import register as register_db
-    from .autotune.cli_tune import register as register_tune
-    from .costmodel.cli import register as register_costmodel
+    from .db import register as register_db
+    from .tune import register as register_tune
+    from .costmodel import register as register_costmodel
 
     register_tune(sub)
     register_db(sub)
@@ -198,18 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _expected_error(err: Exception) -> str | None:
-    """The message for a failure the user can act on (bad input, target, database, model, settings,
-    a file they named); None for anything else, which is a bug and keeps its traceback. The error
-    classes are imported here, on failure, so that a command loads only the modules it uses."""
-    from .autotune.db_schema import DatabaseError
-    from .autotune.target import TargetError
-    from .compiler import CompileError, RuntimeUnavailable
-    from .costmodel.models import ModelError
-    from .kernels import UnsupportedKernel
-    from .settings import SettingsError
-
-    if isinstance(err, (TargetError, CompileError, RuntimeUnavailable, UnsupportedKernel, DatabaseError, ModelError,
-                        SettingsError)):
+    """The message for a failure the user can act on (every TilefuseError: bad input, target, database,
+    model, settings) or a file they named; None for anything else, which is a bug and keeps its traceback."""
+    if isinstance(err, TilefuseError):
         return str(err)
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"

@@ -93,15 +93,15 @@ def _describe(dev: Any) -> list[tuple[str, str]]:
 def _open(url: str | None, create: bool = False) -> Any:
     """The tuning database at `url` (a URL or a path; default: TILEFUSE_DB). Only `import` creates one:
     reading a database that does not exist is an error, not a new empty file."""
-    from .database import TuningDB
+    from ..autotune.database import TuningDB
 
     return TuningDB(url, create=create)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """Print every device's fingerprint; say plainly when there is no GPU."""
-    from .database import DatabaseError
-    from .device import detect_devices, gpu_status
+    from ..autotune.database import DatabaseError
+    from ..autotune.device import detect_devices, gpu_status
 
     devices = detect_devices()
     if args.json:
@@ -130,8 +130,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_db_show(args: argparse.Namespace) -> int:
     """List workloads, devices, record counts and the best config per (workload, device)."""
-    from .database import DatabaseError
-    from .records import ranked
+    from ..autotune.database import DatabaseError
+    from ..schedule.records import ranked
 
     try:
         with _open(args.db) as db:
@@ -166,7 +166,7 @@ def cmd_db_show(args: argparse.Namespace) -> int:
 
 def cmd_db_export(args: argparse.Namespace) -> int:
     """Write every record as JSON lines to a file (atomically) or stdout."""
-    from .database import DatabaseError
+    from ..autotune.database import DatabaseError
 
     try:
         with _open(args.db) as db:
@@ -185,7 +185,7 @@ def cmd_db_export(args: argparse.Namespace) -> int:
 
 def cmd_db_import(args: argparse.Namespace) -> int:
     """Load records from a JSON-lines file; every line is validated before any is added."""
-    from .database import DatabaseError
+    from ..autotune.database import DatabaseError
 
     try:
         # the file is opened first, so that an unreadable one creates no database

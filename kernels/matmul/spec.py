@@ -7,16 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..autotune.config import Config
-from ..autotune.target import Target
-from ..ir import dtypes as dt
-from ..ir import expr as ex
-from ..ir.expr import E, Expr
-from ..ir.ops import Node
-from ..ir.text import format_expr
-from ..passes.partition import Kernel, KernelGraph
-from .base import KernelSpec
-from .lowering import KernelLoweringError, next_pow2, prod
+from ...schedule.config import Config
+from ...schedule.target import Target
+from ...ir import dtypes as dt
+from ...ir import expr as ex
+from ...ir.expr import E, Expr
+from ...ir.ops import Node
+from ...ir.text import format_expr
+from ...passes.partition import Kernel, KernelGraph
+from ..base import KernelSpec
+from ..registry import register_family
+from ..lowering import LoweringError, next_pow2, prod
 
 ACC = "acc"
 CPU_VECTOR_REGISTERS = 32  # AVX-512 zmm registers: the micro tile's register budget
@@ -44,6 +45,7 @@ class MatmulOutput:
     expr: Expr  # value at (batch..., m, n); reads var "acc" (f32) and loads
 
 
+@register_family("matmul")
 class MatmulSpec(KernelSpec):
     """A (batched) GEMM with fused prologue and epilogue."""
 
@@ -54,7 +56,7 @@ class MatmulSpec(KernelSpec):
         grp = kernel.group
         mm = grp.anchor
         if mm is None:
-            raise KernelLoweringError(f"{self.name}: matmul group without an anchor")
+            raise LoweringError(f"{self.name}: matmul group without an anchor")
         self.anchor: Node = mm
         a, b = mm.src
         ta, tb = mm.attr("trans_a"), mm.attr("trans_b")
@@ -70,7 +72,7 @@ class MatmulSpec(KernelSpec):
         self.b_expr = self._operand(b, b_dom, tb)
         self.operand_dtype = dt.promote(self.a_expr.dtype, self.b_expr.dtype)
         if self.operand_dtype.is_int and not (self.a_expr.dtype == dt.i8 and self.b_expr.dtype == dt.i8):
-            raise KernelLoweringError(f"{self.name}: integer matmul supports i8 x i8 operands, got "
+            raise LoweringError(f"{self.name}: integer matmul supports i8 x i8 operands, got "
                                       f"{self.a_expr.dtype} x {self.b_expr.dtype}")
         acc_dt = dt.i32 if self.operand_dtype.is_int else dt.f32
         acc = ex.var(ACC, acc_dt)
@@ -252,7 +254,3 @@ class MatmulSpec(KernelSpec):
         split = config.int("SPLIT_K") if "SPLIT_K" in config else 1
         return (split, max(1, prod(self.batch)), self.M, self.N) if split > 1 else None
 
-    def render_triton(self, config: Config, interpret: bool = False) -> str:
-        from .matmul_triton import render
-
-        return render(self, config, interpret)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..autotune.config import Config
-from ..codegen.triton_expr import TileEmitter, literal, tl_type
-from ..ir.expr import E, Expr
-from .base import header
+from ...schedule.config import Config
+from ...codegen.triton_expr import TileEmitter, literal, tl_type
+from ...ir.expr import E, Expr
+from ...codegen.headers import header
 
 if TYPE_CHECKING:
-    from .rowwise import RowwiseSpec
+    from .spec import RowwiseSpec
 
 INDEX64 = 2**31 - 1
 
@@ -86,7 +86,7 @@ def _tile(value: str, e: Expr, level: str) -> str:
     return f"tl.broadcast_to({value}, {shape})"
 
 
-def render(spec: RowwiseSpec, config: Config) -> str:
+def render(spec: RowwiseSpec, config: Config, interpret: bool = False) -> str:
     """Readable, deterministic Triton source for a rowwise kernel."""
     args = ", ".join(spec.arg_names())
     big = max([b.numel for b in spec.inputs + spec.outputs] + [1]) > INDEX64

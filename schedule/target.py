@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ..errors import TilefuseError
 
 
-class TargetError(ValueError):
+class TargetError(TilefuseError, ValueError):
     """An unknown target name."""
 
 

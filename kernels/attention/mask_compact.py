@@ -31,8 +31,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..autotune.config import Config, sha256_json
-from .lowering import next_pow2
+from ...errors import TilefuseError
+from ...schedule.config import Config, sha256_json
+from ..lowering import next_pow2
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ _CLASSIFY: dict[str, tuple[str, ...]] = {
 }
 
 
-class MaskCompactError(RuntimeError):
+class MaskCompactError(TilefuseError, RuntimeError):
     """The block-list kernel cannot run on these tensors (device, dtype, shape or output buffers)."""
 
 
@@ -186,8 +187,8 @@ def constexprs(fn: str, config: Config) -> dict[str, int]:
 def build_aot(mode: str, config: Config, x_type: str, arch: int, cache: Any = "default") -> dict[str, Any]:
     """Cubins of the three kernels for sm_`arch` (kernel function name -> TritonBinary), no GPU needed;
     `x_type` is the input's Triton pointer type ('*u8' for bool / u8 masks, '*i8' classes, '*i32' ids)."""
-    from ..codegen.aot import build_triton
-    from ..codegen.cache import default_cache
+    from ...codegen.aot import build_triton
+    from ...codegen.cache import default_cache
 
     source = render(mode, config)
     out = {}
@@ -210,7 +211,7 @@ def _interpret_for(device: Any) -> bool:
     if device.type == "cpu":
         return True
     if device.type == "cuda":
-        from ..settings import get_settings
+        from ...settings import get_settings
 
         return get_settings().triton_interpret
     raise MaskCompactError(f"mask_compact: Triton cannot run on device {device}; accepted: cpu (interpreter) or "
@@ -238,7 +239,7 @@ def compact_rows(x: Any, mode: str, n_cols: int, masked_col: int = -1, out: tupl
     is written. Without it, kv_idx is allocated to exactly kv_ptr[R] elements."""
     import torch
 
-    from ..codegen.triton_runtime import launch, load_module
+    from ...codegen.triton_runtime import launch, load_module
 
     _check_mode(mode)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:

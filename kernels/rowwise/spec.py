@@ -8,17 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..autotune.config import Config
-from ..autotune.target import Target
-from ..ir import expr as ex
-from ..ir.dtypes import DType
-from ..ir.expr import Expr
-from ..ir.ops import Node, Op
-from ..ir.text import format_expr
-from ..passes.fuse import row_shape
-from ..passes.partition import Kernel, KernelGraph
-from .base import KernelSpec
-from .lowering import KernelLoweringError, next_pow2, prod
+from ...schedule.config import Config
+from ...schedule.target import Target
+from ...ir import expr as ex
+from ...ir.dtypes import DType
+from ...ir.expr import Expr
+from ...ir.ops import Node, Op
+from ...ir.text import format_expr
+from ...passes.fuse import row_shape
+from ...passes.partition import Kernel, KernelGraph
+from ..base import KernelSpec
+from ..registry import register_family
+from ..lowering import LoweringError, next_pow2, prod
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Output:
     expr: Expr
 
 
+@register_family("pointwise", "reduction", "copy")
 class RowwiseSpec(KernelSpec):
     """A pointwise or row-reduction kernel."""
 
@@ -73,7 +75,7 @@ class RowwiseSpec(KernelSpec):
         for m in red_nodes:
             src = m.src[0]
             if m.attr("axes") != (src.ndim - 1,) or not m.attr("keepdim") or src.shape != dom:
-                raise KernelLoweringError(f"{self.name}: reduction over {m.attr('axes')} of {list(src.shape)} "
+                raise LoweringError(f"{self.name}: reduction over {m.attr('axes')} of {list(src.shape)} "
                                           "is not canonical (last axis, keepdim, over the domain)")
             deps = self.deps.get(id(src), frozenset())
             if id(src) in self.red_index:
@@ -172,7 +174,3 @@ class RowwiseSpec(KernelSpec):
     def triton_constexprs(self, config: Config) -> dict[str, Any]:
         return {"BLOCK_R": config.int("BLOCK_R"), "BLOCK_C": config.int("BLOCK_C")}
 
-    def render_triton(self, config: Config, interpret: bool = False) -> str:
-        from .rowwise_triton import render
-
-        return render(self, config)

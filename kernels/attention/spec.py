@@ -25,16 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from ..autotune.config import Config
-from ..autotune.target import Target
-from ..ir.expr import E, Expr
-from ..ir.expr import toposort as expr_toposort
-from ..ir.ops import Node, Op
-from ..ir.text import format_expr
-from ..passes.partition import Kernel, KernelGraph
-from .base import KernelSpec
+from ...schedule.config import Config
+from ...schedule.target import Target
+from ...ir.expr import E, Expr
+from ...ir.expr import toposort as expr_toposort
+from ...ir.ops import Node, Op
+from ...ir.text import format_expr
+from ...passes.partition import Kernel, KernelGraph
+from ..base import KernelSpec
+from ..registry import register_family
 from .block_sparsity import BlockLists, BlockSparsity, analyze, analyze_runtime, block_aligned_loads
-from .lowering import KernelLoweringError, next_pow2
+from ..lowering import LoweringError, next_pow2
 
 AUX_NAMES = ("kv_ptr", "kv_nfull", "kv_idx", "head_pat")
 REF_BLOCK = (128, 64)  # block sizes of the structure recorded in the workload key and flops()
@@ -76,18 +77,18 @@ FWD_REGISTERS = {
 }
 
 
+@register_family("attention")
 class AttentionSpec(KernelSpec):
     """Forward attention over q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (GQA)."""
 
     family = "attention"
-    backends = frozenset({"triton"})  # no TVM template yet: knob_space says so if asked for a CPU target
     post_mod: Expr | None = None  # a class default: the backward spec shares these methods and has none
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)
         node = kernel.group.anchor
         if node is None or node.op is not Op.ATTENTION:
-            raise KernelLoweringError(f"{self.name}: attention group without an attention anchor")
+            raise LoweringError(f"{self.name}: attention group without an attention anchor")
         self.node: Node = node
         q, k, v = node.src[:3]
         self.B, self.Hq, self.Sq, self.D = q.shape
@@ -106,7 +107,7 @@ class AttentionSpec(KernelSpec):
         for i, x in enumerate(node.src[3:], start=3):
             e = lw.value(x, x.shape, lambda _: None)
             if e.op is not E.LOAD:
-                raise KernelLoweringError(f"{self.name}: mask/score operand {i} ({x!r}) must be a tensor or a view "
+                raise LoweringError(f"{self.name}: mask/score operand {i} ({x!r}) must be a tensor or a view "
                                           "of one; materialise computed operands first")
             self.extra_slot[i] = e.arg
         self.outs: list[tuple[int, str]] = []
@@ -116,7 +117,7 @@ class AttentionSpec(KernelSpec):
             elif o.op is Op.RESULT and o.src[0] is node:
                 role = ("out", "lse")[o.attr("index")]
             else:
-                raise KernelLoweringError(f"{self.name}: output {o!r} is not a result of the attention")
+                raise LoweringError(f"{self.name}: output {o!r} is not a result of the attention")
             self.outs.append((i, role))
         self._sparsity: dict[tuple[int, int], BlockSparsity] = {}
         self._aux: dict[Any, list[Any]] = {}
@@ -146,7 +147,7 @@ class AttentionSpec(KernelSpec):
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         sp = self.sparsity(bm, bn)
         if operands is not None and self.mask is not None and self.runtime_lists(bm, bn):
-            from ..ir.attention_op import make_loader
+            from ...ir.attention_op import make_loader
 
             xs: list[Any] = [None] * (3 + len(self.extra_slot))
             for i, arr in operands.items():
@@ -214,10 +215,8 @@ class AttentionSpec(KernelSpec):
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         if target.kind == "cpu":
-            from . import UnsupportedKernel
-
-            raise UnsupportedKernel(f"{self.name}: attention has no TVM/CPU lowering yet; use target 'interp' or a "
-                                    "CUDA arch (sm_80, sm_90)")
+            raise LoweringError(f"{self.name}: attention has no TVM/CPU lowering yet; use target 'interp' or a "
+                                "CUDA arch (sm_80, sm_90)")
         return {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128),
                 "num_warps": (1, 2, 4, 8), "num_stages": (1, 2, 3, 4, 5)}
 
@@ -370,8 +369,4 @@ class AttentionSpec(KernelSpec):
         dp, dvp = self.head_dims
         return {"BLOCK_M": config.int("BLOCK_M"), "BLOCK_N": config.int("BLOCK_N"), "BLOCK_D": dp, "BLOCK_DV": dvp}
 
-    def render_triton(self, config: Config, interpret: bool = False) -> str:
-        from .attention_triton import render
-
-        return render(self, config, interpret)
 

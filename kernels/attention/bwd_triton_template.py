@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..autotune.config import Config
-from ..codegen.triton_expr import tl_type
-from ..ir import dtypes as dt
-from ..ir.expr import Expr
-from .attention_triton import LOG2E, _Mods, _terms, _Tile, tile_loads
-from .base import header
+from ...schedule.config import Config
+from ...codegen.triton_expr import tl_type
+from ...ir import dtypes as dt
+from ...ir.expr import Expr
+from .triton_template import LOG2E, _Mods, _terms, _Tile, tile_loads
+from ...codegen.headers import header
 
 if TYPE_CHECKING:
-    from .attention_bwd import AttentionBwdSpec
+    from .bwd_spec import AttentionBwdSpec
 
 IND = "    "
 
@@ -234,7 +234,7 @@ def _preprocess(c: _Ctx, nprog: int) -> None:
 
 def render(spec: AttentionBwdSpec, config: Config, interpret: bool = False) -> str:
     """Readable, deterministic Triton source: `{name}` (delta pre-pass) and `{name}_finish` (dK/dV and dQ)."""
-    from .attention_bwd import BWD_AUX_NAMES
+    from .bwd_spec import BWD_AUX_NAMES
 
     c = _Ctx(spec, config, interpret)
     args = ", ".join(spec.arg_names() + list(BWD_AUX_NAMES) + ["ws"])

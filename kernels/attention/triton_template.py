@@ -15,15 +15,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ..autotune.config import Config
-from ..codegen.triton_expr import TileEmitter, tl_type
-from ..ir import dtypes as dt
-from ..ir.expr import E, Expr
-from .base import header
-from .lowering import LoadSite
+from ...schedule.config import Config
+from ...codegen.triton_expr import TileEmitter, tl_type
+from ...ir import dtypes as dt
+from ...ir.expr import E, Expr
+from ...codegen.headers import header
+from ..lowering import LoadSite
 
 if TYPE_CHECKING:
-    from .attention import AttentionSpec
+    from .spec import AttentionSpec
 
 IND = "    "
 LOG2E = 1.0 / math.log(2.0)
@@ -240,7 +240,7 @@ def render(spec: AttentionSpec, config: Config, interpret: bool = False) -> str:
     The Triton interpreter computes bf16 dots wrongly and f16 dots in f16 (triton 3.6): under it the
     tiles are widened to f32 (p is rounded to the input dtype first, as the compiled kernel feeds
     the tensor cores), which is what f32 accumulation of exact half-precision products gives."""
-    from .attention import AUX_NAMES
+    from .spec import AUX_NAMES
 
     bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
     sq, d = spec.Sq, spec.D

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import expr as ex
-from ..ir.expr import E, Expr
-from ..ir.reference import eval_expr
+from ...ir import expr as ex
+from ...ir.expr import E, Expr
+from ...ir.reference import eval_expr
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 REFINE_BUDGET = 1 << 26  # elements evaluated exactly per analysis before falling back to "partial"
