@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable
 
 from . import expr as ex
-from .expr import E, Expr, ExprError
+from .expr import E, Expr, ExprError, format_expr
 
 _LN2 = math.log(2.0)
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
@@ -32,8 +32,6 @@ class NotDifferentiableError(ExprError):
     """An expression whose value depends on the variable through an op with no derivative."""
 
     def __init__(self, op: E, node: Expr, var: str):
-        from .text import format_expr
-
         self.op = op
         what = f"cast to {node.dtype}" if op is E.CAST else op.value
         super().__init__(f"{what} is not differentiable in {var!r}: {format_expr(node)} depends on it; "

@@ -7,86 +7,16 @@ twice returns the same object, so structural equality is identity and CSE is fre
 
 from __future__ import annotations
 
-import enum
 import math
 import threading
 import weakref
 from typing import Any, Union
 from collections.abc import Callable
 
-from ..errors import TilefuseError
 from . import dtypes as dt
 from .dtypes import DType
-
-
-class E(enum.Enum):
-    """Expression ops."""
-
-    ARG = "arg"  # the value of operand `arg` at the current index (pointwise ops)
-    VAR = "var"  # a named index variable (b, h, q_idx, kv_idx, i0, ...) or scalar (score)
-    CONST = "const"
-    LOAD = "load"  # operand `arg` loaded at the explicit indices in src
-    # unary
-    NEG = "neg"
-    NOT = "not"
-    ABS = "abs"
-    EXP = "exp"
-    EXP2 = "exp2"
-    LOG = "log"
-    LOG2 = "log2"
-    LOG1P = "log1p"
-    SQRT = "sqrt"
-    RSQRT = "rsqrt"
-    SIN = "sin"
-    COS = "cos"
-    TANH = "tanh"
-    SIGMOID = "sigmoid"
-    ERF = "erf"
-    RECIP = "recip"
-    FLOOR = "floor"
-    CEIL = "ceil"
-    # binary
-    ADD = "add"
-    SUB = "sub"
-    MUL = "mul"
-    DIV = "div"
-    IDIV = "idiv"  # integer division, floor semantics on non-negative operands
-    MOD = "mod"
-    MAX = "max"
-    MIN = "min"
-    POW = "pow"
-    AND = "and"
-    OR = "or"
-    XOR = "xor"
-    SHL = "shl"
-    SHR = "shr"
-    LT = "lt"
-    LE = "le"
-    GT = "gt"
-    GE = "ge"
-    EQ = "eq"
-    NE = "ne"
-    # other
-    WHERE = "where"
-    CAST = "cast"
-    BITCAST = "bitcast"
-
-
-UNARY = frozenset({E.NEG, E.NOT, E.ABS, E.EXP, E.EXP2, E.LOG, E.LOG2, E.LOG1P, E.SQRT, E.RSQRT, E.SIN,
-                   E.COS, E.TANH, E.SIGMOID, E.ERF, E.RECIP, E.FLOOR, E.CEIL})
-FLOAT_UNARY = UNARY - {E.NEG, E.NOT, E.ABS}
-BINARY = frozenset({E.ADD, E.SUB, E.MUL, E.DIV, E.IDIV, E.MOD, E.MAX, E.MIN, E.POW, E.AND, E.OR, E.XOR,
-                    E.SHL, E.SHR, E.LT, E.LE, E.GT, E.GE, E.EQ, E.NE})
-COMPARE = frozenset({E.LT, E.LE, E.GT, E.GE, E.EQ, E.NE})
-BITWISE = frozenset({E.AND, E.OR, E.XOR, E.SHL, E.SHR})
-LEAVES = frozenset({E.ARG, E.VAR, E.CONST})
-# Approximate cost in "flops" of one evaluation, used by fusion to bound recomputation.
-COST = {E.EXP: 4, E.EXP2: 4, E.LOG: 4, E.LOG2: 4, E.LOG1P: 4, E.SQRT: 2, E.RSQRT: 2, E.SIN: 4, E.COS: 4,
-        E.TANH: 6, E.SIGMOID: 6, E.ERF: 8, E.DIV: 2, E.POW: 8, E.RECIP: 2}
-
-
-class ExprError(TilefuseError, TypeError):
-    """A malformed scalar expression (wrong operand count, dtype or argument)."""
+from .expr_ops import (BINARY, BITWISE, COMPARE, COST, FLOAT_UNARY, LEAVES, UNARY, E,  # noqa: F401 - re-exported
+                       ExprError)
 
 
 Scalar = Union[bool, int, float]
@@ -125,8 +55,6 @@ class Expr:
         return (Expr, (self.op, self.dtype, self.src, self.arg))
 
     def __repr__(self) -> str:
-        from .text import format_expr
-
         return f"Expr<{format_expr(self)}>"
 
     # -- friendly builders (identity stays ==; comparisons are methods) --------------------
@@ -413,3 +341,39 @@ def vars_used(e: Expr) -> set[str]:
 def cost(e: Expr) -> int:
     """Approximate per-element cost of evaluating `e` once (distinct nodes only)."""
     return sum(COST.get(n.op, 1) for n in toposort([e]) if n.op not in LEAVES)
+
+
+# ---- text --------------------------------------------------------------------------------
+def fmt_float(v: float) -> str:
+    """Text of a float that parses back to the same value (nan, inf, -inf by name)."""
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return repr(float(v))
+
+
+def _leaf_text(n: Expr) -> str:
+    if n.op is E.ARG:
+        return f"${n.arg}:{n.dtype}"
+    if n.op is E.VAR:
+        return f"{n.arg}:{n.dtype}"
+    v = n.arg
+    s = ("true" if v else "false") if isinstance(v, bool) else fmt_float(v) if isinstance(v, float) else str(v)
+    return f"{s}:{n.dtype}"
+
+
+def format_expr(e: Expr) -> str:
+    """S-expression text of a scalar expression (the parser's input form; iterative, any depth)."""
+    memo: dict[int, str] = {}
+    for n in e.toposort():
+        if n.op in LEAVES:
+            s = _leaf_text(n)
+        elif n.op is E.LOAD:
+            s = "(load " + " ".join([str(n.arg), str(n.dtype)] + [memo[id(x)] for x in n.src]) + ")"
+        elif n.op in (E.CAST, E.BITCAST):
+            s = f"({n.op.value} {n.dtype} {memo[id(n.src[0])]})"
+        else:
+            s = "(" + " ".join([n.op.value] + [memo[id(x)] for x in n.src]) + ")"
+        memo[id(n)] = s
+    return memo[id(e)]

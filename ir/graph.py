@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from .ops import Node, Op, VerifyError, toposort
+from .printer import format_graph
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class Graph:
         in_names = [n.attr("name") for n in ordered]
         if len(set(in_names)) != len(in_names):
             raise VerifyError(f"graph {self.name}: two different inputs share a name in {in_names}")
+        clash = sorted(set(in_names) & set(names))
+        if clash:
+            # Buffers are bound by name: an output named like an input would overwrite it before it is read.
+            raise VerifyError(f"graph {self.name}: outputs {clash} have the names of inputs; inputs and outputs "
+                              "need distinct names")
         object.__setattr__(self, "inputs", tuple(ordered))
 
     @cached_property
@@ -63,8 +69,6 @@ class Graph:
 
     @cached_property
     def text(self) -> str:
-        from .text import format_graph
-
         return format_graph(self)
 
     @cached_property

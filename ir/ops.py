@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from ..errors import TilefuseError
 from . import dtypes as dt
+from .attrs import attr_problems, plain
 from .dtypes import DType
 from .expr import E, Expr, toposort as expr_toposort
 
@@ -59,9 +60,7 @@ _LOCK = threading.Lock()
 
 
 def _freeze(v: Any) -> Any:
-    if isinstance(v, list):
-        return tuple(_freeze(x) for x in v)
-    if isinstance(v, tuple):
+    if isinstance(v, (list, tuple)):
         return tuple(_freeze(x) for x in v)
     if isinstance(v, dict):
         raise VerifyError("attribute values may not be dicts")
@@ -168,7 +167,11 @@ def make(op: Op, srcs: Iterable[Node] = (), /, **attrs: Any) -> Node:
     for s in srcs:
         if not isinstance(s, Node):
             raise VerifyError(f"{op.value}: operand {s!r} is not a Node")
-    dtype, shape, norm = d.infer(srcs, {k: _freeze(v) for k, v in attrs.items()})
+    given = {k: plain(_freeze(v)) for k, v in attrs.items()}
+    problems = attr_problems(op.value, given)
+    if problems:
+        raise VerifyError(f"{op.value}: " + "; ".join(problems))
+    dtype, shape, norm = d.infer(srcs, given)
     arg = tuple(sorted(norm.items()))
     return Node(op, dtype, tuple(int(s) for s in shape), srcs, arg)
 

@@ -118,7 +118,7 @@ def test_verify_errors():
     with pytest.raises(VerifyError, match=r"extra operands \[3\] are not read by mask_mod, score_mod or "
                                           r"post_mod"):
         tf.attention(q, k, k, extra=[w], post_mod=P)
-    with pytest.raises(VerifyError, match=r"post_mod must be an Expr, got float"):
+    with pytest.raises(VerifyError, match=r"post_mod must be a scalar expression or none, got 0.5"):
         make(Op.ATTENTION, [q.node, k.node, k.node], post_mod=0.5)
     # score_mod may not read p (it exists only after the softmax)
     with pytest.raises(VerifyError, match=r"score_mod uses variable 'p'"):

@@ -141,8 +141,8 @@ def test_fp8_block_scales():
     v = dt.round_to(RNG.standard_normal((k, n)) * 50, dt.f8e4m3)
     s = RNG.uniform(0.001, 0.01, (k // b, n // b)).astype(np.float32).astype(np.float64)
     gr = graph(lambda w, sc: tf.dequantize_fp8_block(w, sc, block=b, out_dtype="f32"),
-               [("w", (k, n), "f8e4m3"), ("s", (k // b, n // b), "f32")])
-    got = evaluate(gr, {"w": v, "s": s})["w"]
+               [("q", (k, n), "f8e4m3"), ("s", (k // b, n // b), "f32")])
+    got = evaluate(gr, {"q": v, "s": s})["w"]
     idx = RNG.integers(0, [k, n], (500, 2))
     for i, j in idx:
         assert got[i, j] == np.float32(v[i, j] * s[i // b, j // b])

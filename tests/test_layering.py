@@ -109,11 +109,6 @@ def test_kernels_and_costmodel_never_import_autotune():
     assert not bad, "\n".join(bad)
 
 
-# The text form's printer and parser live in one module that expr/graph/ops call back into; splitting
-# ir/text.py (issue "hardening") removes these. Nothing may be added here.
-KNOWN_CYCLES = {"ir.expr", "ir.graph", "ir.ops", "ir.text"}
-
-
 def test_no_import_cycles():
     graph = import_graph()
     # Tarjan-free check: a cycle exists iff some module reaches itself.
@@ -123,7 +118,7 @@ def test_no_import_cycles():
         while stack:
             node, path = stack.pop()
             for nxt in graph.get(node, ()):
-                if nxt == start and start not in KNOWN_CYCLES:
+                if nxt == start:
                     cycles.append(" -> ".join(path + [start]))
                     stack.clear()
                     break
