@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import TilefuseError
@@ -16,8 +17,9 @@ def parse_sizes(items: list[str]) -> dict[str, int]:
     out = {}
     for it in items:
         k, _, v = it.partition("=")
-        if not v.isdigit():
-            raise UsageError(f"--set expects NAME=INT, got {it!r}")
+        # ASCII digits only: str.isdigit accepts superscripts ('²'), which int() then refuses.
+        if not k.isidentifier() or re.fullmatch(r"[0-9]+", v, re.ASCII) is None or int(v) == 0:
+            raise UsageError(f"--set expects NAME=INT with a positive integer size, got {it!r}")
         out[k] = int(v)
     return out
 

@@ -12,9 +12,14 @@ from typing import Any
 
 from ..errors import TilefuseError
 from ..fileio import write_atomic
-from .common import load_graph_arg, random_inputs
+from .common import UsageError, load_graph_arg, random_inputs
 
 MANIFEST_SCHEMA = 1
+# Exit codes, the same for every command: 0 success; 1 `run` computed a result outside the tolerance of
+# the reference (FAIL); 2 the input could not be used (a malformed file, option, target or database).
+EXIT_FAIL = 1
+EXIT_BAD_INPUT = 2
+EXIT_CODES = "exit codes: 0 ok; 1 a result outside the reference tolerance (run); 2 bad input (one 'error:' line)"
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -63,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, err, bound, good in check_against_reference(cg, args.seed):
         ok &= good
         print(f"  {name}: max |err| vs reference {err:.3e} (bound {bound:.3e}) {'OK' if good else 'FAIL'}")
-    return 0 if ok else 1
+    return 0 if ok else EXIT_FAIL
 
 
 def write_bundle(cg: Any, out: Path) -> Path:
@@ -104,6 +109,8 @@ def write_bundle(cg: Any, out: Path) -> Path:
 def cmd_compile(args: argparse.Namespace) -> int:
     import tilefuse
 
+    if args.out is not None and not args.out.strip():
+        raise UsageError("--out needs a directory path, got an empty one; leave --out out to write no bundle")
     g = load_graph_arg(args.file, args.set)
     t0 = time.perf_counter()
     db = None if args.db == "none" else args.db
@@ -112,7 +119,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     dt_s = time.perf_counter() - t0
     print(cg.report())
     print(f"compiled in {dt_s:.2f} s")
-    if args.out:
+    if args.out is not None:
         path = write_bundle(cg, Path(args.out))
         print(f"wrote {path}")
     return 0
@@ -120,12 +127,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tilefuse` command."""
-    p = argparse.ArgumentParser(prog="tilefuse", description="ahead-of-time kernel compiler for tensor-op graphs")
+    p = argparse.ArgumentParser(prog="tilefuse", description="ahead-of-time kernel compiler for tensor-op graphs",
+                                epilog=EXIT_CODES)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn, help_ in (("compile", cmd_compile, "compile a .tf graph and write kernels + manifest"),
                             ("run", cmd_run, "run a .tf graph on random inputs and check it against the reference"),
                             ("show", cmd_show, "print the graph after each pass")):
-        sp = sub.add_parser(name, help=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=EXIT_CODES)
         sp.add_argument("file")
         sp.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="override a size parameter")
         if name != "show":
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 def _expected_error(err: Exception) -> str | None:
