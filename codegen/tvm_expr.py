@@ -21,6 +21,9 @@ from .lowering import LoweringError, register_lowering, rule
 
 B = "tvm"
 PrimExpr = Any  # tvm.tirx.PrimExpr; kept loose so mypy does not need TVM's stubs
+# TVM's passes walk a PrimExpr recursively in C++: a chain of 3000 fused adds overflowed the 8 MiB stack
+# (a segfault, not an exception); 2500 built. Refuse deeper expressions with a LoweringError instead.
+MAX_TVM_EXPR_DEPTH = 1000
 
 _TVM_NAMES = {dt.f64: "float64", dt.f32: "float32", dt.f16: "float16", dt.bf16: "bfloat16",
               dt.i64: "int64", dt.i32: "int32", dt.i16: "int16", dt.i8: "int8", dt.u8: "uint8",
@@ -214,13 +217,25 @@ def _bitcast(e: Expr, a: PrimExpr) -> PrimExpr:
     return tirx.reinterpret(tvm_dtype(e.dtype, "bitcast"), a)
 
 
+def _check_depth(nodes: list[Expr]) -> None:
+    depth: dict[int, int] = {}
+    for n in nodes:
+        depth[id(n)] = 1 + max((depth[id(s)] for s in n.src), default=0)
+    deepest = max(depth.values(), default=0)
+    if deepest > MAX_TVM_EXPR_DEPTH:
+        raise LoweringError(f"tvm: a fused expression {deepest} ops deep exceeds the CPU backend's limit of "
+                            f"{MAX_TVM_EXPR_DEPTH} (TVM recurses on it in C++); the Triton targets take it")
+
+
 def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
                memo: dict[int, PrimExpr] | None = None) -> PrimExpr:
     """The TIR expression of `e`; `leaf` binds LOAD and VAR leaves (None: not a leaf it knows).
 
     `memo` (id(node) -> PrimExpr) is shared across calls to reuse lowered subexpressions."""
     memo = {} if memo is None else memo
-    for n in expr_toposort([e]):
+    nodes = expr_toposort([e])
+    _check_depth(nodes)
+    for n in nodes:
         if id(n) in memo:
             continue
         tvm_dtype(n.dtype, n.op.value)

@@ -59,26 +59,34 @@ class GroupLowering:
     def value(self, n: Node, domain: Shape, leaf: Callable[[Node], Expr | None], swap_last: bool = False) -> Expr:
         """`n`'s value at the current index of `domain`, expanded down to leaves."""
         memo: dict[int, Expr] = {}
-
-        def go(m: Node) -> Expr:
-            hit = memo.get(id(m))
-            if hit is not None:
-                return hit
+        # An explicit stack, not recursion: a fused chain of thousands of pointwise ops is as deep.
+        stack: list[tuple[Node, bool]] = [(n, False)]
+        while stack:
+            m, expanded = stack.pop()
+            if id(m) in memo:
+                continue
+            if expanded:
+                memo[id(m)] = _inline(m, [memo[id(s)] for s in m.src])
+                continue
             out = leaf(m)
             if out is None:
                 if m.op is Op.CONST:
                     out = ex.const(m.attr("value"), m.dtype)
                 elif m.op is Op.POINTWISE and (id(m) in self.members or id(m) in self.kg.inline):
-                    srcs = [go(s) for s in m.src]
-                    out = ex.substitute(m.attr("expr"), lambda e: srcs[e.arg] if e.op is E.ARG else None)
+                    stack.append((m, True))
+                    stack.extend((s, False) for s in reversed(m.src) if id(s) not in memo)
+                    continue
                 elif id(m) in self.members:
                     raise LoweringError(f"{self.kernel.name}: member {m!r} has no lowering in this family")
                 else:
                     out = self.load(m, domain, swap_last)
             memo[id(m)] = out
-            return out
+        return memo[id(n)]
 
-        return go(n)
+
+def _inline(m: Node, srcs: list[Expr]) -> Expr:
+    """Pointwise node `m`'s expression with its operands replaced by their values."""
+    return ex.substitute(m.attr("expr"), lambda e: srcs[e.arg] if e.op is E.ARG else None)
 
 
 def next_pow2(n: int) -> int:
