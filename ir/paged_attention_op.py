@@ -82,22 +82,10 @@ def _bool_attr(a: dict[str, Any], name: str, default: bool) -> bool:
     return v
 
 
-@register(Op.PAGED_ATTENTION, (6, 12))
-def _infer_paged_attention(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
+def _check_pages(srcs: tuple[Node, ...], bits: int, what: str) -> None:
+    """q, the K/V pages for `bits` and the CSR page table."""
     q, kp, vp, indptr, indices, last = srcs[:6]
-    what = f"paged_attention of q {q.dtype}{fmt_shape(q.shape)}, k_pages {kp.dtype}{fmt_shape(kp.shape)}"
-    if q.ndim != 4 or q.dtype not in Q_DTYPES:
-        raise VerifyError(f"{what}: q must be [B, Hq, Sq, D] in f16 or bf16")
     b, hq, sq, d = q.shape
-    bits = a.get("kv_bits", 16)
-    if bits not in KV_BITS or isinstance(bits, bool):
-        raise VerifyError(f"{what}: kv_bits {bits!r} not in {KV_BITS}")
-    norm: dict[str, Any] = {"kv_bits": bits, "causal": _bool_attr(a, "causal", True)}
-    scale = a.get("scale")
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise VerifyError(f"{what}: scale must be a number, got {scale!r}")
-    norm["scale"] = float(scale)
     if kp.ndim != 4:
         raise VerifyError(f"{what}: k_pages must be [num_pages, page_size, Hkv, D]")
     npages, ps, hkv, dstore = kp.shape
@@ -116,43 +104,78 @@ def _infer_paged_attention(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
             raise VerifyError(f"{what}: {name} is {x.dtype}{fmt_shape(x.shape)}; want i32{fmt_shape(shape)}")
     if indices.dtype != dt.i32 or indices.ndim != 1:
         raise VerifyError(f"{what}: kv_indices is {indices.dtype}{fmt_shape(indices.shape)}; want i32[nnz_pages]")
+
+
+def _quantized(srcs: tuple[Node, ...], a: dict[str, Any], rest: list[Node], norm: dict[str, Any], what: str) -> None:
+    """group_size, recent_window and their operands (k/v scales, k/v recent) of quantized KV."""
+    q, kp = srcs[0], srcs[1]
+    b, _, _, d = q.shape
+    npages, ps, hkv, _ = kp.shape
+    gs = _int_attr(a, "group_size", 32, 1)
+    if d % gs:
+        raise VerifyError(f"{what}: group_size {gs} must divide D={d}")
+    rw = _int_attr(a, "recent_window", 0, 0)
+    norm.update(group_size=gs, recent_window=rw)
+    if len(rest) < 2:
+        raise VerifyError(f"{what}: kv_bits={norm['kv_bits']} needs k_scales and v_scales operands")
+    ks, vs = rest.pop(0), rest.pop(0)
+    for name, x in (("k_scales", ks), ("v_scales", vs)):
+        if x.dtype not in SCALE_DTYPES or x.shape != (npages, ps, hkv, d // gs):
+            raise VerifyError(f"{what}: {name} is {x.dtype}{fmt_shape(x.shape)}; want f16/f32"
+                              f"{fmt_shape((npages, ps, hkv, d // gs))}")
+    if rw:
+        if len(rest) < 2:
+            raise VerifyError(f"{what}: recent_window={rw} needs k_recent and v_recent operands")
+        for name, x in (("k_recent", rest.pop(0)), ("v_recent", rest.pop(0))):
+            if x.dtype != q.dtype or x.shape != (b, rw, hkv, d):
+                raise VerifyError(f"{what}: {name} is {x.dtype}{fmt_shape(x.shape)}; want "
+                                  f"{q.dtype}{fmt_shape((b, rw, hkv, d))}")
+
+
+def _selection(srcs: tuple[Node, ...], a: dict[str, Any], rest: list[Node], norm: dict[str, Any], what: str) -> None:
+    """page_budget, sink_pages, local_pages and the kmin / kmax operands of page selection."""
+    npages, _, hkv, _ = srcs[1].shape
+    d = srcs[0].shape[3]
+    budget = _int_attr(a, "page_budget", None, 1)
+    if budget is None:
+        if a.get("return_selection"):
+            raise VerifyError(f"{what}: return_selection needs page_budget")
+        return
+    sink, local = _int_attr(a, "sink_pages", 0, 0), _int_attr(a, "local_pages", 1, 0)
+    if sink + local > budget:
+        raise VerifyError(f"{what}: sink_pages {sink} + local_pages {local} exceed page_budget {budget}")
+    if len(rest) < 2:
+        raise VerifyError(f"{what}: page_budget needs kmin and kmax operands")
+    for name, x in (("kmin", rest.pop(0)), ("kmax", rest.pop(0))):
+        if not x.dtype.is_float or x.dtype.bits < 16 or x.dtype.bits > 32 or x.shape != (npages, hkv, d):
+            raise VerifyError(f"{what}: {name} is {x.dtype}{fmt_shape(x.shape)}; want f16/bf16/f32"
+                              f"{fmt_shape((npages, hkv, d))}")
+    norm.update(page_budget=budget, sink_pages=sink, local_pages=local)
+
+
+@register(Op.PAGED_ATTENTION, (6, 12))
+def _infer_paged_attention(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
+    q, kp, indices = srcs[0], srcs[1], srcs[4]
+    what = f"paged_attention of q {q.dtype}{fmt_shape(q.shape)}, k_pages {kp.dtype}{fmt_shape(kp.shape)}"
+    if q.ndim != 4 or q.dtype not in Q_DTYPES:
+        raise VerifyError(f"{what}: q must be [B, Hq, Sq, D] in f16 or bf16")
+    b, hq, sq, d = q.shape
+    bits = a.get("kv_bits", 16)
+    if bits not in KV_BITS or isinstance(bits, bool):
+        raise VerifyError(f"{what}: kv_bits {bits!r} not in {KV_BITS}")
+    norm: dict[str, Any] = {"kv_bits": bits, "causal": _bool_attr(a, "causal", True)}
+    scale = a.get("scale")
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise VerifyError(f"{what}: scale must be a number, got {scale!r}")
+    norm["scale"] = float(scale)
+    _check_pages(srcs, bits, what)
     rest = list(srcs[6:])
     if bits != 16:
-        gs = _int_attr(a, "group_size", 32, 1)
-        if d % gs:
-            raise VerifyError(f"{what}: group_size {gs} must divide D={d}")
-        rw = _int_attr(a, "recent_window", 0, 0)
-        norm.update(group_size=gs, recent_window=rw)
-        if len(rest) < 2:
-            raise VerifyError(f"{what}: kv_bits={bits} needs k_scales and v_scales operands")
-        ks, vs = rest.pop(0), rest.pop(0)
-        for name, x in (("k_scales", ks), ("v_scales", vs)):
-            if x.dtype not in SCALE_DTYPES or x.shape != (npages, ps, hkv, d // gs):
-                raise VerifyError(f"{what}: {name} is {x.dtype}{fmt_shape(x.shape)}; want f16/f32"
-                                  f"{fmt_shape((npages, ps, hkv, d // gs))}")
-        if rw:
-            if len(rest) < 2:
-                raise VerifyError(f"{what}: recent_window={rw} needs k_recent and v_recent operands")
-            for name, x in (("k_recent", rest.pop(0)), ("v_recent", rest.pop(0))):
-                if x.dtype != q.dtype or x.shape != (b, rw, hkv, d):
-                    raise VerifyError(f"{what}: {name} is {x.dtype}{fmt_shape(x.shape)}; want "
-                                      f"{q.dtype}{fmt_shape((b, rw, hkv, d))}")
+        _quantized(srcs, a, rest, norm, what)
     elif a.get("recent_window"):
         raise VerifyError(f"{what}: recent_window applies to quantized KV (kv_bits 8 or 4) only")
-    budget = _int_attr(a, "page_budget", None, 1)
-    if budget is not None:
-        sink, local = _int_attr(a, "sink_pages", 0, 0), _int_attr(a, "local_pages", 1, 0)
-        if sink + local > budget:
-            raise VerifyError(f"{what}: sink_pages {sink} + local_pages {local} exceed page_budget {budget}")
-        if len(rest) < 2:
-            raise VerifyError(f"{what}: page_budget needs kmin and kmax operands")
-        for name, x in (("kmin", rest.pop(0)), ("kmax", rest.pop(0))):
-            if not x.dtype.is_float or x.dtype.bits < 16 or x.dtype.bits > 32 or x.shape != (npages, hkv, d):
-                raise VerifyError(f"{what}: {name} is {x.dtype}{fmt_shape(x.shape)}; want f16/bf16/f32"
-                                  f"{fmt_shape((npages, hkv, d))}")
-        norm.update(page_budget=budget, sink_pages=sink, local_pages=local)
-    elif a.get("return_selection"):
-        raise VerifyError(f"{what}: return_selection needs page_budget")
+    _selection(srcs, a, rest, norm, what)
     if rest:
         raise VerifyError(f"{what}: {len(rest)} unexpected extra operands; expected "
                           f"{', '.join(operand_names(norm))}")
@@ -163,7 +186,7 @@ def _infer_paged_attention(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
         results.append((dt.f32, (b, hq, sq)))
     if _bool_attr(a, "return_selection", False):
         norm["return_selection"] = True
-        results.append((dt.i32, (hkv, indices.shape[0])))
+        results.append((dt.i32, (srcs[1].shape[2], indices.shape[0])))
     if len(results) > 1:
         norm["results"] = tuple(results)
     return q.dtype, out_shape, norm

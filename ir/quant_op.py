@@ -130,10 +130,8 @@ def _norm_group(gs: Any, layout: str, what: str) -> Any:
     return gs
 
 
-@register(Op.DEQUANTIZE, (2, 5))
-def _infer_dequantize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
-    p = srcs[0]
-    what = f"dequantize of {p.dtype}{fmt_shape(p.shape)}"
+def _header(srcs: tuple[Node, ...], a: dict[str, Any], what: str) -> dict[str, Any]:
+    """Shape, bits, out_dtype, symmetric, double_quant, scale layout and group, and the operand count."""
     shape = tuple(a.get("shape", ()))
     if len(shape) != 2 or any(not isinstance(s, int) or s <= 0 for s in shape):
         raise VerifyError(f"{what}: shape {shape} must be the logical [K, N] of positive ints")
@@ -156,8 +154,13 @@ def _infer_dequantize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     if layout not in LAYOUTS:
         raise VerifyError(f"{what}: scale_layout {layout!r} not in {LAYOUTS}")
     gs = _norm_group(a.get("group_size", 128), layout, what)
-    norm: dict[str, Any] = {"shape": shape, "bits": bits, "out_dtype": out, "symmetric": sym,
-                            "scale_layout": layout, "group_size": gs}
+    return {"shape": shape, "bits": bits, "out_dtype": out, "symmetric": sym, "scale_layout": layout,
+            "group_size": gs}
+
+
+def _codes(p: Node, a: dict[str, Any], norm: dict[str, Any], what: str) -> None:
+    """Check the packed codes (fp8 values or integer containers) and the codebook; record their attributes."""
+    shape, bits, sym = norm["shape"], norm["bits"], norm["symmetric"]
     codebook = a.get("codebook")
     if p.dtype in FP8:
         if bits != 8 or codebook is not None or not sym:
@@ -165,22 +168,7 @@ def _infer_dequantize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
         if p.shape != shape:
             raise VerifyError(f"{what}: fp8 codes are unpacked; packed must have the logical shape {fmt_shape(shape)}")
     elif p.dtype in CONTAINERS:
-        pd = dt.dtype(a.get("pack_dtype", p.dtype))
-        if pd != p.dtype:
-            raise VerifyError(f"{what}: pack_dtype {pd} disagrees with the packed operand's dtype {p.dtype}")
-        axis = a.get("pack_axis", 1)
-        if axis not in (0, 1):
-            raise VerifyError(f"{what}: pack_axis {axis!r} must be 0 or 1")
-        e, _ = unit(bits, CONTAINERS[p.dtype])
-        order = tuple(a.get("pack_order", range(e)))
-        if sorted(order) != list(range(e)):
-            raise VerifyError(f"{what}: pack_order {order} must be a permutation of 0..{e - 1} "
-                              f"({e} {bits}-bit codes per unit in {p.dtype})")
-        _check_packed(p, "packed", shape, axis, bits, what)
-        signed = a.get("signed", False)
-        if not isinstance(signed, bool):
-            raise VerifyError(f"{what}: signed must be true or false")
-        norm.update(pack_dtype=p.dtype, pack_axis=axis, pack_order=order, signed=signed)
+        norm.update(_packing(p, a, shape, bits, what))
     else:
         raise VerifyError(f"{what}: packed codes must be in {[str(d) for d in CONTAINERS]} containers or fp8")
     if codebook is not None:
@@ -190,51 +178,88 @@ def _infer_dequantize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
         if not sym:
             raise VerifyError(f"{what}: a codebook format has no zero point; use symmetric=true")
         norm["codebook"] = tuple(float(c) for c in codebook)
-    grid = grid_shape(layout, gs, shape)
+
+
+def _packing(p: Node, a: dict[str, Any], shape: Shape, bits: int, what: str) -> dict[str, Any]:
+    """pack_dtype, pack_axis, pack_order and signed of codes in integer containers."""
+    pd = dt.dtype(a.get("pack_dtype", p.dtype))
+    if pd != p.dtype:
+        raise VerifyError(f"{what}: pack_dtype {pd} disagrees with the packed operand's dtype {p.dtype}")
+    axis = a.get("pack_axis", 1)
+    if axis not in (0, 1):
+        raise VerifyError(f"{what}: pack_axis {axis!r} must be 0 or 1")
+    e, _ = unit(bits, CONTAINERS[p.dtype])
+    order = tuple(a.get("pack_order", range(e)))
+    if sorted(order) != list(range(e)):
+        raise VerifyError(f"{what}: pack_order {order} must be a permutation of 0..{e - 1} "
+                          f"({e} {bits}-bit codes per unit in {p.dtype})")
+    _check_packed(p, "packed", shape, axis, bits, what)
+    signed = a.get("signed", False)
+    if not isinstance(signed, bool):
+        raise VerifyError(f"{what}: signed must be true or false")
+    return {"pack_dtype": p.dtype, "pack_axis": axis, "pack_order": order, "signed": signed}
+
+
+def _scales(srcs: tuple[Node, ...], a: dict[str, Any], norm: dict[str, Any], grid: Shape, what: str) -> None:
+    """Check the scales operand (and scales2, offset with double quantization)."""
     s = srcs[1]
-    if dq:
-        if s.dtype not in (dt.u8, dt.i8):
-            raise VerifyError(f"{what}: double-quantized scales must be u8/i8 codes, got {s.dtype}")
-        _check_grid(s, "scales", grid, what)
-        dq_block = a.get("dq_block", 256)
-        if isinstance(dq_block, bool) or not isinstance(dq_block, int) or dq_block <= 0:
-            raise VerifyError(f"{what}: dq_block {dq_block!r} must be a positive int")
-        s2, off = srcs[-2], srcs[-1]
-        nblk = -(-(grid[0] * grid[1]) // dq_block)
-        if s2.dtype != dt.f32 or s2.shape != (nblk,):
-            raise VerifyError(f"{what}: scales2 is {s2.dtype}{fmt_shape(s2.shape)}; want f32[{nblk}] "
-                              f"(one per {dq_block} level-1 scales)")
-        if off.dtype != dt.f32 or off.shape not in ((), (1,)):
-            raise VerifyError(f"{what}: offset is {off.dtype}{fmt_shape(off.shape)}; want f32[] or f32[1]")
-        norm.update(double_quant=True, dq_block=dq_block)
-        scb = a.get("scale_codebook")
-        if scb is not None:
-            if len(scb) != 256:
-                raise VerifyError(f"{what}: scale_codebook needs 256 numbers, got {len(scb)}")
-            norm["scale_codebook"] = tuple(float(c) for c in scb)
-    else:
+    if not a.get("double_quant", False):
         if not s.dtype.is_float or s.dtype in FP8:
             raise VerifyError(f"{what}: scales must be f16/bf16/f32/f64, got {s.dtype}")
         _check_grid(s, "scales", grid, what)
-    if not sym:
-        if p.dtype in FP8:
-            raise VerifyError(f"{what}: fp8 codes have no zero point")
-        z = srcs[2]
-        zl = a.get("zero_layout", layout)
-        if zl not in LAYOUTS:
-            raise VerifyError(f"{what}: zero_layout {zl!r} not in {LAYOUTS}")
-        zgrid = grid_shape(zl, gs, shape)
-        zp = a.get("zeros_packed", False)
-        if zp:
-            if z.dtype not in CONTAINERS:
-                raise VerifyError(f"{what}: packed zeros must be in integer containers, got {z.dtype}")
-            _check_packed(z, "zeros", zgrid, norm["pack_axis"], bits, what)
-        else:
-            if z.dtype.packed or z.dtype.is_bool or z.dtype in FP8:
-                raise VerifyError(f"{what}: zeros must be integer codes or floats, got {z.dtype}")
-            _check_grid(z, "zeros", zgrid, what)
-        norm.update(zero_layout=zl, zeros_packed=bool(zp))
-    return out, shape, norm
+        return
+    if s.dtype not in (dt.u8, dt.i8):
+        raise VerifyError(f"{what}: double-quantized scales must be u8/i8 codes, got {s.dtype}")
+    _check_grid(s, "scales", grid, what)
+    dq_block = a.get("dq_block", 256)
+    if isinstance(dq_block, bool) or not isinstance(dq_block, int) or dq_block <= 0:
+        raise VerifyError(f"{what}: dq_block {dq_block!r} must be a positive int")
+    s2, off = srcs[-2], srcs[-1]
+    nblk = -(-(grid[0] * grid[1]) // dq_block)
+    if s2.dtype != dt.f32 or s2.shape != (nblk,):
+        raise VerifyError(f"{what}: scales2 is {s2.dtype}{fmt_shape(s2.shape)}; want f32[{nblk}] "
+                          f"(one per {dq_block} level-1 scales)")
+    if off.dtype != dt.f32 or off.shape not in ((), (1,)):
+        raise VerifyError(f"{what}: offset is {off.dtype}{fmt_shape(off.shape)}; want f32[] or f32[1]")
+    norm.update(double_quant=True, dq_block=dq_block)
+    scb = a.get("scale_codebook")
+    if scb is not None:
+        if len(scb) != 256:
+            raise VerifyError(f"{what}: scale_codebook needs 256 numbers, got {len(scb)}")
+        norm["scale_codebook"] = tuple(float(c) for c in scb)
+
+
+def _zeros(srcs: tuple[Node, ...], a: dict[str, Any], norm: dict[str, Any], what: str) -> None:
+    """Check the zeros operand of an asymmetric format."""
+    if srcs[0].dtype in FP8:
+        raise VerifyError(f"{what}: fp8 codes have no zero point")
+    z = srcs[2]
+    zl = a.get("zero_layout", norm["scale_layout"])
+    if zl not in LAYOUTS:
+        raise VerifyError(f"{what}: zero_layout {zl!r} not in {LAYOUTS}")
+    zgrid = grid_shape(zl, norm["group_size"], norm["shape"])
+    zp = a.get("zeros_packed", False)
+    if zp:
+        if z.dtype not in CONTAINERS:
+            raise VerifyError(f"{what}: packed zeros must be in integer containers, got {z.dtype}")
+        _check_packed(z, "zeros", zgrid, norm["pack_axis"], norm["bits"], what)
+    else:
+        if z.dtype.packed or z.dtype.is_bool or z.dtype in FP8:
+            raise VerifyError(f"{what}: zeros must be integer codes or floats, got {z.dtype}")
+        _check_grid(z, "zeros", zgrid, what)
+    norm.update(zero_layout=zl, zeros_packed=bool(zp))
+
+
+@register(Op.DEQUANTIZE, (2, 5))
+def _infer_dequantize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
+    p = srcs[0]
+    what = f"dequantize of {p.dtype}{fmt_shape(p.shape)}"
+    norm = _header(srcs, a, what)
+    _codes(p, a, norm, what)
+    _scales(srcs, a, norm, grid_shape(norm["scale_layout"], norm["group_size"], norm["shape"]), what)
+    if not norm["symmetric"]:
+        _zeros(srcs, a, norm, what)
+    return norm["out_dtype"], norm["shape"], norm
 
 
 # ---- reference -------------------------------------------------------------------------------
