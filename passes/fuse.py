@@ -81,6 +81,10 @@ def row_shape(domain: Shape) -> Shape:
     return tuple(domain[:-1]) + (1,)
 
 
+def _size(groups: list[_G]) -> int:
+    return sum(len(g.nodes) for g in groups)
+
+
 def _moves_one_axis_last(perm: tuple[int, ...]) -> bool:
     """A permute that moves one axis last and keeps the others in order (the canonical reduce's)."""
     return list(perm[:-1]) == [a for a in range(len(perm)) if a != perm[-1]]
@@ -235,8 +239,10 @@ class _Fuser:
         self.new_group(n, kind, domain, n if n.op in ANCHORS else None)
 
     def try_join(self, n: Node) -> bool:
-        """Join the latest producer group whose rule accepts `n` as an epilogue."""
-        candidates = sorted({self.where[id(s)].id for s in n.src if id(s) in self.where}, reverse=True)
+        """Join the latest producer group whose rule accepts `n` as an epilogue (a reduction epilogue may
+        read its operand through the canonical reduce's permute, so producers are found through views)."""
+        bases = [base_of(s) for s in n.src]
+        candidates = sorted({self.where[id(b)].id for b in bases if id(b) in self.where}, reverse=True)
         for gid in candidates:
             grp = self.groups[gid]
             e = self.can_join(n, grp)
@@ -249,25 +255,16 @@ class _Fuser:
         return False
 
     def try_prologues(self, i: int, s: Node, anchor: _G, rule: GroupRule) -> None:
-        """Pull the group computing operand `i` into the anchor's loads by the first prologue rule that fits."""
+        """Pull the groups computing operand `i` into the anchor's loads: of the prologue rules that fit,
+        the one that pulls in the most nodes (the first declared among equals)."""
+        best: tuple[Prologue, list[_G]] | None = None
         for pro in rule.prologues:
-            if i in pro.operands and self.try_prologue(s, anchor, pro):
-                return
-
-    def try_prologue(self, s: Node, anchor: _G, pro: Prologue) -> bool:
-        grp = self.where.get(id(s))
-        if grp is None or grp.kind not in pro.kinds or grp.nodes[-1] is not s:
-            return False
-        if id(s) in self.outputs or len(self.users[id(s)]) != 1:
-            return False
-        pulled = [grp] + self.feeders(grp, pro)
-        members = {id(m) for g in pulled for m in g.nodes}
-        for g in pulled:
-            for m in g.nodes:
-                if m is not s and (id(m) in self.outputs or any(id(u) not in members for u in self.users[id(m)])):
-                    return False
-        if sum(pro.cost(m) for g in pulled for m in g.nodes) > pro.max_cost:
-            return False
+            pulled = self.prologue(i, s, pro)
+            if pulled is not None and (best is None or _size(pulled) > _size(best[1])):
+                best = (pro, pulled)
+        if best is None:
+            return
+        pro, pulled = best
         for g in pulled:
             g.alive = False
             for m in g.nodes:
@@ -275,7 +272,23 @@ class _Fuser:
             anchor.prologue.extend(g.nodes)
         if pro.becomes is not None:
             anchor.kind = pro.becomes
-        return True
+
+    def prologue(self, i: int, s: Node, pro: Prologue) -> list[_G] | None:
+        """The groups `pro` pulls in for operand `i` computed by `s`, or None when it does not apply."""
+        grp = self.where.get(id(s))
+        if i not in pro.operands or grp is None or grp.kind not in pro.kinds or grp.nodes[-1] is not s:
+            return None
+        if id(s) in self.outputs or len(self.users[id(s)]) != 1:
+            return None
+        pulled = [grp] + self.feeders(grp, pro)
+        members = {id(m) for g in pulled for m in g.nodes}
+        for g in pulled:
+            for m in g.nodes:
+                if m is not s and (id(m) in self.outputs or any(id(u) not in members for u in self.users[id(m)])):
+                    return None
+        if sum(pro.cost(m) for g in pulled for m in g.nodes) > pro.max_cost:
+            return None
+        return pulled
 
     def feeders(self, root: _G, pro: Prologue) -> list[_G]:
         """Groups of a `pro.feeders` kind that `root` (or another feeder) reads directly."""
@@ -319,11 +332,16 @@ class _Fuser:
                 raise RuntimeError("fusion produced a cycle between groups")  # prevented by can_join
         return order
 
+    def escapes(self, n: Node, members: set[int]) -> bool:
+        """Whether a node outside `members` reads `n`: a view counts through its own readers (a reduction
+        epilogue reads its operand through a permute inside the kernel)."""
+        return any(id(u) not in members and (u.op not in VIEWS or id(u) in self.outputs or self.escapes(u, members))
+                   for u in self.users[id(n)])
+
     def freeze(self, grp: _G) -> FusionGroup:
         members = {id(m) for m in grp.nodes + grp.prologue}
         topo = [n for n in self.g.nodes if id(n) in members]
-        outs = tuple(n for n in topo if id(n) in self.outputs
-                     or any(id(u) not in members for u in self.users[id(n)]))
+        outs = tuple(n for n in topo if id(n) in self.outputs or self.escapes(n, members))
         prologue = tuple(n for n in topo if any(p is n for p in grp.prologue))
         return FusionGroup(grp.kind, grp.anchor, grp.domain, tuple(topo), outs, prologue)
 
