@@ -15,7 +15,7 @@ from .schedule.config import Config
 from .schedule.target import Target, get_target
 from .errors import RuntimeUnavailable, TilefuseError  # noqa: F401 - RuntimeUnavailable re-exported
 from .ir.graph import Graph, as_graph
-from .kernels import KernelSpec, spec_for
+from .kernels import KernelSpec, fusion_rules, spec_for
 from .passes import PipelineResult, run_pipeline
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str
     tgt = get_target(target)
     if tgt.kind == "interp":
         ensure_interpreter()
-    pipeline = run_pipeline(g)
+    pipeline = run_pipeline(g, fusion_rules())
     kg = pipeline.kernels
     sources = open_sources(tgt, db, cost_model)
     compiled: list[CompiledKernel] = []

@@ -53,10 +53,10 @@ class SpecRef:
 def resolve(ref: SpecRef) -> KernelSpec:
     """Rebuild the spec `ref` names (runs the pass pipeline on its graph text)."""
     from ..ir.text import parse_graph
-    from ..kernels import spec_for
+    from ..kernels import fusion_rules, spec_for
     from ..passes import run_pipeline
 
-    kg = run_pipeline(parse_graph(ref.graph_text)).kernels
+    kg = run_pipeline(parse_graph(ref.graph_text), fusion_rules()).kernels
     for k in kg.kernels:
         if k.name == ref.kernel:
             spec = spec_for(kg, k, ref.backend)

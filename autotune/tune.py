@@ -115,10 +115,10 @@ def workload_groups(graph: Any, backend: str) -> dict[str, list[Any]]:
     """The graph's kernel specs for `backend`, grouped by workload key (kernels with one key are
     tuned once), in kernel order."""
     from ..ir.graph import as_graph
-    from ..kernels import spec_for
+    from ..kernels import fusion_rules, spec_for
     from ..passes import run_pipeline
 
-    kg = run_pipeline(as_graph(graph)).kernels
+    kg = run_pipeline(as_graph(graph), fusion_rules()).kernels
     groups: dict[str, list[Any]] = {}
     for kernel in kg.kernels:
         spec = spec_for(kg, kernel, backend)

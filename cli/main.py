@@ -18,10 +18,11 @@ MANIFEST_SCHEMA = 1
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from ..kernels import fusion_rules
     from ..passes import run_pipeline
     from ..report import format_pipeline
 
-    print(format_pipeline(run_pipeline(load_graph_arg(args.file, args.set))))
+    print(format_pipeline(run_pipeline(load_graph_arg(args.file, args.set), fusion_rules())))
     return 0
 
 

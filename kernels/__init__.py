@@ -1,5 +1,6 @@
-"""Kernel families, one folder each (kernels/<family>/): how a fused group is tiled and the template
-each backend renders. Each family registers itself (kernels/registry.py) when its folder is imported."""
+"""Kernel families, one folder each (kernels/<family>/): how a fused group is tiled, the fusion rules
+it declares and the template each backend renders. Each family registers itself (kernels/registry.py)
+when its folder is imported; `fusion_rules()` is what the pass pipeline fuses by."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from . import registry
 from .attention import AttentionBwdSpec, AttentionSpec, DecodeSpec
 from .base import ConfigRejected, KernelSpec
 from .matmul import MatmulSpec
+from .registry import fusion_rules
 from .rowwise import RowwiseSpec
 
 
@@ -26,4 +28,4 @@ def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
 
 
 __all__ = ["AttentionBwdSpec", "AttentionSpec", "ConfigRejected", "DecodeSpec", "KernelSpec", "LoweringError",
-           "MatmulSpec", "RowwiseSpec", "registry", "spec_for"]
+           "MatmulSpec", "RowwiseSpec", "fusion_rules", "registry", "spec_for"]

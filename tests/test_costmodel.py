@@ -311,14 +311,14 @@ def _device(target: str):
 @pytest.fixture(scope="module")
 def matmul_spec():
     import tilefuse as tf
-    from tilefuse.kernels import spec_for
+    from tilefuse.kernels import fusion_rules, spec_for
     from tilefuse.passes import run_pipeline
 
     g = tf.GraphBuilder("t")
     x = g.input("x", (64, 128), "f16")
     w = g.input("w", (128, 256), "f16")
     g.output("y", tf.silu(x @ w))
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     return spec_for(kg, kg.kernels[0], "triton")
 
 
@@ -378,12 +378,12 @@ def test_cpu_matmul_features_count_padding_and_core_balance():
     tasks (2 cores: the busier runs 25, so balance 49/50); tiles of 128x256 pad to 896x512 in 7 x 2
     tasks (balance 14/14) and the roofline charges the padded work."""
     import tilefuse as tf
-    from tilefuse.kernels import spec_for
+    from tilefuse.kernels import fusion_rules, spec_for
     from tilefuse.passes import run_pipeline
 
     g = tf.GraphBuilder("odd")
     g.output("c", g.input("a", (777, 1024), "f32") @ g.input("b", (1024, 333), "f32"))
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     spec = spec_for(kg, kg.kernels[0], "tvm")
     dev = _stand_in_device("cpu")
     base = dict(tile_k=256, micro_m=8, micro_n=48, vector=16, unroll=4)
