@@ -166,7 +166,8 @@ class KernelSpec:
 
     def registers_per_thread(self, config: Config, target: Target) -> float:
         """Estimated 32-bit registers per thread that a GPU `config` needs on `target` (a need: above
-        the hardware's 255 the excess spills). The family's constraints use the same estimate."""
+        the hardware's 255 the excess spills). Where the family's constraints estimate registers
+        (attention, decode), it is that estimate, not a second one."""
         raise NotImplementedError
 
     # -- rendering --
