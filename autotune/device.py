@@ -149,6 +149,11 @@ class Device:
         return float(self.num_units * fp["max_mhz"] * 1e6 * lanes * 2 * fma_units)
 
     @property
+    def vector_bytes(self) -> int:
+        """Bytes of one SIMD register (cpu: 64 with AVX-512, 32 with AVX/AVX2, 16 otherwise); 0 (cuda)."""
+        return 0 if self.kind == "cuda" else 4 * _cpu_simd(self.fingerprint.get("isa", []))[0]
+
+    @property
     def mem_bandwidth(self) -> float:
         """DRAM bytes/s: bus width / 8 x max memory clock x 2 (cuda, double data rate); an estimate (cpu)."""
         fp = self.fingerprint

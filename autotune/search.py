@@ -79,13 +79,11 @@ def toolchain() -> dict[str, str]:
 
 
 def roofline_seconds(spec: KernelSpec, device: Any) -> float:
-    """The fastest the kernel could be: max(FLOPs / peak FLOP/s, minimal bytes / bandwidth)."""
-    from ..ir import dtypes as dt
+    """The fastest the kernel could be (costmodel.roofline: max(FLOPs / peak, minimal bytes / the
+    bandwidth of the memory level they fit in))."""
+    from ..costmodel.roofline import roofline_bound
 
-    op_dtype = getattr(spec, "operand_dtype", None)
-    peak = device.peak_f32_flops if op_dtype in (dt.f32, dt.f64) or op_dtype is None else device.peak_flops
-    flops = float(spec.flops())
-    return max(flops / peak if peak > 0 else 0.0, float(spec.bytes_moved()) / max(1.0, device.mem_bandwidth))
+    return roofline_bound(spec, device).seconds
 
 
 def make_record(spec: KernelSpec, config: Config, device: Any, m: Measurement) -> Record:

@@ -8,12 +8,14 @@ from typing import Any
 from ..errors import TilefuseError
 from ..schedule.config import Config, sha256_json
 from ..schedule.target import Target
+from ..ir.dtypes import DType
 from ..ir.text import format_expr
 from ..passes.partition import Buffer, Kernel, KernelGraph
 from . import registry
 from .lowering import GroupLowering, LoadSite
 
 SCHEMA_VERSION = 1
+BASE_REGISTERS = 32  # registers every GPU thread holds besides its tiles: addresses, loop counters
 
 
 class ConfigRejected(TilefuseError, ValueError):
@@ -102,15 +104,71 @@ class KernelSpec:
     def grid(self, config: Config) -> tuple[int, int, int]:
         raise NotImplementedError
 
-    def features(self, config: Config) -> dict[str, float]:
-        raise NotImplementedError
-
+    # -- cost estimates: all that costmodel/features.py reads from a spec --
+    # Every family implements the ones that raise NotImplementedError; the others have defaults that
+    # hold for a kernel of one launch whose programs share the work evenly. All are plain numbers
+    # (bytes, FLOPs, registers) so that the cost model never needs to know a family's attributes.
     def flops(self) -> float:
+        """Useful arithmetic operations of one run (config-independent): 2 per multiply-add."""
         raise NotImplementedError
 
     def bytes_moved(self) -> float:
         """The fewest bytes the kernel must move: each input read once, each output written once."""
         return float(sum(b.numel * b.dtype.itemsize for b in self.inputs + self.outputs))
+
+    def mma_dtype(self) -> DType | None:
+        """The operand dtype of the kernel's matrix multiplies (16-bit or narrower: the tensor-core
+        peak bounds it), or None for a kernel without any (the f32 peak bounds it)."""
+        raise NotImplementedError
+
+    def family_features(self, config: Config) -> dict[str, float]:
+        """The family's own named numbers for `config` (sizes, sparsity, bits, ...): the cost model
+        stores each as spec_<name>. Names are stable: a family adds names, it never reuses one with
+        another meaning (that needs a FEATURE_SCHEMA bump)."""
+        raise NotImplementedError
+
+    def features(self, config: Config) -> dict[str, float]:
+        """The numbers every family has (programs, flops, bytes) plus its `family_features`."""
+        gx, gy, gz = self.grid(config)
+        out = {"programs": float(gx * gy * gz), "flops": self.flops(), "bytes": self.bytes_moved()}
+        own = self.family_features(config)
+        clash = sorted(k for k in own if k in out or k.startswith("knob_") or not k.isidentifier())
+        if clash:
+            raise ValueError(f"{self.family}: family_features names {clash} clash with the common features "
+                             f"{sorted(out)}, a knob_ name, or are not identifiers")
+        return {**out, **own}
+
+    def tile_traffic(self, config: Config) -> tuple[float, float]:
+        """(tiles, bytes each tile reads and writes when tiles share nothing through the cache); by
+        default the launch's programs, each moving an equal share of bytes_moved()."""
+        gx, gy, gz = self.grid(config)
+        programs = float(max(1, gx * gy * gz))
+        return programs, max(1.0, self.bytes_moved()) / programs
+
+    def work_ratio(self, config: Config) -> float:
+        """Work done over useful work (padding to whole tiles that the template computes); 1 = none."""
+        return 1.0
+
+    def parallel_tasks(self, config: Config) -> float:
+        """Independent work items a launch spreads over the device's units: the grid's programs by
+        default; a CPU template whose one call runs a parallel loop returns that loop's trip count."""
+        gx, gy, gz = self.grid(config)
+        return float(max(1, gx * gy * gz))
+
+    def threads_per_program(self, config: Config) -> int | None:
+        """GPU threads per program (32 x num_warps); None for a config without num_warps (CPU)."""
+        warps = config.get("num_warps")
+        return 32 * int(warps) if isinstance(warps, (int, float)) and not isinstance(warps, bool) else None
+
+    def shared_bytes(self, config: Config) -> float:
+        """Shared memory one program of a GPU `config` uses, in bytes (0 for CPU configs)."""
+        raise NotImplementedError
+
+    def registers_per_thread(self, config: Config, target: Target) -> float:
+        """Estimated 32-bit registers per thread that a GPU `config` needs on `target` (a need: above
+        the hardware's 255 the excess spills). Where the family's constraints estimate registers
+        (attention, decode), it is that estimate, not a second one."""
+        raise NotImplementedError
 
     # -- rendering --
     @property

@@ -24,12 +24,14 @@ from tilefuse.autotune.runners import FakeRunner
 from tilefuse.autotune.search import tune_kernel
 from tilefuse.autotune.space import SearchSpace
 from tilefuse.autotune.strategies import STRATEGIES
+from tilefuse.kernels.base import KernelSpec
 
 TESTS = Path(__file__).parent
 
 
-class FakeSpec:
-    """A kernel with three knobs (6 x 6 x 4 = 144 configs) of which 84 are legal (a * b <= 32)."""
+class FakeSpec(KernelSpec):
+    """A kernel with three knobs (6 x 6 x 4 = 144 configs) of which 84 are legal (a * b <= 32); the
+    cost model's hooks it does not define are KernelSpec's defaults."""
 
     family = "fake"
 
@@ -56,8 +58,11 @@ class FakeSpec:
     def default_config(self, target):
         return Config(a=1, b=1, c=0)
 
-    def features(self, config):
-        return {"programs": 1.0}
+    def family_features(self, config):
+        return {}
+
+    def mma_dtype(self):
+        return None
 
     def flops(self):
         return 1e6
