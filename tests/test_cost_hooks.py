@@ -15,7 +15,7 @@ from tilefuse.autotune.device import NOMINAL
 from tilefuse.costmodel.features import featurize
 from tilefuse.ir import dtypes as dt
 from tilefuse.ir.text import parse_graph
-from tilefuse.kernels import registry, spec_for
+from tilefuse.kernels import fusion_rules, registry, spec_for
 from tilefuse.kernels.base import KernelSpec
 from tilefuse.passes import run_pipeline
 from tilefuse.schedule.config import Config
@@ -46,7 +46,7 @@ def specs() -> dict[str, KernelSpec]:
         kinds = {k["triton"][0] for k in entry["kernels"]}
         if kinds <= set(found):
             continue
-        kg = run_pipeline(parse_graph(entry["text"])).kernels
+        kg = run_pipeline(parse_graph(entry["text"]), fusion_rules()).kernels
         for k in kg.kernels:
             try:
                 spec = spec_for(kg, k, "triton")
