@@ -248,15 +248,16 @@ def _build(spec: KernelSpec, config: Config, source: str, tgt: Target, aot: bool
 
 
 def build_aot(spec: KernelSpec, config: Config, text: str, tgt: Target) -> dict[str, Any]:
-    """Cubins for every jitted function of the kernel's module on `tgt` (function name -> binary)."""
+    """Cubins for every jitted function the kernel's launch plan launches on `tgt` (function name ->
+    binary), each with its own launch's signature, constexprs and options."""
     from .codegen.aot import build_triton
     from .codegen.cache import default_cache
 
-    sig = spec.triton_signature(config)
-    fns = [spec.name] + ([f"{spec.name}_finish"] if "ws" in sig else [])
+    plan = spec.launch_plan(config)
     out = {}
-    for fn in fns:
-        out[fn] = build_triton(text, fn, sig, spec.triton_constexprs(config), arch=tgt.arch,
-                               num_warps=config.int("num_warps"), num_stages=config.int("num_stages"),
-                               divisible_by_16=tuple(sig), cache=default_cache())
+    for fn in plan.functions():
+        ln = plan.launch_of(fn)
+        sig = ln.signature()
+        out[fn] = build_triton(text, fn, sig, dict(ln.constexprs), arch=tgt.arch, num_warps=ln.num_warps,
+                               num_stages=ln.num_stages, divisible_by_16=tuple(sig), cache=default_cache())
     return out

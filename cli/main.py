@@ -67,23 +67,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _kernel_entry(ck: Any, backend: str) -> dict[str, Any]:
+    """A kernel's manifest entry without its binaries. On Triton targets the launch plan says what an
+    embedder runs: `launches` in order (function, grid, argument names, constexprs, warps, stages),
+    `arguments` (each backed by an input, output, auxiliary tensor or workspace) and `workspaces`
+    (shape, dtype, bytes) to allocate; `grid` and `constexprs` are the first launch's."""
+    spec = ck.spec
+    ext = "py" if backend == "triton" else "tir.py"
+    plan = spec.launch_plan(ck.config) if backend == "triton" else None
+    entry: dict[str, Any] = {
+        "name": spec.name, "family": spec.family, "workload_key": spec.key, "source": f"{spec.name}.{ext}",
+        "config": dict(ck.config), "config_source": ck.config_source,
+        "grid": list(plan.launches[0].grid if plan is not None else spec.grid(ck.config)),
+        "signature": [{"name": a, "dtype": b.dtype.name, "shape": list(b.shape), "buffer": b.name, "role": r}
+                      for a, b, r in zip(spec.arg_names(), spec.inputs + spec.outputs,
+                                         ["input"] * len(spec.inputs) + ["output"] * len(spec.outputs))],
+        "constexprs": dict(plan.launches[0].constexprs) if plan is not None else {},
+        "binaries": {},
+    }
+    if plan is not None:
+        entry.update(plan.to_json())
+    return entry
+
+
 def write_bundle(cg: Any, out: Path) -> Path:
     """Write each kernel's source, PTX and cubin plus manifest.json into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     kernels = []
     for ck in cg.kernels:
-        spec = ck.spec
-        ext = "py" if cg.target.backend == "triton" else "tir.py"
-        (out / f"{spec.name}.{ext}").write_text(ck.source, encoding="utf-8")
-        entry: dict[str, Any] = {
-            "name": spec.name, "family": spec.family, "workload_key": spec.key, "source": f"{spec.name}.{ext}",
-            "config": dict(ck.config), "config_source": ck.config_source, "grid": list(spec.grid(ck.config)),
-            "signature": [{"name": a, "dtype": b.dtype.name, "shape": list(b.shape), "buffer": b.name, "role": r}
-                          for a, b, r in zip(spec.arg_names(), spec.inputs + spec.outputs,
-                                             ["input"] * len(spec.inputs) + ["output"] * len(spec.outputs))],
-            "constexprs": spec.triton_constexprs(ck.config) if cg.target.backend == "triton" else {},
-            "binaries": {},
-        }
+        entry = _kernel_entry(ck, cg.target.backend)
+        (out / entry["source"]).write_text(ck.source, encoding="utf-8")
         for arch, bins in ck.binaries.items():
             for fn, b in bins.items():
                 (out / f"{fn}.{arch}.ptx").write_text(b.ptx, encoding="utf-8")

@@ -3,10 +3,13 @@ a Config legal on a target, the launch grid, a default Config per arch, and rend
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import TilefuseError
+from ..ir import dtypes as dt
 from ..schedule.config import Config, sha256_json
+from ..schedule.launch import Arg, Launch, LaunchPlan, Workspace
 from ..schedule.target import Target
 from ..ir.dtypes import DType
 from ..ir.text import format_expr
@@ -192,7 +195,11 @@ class KernelSpec:
     def launch_options(self, config: Config) -> dict[str, int]:
         return {"num_warps": config.int("num_warps"), "num_stages": config.int("num_stages")}
 
-    # -- optional launch extras (families override) --
+    def report_lines(self, config: Config) -> list[str]:
+        """Extra compile-report lines (e.g. block-sparsity counts)."""
+        return []
+
+    # -- launch plan (families override aux_signature/aux_args, workspaces and launches) --
     def aux_signature(self, config: Config) -> dict[str, str]:
         """Triton types of auxiliary tensors the family computes (e.g. attention block lists)."""
         return {}
@@ -201,33 +208,36 @@ class KernelSpec:
         """The auxiliary tensors themselves, in aux_signature order."""
         return []
 
-    def workspace_shape(self, config: Config) -> tuple[int, ...] | None:
-        """An f32 scratch buffer `ws` and a `{name}_finish` launch, when the family needs them."""
-        return None
-
-    def report_lines(self, config: Config) -> list[str]:
-        """Extra compile-report lines (e.g. block-sparsity counts)."""
+    def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
+        """Scratch buffers the kernel's launches share (e.g. split-K partial sums); none by default."""
         return []
 
-    def triton_signature(self, config: Config) -> dict[str, str]:
-        """Pointer types of every kernel argument, in launch order: inputs, outputs, aux, ws."""
-        from ..ir import dtypes as dt
+    def launches(self, config: Config, args: tuple[Arg, ...],
+                 sizes: Mapping[str, int] | None = None) -> list[Launch]:
+        """The launches in order; by default one launch of `{name}` on grid(config) with every argument."""
+        return [self.launch(self.name, self.grid(config), config, args)]
 
-        sig = {name: "*" + dt.triton_sig(b.dtype) for name, b in zip(self.arg_names(), self.inputs + self.outputs)}
-        sig.update(self.aux_signature(config))
-        if self.workspace_shape(config) is not None:
-            sig["ws"] = "*fp32"
-        return sig
+    def launch(self, fn: str, grid: tuple[int, ...], config: Config, args: tuple[Arg, ...],
+               constexprs: Mapping[str, Any] | None = None) -> Launch:
+        """One launch of `fn` with the config's constexprs (unless given) and launch options."""
+        opts = self.launch_options(config)
+        cex = self.triton_constexprs(config) if constexprs is None else constexprs
+        return Launch(fn, tuple(grid), tuple(args), dict(cex), opts["num_warps"], opts["num_stages"])
 
-    def launch_args(self, config: Config, inputs: list[Any], outputs: list[Any], device: Any) -> list[Any]:
-        """Torch launch arguments in triton_signature order (allocates the workspace)."""
-        import torch
-
-        args = list(inputs) + list(outputs) + self.aux_args(config, list(inputs), device)
-        ws = self.workspace_shape(config)
-        if ws is not None:
-            args.append(torch.empty(ws, dtype=torch.float32, device=device))
-        return args
+    def launch_plan(self, config: Config, sizes: Mapping[str, int] | None = None) -> LaunchPlan:
+        """The ordered launches of this kernel under `config`, their arguments (inputs, outputs, aux
+        tensors, workspaces, in that order) and the workspaces to allocate; `sizes` are run-time sizes
+        (every shape is static today, so they only pass through to the family's hooks)."""
+        ws = tuple(self.workspaces(config, sizes))
+        names, n_in = self.arg_names(), len(self.inputs)
+        args = [Arg(name, "input", i, "*" + dt.triton_sig(b.dtype)) for i, (name, b) in
+                enumerate(zip(names[:n_in], self.inputs))]
+        args += [Arg(name, "output", i, "*" + dt.triton_sig(b.dtype)) for i, (name, b) in
+                 enumerate(zip(names[n_in:], self.outputs))]
+        args += [Arg(name, "aux", i, ty) for i, (name, ty) in enumerate(self.aux_signature(config).items())]
+        args += [Arg(w.name, "workspace", i, w.triton_type) for i, w in enumerate(ws)]
+        return LaunchPlan(self.name, tuple(args), ws, tuple(self.launches(config, tuple(args), sizes)),
+                          dict(sizes or {}))
 
     def summary(self) -> str:
         """The ops this kernel fuses, one per line, for reports."""

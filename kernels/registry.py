@@ -130,3 +130,11 @@ def template(name: str, backend: str) -> ModuleType:
         raise LoweringError(f"kernel family {name!r} has no {backend} template (it has: "
                             f"{', '.join(sorted(fam.templates)) or 'none'})")
     return importlib.import_module(fam.templates[backend])
+
+
+def unregister_family(name: str) -> None:
+    """Forget family `name`, its templates and the kinds it claimed (for tests that register a
+    family of their own; the library never unregisters)."""
+    _FAMILIES.pop(name, None)
+    for kind in [k for k, fam in _BY_KIND.items() if fam.name == name]:
+        del _BY_KIND[kind]

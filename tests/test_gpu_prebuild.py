@@ -141,8 +141,10 @@ def test_mock_launch_args_follow_the_signature() -> None:
     from tilefuse.ir.dtypes import DTypeError, torch_of_triton_sig
 
     spec = bf16_matmul_spec()
-    assert mock_launch_args(spec, SMALL) == [torch.bfloat16] * 3
-    assert mock_launch_args(spec, SPLIT) == [torch.bfloat16] * 3 + [torch.float32]  # the split-K workspace
+    assert mock_launch_args(spec.launch_plan(SMALL)) == {"in0": torch.bfloat16, "in1": torch.bfloat16,
+                                                         "out0": torch.bfloat16}
+    split = mock_launch_args(spec.launch_plan(SPLIT))
+    assert list(split.values()) == [torch.bfloat16] * 3 + [torch.float32]  # the split-K workspace
     assert torch_of_triton_sig("i1") is torch.bool and torch_of_triton_sig("fp8e4nv") is torch.float8_e4m3fn
     with pytest.raises(DTypeError, match="'fp7' has no torch dtype"):
         torch_of_triton_sig("fp7")

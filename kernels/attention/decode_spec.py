@@ -22,9 +22,11 @@ Workspace (one f32 buffer): partial out [B * Hkv, KV_SPLITS, G * Sq, D], partial
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ...schedule.config import Config
+from ...schedule.launch import Arg, Launch, Workspace
 from ...schedule.target import Target
 from ...ir import dtypes as dt
 from ...ir.ops import Node, Op
@@ -167,10 +169,18 @@ class DecodeSpec(KernelSpec):
         total = sc_off + (self.HKV * self.NNZ if self.select else 0)
         return {"lse": lse_off, "scores": sc_off, "total": total}
 
-    def workspace_shape(self, config: Config) -> tuple[int, ...] | None:
-        """The f32 workspace; its presence also launches the `_finish` kernel on grid (B * Hkv, 1, 1)."""
+    def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
+        """The f32 workspace `ws` (split partials and page scores, see workspace_layout), if any."""
         total = self.workspace_layout(config)["total"]
-        return (total,) if total else None
+        return [Workspace("ws", (total,))] if total else []
+
+    def launches(self, config: Config, args: tuple[Arg, ...],
+                 sizes: Mapping[str, int] | None = None) -> list[Launch]:
+        """The main kernel; with a workspace, `{name}_finish` on (B * Hkv, 1, 1) combines the splits."""
+        main = self.launch(self.name, self.grid(config), config, args)
+        if not self.workspaces(config, sizes):
+            return [main]
+        return [main, self.launch(f"{self.name}_finish", (self.B * self.HKV, 1, 1), config, args)]
 
     def flops(self) -> float:
         return 4.0 * self.HQ * self.SQ * self.NNZ * self.PS * self.D

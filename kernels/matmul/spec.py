@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from ...schedule.config import Config
+from ...schedule.launch import Arg, Launch, Workspace
 from ...schedule.target import Target
 from ...ir import dtypes as dt
 from ...ir import expr as ex
@@ -296,8 +298,18 @@ class MatmulSpec(KernelSpec):
     def triton_constexprs(self, config: Config) -> dict[str, Any]:
         return {k: config.int(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K")}
 
-    def workspace_shape(self, config: Config) -> tuple[int, ...] | None:
-        """Split-K partial sums [SPLIT_K, batch, M, N] f32, reduced by the finishing kernel."""
+    def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
+        """Split-K partial sums `ws` [SPLIT_K, batch, M, N] f32, reduced by the finishing kernel."""
         split = config.int("SPLIT_K") if "SPLIT_K" in config else 1
-        return (split, max(1, prod(self.batch)), self.M, self.N) if split > 1 else None
+        return [Workspace("ws", (split, max(1, prod(self.batch)), self.M, self.N))] if split > 1 else []
+
+    def launches(self, config: Config, args: tuple[Arg, ...],
+                 sizes: Mapping[str, int] | None = None) -> list[Launch]:
+        """The tile kernel on (tiles, SPLIT_K, batch); with split-K, `{name}_finish` on (tiles, 1, batch)
+        sums the SPLIT_K partials and runs the epilogue."""
+        tiles, split, batch = self.grid(config)
+        main = self.launch(self.name, (tiles, split, batch), config, args)
+        if not self.workspaces(config, sizes):
+            return [main]
+        return [main, self.launch(f"{self.name}_finish", (tiles, 1, batch), config, args)]
 
