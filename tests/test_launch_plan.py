@@ -17,7 +17,7 @@ import tilefuse as tf
 from tilefuse.codegen.executors import workspace_tensor
 from tilefuse.compiler import CompiledKernel, build_aot
 from tilefuse.errors import LoweringError
-from tilefuse.kernels import registry, spec_for
+from tilefuse.kernels import fusion_rules, registry, spec_for
 from tilefuse.kernels.base import KernelSpec
 from tilefuse.passes import run_pipeline
 from tilefuse.schedule.config import Config
@@ -176,7 +176,7 @@ def _matmul_spec(shape=(64, 96, 80)):
     g = tf.GraphBuilder("mm")
     a, b = g.input("a", (m, k), "f16"), g.input("b", (k, n), "f16")
     g.output("c", a @ b)
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     return spec_for(kg, kg.kernels[0], "triton")
 
 
