@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. Modules of one rank may import each other (acyclically); never a higher rank.
 LAYERS = [
-    {"errors", "fileio", "settings"},
+    {"errors", "fileio", "settings", "deps"},
     {"ir"},
     {"passes"},
     {"schedule"},
