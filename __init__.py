@@ -29,7 +29,9 @@ __all__ += ["attention_backward", "softmax_threshold"]
 
 
 def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb
-    """Compile a graph (or GraphBuilder) for `target` ("cpu", "interp", "sm_80", "sm_90")."""
-    from .compiler import compile_graph
+    """Compile a graph (or GraphBuilder) for `target` ("cpu", "interp", "sm_80", "sm_90"); keywords as
+    compiler.compile_graph (configs, aot, db, cost_model), any other is a CompileOptionError."""
+    from .compiler import check_compile_options, compile_graph
 
+    check_compile_options(kw)
     return compile_graph(graph, target=target, **kw)

@@ -71,13 +71,16 @@ class CompiledGraph:
         self.output_names = [name for name, _ in graph.outputs]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run on inputs given positionally (declaration order) or by name; one output, or a tuple."""
+        from .codegen.input_check import InputTypeError
+
         if len(args) > len(self.input_names):
-            raise TypeError(f"{self.graph.name} takes {len(self.input_names)} inputs ({self.input_names}), "
-                            f"got {len(args)}")
+            raise InputTypeError(f"{self.graph.name} takes {len(self.input_names)} inputs ({self.input_names}), "
+                                 f"got {len(args)}")
         inputs = dict(zip(self.input_names, args))
         for k, v in kwargs.items():
             if k in inputs:
-                raise TypeError(f"input {k!r} given twice")
+                raise InputTypeError(f"{self.graph.name}: input {k!r} given twice (positionally and by name)")
             inputs[k] = v
         outs = self.run(inputs)
         res = tuple(outs[n] for n in self.output_names)
@@ -85,16 +88,14 @@ class CompiledGraph:
 
     def run(self, inputs: Mapping[str, Any], poison: bool = False) -> dict[str, Any]:
         """Run every kernel; `poison` fills outputs and temporaries with NaN / 0x7f.. first, so
-        an element a kernel fails to write cannot pass a comparison."""
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise TypeError(f"{self.graph.name}: missing inputs {missing}")
-        for n in self.graph.inputs:
-            x = inputs[n.attr("name")]
-            if tuple(x.shape) != n.shape:
-                raise ValueError(f"input {n.attr('name')}: expected shape {list(n.shape)}, got {list(x.shape)}")
+        an element a kernel fails to write cannot pass a comparison. Inputs are checked first
+        (codegen/input_check.py: InputTypeError / InputValueError name the input)."""
         from .codegen import executors
+        from .codegen.input_check import check_inputs
 
+        check_inputs(self.graph, self.target.backend, inputs)
+        if self.target.backend == "triton":
+            require("torch", f"running a graph compiled for target {self.target.name!r}")
         return executors.run(self, dict(inputs), poison)
 
     def report(self) -> str:
