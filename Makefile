@@ -2,20 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-v3
-# torch is pinned to the local CPU wheel (an unpinned torch pulls GBs of CUDA packages);
-# numpy < 2.4 because triton 3.6's interpreter converts 1-element arrays with int().
-DEPS := torch==2.13.0 "numpy>=1.26,<2.4" triton==3.6.0 apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 ml_dtypes \
-        xgboost optuna "sqlalchemy>=2.0.28" matplotlib psutil nvidia-ml-py pytest hypothesis ruff mypy \
-        "psycopg[binary]" pgserver==0.1.4 cloudpickle
+STAMP := $(VENV)/.installed-v4
+# Dependencies come from pyproject.toml's extras (cpu, gpu, tune, postgres via all; dev), so the two
+# cannot drift. PINS are only what a user install leaves open: torch is the local CPU wheel (an unpinned
+# torch pulls GBs of CUDA packages), numpy < 2.4 (triton 3.6's interpreter converts 1-element arrays
+# with int()), apache-tvm-ffi 0.1.14 (0.1.15 segfaults with TVM 0.27), pgserver runs the PostgreSQL tests.
+EXTRAS := all,dev
+PINS := torch==2.13.0 "numpy>=1.26,<2.4" apache-tvm-ffi==0.1.14.post1 pgserver==0.1.4
 
 .PHONY: install demo test lint bench-cpu clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(DEPS)
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q $(PINS) -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,6 +3,7 @@ the target's device, and a report directory gets results.json, summary.md and be
 
 from __future__ import annotations
 
+from ..deps import require
 from ..errors import TilefuseError
 from ..fileio import atomic_open, write_atomic
 
@@ -202,6 +203,7 @@ def write_report(res: GraphTuneResult, out: Path) -> Path:
 
 
 def _plot(res: GraphTuneResult, path: Path) -> None:
+    require("matplotlib", "the tuning report's best-so-far plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

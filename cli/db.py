@@ -100,7 +100,6 @@ def _open(url: str | None, create: bool = False) -> Any:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """Print every device's fingerprint; say plainly when there is no GPU."""
-    from ..autotune.database import DatabaseError
     from ..autotune.device import detect_devices, gpu_status
 
     devices = detect_devices()
@@ -114,6 +113,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
             for label, value in _describe(dev):
                 print(f"  {label:<11} {value}")
     if args.db:
+        from ..autotune.database import DatabaseError  # only here: listing devices needs no [tune] extra
+
         try:
             with _open(args.db) as db:
                 known = db.devices()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..deps import EXTRAS, missing
 from ..errors import TilefuseError
 from ..fileio import write_atomic
 from .common import load_graph_arg, random_inputs
@@ -134,7 +135,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tilefuse` command."""
+    from .. import __version__
+
     p = argparse.ArgumentParser(prog="tilefuse", description="ahead-of-time kernel compiler for tensor-op graphs")
+    p.add_argument("--version", action="version", version=f"tilefuse {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn, help_ in (("compile", cmd_compile, "compile a .tf graph and write kernels + manifest"),
                             ("run", cmd_run, "run a .tf graph on random inputs and check it against the reference"),
@@ -182,6 +186,9 @@ def _expected_error(err: Exception) -> str | None:
     model, settings) or a file they named; None for anything else, which is a bug and keeps its traceback."""
     if isinstance(err, TilefuseError):
         return str(err)
+    if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in EXTRAS:
+        # an optional dependency imported where no require() names the feature: still one line and the extra
+        return str(missing(err.name or "", "this command"))
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
     return None

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from ..deps import require
+
 __all__ = ["ProgressBar", "cmd_tune", "register"]
 
 
@@ -85,7 +87,7 @@ class ProgressBar:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Tune, print the summary table, write the report; 0 on success."""
-    import optuna
+    optuna = require("optuna", "tilefuse tune")
 
     from .common import load_graph_arg
     from ..autotune.database import DatabaseError, TuningDB

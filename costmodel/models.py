@@ -9,6 +9,7 @@ in XGBoost's own JSON format (never pickle). Both are written atomically, the mo
 
 from __future__ import annotations
 
+from ..deps import require
 from ..errors import TilefuseError
 from ..fileio import write_atomic
 
@@ -136,7 +137,7 @@ class XGBRankModel:
 
     def fit(self, records: Sequence[Any]) -> None:
         """Train on `records` (Record objects carrying features); ModelError when nothing can train."""
-        import xgboost as xgb
+        xgb = require("xgboost", "the XGBoost cost model")
 
         groups = _labelled(records, self.failed_as_worst)
         rows: list[dict[str, float]] = []
@@ -185,7 +186,7 @@ class XGBRankModel:
             raise ModelError("the XGBoost cost model is not trained: call fit(records) or load a saved model")
         if len(features) == 0:
             return np.zeros(0, dtype=np.float64)
-        import xgboost as xgb
+        xgb = require("xgboost", "the XGBoost cost model")
 
         x = xgb.DMatrix(to_matrix(features, self.feature_names), feature_names=self.feature_names, missing=np.nan)
         return np.asarray(self._booster.predict(x), dtype=np.float64)
@@ -194,7 +195,7 @@ class XGBRankModel:
         """Write model.json (XGBoost JSON) and meta.json into directory `path`, atomically each."""
         if self._booster is None:
             raise ModelError("cannot save an untrained XGBoost cost model: call fit(records) first")
-        import xgboost as xgb
+        xgb = require("xgboost", "the XGBoost cost model")
 
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
@@ -228,7 +229,7 @@ class XGBRankModel:
         if hashlib.sha256(raw).hexdigest() != meta.get("model_sha256"):
             raise ModelError(f"{model_path}: sha256 differs from {META_FILE}: the model file is corrupt or from "
                              "another save; retrain the model")
-        import xgboost as xgb
+        xgb = require("xgboost", "the XGBoost cost model")
 
         booster = xgb.Booster()
         try:

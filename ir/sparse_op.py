@@ -14,7 +14,7 @@ CSR/BSR indices need not be sorted; duplicates add up (scipy's CSR @ dense seman
     spmm(A sparse [M, K], B [K, N]) -> [M, N]   (out_dtype, default the values dtype)
     sddmm(a [M, K], b [N, K], pattern sparse [M, N]) -> values array shaped like the pattern's values
         operand ([nnz], [nnzb, bm, bn] or [M, N/2]): (a @ b^T) at the pattern's nonzeros. Re-wrap it with
-        `sparse(structure..., values)` (frontend_ext.sddmm(..., as_sparse=True)) for a sparse tensor.
+        `sparse(structure..., values)` (builders/sparse.py sddmm(..., as_sparse=True)) for a sparse tensor.
 
 The reference evaluator of `sparse` returns a `SparseValue`, consumed by spmm/sddmm; it validates
 the structure (indptr monotone from 0 to nnz, indices in range, meta in 0..3).
