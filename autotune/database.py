@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..schedule.config import Config, canonical_json
 from .db_schema import (MIGRATIONS, SCHEMA_VERSION, DatabaseError, MissingDatabaseError, devices_t, open_schema,
                         records_t, workloads_t)
-from ..schedule.records import Measurement, Record, Status, ranked
+from ..schedule.records import Measurement, Record, Status, ranked, read_jsonl
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "MissingDatabaseError", "TuningDB", "iter_jsonl"]
 
@@ -276,17 +276,9 @@ class TuningDB:
         return n
 
     def import_jsonl(self, fp: IO[str]) -> int:
-        """Validate every line, then add them all in one transaction; returns how many were new."""
-        name = getattr(fp, "name", "<stream>")
-        batch = []
-        for lineno, line in enumerate(fp, 1):
-            if not line.strip():
-                continue
-            try:
-                batch.append(Record.from_json(line))
-            except ValueError as err:
-                raise DatabaseError(f"{name}:{lineno}: {err}; nothing was imported") from None
-        return self.add_many(batch)
+        """Validate every line (records.read_jsonl), then add them all in one transaction; returns how many
+        were new. A bad line raises RecordError naming its number, and nothing is added."""
+        return self.add_many(read_jsonl(fp, getattr(fp, "name", "<stream>")))
 
 
 class _Tx:
@@ -363,11 +355,7 @@ def _row_record(row: Any) -> Record:
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[Record]:
-    """Records of a JSON-lines file (a bench/data dataset), validated line by line."""
+    """Records of a JSON-lines file (a bench/data dataset), all validated before the first is yielded."""
     with open(path, encoding="utf-8") as fp:
-        for lineno, line in enumerate(fp, 1):
-            if line.strip():
-                try:
-                    yield Record.from_json(line)
-                except ValueError as err:
-                    raise DatabaseError(f"{path}:{lineno}: {err}") from None
+        records = read_jsonl(fp, str(path))
+    yield from records
