@@ -118,7 +118,7 @@ class ConfigSources:
 def open_sources(target: Target, db: Any = "auto", cost_model: Any = "auto") -> ConfigSources:
     """The database and cost model `compile` consults. "auto" opens the default database and model
     only if they already exist (compiling never creates them); None disables each."""
-    from .settings import get_settings
+    from .settings import costmodel_to_load, get_settings
 
     src = ConfigSources()
     if target.kind == "interp":  # interpreter timings say nothing about a device
@@ -131,7 +131,7 @@ def open_sources(target: Target, db: Any = "auto", cost_model: Any = "auto") -> 
 
             src.device = device_for_target(target.name)
     if cost_model == "auto":
-        cost_model = st.model_dir if (st.model_dir / "meta.json").exists() else None
+        cost_model = costmodel_to_load(st)  # warns once when TILEFUSE_COSTMODEL names no model
     if cost_model is not None:
         from .costmodel.models import load_model
 
