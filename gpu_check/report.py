@@ -64,12 +64,48 @@ def markdown(doc: dict[str, Any]) -> str:
              "| check | step | status | seconds | error |", "|---|---|---|---:|---|"]
     for c in doc["checks"]:
         lines.append(f"| {_cell(c['name'])} | {c['step']} | {c['status']} | {c['seconds']:.1f} | {_cell(c['error'])} |")
+    lines += _kernel_table(doc["checks"]) + _bench_tables(doc["checks"])
     failures = [c for c in doc["checks"] if c["status"] in FAILING]
     if failures:
         lines += ["", "## Failures"]
         for c in failures:
             lines += ["", f"### {c['name']} ({c['status']})", "", "```", str(c["error"]).strip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _num(v: Any, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
+def _kernel_table(checks: list[dict[str, Any]]) -> list[str]:
+    """Per kernel case: families, compile, first launch + check, a steady run, the worst error/bound."""
+    rows = [c for c in checks if c["step"] == "kernels" and "outputs" in c["details"]]
+    if not rows:
+        return []
+    out = ["", "## Kernel cases", "", "| case | families | compile s | launch+check s | run ms | max err / bound |",
+           "|---|---|---:|---:|---:|---:|"]
+    for c in rows:
+        d = c["details"]
+        worst = max((o["max_err"] / o["bound"] if o["bound"] else 0.0 for o in d["outputs"]), default=0.0)
+        run_ms = d["run_s"] * 1e3 if isinstance(d.get("run_s"), (int, float)) else None
+        out.append(f"| {c['name']} | {', '.join(d['families'])} | {_num(d['compile_s'], '.2f')} | "
+                   f"{_num(d['check_s'], '.2f')} | {_num(run_ms, '.3f')} | {worst:.3f} |")
+    return out
+
+
+def _bench_tables(checks: list[dict[str, Any]]) -> list[str]:
+    """Each benchmark's rows: the case and its speed columns (ratios are torch's time over ours)."""
+    out: list[str] = []
+    for c in checks:
+        if c["step"] != "bench" or not c["details"].get("rows"):
+            continue
+        out += ["", f"## {c['name']} ({c['details'].get('mode', '')})", "", "| case | numbers |", "|---|---|"]
+        for r in c["details"]["rows"]:
+            label = " ".join([str(r.get("case", "")), *(f"{k}={r[k]}" for k in ("hdim", "batch", "seqlen", "causal")
+                                                          if k in r)])
+            nums = ", ".join(f"{k} {v:.3g}" for k, v in r.items() if isinstance(v, float))
+            out.append(f"| {_cell(label)} | {_cell(nums)} |")
+    return out
 
 
 def write(doc: dict[str, Any], out_dir: Path, slug: str) -> tuple[Path, Path]:

@@ -104,6 +104,7 @@ def test_gpu_check_without_a_gpu_runs_everything_under_the_interpreter(full_run)
     assert gpu_tests and all(c["status"] == "skipped" for c in gpu_tests)  # no device: gpu tests skip
     assert all(c["details"]["rows"] for c in doc["checks"] if c["step"] == "bench")
     assert md.startswith("# tilefuse gpu-check: PASS") and "| example:decoder_mlp | kernels | ok |" in md
+    assert "## Kernel cases" in md and "## bench attention.py (--dry-run)" in md and "| dense hdim=" in md
     print(f"gpu-check under the interpreter took {seconds:.0f} s")
 
 
