@@ -140,9 +140,8 @@ def run_steps(args: argparse.Namespace, plan: Plan, on_gpu: bool) -> list[Check]
 
 
 def _say(c: Check) -> Check:
-    print(f"  {c['status']:<8} {c['seconds']:7.1f} s  {c['name']}" + (f": {c['error'].splitlines()[0][:150]}"
-                                                                     if c["status"] in report.FAILING else ""),
-          flush=True)
+    why = (c["error"].strip().splitlines() or [""])[0][:150] if c["status"] in report.FAILING else ""
+    print(f"  {c['status']:<8} {c['seconds']:7.1f} s  {c['name']}" + (f": {why}" if why else ""), flush=True)
     return c
 
 

@@ -41,7 +41,9 @@ def _git_commit(root: Path) -> str | None:
                              timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
+    if res.returncode != 0:  # not a git checkout (a copied working tree)
+        return None
+    return res.stdout.strip() or None
 
 
 def collect() -> dict[str, Any]:

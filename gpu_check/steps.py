@@ -64,15 +64,25 @@ def run_process(cmd: list[str], plan: Plan, timeout: float, cwd: Path | None = N
         except subprocess.TimeoutExpired:
             _kill(proc)
             rc = None
+        except BaseException:  # interrupted: its own session would outlive us
+            _kill(proc)
+            raise
         log.seek(0)
         return rc, log.read(), time.monotonic() - t0
 
 
-def _kill(proc: subprocess.Popen[Any]) -> None:
+def _kill(proc: subprocess.Popen[Any], grace: float = 0.0) -> None:
+    """Kill `proc`'s session (it started its own, so its children die with it) unless it exits within
+    `grace` seconds; only while it is alive, so a reaped pid's group is never signalled."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the child's own session: its workers die with it
-    except ProcessLookupError:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
         pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
 
 
@@ -104,7 +114,12 @@ def run_cases(names: list[str], plan: Plan, case_timeout: float, step_cap: float
     while todo:
         with tempfile.TemporaryFile("w+") as err:
             proc, q = _start_worker(plan, todo, err)
-            done, registered = _drain(proc, q, todo, plan, (case_timeout, stop), err, registered)
+            try:
+                done, registered = _drain(proc, q, todo, plan, (case_timeout, stop), err, registered)
+            except BaseException:  # interrupted: the worker's own session would outlive us
+                _kill(proc)
+                raise
+            _kill(proc, grace=30.0)  # it is exiting; one stuck at exit (a CUDA teardown) must not hang us
         results += done
         todo = todo[len(done):]
         if todo and time.monotonic() >= stop:
@@ -145,7 +160,6 @@ def _drain(proc: subprocess.Popen[str], q: queue.Queue[Any], todo: list[str], pl
             done.append(plan.progress(check(ev["case"], "kernels", ev["status"], ev.get("error", ""), ev["seconds"],
                                             **ev["details"])))
             current = None
-    proc.wait()
     return done, registered
 
 
