@@ -275,6 +275,33 @@ def check_compile_options(options: Mapping[str, Any]) -> None:
                                  f"{', '.join(unknown)}; accepted: target, {', '.join(accepted)}")
 
 
+def check_against_reference(cg: CompiledGraph, seed: int = 0, inputs: Mapping[str, Any] | None = None
+                            ) -> list[tuple[str, float, float, bool]]:
+    """Run `cg` with poisoned outputs on `inputs` (default: fresh random ones drawn with `seed`) and
+    compare each output with the numpy reference: (output, max error, bound, ok) each."""
+    import numpy as np
+
+    from .ir import dtypes as dt
+    from .ir.reference import evaluate
+    from .ir.sampling import random_inputs
+
+    ins = dict(inputs) if inputs is not None else random_inputs(cg.graph, seed)
+    outs = cg.run(ins, poison=True)
+    ref = evaluate(cg.graph, ins)
+    rows = []
+    for name, node in cg.graph.outputs:
+        got = outs[name]
+        if hasattr(got, "detach"):
+            got = got.detach().cpu().float().numpy() if node.dtype.is_float else got.detach().cpu().numpy()
+        got = np.asarray(got, dtype=np.float64)
+        rtol, atol = dt.tolerance(node.dtype)
+        scale = float(np.max(np.abs(ref[name]))) if ref[name].size else 1.0
+        err = float(np.max(np.abs(got - ref[name]))) if got.size else 0.0
+        bound = atol * max(1.0, scale) + rtol * scale
+        rows.append((name, err, bound, bool(np.isfinite(err) and err <= bound)))
+    return rows
+
+
 def _build(spec: KernelSpec, config: Config, source: str, tgt: Target, aot: bool) -> CompiledKernel:
     if tgt.kind == "cpu":
         from .codegen import tvm_runtime

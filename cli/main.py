@@ -13,7 +13,7 @@ from typing import Any
 from ..deps import EXTRAS, missing
 from ..errors import TilefuseError
 from ..fileio import write_atomic
-from .common import load_graph_arg, random_inputs
+from .common import load_graph_arg
 
 MANIFEST_SCHEMA = 1
 
@@ -28,27 +28,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def check_against_reference(cg: Any, seed: int = 0) -> list[tuple[str, float, float, bool]]:
-    """Run on fresh random inputs with poisoned outputs; (output, max error, bound, ok) each."""
-    import numpy as np
+    """compiler.check_against_reference (imported on use: the compiler is not needed for --help)."""
+    from ..compiler import check_against_reference as check
 
-    from ..ir import dtypes as dt
-    from ..ir.reference import evaluate
-
-    ins = random_inputs(cg.graph, seed)
-    outs = cg.run(ins, poison=True)
-    ref = evaluate(cg.graph, ins)
-    rows = []
-    for name, node in cg.graph.outputs:
-        got = outs[name]
-        if hasattr(got, "detach"):
-            got = got.detach().cpu().float().numpy() if node.dtype.is_float else got.detach().cpu().numpy()
-        got = np.asarray(got, dtype=np.float64)
-        rtol, atol = dt.tolerance(node.dtype)
-        scale = float(np.max(np.abs(ref[name]))) if ref[name].size else 1.0
-        err = float(np.max(np.abs(got - ref[name]))) if got.size else 0.0
-        bound = atol * max(1.0, scale) + rtol * scale
-        rows.append((name, err, bound, bool(np.isfinite(err) and err <= bound)))
-    return rows
+    return check(cg, seed)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

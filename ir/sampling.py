@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .dtypes import DType
 from .ops import Node, Op, base_of
+
+if TYPE_CHECKING:
+    from .graph import Graph
 
 
 def weight_scales(nodes: Iterable[Node]) -> dict[int, float]:
@@ -30,3 +34,14 @@ def random_array(rng: np.random.Generator, shape: tuple[int, ...], d: DType, sca
     if d.is_bool:
         return rng.random(shape) < 0.5
     return rng.integers(-8, 8, shape)
+
+
+def random_inputs(g: Graph, seed: int) -> dict[str, np.ndarray]:
+    """Fresh random inputs of graph `g` by name (floats as float32), drawn with `seed`."""
+    scales = weight_scales(g.nodes)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in g.inputs:
+        x = random_array(rng, n.shape, n.dtype, scales.get(id(n), 1.0))
+        out[n.attr("name")] = x.astype(np.float32) if n.dtype.is_float else x
+    return out

@@ -203,25 +203,3 @@ def test_gpu_runner_refuses_a_nominal_device_up_front():
         assert runner.worker.starts == 0
     finally:
         runner.close()
-
-
-@pytest.mark.gpu
-def test_gpu_runner_on_a_real_gpu():
-    from tilefuse.autotune.device import detect_devices
-
-    gpu = next(d for d in detect_devices() if d.kind == "cuda")
-    kg = run_pipeline(_gpu_graph(), fusion_rules()).kernels
-    spec = spec_for(kg, kg.kernels[0], "triton")
-    runner = GpuRunner(timeout=120)
-    try:
-        m = runner.measure(spec, spec.default_config(gpu.target), gpu)
-        assert m.status is Status.OK and m.verified and len(m.samples) >= 3
-    finally:
-        runner.close()
-
-
-def _gpu_graph():
-    g = tf.GraphBuilder("mm_gpu")
-    a, b = g.input("a", (256, 128), "f16"), g.input("b", (128, 192), "f16")
-    g.output("c", a @ b)
-    return g.build()
