@@ -116,3 +116,42 @@ def spec_target():  # noqa: ANN201 - a Target
     from tilefuse.schedule.target import get_target
 
     return get_target("interp")
+
+
+AWQ_TEXT = """graph awq {{
+  %x = input f16[5, 256]
+  %qw = input {qw}
+  %qz = input i32[2, 9]
+  %s = input {s}
+  %0 = dequantize(%qw, %s, %qz) {{bits=4, group_size={g}, out_dtype=f16, pack_axis=1, pack_order=[0, 4, 1, 5, 2, 6, 3, 7], scale_layout="group_k", shape=[256, 72], symmetric=false, zeros_packed=true}} : f16[256, 72]
+  %1 = matmul(%x, %0) {{out_dtype=f16, trans_a=false, trans_b=false}} : f16[5, 72]
+  output y = %1
+}}
+"""
+
+
+@pytest.mark.parametrize("qw,s,g,words", [
+    ("i32[256, 8]", "f16[2, 72]", 128, ("packed", "i32[256, 8]", "[256, 9]")),  # packed shape mismatch
+    ("i32[256, 9]", "i32[2, 72]", 128, ("scales", "i32")),                    # scales of the wrong dtype
+    ("i32[256, 9]", "f16[2, 72]", 96, ("scales", "[3, 72]")),                  # K not a multiple of G
+])
+def test_bad_quantized_weights_are_one_cli_error_line(tmp_path, capsys, qw, s, g, words) -> None:
+    from tilefuse.cli import main
+
+    path = tmp_path / "bad.tf"
+    path.write_text(AWQ_TEXT.format(qw=qw, s=s, g=g))
+    assert main(["run", str(path), "--target", "interp"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # one `error:` line (the parser adds the offending source line and a caret under it)
+    assert [line.startswith("error:") for line in err] == [True, False, False], err
+    assert all(w in err[0] for w in words), err[0]
+
+
+def test_fp8_weights_are_refused_by_the_loader_naming_the_dtype() -> None:
+    from tilefuse.errors import TilefuseError
+
+    b = tf.GraphBuilder("fp8")
+    w = tf.dequantize_fp8_block(b.input("w", (256, 128), "f8e4m3"), b.input("s", (2, 1), "f32"), out_dtype="f16")
+    b.output("y", b.input("x", (4, 256), "f16") @ w)
+    with pytest.raises(TilefuseError, match="f8e4m3"):
+        compile_graph(b.build(), "interp", db=None, cost_model=None, aot=False)

@@ -16,10 +16,15 @@ from ...passes.partition import Kernel, KernelGraph
 from ...passes.views import base_of, strided_view
 from ...schedule.config import Config
 from ...schedule.target import Target
-from ..lowering import LoweringError
+from ..lowering import LoweringError, next_pow2, prod
 from ..matmul.spec import MatmulSpec
 from ..registry import register_family
 from .dequant import Operand, dequant_value
+
+
+# Expression nodes x B elements one thread may dequantize per k-step (sm_80/sm_90 builds: AWQ's ~40 nodes
+# x 32 elements builds with 151 registers; NF4 double-quantized, ~560 nodes x 32, spills).
+DEQUANT_BUDGET = 4096
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,54 @@ class QuantMatmulSpec(MatmulSpec):
     def features(self, config: Config) -> dict[str, float]:
         return {**super().features(config), **self.format_features()}
 
+    def dequant_work(self) -> int:
+        """Expression nodes evaluated per dequantized B element (all planes): what a thread's share of the
+        B tile costs in registers."""
+        return sum(len(ex.toposort([p.value])) for p in self.planes)
+
     def default_config(self, target: Target) -> Config:
-        return super().default_config(target)
+        """The matmul's default for prefill (M > 64); for decode shapes a 16..64-row tile, BLOCK_K 128 and
+        split-K until the tiles fill the SMs (the weights, not the flops, bound M <= 64). Then the B tile
+        shrinks (or the warps grow) until a thread dequantizes at most DEQUANT_BUDGET expression nodes:
+        measured on sm_80/sm_90 builds, NF4's 256-entry scale table over 32 elements per thread spills."""
+        cfg = super().default_config(target)
+        if target.kind == "cpu":
+            return cfg
+        if self.M <= 64:
+            bm = max(16, next_pow2(self.M))
+            bk = max(16, min(128, next_pow2(self.K)))
+            bn = max(16, min(64, next_pow2(self.N)))
+            tiles = -(-self.M // bm) * -(-self.N // bn) * max(1, prod(self.batch))
+            split = 1
+            while split < 16 and tiles * split < (target.num_sms or 108) and split * 2 * bk <= self.K:
+                split *= 2
+            cfg = cfg.replace(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=4,
+                              num_stages=4 if target.schedule_arch >= 90 else 3)
+        cfg = self._fit_dequant(cfg)
+        while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
+            cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
+        return cfg
+
+    def _fit_dequant(self, cfg: Config) -> Config:
+        work = self.dequant_work()
+
+        def per_thread(c: Config) -> int:
+            return c.int("BLOCK_K") * c.int("BLOCK_N") // (32 * c.int("num_warps")) * work
+
+        while per_thread(cfg) > DEQUANT_BUDGET:
+            bm, bn, warps = cfg.int("BLOCK_M"), cfg.int("BLOCK_N"), cfg.int("num_warps")
+            if warps < 8 and bm * bn >= 2 * warps * 32 * 4:
+                cfg = cfg.replace(num_warps=warps * 2)
+            elif cfg.int("BLOCK_K") > 32:
+                cfg = cfg.replace(BLOCK_K=cfg.int("BLOCK_K") // 2)
+            elif bn > 16:
+                cfg = cfg.replace(BLOCK_N=bn // 2)
+                while cfg.int("BLOCK_M") * cfg.int("BLOCK_N") < cfg.int("num_warps") * 32 * 4 \
+                        and cfg.int("num_warps") > 1:
+                    cfg = cfg.replace(num_warps=cfg.int("num_warps") // 2)
+            else:
+                break
+        return cfg
 
 
 def _reads_plane(e: Expr) -> bool:
