@@ -123,7 +123,7 @@ AWQ_TEXT = """graph awq {{
   %qw = input {qw}
   %qz = input i32[2, 9]
   %s = input {s}
-  %0 = dequantize(%qw, %s, %qz) {{bits=4, group_size={g}, out_dtype=f16, pack_axis=1, pack_order=[0, 4, 1, 5, 2, 6, 3, 7], scale_layout="group_k", shape=[256, 72], symmetric=false, zeros_packed=true}} : f16[256, 72]
+  %0 = dequantize(%qw, %s, %qz) {{{attrs}}} : f16[256, 72]
   %1 = matmul(%x, %0) {{out_dtype=f16, trans_a=false, trans_b=false}} : f16[5, 72]
   output y = %1
 }}
@@ -139,7 +139,9 @@ def test_bad_quantized_weights_are_one_cli_error_line(tmp_path, capsys, qw, s, g
     from tilefuse.cli import main
 
     path = tmp_path / "bad.tf"
-    path.write_text(AWQ_TEXT.format(qw=qw, s=s, g=g))
+    attrs = (f"bits=4, group_size={g}, out_dtype=f16, pack_axis=1, pack_order=[0, 4, 1, 5, 2, 6, 3, 7], "
+             'scale_layout="group_k", shape=[256, 72], symmetric=false, zeros_packed=true')
+    path.write_text(AWQ_TEXT.format(qw=qw, s=s, attrs=attrs))
     assert main(["run", str(path), "--target", "interp"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     # one `error:` line (the parser adds the offending source line and a caret under it)
