@@ -116,6 +116,9 @@ class QuantMatmulSpec(MatmulSpec):
                 split *= 2
             cfg = cfg.replace(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=4,
                               num_stages=4 if target.schedule_arch >= 90 else 3)
+        elif cfg.int("BLOCK_N") > 128:
+            # sm_90's 128x256 prefill tile: its accumulator and a dequantized 64x256 B tile spill (AWQ build)
+            cfg = cfg.replace(BLOCK_N=128)
         cfg = self._fit_dequant(cfg)
         while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
             cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
