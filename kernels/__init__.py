@@ -10,6 +10,7 @@ from . import registry
 from .attention import AttentionBwdSpec, AttentionSpec, DecodeSpec
 from .base import ConfigRejected, KernelSpec
 from .matmul import MatmulSpec
+from .quant import QuantMatmulSpec
 from .registry import fusion_rules
 from .rowwise import RowwiseSpec
 
@@ -28,4 +29,4 @@ def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
 
 
 __all__ = ["AttentionBwdSpec", "AttentionSpec", "ConfigRejected", "DecodeSpec", "KernelSpec", "LoweringError",
-           "MatmulSpec", "RowwiseSpec", "fusion_rules", "registry", "spec_for"]
+           "MatmulSpec", "QuantMatmulSpec", "RowwiseSpec", "fusion_rules", "registry", "spec_for"]

@@ -281,6 +281,8 @@ class _Fuser:
         if id(s) in self.outputs or len(self.users[id(s)]) != 1:
             return None
         pulled = [grp] + self.feeders(grp, pro)
+        if pro.needs_feeders and len(pulled) == 1:
+            return None
         members = {id(m) for g in pulled for m in g.nodes}
         for g in pulled:
             for m in g.nodes:

@@ -31,7 +31,7 @@ class Prologue:
     """A producer group computing anchor operand `operands[i]` that the anchor's kernel recomputes in its
     loads: the group's kind is in `kinds`, it feeds nothing else, and the summed `cost` of what is pulled
     in is at most `max_cost`. Groups of a kind in `feeders` that feed only the pulled-in nodes come along
-    (a sum of two dequantized planes)."""
+    (a sum of two dequantized planes); with `needs_feeders` the rule applies only when one does."""
 
     operands: tuple[int, ...]
     kinds: frozenset[str]
@@ -39,6 +39,7 @@ class Prologue:
     feeders: frozenset[str] = frozenset()
     cost: Callable[[Node], int] = expr_cost
     becomes: str | None = None
+    needs_feeders: bool = False
 
 
 @dataclass(frozen=True)

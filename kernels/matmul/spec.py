@@ -91,7 +91,18 @@ class MatmulSpec(KernelSpec):
         """The operand's value at (batch..., row, col) of the logical (untransposed) operand."""
         if trans:
             domain = domain[:-2] + (domain[-1], domain[-2])
-        return self.lowering.value(n, domain, lambda _: None, swap_last=trans)
+        return self.lowering.value(n, domain, self.operand_leaf, swap_last=trans)
+
+    # -- operand-loader hook: a family that computes an operand member itself (kernels/quant) --
+    def operand_leaf(self, n: Node) -> Expr | None:
+        """A VAR standing for operand member `n` when a loader computes it (`loaders`), else None."""
+        return None
+
+    def loaders(self) -> dict[str, Expr]:
+        """VAR name -> the value a loader computes for it: an expression of the operand's row and column
+        (i32 VARs `r`, `c`) and of LOADs of kernel inputs at explicit flat indices. The templates render it
+        wherever an operand expression reads the VAR."""
+        return {}
 
     def program_description(self) -> dict[str, Any]:
         return {
