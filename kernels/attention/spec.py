@@ -329,12 +329,14 @@ class AttentionSpec(KernelSpec):
     def features(self, config: Config) -> dict[str, float]:
         gx, gy, gz = self.grid(config)
         sp = self.sparsity(config.int("BLOCK_M"), config.int("BLOCK_N"))
-        c = sp.classes[sp.pattern_of]
-        live = max(1, int((c != 0).sum()))
+        # Per-pattern counts weighted by their heads: never the [B, H, NQB, NKB] table itself.
+        heads = np.bincount(sp.pattern_of.reshape(-1), minlength=sp.num_patterns)
+        live = max(1, int(heads @ (sp.classes != 0).reshape(sp.num_patterns, -1).sum(axis=1)))
+        partial = int(heads @ (sp.classes == 1).reshape(sp.num_patterns, -1).sum(axis=1))
         return {"B": float(self.B), "Hq": float(self.Hq), "Hkv": float(self.Hkv), "Sq": float(self.Sq),
                 "Sk": float(self.Sk), "D": float(self.D), "Dv": float(self.Dv), "programs": float(gx * gy * gz),
                 "flops": self.flops(), "bytes": self.bytes_moved(), "density": sp.density(),
-                "partial_fraction": float((c == 1).sum()) / live, "data_dependent": float(self.dynamic),
+                "partial_fraction": float(partial) / live, "data_dependent": float(self.dynamic),
                 "score_mod": float(self.score_mod is not None), "post_mod": float(self.post_mod is not None),
                 **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
 
