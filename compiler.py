@@ -15,6 +15,7 @@ from .schedule.config import Config
 from .schedule.target import Target, get_target
 from .errors import RuntimeUnavailable, TilefuseError  # noqa: F401 - RuntimeUnavailable re-exported
 from .ir.graph import Graph, as_graph
+from .ir.limits import check_grid
 from .kernels import KernelSpec, spec_for
 from .passes import PipelineResult, run_pipeline
 
@@ -239,6 +240,7 @@ def _build(spec: KernelSpec, config: Config, source: str, tgt: Target, aot: bool
         mod = tvm_runtime.build(spec, config, default_cache())
         return CompiledKernel(spec, config, source, tvm_runtime.source(spec, config), runner=mod,
                               cached=bool(getattr(mod, "from_cache", False)))
+    check_grid(spec.grid(config), spec.name)  # a launch CUDA refuses: say so before building anything
     text = spec.render_triton(config, interpret=tgt.kind == "interp")
     ck = CompiledKernel(spec, config, source, text)
     if tgt.kind == "cuda" and aot:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import TilefuseError
 from ..fileio import write_atomic
+from ..ir.limits import check_grid
 from .common import load_graph_arg, random_inputs
 
 MANIFEST_SCHEMA = 1
@@ -67,7 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def write_bundle(cg: Any, out: Path) -> Path:
-    """Write each kernel's source, PTX and cubin plus manifest.json into `out`."""
+    """Write each kernel's source, PTX and cubin plus manifest.json into `out` (nothing when a Triton
+    kernel's launch grid is beyond CUDA's limits: a LimitError naming it)."""
+    grids = {ck.spec.name: check_grid(ck.spec.grid(ck.config), ck.spec.name) if cg.target.backend == "triton"
+             else ck.spec.grid(ck.config) for ck in cg.kernels}
     out.mkdir(parents=True, exist_ok=True)
     kernels = []
     for ck in cg.kernels:
@@ -76,7 +80,7 @@ def write_bundle(cg: Any, out: Path) -> Path:
         (out / f"{spec.name}.{ext}").write_text(ck.source, encoding="utf-8")
         entry: dict[str, Any] = {
             "name": spec.name, "family": spec.family, "workload_key": spec.key, "source": f"{spec.name}.{ext}",
-            "config": dict(ck.config), "config_source": ck.config_source, "grid": list(spec.grid(ck.config)),
+            "config": dict(ck.config), "config_source": ck.config_source, "grid": list(grids[spec.name]),
             "signature": [{"name": a, "dtype": b.dtype.name, "shape": list(b.shape), "buffer": b.name, "role": r}
                           for a, b, r in zip(spec.arg_names(), spec.inputs + spec.outputs,
                                              ["input"] * len(spec.inputs) + ["output"] * len(spec.outputs))],

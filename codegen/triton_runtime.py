@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from ..fileio import write_atomic
+from ..ir.limits import check_grid
 from ..settings import get_settings
 
 _LOCK = threading.Lock()
@@ -53,7 +54,9 @@ def load_module(source: str, interpret: bool) -> ModuleType:
 
 def launch(fn: Any, grid: tuple[int, ...], args: list[Any], constexprs: dict[str, Any], options: dict[str, int],
            interpret: bool) -> None:
-    """Launch a jitted kernel; the interpreter ignores warps and stages."""
+    """Launch a jitted kernel (a LimitError first if `grid` is beyond CUDA's limits, under the interpreter
+    too: its grid is the same program count); the interpreter ignores warps and stages."""
+    grid = check_grid(grid, str(getattr(fn, "__name__", fn)))
     kw = dict(constexprs)
     if not interpret:
         kw.update(options)
