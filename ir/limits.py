@@ -22,11 +22,12 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 GRID_MAX = (2**31 - 1, 65535, 65535)
 # Attention block-sparsity analysis (kernels/attention/block_sparsity.py): the [B, H] head table it
 # builds, how many distinct (b, h) classes it folds the mask for one by one (Python work per class),
-# and how many (class, query block, key block) cells it evaluates (~0.2 us and 60 bytes each; evaluated
-# in chunks, so this bounds the time, about 15 s at the limit, not the memory).
+# and how many (class, query block, key block) cells it evaluates (0.1-0.2 us each, evaluated in bands,
+# so this bounds the time, 15-30 s at the limit, not the memory). 2^27 takes a 1M x 1M causal mask at
+# the 128 x 64 blocks of the workload key.
 MAX_ANALYSIS_HEADS = 2**24
 MAX_HEAD_CLASSES = 4096
-MAX_ANALYSIS_CELLS = 2**26
+MAX_ANALYSIS_CELLS = 2**27
 
 
 class LimitError(TilefuseError, ValueError):

@@ -224,44 +224,44 @@ def attention_spec(b: int, h: int, s: int, mask: ex.Expr | None):
 def test_8m_heads_build_their_block_structure_in_well_under_a_second():
     h, s = 2**23, 4096
     spec = attention_spec(1, h, s, tf.causal_mask(s, s))
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: the machines running the suite are shared
     sp = spec.sparsity(128, 64)
-    independent = time.perf_counter() - t0
+    independent = time.process_time() - t0
     assert sp.num_patterns == 1 and sp.pattern_of.shape == (1, h) and independent < 0.5, independent
     streaming = tf.per_head_mask([tf.causal_mask(s, s)] * 16 + [tf.streaming_mask(64, 256, s, s)] * 16)
     spec = attention_spec(1, h, s, ex.where(ex.var("h").lt(16), tf.causal_mask(s, s), streaming))
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     sp = spec.sparsity(128, 64)
-    dependent = time.perf_counter() - t0  # per head this was ~33 s per 65536 heads: 70 minutes here
-    assert sp.num_patterns == 2 and dependent < 2.0, dependent
+    dependent = time.process_time() - t0  # one fold per head took 33 s per 65536 heads: 70 minutes here
+    assert sp.num_patterns == 2 and dependent < 1.0, dependent
     assert "heads 16-8388607: full 92, partial 123, empty 1833 of 2048" in "\n".join(sp.summary())
 
 
 def test_a_mask_needing_every_one_of_8m_heads_is_refused_fast():
     s = 1024
     mask = ex.var("kv_idx").le(ex.var("q_idx") + ex.var("h"))
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     with pytest.raises(LimitError, match="takes 8388608 distinct forms over .* folds at most 4096"):
         analyze(mask, 1, 2**23, s, s, 128, 64)
-    assert time.perf_counter() - t0 < 3.0
+    assert time.process_time() - t0 < 2.0
 
 
 @pytest.mark.parametrize("mask", [None, "causal"])
 def test_batch_2_31_fails_fast_without_allocating(mask):
     m = tf.causal_mask(64, 64) if mask else None
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         with pytest.raises(LimitError, match=r"B x H = 2147483648 x 1 .* limit of 16777216 \(2\^24\)"):
             analyze(m, 2**31, 1, 64, 64, 16, 16)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - t0 < 0.5 and peak < 1 << 20, peak
+    assert time.process_time() - t0 < 0.5 and peak < 1 << 20, peak
 
 
 def test_block_grid_and_runtime_work_limits():
-    with pytest.raises(LimitError, match=r"65536 x 65536 .* limit of 67108864 \(2\^26\) pairs; use larger blocks"):
+    with pytest.raises(LimitError, match=r"65536 x 65536 .* limit of 134217728 \(2\^27\) pairs; use larger blocks"):
         analyze(tf.causal_mask(2**20, 2**20), 1, 1, 2**20, 2**20, 16, 16)
     s = 4096  # one static pattern, but the run-time analysis is one pattern per (b, h): 4096 x 256 x 256 pairs
     mask = ex.load(3, "bool", ex.var("q_idx") // 16, ex.var("kv_idx") // 16)
@@ -283,3 +283,22 @@ def test_chunked_interval_evaluation_matches_the_element_mask(monkeypatch, chunk
     got = rt.classes[rt.pattern_of]
     want = _brute(mask, b, h, s)
     np.testing.assert_array_equal(got, np.where(blocks, want, EMPTY))
+
+
+def test_tiles_the_block_analysis_would_refuse_are_not_candidates():
+    from tilefuse.schedule.config import Config
+    from tilefuse.schedule.target import get_target
+
+    s = 3 * 2**16  # 12288 x 12288 blocks of 16 x 16
+    spec = attention_spec(1, 1, s, tf.causal_mask(s, s))
+    sm90 = get_target("sm_90")
+    small = Config(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
+    assert "16x16 tiles make 150994944 block pairs, over the block analysis' 134217728" in spec.constraints(small, sm90)
+    assert not any("block analysis" in c for c in spec.constraints(small.replace(BLOCK_N=32), sm90))
+
+
+def test_a_per_head_block_mask_is_one_compile_time_analysis_for_any_number_of_heads():
+    s, h = 256, 8192  # loads are unknown at compile time whatever they index: was one fold per head
+    mask = ex.load(3, "bool", ex.var("b"), ex.var("h"), ex.var("q_idx") // 64, ex.var("kv_idx") // 64)
+    sp = analyze(mask & tf.causal_mask(s, s), 2, h, s, s, 64, 64)
+    assert sp.num_patterns == 1 and not sp.exact and sp.counts() == [{"full": 0, "partial": 10, "empty": 6}]

@@ -75,9 +75,11 @@ def _fold_node(n: Expr, src: tuple[Expr, ...]) -> Expr:
 
 # ---- head classes: (b, h) pairs on which the mask folds to one expression -------------------------
 def _signature(mask: Expr, used: set[str]) -> list[Expr]:
-    """The subexpressions whose values decide `fold(mask, {b, h})`: nodes that fold to constants for
-    any b and h (the used VARs, and loads-free integer/bool nodes of such operands) and that a
-    non-folding node (or nobody: the root) reads. Pairs that agree on them fold to the same expression."""
+    """The subexpressions whose values decide `fold(mask, {b, h})` as far as the compile-time analysis
+    can tell: nodes that fold to constants for any b and h (the used VARs, and loads-free integer/bool
+    nodes of such operands) and that a non-folding node (or nobody: the root) reads. Pairs that agree
+    on them fold to the same expression, up to load indices: loads are unknown at compile time whatever
+    they index (a [B, H, ...] block mask is one analysis, not one per head)."""
     order = ex.toposort([mask])
     folds: set[int] = set()
     for n in order:
@@ -85,7 +87,7 @@ def _signature(mask: Expr, used: set[str]) -> list[Expr]:
         int_op = n.src and n.op is not E.LOAD and (n.dtype.is_int or n.dtype.is_bool)
         if leaf or (int_op and all(id(s) in folds for s in n.src)):
             folds.add(id(n))
-    read = {id(s) for n in order if id(n) not in folds for s in n.src} | {id(mask)}
+    read = {id(s) for n in order if id(n) not in folds and n.op is not E.LOAD for s in n.src} | {id(mask)}
     return [n for n in order if id(n) in folds and id(n) in read and n.op is not E.CONST]
 
 
@@ -342,10 +344,11 @@ def analyze_runtime(mask: Expr, static: BlockSparsity, b: int, h: int, loads: Lo
     check_heads(b, h, what)
     env, grid = _block_env(sq, sk, bm, bn)
     check_cells(b * h, *grid, what)
-    rt = _runtime_classes(mask, env, b, h, grid, loads).reshape((b, h) + grid)
-    st = static.classes[static.pattern_of]
-    cls = np.where((st == EMPTY) | (rt == EMPTY), EMPTY, np.where((st == FULL) | (rt == FULL), FULL, PARTIAL))
-    pats, remap = _unique_patterns(list(cls.reshape((b * h,) + grid).astype(np.int8)))
+    rt = _runtime_classes(mask, env, b, h, grid, loads)
+    st = static.classes[static.pattern_of.reshape(-1)]
+    full = np.where((st == FULL) | (rt == FULL), np.int8(FULL), np.int8(PARTIAL))  # int8: B x H x blocks bytes
+    cls = np.where((st == EMPTY) | (rt == EMPTY), np.int8(EMPTY), full)
+    pats, remap = _unique_patterns(list(cls))
     return BlockSparsity(bm, bn, sq, sk, pats, remap.reshape(b, h), False, True)
 
 

@@ -29,6 +29,7 @@ from ...schedule.config import Config
 from ...schedule.target import Target
 from ...ir.expr import E, Expr
 from ...ir.expr import toposort as expr_toposort
+from ...ir.limits import MAX_ANALYSIS_CELLS
 from ...ir.ops import Node, Op
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
@@ -256,6 +257,9 @@ class AttentionSpec(KernelSpec):
         if target.kind == "cuda":
             out += self.register_constraints(config, target)
         out += self.tile_constraints(config, target)
+        cells = -(-self.Sq // bm) * -(-self.Sk // bn)
+        if cells > MAX_ANALYSIS_CELLS:  # the block analysis would refuse this tile (ir/limits.py)
+            out.append(f"{bm}x{bn} tiles make {cells} block pairs, over the block analysis' {MAX_ANALYSIS_CELLS}")
         if target.kind == "cuda" and bm * bn < warps * 32 * 4:
             out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
         return out
