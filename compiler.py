@@ -310,6 +310,7 @@ def _build(spec: KernelSpec, config: Config, source: str, tgt: Target, aot: bool
         mod = tvm_runtime.build(spec, config, default_cache())
         return CompiledKernel(spec, config, source, tvm_runtime.source(spec, config), runner=mod,
                               cached=bool(getattr(mod, "from_cache", False)))
+    spec.launch_plan(config)  # checks every launch's grid: a launch CUDA refuses fails before any build
     text = spec.render_triton(config, interpret=tgt.kind == "interp")
     ck = CompiledKernel(spec, config, source, text)
     if tgt.kind == "cuda" and aot:

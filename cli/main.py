@@ -75,11 +75,12 @@ def _kernel_entry(ck: Any, backend: str) -> dict[str, Any]:
 
 
 def write_bundle(cg: Any, out: Path) -> Path:
-    """Write each kernel's source, PTX and cubin plus manifest.json into `out`."""
+    """Write each kernel's source, PTX and cubin plus manifest.json into `out` (nothing when a Triton
+    kernel's launch grid is beyond CUDA's limits: a LimitError naming it)."""
+    entries = [_kernel_entry(ck, cg.target.backend) for ck in cg.kernels]  # the launch plans check grids
     out.mkdir(parents=True, exist_ok=True)
     kernels = []
-    for ck in cg.kernels:
-        entry = _kernel_entry(ck, cg.target.backend)
+    for ck, entry in zip(cg.kernels, entries):
         (out / entry["source"]).write_text(ck.source, encoding="utf-8")
         for arch, bins in ck.binaries.items():
             for fn, b in bins.items():

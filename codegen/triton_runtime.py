@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..fileio import write_atomic
+from ..ir.limits import check_grid
 from ..schedule.launch import LaunchPlan, jit_kwargs
 from ..settings import get_settings
 
@@ -55,7 +56,9 @@ def load_module(source: str, interpret: bool) -> ModuleType:
 
 def launch(fn: Any, grid: tuple[int, ...], args: list[Any], constexprs: dict[str, Any], options: dict[str, int],
            interpret: bool) -> Any:
-    """Launch a jitted kernel; the interpreter ignores warps and stages."""
+    """Launch a jitted kernel (a LimitError first if `grid` is beyond CUDA's limits, under the interpreter
+    too: its grid is the same program count); the interpreter ignores warps and stages."""
+    grid = check_grid(grid, str(getattr(fn, "__name__", fn)))
     return fn[grid](*args, **jit_kwargs(constexprs, options, interpret))
 
 

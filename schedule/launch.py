@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TilefuseError
+from ..ir.limits import check_grid
 from ..ir import dtypes as dt
 
 ROLES = ("input", "output", "aux", "workspace")
@@ -145,6 +146,8 @@ class LaunchPlan:
                                 "(one function is one binary)")
         if problems:
             raise LaunchPlanError(f"launch plan of {self.kernel}: " + "; ".join(problems))
+        for ln in self.launches:  # a grid CUDA refuses is a LimitError naming the launch, before any build
+            check_grid(ln.grid, ln.fn)  # the function name starts with the kernel name
 
     def functions(self) -> list[str]:
         """Each jitted function the plan launches, once, in first-launch order (one binary each)."""
