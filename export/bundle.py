@@ -13,7 +13,7 @@ from ..errors import TilefuseError
 from ..fileio import write_atomic
 from .csource import render_c
 from .manifest import BUNDLE_FORMAT, check_manifest, sha256_bytes, tensors, variant_entry
-from .plan import ExportError, check_binary, launch_list, workspace_layout
+from .plan import ExportError, check_binary, check_expressible, launch_list, workspace_layout
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOADER_MARK = 'WRITTEN_BY = "unset"  # the exporter writes its tilefuse version here'
@@ -40,9 +40,12 @@ def parse_targets(text: str) -> list[str]:
 
 def _compile_variant(graph: Any, arch: str, db: Any, cost_model: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
     """Compile for one arch: the compiled graph, its manifest variant and the files it adds."""
-    from ..compiler import compile_graph
+    from ..compiler import build_aot, compile_graph
 
-    cg = compile_graph(graph, target=arch, db=db, cost_model=cost_model)
+    cg = compile_graph(graph, target=arch, aot=False, db=db, cost_model=cost_model)
+    check_expressible(cg)  # before the builds, which take seconds per kernel
+    for ck in cg.kernels:
+        ck.binaries[arch] = build_aot(ck.spec, ck.config, ck.source, cg.target)
     launches = launch_list(cg, arch)
     for launch in launches:
         check_binary(launch, arch)

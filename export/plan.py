@@ -95,18 +95,25 @@ def _where(cg: Any, regions: list[Region]) -> dict[str, tuple[str, int]]:
     return where
 
 
+def check_expressible(cg: Any) -> None:
+    """Refuse kernels whose launch needs tensors computed at launch time (attention's block lists): the
+    C API passes only inputs, outputs and workspace offsets."""
+    for ck in cg.kernels:
+        aux = ck.spec.aux_signature(ck.config)
+        if aux:
+            raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) takes auxiliary tensors {sorted(aux)} that "
+                              "are computed at launch time (block lists); bundles cannot express them yet")
+
+
 # ---- the launch list: swap for KernelSpec.launch_plan(config) when it lands ----------------------
 def launch_list(cg: Any, arch: str) -> list[Launch]:
     """The launches of `cg` (compiled for `arch`) in order, each argument resolved to an input, an output
-    or a workspace offset. Refuses what the C API cannot express (run-time auxiliary tensors)."""
+    or a workspace offset (call check_expressible first)."""
+    check_expressible(cg)
     where = _where(cg, workspace_layout(cg))
     out: list[Launch] = []
     for ck in cg.kernels:
         spec, config = ck.spec, ck.config
-        aux = spec.aux_signature(config)
-        if aux:
-            raise ExportError(f"kernel {spec.name} ({spec.family}) takes auxiliary tensors {sorted(aux)} that are "
-                              "computed at launch time (block lists); bundles cannot express them yet")
         names = spec.arg_names()
         buffers = [b.name for b in spec.inputs + spec.outputs]
         pairs = list(zip(names, buffers))
