@@ -151,3 +151,41 @@ def test_cmake_builds_static_and_shared(bundle, tmp_path):
     subprocess.run(cfg, check=True, capture_output=True, text=True)
     subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True, text=True)
     assert (build / "libmlp.a").exists() and (build / "libmlp.so").exists()
+
+
+def probe(bundle: Path, blocked: str) -> dict:
+    """Run the loader probe in a fresh interpreter that cannot import `blocked`."""
+    cmd = [sys.executable, str(FIXTURES / "loader_probe.py"), str(bundle), "mlp", blocked]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=bundle)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_loader_imports_without_tilefuse_triton_torch_and_checks_inputs(bundle):
+    r = probe(bundle, "tilefuse,triton,torch")
+    assert r["load"] == "ok" and r["modules"] == [] and r["driver_opened"] is False
+    assert r["count"].startswith("BundleInputError: expected 7 inputs (x, norm_w, w_gate")
+    assert r["dtype"] == "BundleInputError: input 'x': expected dtype float16 (f16), got float32"
+    assert r["shape"] == "BundleInputError: input 'x': expected shape [4, 64], got [1, 2]"
+    assert r["strided"] == "BundleInputError: input 'x': expected a contiguous (row-major) tensor"
+    assert r["no_out"].startswith("BundleInputError: pass out=[...]")
+
+
+def test_loader_rejects_cpu_tensors_and_registers_a_traceable_op(bundle):
+    r = probe(bundle, "tilefuse,triton")
+    assert r["cpu_tensor"] == "BundleInputError: input 'x': expected a CUDA tensor, got one on cpu"
+    assert r["fake"] == [[4, 64, "torch.float16"]]  # the fake implementation: shapes without a launch
+    assert r["driver_opened"] is False and "tilefuse" not in r["modules"]
+
+
+def test_loader_refuses_altered_or_foreign_bundle(bundle, tmp_path):
+    b = copy_of(bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["tilefuse_version"] = "0.0.9"
+    (b / "manifest.json").write_text(json.dumps(m))
+    assert "written by tilefuse 0.0.9, this loader by tilefuse 0.1.0" in probe(b, "tilefuse,triton,torch")["load"]
+    m["tilefuse_version"] = "0.1.0"
+    (b / "manifest.json").write_text(json.dumps(m))
+    ptx = b / "k0_mul_mean_rsqrt_cast.sm_80.ptx"
+    ptx.write_text(ptx.read_text() + "// edited\n")
+    assert "k0_mul_mean_rsqrt_cast.sm_80.ptx: sha256 differs" in probe(b, "tilefuse,triton,torch")["load"]
