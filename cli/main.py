@@ -144,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     from .db import register as register_db
     from .tune import register as register_tune
     from .costmodel import register as register_costmodel
+    from .export import register as register_export
 
     register_tune(sub)
     register_db(sub)
     register_costmodel(sub)
+    register_export(sub)
     args = p.parse_args(argv)
     try:
         rc = int(args.fn(args))
