@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-v3
 # torch is pinned to the local CPU wheel (an unpinned torch pulls GBs of CUDA packages);
 # numpy < 2.4 because triton 3.6's interpreter converts 1-element arrays with int().
 DEPS := torch==2.13.0 "numpy>=1.26,<2.4" triton==3.6.0 apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 ml_dtypes \
-        xgboost optuna "sqlalchemy>=2.0.28" matplotlib psutil nvidia-ml-py pytest hypothesis ruff mypy \
+        xgboost optuna "sqlalchemy>=2.0.28" matplotlib psutil nvidia-ml-py pytest hypothesis ruff mypy scipy \
         "psycopg[binary]" pgserver==0.1.4 cloudpickle
 
 .PHONY: install demo test lint bench-cpu clean

@@ -89,7 +89,7 @@ class SpmmSpec(KernelSpec):
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         if target.kind == "cpu":
-            return {"tile_n": (16, 32, 64, 128, 256, 512), "rows_per_task": (1, 4, 16, 64), "unroll": (1, 2, 4)}
+            return {"tile_n": (16, 32, 64, 128, 256, 512), "tasks": (1, 2, 4, 8, 16, 32, 64)}
         return {"BLOCK_N": (16, 32, 64, 128, 256, 512), "BLOCK_NZ": (4, 8, 16, 32, 64), "SWIZZLE": (0, 1),
                 "num_warps": (1, 2, 4, 8), "num_stages": (1, 2, 3)}
 
@@ -110,7 +110,7 @@ class SpmmSpec(KernelSpec):
 
     def default_config(self, target: Target) -> Config:
         if target.kind == "cpu":
-            return Config(tile_n=max(16, min(512, next_pow2(self.N))), rows_per_task=16, unroll=1)
+            return Config(tile_n=max(16, min(64, next_pow2(self.N))), tasks=8)
         bn = max(16, min(256, next_pow2(self.N)))
         bz = max(4, min(32, MAX_TILE // 2 // bn))
         warps = 4 if bn * bz >= 2048 else 2
@@ -118,7 +118,7 @@ class SpmmSpec(KernelSpec):
 
     def grid(self, config: Config) -> tuple[int, int, int]:
         if "BLOCK_N" not in config:
-            return (-(-self.M // config.int("rows_per_task")), 1, 1)
+            return (config.int("tasks"), 1, 1)
         return (self.M, -(-self.N // config.int("BLOCK_N")), 1)
 
     # -- cost estimates --
