@@ -31,7 +31,8 @@ INDEX32 = 2**31 - 1
 
 def arg_shapes(spec: SpmmSpec) -> list[tuple[int, ...]]:
     """Flat buffers: the inputs, then the [M * N] outputs."""
-    return [(b.numel,) for b in spec.inputs] + [(b.numel,) for b in spec.outputs]
+    shapes: list[tuple[int, ...]] = [(b.numel,) for b in spec.inputs]
+    return shapes + [(b.numel,) for b in spec.outputs]
 
 
 class _Values:
