@@ -13,6 +13,7 @@ from .matmul import MatmulSpec
 from .quant import QuantMatmulSpec
 from .registry import fusion_rules
 from .rowwise import RowwiseSpec
+from .sparse import SpmmSpec
 
 
 def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
@@ -29,4 +30,5 @@ def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
 
 
 __all__ = ["AttentionBwdSpec", "AttentionSpec", "ConfigRejected", "DecodeSpec", "KernelSpec", "LoweringError",
-           "MatmulSpec", "QuantMatmulSpec", "RowwiseSpec", "fusion_rules", "registry", "spec_for"]
+           "MatmulSpec", "QuantMatmulSpec", "RowwiseSpec", "SpmmSpec", "fusion_rules", "registry",
+           "spec_for"]
