@@ -31,11 +31,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
-import statistics
-import time
 from typing import Any
+
+import gpu_env  # bench/gpu_env.py: the scripts run by path, so their folder is on sys.path
 
 FA_SHAPES = [(32, 512), (16, 1024), (8, 2048), (4, 4096), (2, 8192), (1, 16384)]
 # shapes (batch, seqlen); hidden = heads x hdim; section 2: seqlens, heads, hdim, block, densities, sink, local
@@ -49,29 +48,11 @@ PLANS: dict[str, dict[str, Any]] = {
 }
 
 
-def wall_ms(fn: Any, reps: int = 1) -> float:
-    """Median wall-clock milliseconds of `fn()` (the dry run's timer: one run, the interpreter is slow)."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def setup(args: argparse.Namespace) -> dict[str, Any]:
     """Device, target, timer and plan for this run."""
-    if args.dry_run:
-        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-        return {"device": "cpu", "target": "interp", "bench": wall_ms, "plan": PLANS["dry"], "name": "cpu (dry run)"}
-    import torch
-    from triton.testing import do_bench
-
-    assert torch.cuda.is_available(), "bench/attention.py needs a CUDA GPU (or --dry-run)"
-    major, _ = torch.cuda.get_device_capability()
-    return {"device": "cuda", "target": args.target or ("sm_90" if major >= 9 else "sm_80"),
-            "bench": lambda f: do_bench(f, return_mode="median"), "plan": PLANS["quick" if args.quick else "full"],
-            "name": torch.cuda.get_device_name()}
+    env = gpu_env.setup(args, "bench/attention.py")
+    env["plan"] = PLANS["dry" if args.dry_run else "quick" if args.quick else "full"]
+    return env
 
 
 def compile_(env: dict[str, Any], g: Any) -> Any:

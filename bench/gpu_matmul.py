@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
-import statistics
-import time
 from typing import Any
 
+import gpu_env  # bench/gpu_env.py: the scripts run by path, so their folder is on sys.path
 import numpy as np
 
 SIZES = {  # gemm n, MLP token counts, MLP (H, I) or None for the example's own sizes
@@ -30,29 +28,11 @@ SIZES = {  # gemm n, MLP token counts, MLP (H, I) or None for the example's own 
 }
 
 
-def wall_ms(fn: Any, reps: int = 1) -> float:
-    """Median wall-clock milliseconds of `fn()` (the dry run's timer: one run, the interpreter is slow)."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def setup(args: argparse.Namespace) -> dict[str, Any]:
     """Device, target, timer and sizes for this run."""
-    if args.dry_run:
-        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-        return {"device": "cpu", "target": "interp", "bench": wall_ms, "sizes": SIZES["dry"], "name": "cpu (dry run)"}
-    import torch
-    from triton.testing import do_bench
-
-    assert torch.cuda.is_available(), "bench/gpu_matmul.py needs a CUDA GPU (or --dry-run)"
-    major, minor = torch.cuda.get_device_capability()
-    target = args.target or ("sm_90" if major >= 9 else "sm_80")
-    return {"device": "cuda", "target": target, "bench": lambda f: do_bench(f, return_mode="median"),
-            "sizes": SIZES["quick" if args.quick else "full"], "name": torch.cuda.get_device_name()}
+    env = gpu_env.setup(args, "bench/gpu_matmul.py")
+    env["sizes"] = SIZES["dry" if args.dry_run else "quick" if args.quick else "full"]
+    return env
 
 
 def gemm_rows(env: dict[str, Any]) -> list[dict[str, Any]]:
