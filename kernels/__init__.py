@@ -12,6 +12,7 @@ from .base import ConfigRejected, KernelSpec
 from .matmul import MatmulSpec
 from .registry import fusion_rules
 from .rowwise import RowwiseSpec
+from .splat import ProjectSpec
 
 
 def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
@@ -28,4 +29,4 @@ def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
 
 
 __all__ = ["AttentionBwdSpec", "AttentionSpec", "ConfigRejected", "DecodeSpec", "KernelSpec", "LoweringError",
-           "MatmulSpec", "RowwiseSpec", "fusion_rules", "registry", "spec_for"]
+           "MatmulSpec", "ProjectSpec", "RowwiseSpec", "fusion_rules", "registry", "spec_for"]
