@@ -20,10 +20,13 @@ def project_gaussians(means3d: Tensor, scales: Tensor, quats: Tensor, opacities:
 
 def rasterize_gaussians(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor, depths: Tensor,
                         radii: Tensor, width: int, height: int, tile: int = 16,
-                        background: Sequence[float] | None = None, pixel_center: float = 0.5) -> tuple[Tensor, ...]:
-    """Front-to-back alpha compositing (the Inria rules) -> (image [H, W, C], final_T [H, W])."""
+                        background: Sequence[float] | None = None, pixel_center: float = 0.5,
+                        last_contributor: bool = False) -> tuple[Tensor, ...]:
+    """Front-to-back alpha compositing (the Inria rules) -> (image [H, W, C], final_T [H, W]), plus each
+    pixel's last contributing Gaussian (i32 [H, W], -1 for none) with `last_contributor`."""
+    extra = {} if last_contributor is False else {"last_contributor": last_contributor}
     bg = tuple(float(x) for x in background) if background is not None else (0.0,) * colors.shape[1]
     node = make(Op.RASTERIZE_GAUSSIANS, [t.node for t in (means2d, conics, colors, opacities, depths, radii)],
-                width=width, height=height, tile=tile, background=bg, pixel_center=float(pixel_center))
+                width=width, height=height, tile=tile, background=bg, pixel_center=float(pixel_center), **extra)
     return results(node)
 

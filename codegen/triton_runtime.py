@@ -66,8 +66,9 @@ def plan_launcher(mod: ModuleType, plan: LaunchPlan, bound: Mapping[str, Any], i
     """A callable that launches every launch of `plan` in order from the kernel's loaded module `mod`
     with the arguments `bound` (name -> tensor, LaunchPlan.bind) and returns what the first launch
     returned (under the JIT, its compiled kernel). Functions, arguments and keywords are resolved
-    once, here, so a timing loop pays only for the launches."""
-    calls = [(getattr(mod, ln.fn)[ln.grid], ln.values(bound), ln.kwargs(interpret)) for ln in plan.launches]
+    once, here, so a timing loop pays only for the launches. Host steps are called as plain functions."""
+    calls = [(getattr(mod, ln.fn) if ln.host else getattr(mod, ln.fn)[ln.grid], ln.values(bound),
+              {} if ln.host else ln.kwargs(interpret)) for ln in plan.launches]
 
     def run() -> Any:
         first = None

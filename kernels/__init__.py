@@ -14,6 +14,7 @@ from .quant import QuantMatmulSpec
 from .registry import fusion_rules
 from .rowwise import RowwiseSpec
 from .sparse import SpmmSpec
+from .splat import ProjectSpec
 
 
 def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
@@ -30,5 +31,5 @@ def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
 
 
 __all__ = ["AttentionBwdSpec", "AttentionSpec", "ConfigRejected", "DecodeSpec", "KernelSpec", "LoweringError",
-           "MatmulSpec", "QuantMatmulSpec", "RowwiseSpec", "SpmmSpec", "fusion_rules", "registry",
-           "spec_for"]
+           "MatmulSpec", "ProjectSpec", "QuantMatmulSpec", "RowwiseSpec", "SpmmSpec", "fusion_rules",
+           "registry", "spec_for"]

@@ -7,6 +7,12 @@ inputs and outputs, auxiliary tensors the family builds at launch, workspace buf
 launch options. The AOT build, the executors, the tuning runner's builds and measurements and the
 bundle manifest all read the plan instead of re-deriving it.
 
+A launch may be a host step (`Launch.host`): a plain Python function of the kernel's module, called
+with the launch's arguments between device launches, for what no device function does yet (the
+splatting rasterizer's key sort calls torch.sort). Host steps have no grid, are never built into
+binaries (`functions()` leaves them out) and are marked `"host": true` in the manifest: a runtime
+without Python must provide them itself.
+
 This module sits below codegen and kernels so that every one of them may import it; it knows nothing
 of torch (binding values to arguments takes whatever objects the caller allocated)."""
 
@@ -78,7 +84,8 @@ class Workspace:
 @dataclass(frozen=True)
 class Launch:
     """One launch: the jitted function `fn` of the kernel's module on `grid`, its arguments in
-    parameter order, its constexprs and its launch options."""
+    parameter order, its constexprs and its launch options; with `host`, a host step instead (see
+    the module docstring): `fn(*args)` is called as is and grid, constexprs and options are unused."""
 
     fn: str
     grid: tuple[int, ...]
@@ -86,6 +93,7 @@ class Launch:
     constexprs: Mapping[str, Any] = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 2
+    host: bool = False
 
     def signature(self) -> dict[str, str]:
         """Triton types of the pointer arguments, in parameter order (for AOT builds)."""
@@ -104,8 +112,9 @@ class Launch:
         return [bound[a.name] for a in self.args]
 
     def to_json(self) -> dict[str, Any]:
-        return {"function": self.fn, "grid": list(self.grid), "args": [a.name for a in self.args],
-                "constexprs": dict(self.constexprs), "num_warps": self.num_warps, "num_stages": self.num_stages}
+        out = {"function": self.fn, "grid": list(self.grid), "args": [a.name for a in self.args],
+               "constexprs": dict(self.constexprs), "num_warps": self.num_warps, "num_stages": self.num_stages}
+        return {**out, "host": True} if self.host else out
 
 
 @dataclass(frozen=True)
@@ -140,18 +149,21 @@ class LaunchPlan:
             problems += [f"{ln.fn}: argument {a.name} is not one of the plan's arguments"
                          for a in ln.args if names.get(a.name) != a]
             first = built.setdefault(ln.fn, ln)
-            if (first.signature(), dict(first.constexprs), first.options()) != \
-                    (ln.signature(), dict(ln.constexprs), ln.options()):
+            if (first.signature(), dict(first.constexprs), first.options(), first.host) != \
+                    (ln.signature(), dict(ln.constexprs), ln.options(), ln.host):
                 problems.append(f"{ln.fn} is launched twice with different arguments, constexprs or options "
                                 "(one function is one binary)")
+        if not any(not ln.host for ln in self.launches) and self.launches:
+            problems.append("only host steps (a kernel launches at least one device function)")
         if problems:
             raise LaunchPlanError(f"launch plan of {self.kernel}: " + "; ".join(problems))
         for ln in self.launches:  # a grid CUDA refuses is a LimitError naming the launch, before any build
             check_grid(ln.grid, ln.fn)  # the function name starts with the kernel name
 
     def functions(self) -> list[str]:
-        """Each jitted function the plan launches, once, in first-launch order (one binary each)."""
-        return list(dict.fromkeys(ln.fn for ln in self.launches))
+        """Each jitted function the plan launches, once, in first-launch order (one binary each);
+        host steps are not among them."""
+        return list(dict.fromkeys(ln.fn for ln in self.launches if not ln.host))
 
     def launch_of(self, fn: str) -> Launch:
         """The (first) launch of function `fn`."""
