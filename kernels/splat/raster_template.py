@@ -42,6 +42,7 @@ def _rect_{spec.name}(g, ok, {", ".join(dict.fromkeys((o["means2d"].arg, o["radi
 
 
 def _binning(spec: RasterSpec, p: dict[str, str]) -> str:
+    """count -> scan -> emit (device), then sort (a host step) and ranges: the tile binning launches."""
     o, n, name = spec.ops, spec.N, spec.name
     rect_args = ", ".join(dict.fromkeys((o["means2d"].arg, o["radii"].arg)))
     return f'''
@@ -80,7 +81,12 @@ def {name}_emit({p["emit"]}):
         tl.store(keys + base + j, (tid.to(tl.int64) << 32) | dbits, mask=m)
         tl.store(ids + base + j, g, mask=m)
 
+''' + _sort_and_ranges(spec, p)
 
+
+def _sort_and_ranges(spec: RasterSpec, p: dict[str, str]) -> str:
+    n, name = spec.N, spec.name
+    return f'''
 def {name}_sort({p["sort"]}):
     """Host step: sort the keys (stable, so equal depths keep index order) and gather the ids."""
     import torch
