@@ -8,7 +8,7 @@ from ...passes.fusion_rules import GroupRule, PointwiseEpilogue, Prologue
 from ..registry import register_fusion, register_template
 from .spec import SpmmSpec
 
-register_template(SpmmSpec.family, "triton", __name__ + ".triton_csr")
+register_template(SpmmSpec.family, "triton", __name__ + ".triton_template")
 register_template(SpmmSpec.family, "tvm", __name__ + ".tvm_csr")
 # A `sparse` node opens a group named after its op (no family lowers it alone); spmm pulls it in as
 # the prologue of operand 0 when spmm is its only reader. Pointwise consumers of the [M, N] output
