@@ -8,6 +8,7 @@ from ...codegen.triton_expr import TileEmitter, literal, tl_type
 from ...ir.expr import E, Expr
 
 if TYPE_CHECKING:
+    from ..base import KernelSpec
     from .spec import SpmmSpec
 
 IND = "    "
@@ -17,7 +18,7 @@ class Scope:
     """Expressions of one operand's domain rendered at index strings `idx` (one per dimension), loads
     masked by `mask` (zero where it is false)."""
 
-    def __init__(self, spec: SpmmSpec, lines: list[str], indent: str, prefix: str, idx: tuple[str, ...],
+    def __init__(self, spec: KernelSpec, lines: list[str], indent: str, prefix: str, idx: tuple[str, ...],
                  mask: str | None):
         self.spec, self.lines, self.indent, self.prefix, self.idx, self.mask = spec, lines, indent, prefix, idx, mask
         self.loaded: dict[int, str] = {}
