@@ -161,3 +161,18 @@ def test_csr_case_inputs_still_pass_the_check():
     spec = spec_for(kg, kg.kernels[0], "triton")
     ins = spmm_inputs(case, 30, 16, 1)
     spec.check_inputs([ins[b.name] for b in spec.inputs])
+
+
+@pytest.mark.interp
+def test_gcn_example_runs_on_interp(capsys):
+    assert main(["run", "examples/gcn_layer.tf", "--target", "interp", "--set", "E=1500", "--set", "F=16",
+                 "--set", "H=16"]) == 0
+    assert "y: max |err| vs reference" in capsys.readouterr().out
+
+
+def test_gcn_example_runs_on_cpu(capsys):
+    pytest.importorskip("tvm")
+    assert main(["run", "examples/gcn_layer.tf", "--target", "cpu", "--set", "E=1500", "--set", "F=16",
+                 "--set", "H=16"]) == 0
+    out = capsys.readouterr().out
+    assert "y: max |err| vs reference" in out
