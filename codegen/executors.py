@@ -53,7 +53,9 @@ def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
                 arr.fill(poison_value(b.dtype))
             bufs[b.name] = arr
             outs.append(arr)
-        ck.runner([bufs[b.name] for b in ck.spec.inputs], outs)
+        ins = [bufs[b.name] for b in ck.spec.inputs]
+        ck.spec.check_inputs(ins)
+        ck.runner(ins, outs)
     return {name: bufs[b.name] for name, b in cg.pipeline.kernels.outputs}
 
 
@@ -130,7 +132,9 @@ def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
         for b in spec.outputs:
             bufs[b.name] = _alloc(b.shape, b.dtype, device, poison)
             outs.append(bufs[b.name])
-        bound = plan_arguments(spec, ck.config, plan, [bufs[b.name] for b in spec.inputs], outs, device, poison)
+        ins = [bufs[b.name] for b in spec.inputs]
+        spec.check_inputs(ins)  # before any launch: a bad sparse structure would address outside a buffer
+        bound = plan_arguments(spec, ck.config, plan, ins, outs, device, poison)
         ck.runner = ck.runner or load_module(ck.source, interpret)
         plan_launcher(ck.runner, plan, bound, interpret)()
     return {name: bufs[b.name] for name, b in cg.pipeline.kernels.outputs}

@@ -3,7 +3,7 @@ a Config legal on a target, the launch grid, a default Config per arch, and rend
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import TilefuseError
@@ -198,6 +198,14 @@ class KernelSpec:
     def report_lines(self, config: Config) -> list[str]:
         """Extra compile-report lines (e.g. block-sparsity counts)."""
         return []
+
+    # -- run-time input checks --
+    def check_inputs(self, inputs: Sequence[Any]) -> None:
+        """Raise a TilefuseError when the kernel's input arrays (numpy arrays or torch tensors, in
+        `inputs` order) hold values its launches cannot take safely (a sparse structure whose indices
+        would address outside a buffer). The executors call it before each kernel's launches; shapes
+        and dtypes are checked earlier (codegen/input_check.py). By default nothing is checked."""
+        return None
 
     # -- launch plan (families override aux_signature/aux_args, workspaces and launches) --
     def aux_signature(self, config: Config) -> dict[str, str]:

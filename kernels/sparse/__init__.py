@@ -6,9 +6,10 @@ from __future__ import annotations
 from ...ir.ops import Op
 from ...passes.fusion_rules import GroupRule, PointwiseEpilogue, Prologue
 from ..registry import register_fusion, register_template
+from .sddmm import SddmmSpec
 from .spec import SpmmSpec
 
-register_template(SpmmSpec.family, "triton", __name__ + ".triton_csr")
+register_template(SpmmSpec.family, "triton", __name__ + ".triton_template")
 register_template(SpmmSpec.family, "tvm", __name__ + ".tvm_csr")
 # A `sparse` node opens a group named after its op (no family lowers it alone); spmm pulls it in as
 # the prologue of operand 0 when spmm is its only reader. Pointwise consumers of the [M, N] output
@@ -18,4 +19,12 @@ register_fusion(SpmmSpec.family, GroupRule(
     prologues=(Prologue(operands=(0,), kinds=frozenset({"sparse"}), max_cost=1),),
     epilogues=(PointwiseEpilogue(),)))
 
-__all__ = ["SpmmSpec"]
+register_template(SddmmSpec.family, "triton", __name__ + ".triton_sddmm")
+# The pattern's `sparse` node joins sddmm as the prologue of operand 2; pointwise consumers of the
+# [nnz] values (a scale, an exp, a cast) join as the epilogue.
+register_fusion(SddmmSpec.family, GroupRule(
+    "sddmm", anchors=frozenset({Op.SDDMM}),
+    prologues=(Prologue(operands=(2,), kinds=frozenset({"sparse"}), max_cost=1),),
+    epilogues=(PointwiseEpilogue(),)))
+
+__all__ = ["SddmmSpec", "SpmmSpec"]

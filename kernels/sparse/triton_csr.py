@@ -5,55 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...codegen.headers import header
-from ...codegen.triton_expr import TileEmitter, literal, tl_type
-from ...ir.expr import E, Expr
+from ...codegen.triton_expr import tl_type
 from ...schedule.config import Config
+from .triton_common import IND, Scope, store_outputs
 
 if TYPE_CHECKING:
     from .spec import SpmmSpec
-
-IND = "    "
-
-
-class Scope:
-    """Expressions of one operand's domain rendered at index strings `idx` (one per dimension), loads
-    masked by `mask` (zero where it is false)."""
-
-    def __init__(self, spec: SpmmSpec, lines: list[str], indent: str, prefix: str, idx: tuple[str, ...],
-                 mask: str | None):
-        self.spec, self.lines, self.indent, self.prefix, self.idx, self.mask = spec, lines, indent, prefix, idx, mask
-        self.loaded: dict[int, str] = {}
-        self.em = TileEmitter(lines, indent, prefix, self.leaf)
-
-    def leaf(self, e: Expr) -> str | None:
-        if e.op is E.VAR:
-            return "acc"
-        if e.op is E.LOAD:
-            return self.load(e.arg)
-        return None
-
-    def load(self, slot: int) -> str:
-        if slot not in self.loaded:
-            v = self.spec.loads[slot].view
-            terms = [str(v.offset)] if v.offset else []
-            terms += [i if s == 1 else f"{i} * {s}" for i, s in zip(self.idx, v.strides) if s]
-            if len(self.idx) > 1:  # keep the tile's shape when a dimension is broadcast (stride 0)
-                terms.append(f"0 * ({' + '.join(self.idx)})")
-            off = " + ".join(terms) or "0"
-            mask = f", mask={self.mask}, other=0" if self.mask else ""
-            name = f"{self.prefix}l{slot}"
-            self.lines.append(f"{self.indent}{name} = tl.load(in{self.spec.loads[slot].buffer} + ({off}){mask})")
-            self.loaded[slot] = name
-        return self.loaded[slot]
-
-    def emit(self, e: Expr) -> str:
-        """The tile value of `e`; zero where the mask is false (a prologue may map 0 to non-zero)."""
-        v = self.em.emit(e)
-        if e.op is E.LOAD or not self.mask:
-            return v
-        name = f"{self.prefix}m{len(self.lines)}"
-        self.lines.append(f"{self.indent}{name} = tl.where({self.mask}, {v}, 0)")
-        return name
 
 
 def _binning(spec: SpmmSpec, args: str) -> list[str]:
@@ -115,10 +72,5 @@ def render(spec: SpmmSpec, config: Config, interpret: bool = False) -> str:
           f"{IND}rn = tl.max_contiguous(tl.multiple_of(rn, BLOCK_N), BLOCK_N)  # vector loads of B's rows",
           f"{IND}nmask = rn < {spec.N}"]
     _row_loop(spec, L)
-    sc = Scope(spec, L, IND, "o", ("row", "rn"), "nmask")
-    for i, e in spec.outs:
-        v = sc.em.emit(e)
-        if e.op is E.CONST:
-            v = f"tl.full([BLOCK_N], {literal(e.arg, e.dtype)}, {tl_type(e.dtype)})"
-        L.append(f"{IND}tl.store(out{i} + row * {spec.N} + rn, {v}.to({tl_type(spec.outputs[i].dtype)}), mask=nmask)")
+    store_outputs(spec, L, ("row", "rn"), "nmask", "[BLOCK_N]", f"row * {spec.N} + rn")
     return "\n".join(L) + "\n"

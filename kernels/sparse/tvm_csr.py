@@ -78,6 +78,9 @@ def build_module(spec: SpmmSpec, config: Config) -> tvm.IRModule:
     """The PrimFunc `spec.name`(inputs..., outputs...) as described in the module docstring."""
     import tvm
 
+    if spec.format != "csr":
+        raise LoweringError(f"{spec.name}: sparse format {spec.format!r} has no CPU (tvm) template yet; "
+                            "csr has (target 'interp' or a GPU target runs bsr and 2:4)")
     for b in list(spec.inputs) + list(spec.outputs):
         if b.numel > INDEX32:
             raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "
