@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..ir.graph import Graph
+from .family_cases import CASES as MORE_FAMILY_CASES
 
 # (graph, inputs or None for fresh random ones) from (small, rng)
 Builder = Callable[[bool, np.random.Generator], tuple[Graph, dict[str, Any] | None]]
@@ -126,6 +127,7 @@ FAMILY_CASES: dict[str, Builder] = {
     "family:attention_backward": _attention_backward,
     "family:paged_decode": _paged_decode,
 }
+FAMILY_CASES.update(MORE_FAMILY_CASES)
 
 
 def build_case(name: str, small: bool, examples: Path, seed: int) -> tuple[Graph, dict[str, Any] | None]:
