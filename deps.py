@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, str | None]] = {
     "xgboost": ("xgboost", "tune"),
     "matplotlib": ("matplotlib", "tune"),
     "psycopg": ("psycopg[binary]", "postgres"),
+    "plyfile": ("plyfile", "splat"),
     "torch": ("torch", None),
 }
 TORCH_HINT = "install the torch build for your machine (https://pytorch.org/get-started/locally/)"

@@ -145,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     from .tune import register as register_tune
     from .costmodel import register as register_costmodel
     from .export import register as register_export
+    from .render import register as register_render
 
     register_tune(sub)
     register_db(sub)
     register_costmodel(sub)
     register_export(sub)
+    register_render(sub)
     args = p.parse_args(argv)
     try:
         rc = int(args.fn(args))
