@@ -26,6 +26,7 @@ EXAMPLE_SIZES: dict[str, dict[str, dict[str, int]]] = {
     "decoder_mlp": {"small": {"T": 4, "H": 64, "I": 96}, "gpu": {"T": 16, "H": 4096, "I": 11008}},
     "streaming_attention": {"small": {"S": 64, "D": 32}, "gpu": {"S": 1024, "D": 128}},
     "gcn_layer": {"small": {"E": 1500, "F": 16, "H": 16}, "gpu": {"E": 4096, "F": 64, "H": 32}},
+    "splat_render": {"small": {"N": 128}, "gpu": {"N": 256}},  # the 64x48 image is fixed in the attributes
 }
 
 

@@ -189,3 +189,38 @@ def test_render_cli_refuses_bad_options_in_one_line(tmp_path, capsys, args, matc
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ")
     assert re.search(match, err[0]), err[0]
+
+
+def test_sampled_splat_operands_are_valid():
+    """tilefuse run's random inputs for the splatting ops: a scene the projection accepts and that is mostly
+    visible, and for a standalone rasterizer positive-definite conics, positive depths and radii."""
+    from tilefuse.ir.sampling import random_inputs
+    from tilefuse.ir.text import load_graph
+
+    ins = random_inputs(load_graph("examples/splat_render.tf", {"N": 400}), seed=7)
+    assert (ins["scales"] > 0).all() and (np.linalg.norm(ins["quats"], axis=1) > 1e-3).all()
+    assert ((ins["opacities"] > 0) & (ins["opacities"] < 1)).all()
+    assert ((ins["colors"] >= 0) & (ins["colors"] <= 1)).all()
+    k, v = ins["K"], ins["viewmat"].astype(np.float64)
+    assert k[0, 0] > 0 and k[1, 1] > 0 and k[2, 2] == 1 and k[0, 1] == k[1, 0] == 0
+    assert np.allclose(v[:3, :3] @ v[:3, :3].T, np.eye(3), atol=1e-5) and np.allclose(v[3], [0, 0, 0, 1])
+    z = (ins["means"] @ v[:3, :3].T + v[:3, 3])[:, 2]
+    assert 0.85 < (z > 1).mean() < 1 and (z < 0).any()  # mostly in front, a few behind the camera
+
+    import tilefuse as tf
+    g = tf.GraphBuilder("raster_only")
+    ts = [g.input(name, shape, d) for name, shape, d in (
+        ("m2d", (300, 2), "f32"), ("con", (300, 3), "f32"), ("feat", (300, 16), "f32"), ("opac", (300,), "f32"),
+        ("dep", (300,), "f32"), ("rad", (300,), "i32"))]
+    g.output("img", tf.rasterize_gaussians(*ts, width=64, height=48)[0])
+    r = random_inputs(g.build(), seed=1)
+    a, b, c = r["con"].T.astype(np.float64)
+    assert (a > 0).all() and (a * c - b * b > 0).all() and (r["dep"] > 0).all() and (r["rad"] > 0).all()
+    assert r["feat"].shape == (300, 16) and ((r["feat"] >= 0) & (r["feat"] <= 1)).all()
+
+
+@pytest.mark.interp
+def test_splat_example_runs_on_interp(capsys):
+    assert main(["run", "examples/splat_render.tf", "--target", "interp", "--set", "N=128"]) == 0
+    out = capsys.readouterr().out
+    assert "image: max |err| vs reference" in out and "T: max |err| vs reference" in out and "FAIL" not in out
