@@ -3,12 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-v4
-# Dependencies come from pyproject.toml's extras (cpu, gpu, tune, postgres via all; dev), so the two
+STAMP := $(VENV)/.installed-v5
+# Dependencies come from pyproject.toml's extras (cpu, gpu, tune, postgres via all; splat; dev), so the two
 # cannot drift. PINS are only what a user install leaves open: torch is the local CPU wheel (an unpinned
 # torch pulls GBs of CUDA packages), numpy < 2.4 (triton 3.6's interpreter converts 1-element arrays
 # with int()), apache-tvm-ffi 0.1.14 (0.1.15 segfaults with TVM 0.27), pgserver runs the PostgreSQL tests.
-EXTRAS := all,dev
+EXTRAS := all,splat,dev
 PINS := torch==2.13.0 "numpy>=1.26,<2.4" apache-tvm-ffi==0.1.14.post1 pgserver==0.1.4
 
 .PHONY: install demo test lint bench-cpu gpu-check clean
