@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import fuzzing  # noqa: E402
-from fuzz_check import STAGES, Outcome, Worker  # noqa: E402
+from fuzz_check import STAGES, Outcome, Worker, known_elsewhere  # noqa: E402
 
 RANDOM_SEED_SHARE = 0.25  # mutants whose seed is a fresh random graph; the rest mutate a stored text
 
@@ -85,12 +85,14 @@ class Tally:
                 self.rejected_at[out.stage] += 1
             if out.status != "crash":
                 return
-            row = self.crashes.setdefault(out.signature, {"count": 0, "stages": {}, "first": None})
+            row = self.crashes.setdefault(out.signature, {"count": 0, "stages": {}, "elsewhere": 0, "first": None})
+            row["elsewhere"] += known_elsewhere(out) is not None
             row["count"] += 1
             row["stages"][out.stage] = row["stages"].get(out.stage, 0) + 1
             first = row["first"]
             if first is None or mutant["index"] < first["index"]:
-                row["first"] = {**mutant, "stage": out.stage, "error": out.error, "trace": out.trace}
+                row["first"] = {**mutant, "stage": out.stage, "error": out.error, "trace": out.trace,
+                                "known_elsewhere": known_elsewhere(out)}
 
 
 def run_campaign(args: argparse.Namespace) -> tuple[Tally, float]:
@@ -145,6 +147,7 @@ def results(args: argparse.Namespace, tally: Tally, seconds: float) -> dict[str,
                      "seconds": round(seconds, 1), "python": platform.python_version()},
             "mutants": tally.done, "status": tally.status, "rejected_at": tally.rejected_at,
             "crash_signatures": len(sigs),
+            "crashes_known_elsewhere": sum(row["elsewhere"] for _, row in sigs),
             "signatures": [{"signature": s, **row} for s, row in sigs]}
 
 
@@ -157,11 +160,15 @@ def markdown(doc: dict[str, Any]) -> str:
              f"**{doc['status']['crash']} crashes** in {doc['crash_signatures']} signature(s).", "",
              "Rejections by step: " + ", ".join(f"{k} {v}" for k, v in doc["rejected_at"].items()), ""]
     if doc["signatures"]:
-        lines += ["| count | signature | steps | first mutant | error |", "|---|---|---|---|---|"]
+        lines += ["Known elsewhere: crashes of a class another branch is fixing (tests/fuzz_check.py KNOWN_ELSEWHERE).",
+                  "", "| count | known elsewhere | signature | steps | first mutant | error |",
+                  "|---|---|---|---|---|---|"]
         for s in doc["signatures"]:
             err = s["first"]["error"].replace("|", "\\|").replace("\n", " ")[:120]
             steps = ", ".join(f"{k} {v}" for k, v in s["stages"].items())
-            lines.append(f"| {s['count']} | `{s['signature']}` | {steps} | {s['first']['index']} | {err} |")
+            cls = s["first"]["known_elsewhere"] or "-"
+            lines.append(f"| {s['count']} | {s['elsewhere']} ({cls}) | `{s['signature']}` | {steps} | "
+                         f"{s['first']['index']} | {err} |")
     return "\n".join(lines) + "\n"
 
 
