@@ -114,10 +114,12 @@ def run_campaign(args: argparse.Namespace) -> tuple[Tally, float]:
                     return
                 mutant = draw_mutant(args.seed, index, seeds)
                 tally.add(mutant, worker.check(mutant["text"]))
-                if tally.done % args.progress == 0:
-                    rate = tally.done / (time.monotonic() - t0)
-                    print(f"{tally.done} mutants ({rate:.1f}/s): {tally.status}, {len(tally.crashes)} signatures",
-                          file=sys.stderr, flush=True)
+                if tally.done % args.progress == 0:  # progress, and a checkpoint an interrupted run leaves behind
+                    with tally.lock:
+                        doc = results(args, tally, time.monotonic() - t0)
+                    save(args, doc)
+                    print(f"{doc['mutants']} mutants ({doc['mutants'] / doc['meta']['seconds']:.1f}/s): "
+                          f"{doc['status']}, {doc['crash_signatures']} signatures", file=sys.stderr, flush=True)
         finally:
             worker.close()
 
@@ -172,6 +174,17 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """Write bench/results/fuzz_campaign-<machine>.json and .md (each replaced whole, never half written)."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"fuzz_campaign-{args.machine}"
+    for path, text in ((stem.with_name(stem.name + ".json"), json.dumps(doc, indent=1) + "\n"),
+                       (stem.with_name(stem.name + ".md"), markdown(doc))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
 def recheck(path: Path, args: argparse.Namespace) -> int:
     """Re-run each stored first reproducer of `path`; print which still crash (and how). Exit 1 if any."""
     doc = json.loads(path.read_text())
@@ -208,10 +221,7 @@ def main() -> int:
         return recheck(args.recheck, args)
     tally, seconds = run_campaign(args)
     doc = results(args, tally, seconds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"fuzz_campaign-{args.machine}"
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(doc))
+    save(args, doc)
     print(markdown(doc))
     return 1 if doc["status"]["crash"] else 0
 

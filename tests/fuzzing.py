@@ -27,7 +27,7 @@ EDGE_NUMBERS = [str(v) for v in _INT_EDGES] + [str(-v) for v in _INT_EDGES if v]
 # Identifiers of the text form: op names, dtypes, attribute names, expression heads, keywords.
 VOCAB = ["graph", "input", "output", "pointwise", "reduce", "matmul", "reshape", "permute", "expand", "slice",
          "attention", "attention_bwd", "paged_attention", "result", "copy", "dequantize", "spmm", "sddmm",
-         "f16", "bf16", "f32", "f64", "i8", "i16", "i32", "i64", "u8", "u32", "u4", "i4", "bool", "f8e4m3",
+         "f16", "bf16", "f32", "f64", "i8", "i16", "i32", "i64", "u8", "int4", "uint4", "int2", "bool", "f8e4m3",
          "f8e5m2", "expr", "op", "axes", "keepdim", "out_dtype", "trans_a", "trans_b", "shape", "perm", "starts",
          "stops", "steps", "scale", "mask_mod", "score_mod", "results", "index", "return_lse", "true", "false",
          "none", "sum", "max", "min", "mean", "add", "sub", "mul", "div", "where", "cast", "load", "lt", "le",
