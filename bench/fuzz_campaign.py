@@ -186,19 +186,26 @@ def save(args: argparse.Namespace, doc: dict[str, Any]) -> None:
 
 
 def recheck(path: Path, args: argparse.Namespace) -> int:
-    """Re-run each stored first reproducer of `path`; print which still crash (and how). Exit 1 if any."""
+    """Re-run each stored first reproducer of `path` on this checkout; print, and write beside it as
+    <name>-recheck.md, which signatures still crash (and how) and their class. Exit 1 if any does."""
     doc = json.loads(path.read_text())
     worker = Worker(timeout=args.timeout, mem_bytes=int(args.mem_gib * (1 << 30)))
+    rows = ["| signature | count | now | known elsewhere |", "|---|---|---|---|"]
     still = 0
     try:
         for s in doc["signatures"]:
             out = worker.check(s["first"]["text"])
-            now = out.signature if out.status == "crash" else f"{out.status} ({out.error[:100]})"
-            still += out.status == "crash"
-            print(f"{'CRASH' if out.status == 'crash' else 'fixed'}  {s['signature']}  ->  {now}")
+            crashed = out.status == "crash"
+            still += crashed
+            now = f"CRASH `{out.signature}`" if crashed else f"fixed ({out.status}: {out.error[:90]})"
+            rows.append(f"| `{s['signature']}` | {s['count']} | {now.replace('|', '/')} | "
+                        f"{(known_elsewhere(out) if crashed else None) or '-'} |")
     finally:
         worker.close()
-    print(f"{still} of {len(doc['signatures'])} reproducers still crash")
+    text = "\n".join([f"# Recheck of {path.name} at commit {args.commit} ({datetime.date.today().isoformat()})", "",
+                      f"{still} of {len(doc['signatures'])} first reproducers still crash.", ""] + rows) + "\n"
+    path.with_name(path.stem + "-recheck.md").write_text(text)
+    print(text)
     return 1 if still else 0
 
 
