@@ -1,9 +1,8 @@
 """What a bundle launches, per GPU architecture: the launch list and the workspace layout.
 
-`launch_list` is the one function here that knows how a compiled kernel is launched (function,
-grid, arguments by role, warps, stages, shared memory). It derives that from the spec, the config
-and the binaries exactly as codegen/executors.py does today; when `KernelSpec.launch_plan(config)`
-lands it replaces the body of `launch_list` and nothing else in export/ changes.
+Both come from each kernel's `KernelSpec.launch_plan(config)`, the one description of a kernel's
+launches that the AOT build, the executors and the tuner also read; here each plan argument is
+resolved to a graph input, a graph output or an offset into the bundle's one workspace.
 """
 
 from __future__ import annotations
@@ -65,9 +64,8 @@ def workspace_layout(cg: Any) -> list[Region]:
     offset = 0
     for ck in cg.kernels:
         items = [(b.name, b.dtype, tuple(b.shape)) for b in ck.spec.outputs if b.role == "temp"]
-        ws = ck.spec.workspace_shape(ck.config)
-        if ws is not None:
-            items.append((f"{ck.spec.name}.ws", dt.f32, tuple(ws)))
+        items += [(f"{ck.spec.name}.{w.name}", dt.dtype(w.dtype), tuple(w.shape))
+                  for w in ck.spec.launch_plan(ck.config).workspaces]
         for what, dtype, shape in items:
             nbytes = max(1, _numel(shape)) * dtype.itemsize
             regions.append(Region(what, dtype.name, shape, offset, nbytes))
@@ -96,16 +94,21 @@ def _where(cg: Any, regions: list[Region]) -> dict[str, tuple[str, int]]:
 
 
 def check_expressible(cg: Any) -> None:
-    """Refuse kernels whose launch needs tensors computed at launch time (attention's block lists): the
-    C API passes only inputs, outputs and workspace offsets."""
+    """Refuse kernels whose launch needs more than inputs, outputs and workspace offsets: tensors
+    computed at launch time (attention's block lists), host steps (a sort on the host) and workspaces
+    that must be zero-filled before the first launch."""
     for ck in cg.kernels:
-        aux = ck.spec.aux_signature(ck.config)
-        if aux:
-            raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) takes auxiliary tensors {sorted(aux)} that "
-                              "are computed at launch time (block lists); bundles cannot express them yet")
+        plan = ck.spec.launch_plan(ck.config)
+        aux = sorted(a.name for a in plan.args if a.role == "aux")
+        host = [ln.fn for ln in plan.launches if ln.host]
+        zeroed = [w.name for w in plan.workspaces if w.zeroed]
+        what = (f"auxiliary tensors {aux} computed at launch time (block lists)" if aux else
+                f"host steps {host}" if host else f"zero-filled workspaces {zeroed}" if zeroed else None)
+        if what is not None:
+            raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) needs {what}; bundles cannot express "
+                              "them yet")
 
 
-# ---- the launch list: swap for KernelSpec.launch_plan(config) when it lands ----------------------
 def launch_list(cg: Any, arch: str) -> list[Launch]:
     """The launches of `cg` (compiled for `arch`) in order, each argument resolved to an input, an output
     or a workspace offset (call check_expressible first)."""
@@ -113,21 +116,15 @@ def launch_list(cg: Any, arch: str) -> list[Launch]:
     where = _where(cg, workspace_layout(cg))
     out: list[Launch] = []
     for ck in cg.kernels:
-        spec, config = ck.spec, ck.config
-        names = spec.arg_names()
-        buffers = [b.name for b in spec.inputs + spec.outputs]
-        pairs = list(zip(names, buffers))
-        if spec.workspace_shape(config) is not None:
-            pairs.append(("ws", f"{spec.name}.ws"))
-        args = tuple(Arg(name, *where[buf], buf) for name, buf in pairs)
-        grid = tuple(int(g) for g in spec.grid(config))
-        functions = [(spec.name, grid)]
-        if spec.workspace_shape(config) is not None:
-            functions.append((f"{spec.name}_finish", (grid[0], 1, grid[2])))
-        for fn, g in functions:
-            binary = ck.binaries[arch][fn]
-            out.append(Launch(spec.name, fn, (g[0], g[1], g[2]), args, config.int("num_warps"),
-                              config.int("num_stages"), binary))
+        spec = ck.spec
+        plan = spec.launch_plan(ck.config)
+        buffers = {"input": [b.name for b in spec.inputs], "output": [b.name for b in spec.outputs],
+                   "workspace": [f"{spec.name}.{w.name}" for w in plan.workspaces]}
+        for ln in plan.launches:
+            args = tuple(Arg(a.name, *where[buffers[a.role][a.index]], buffers[a.role][a.index]) for a in ln.args)
+            grid = tuple(int(g) for g in ln.grid) + (1,) * (3 - len(ln.grid))
+            out.append(Launch(spec.name, ln.fn, (grid[0], grid[1], grid[2]), args, ln.num_warps, ln.num_stages,
+                              ck.binaries[arch][ln.fn]))
     return out
 
 
