@@ -1,21 +1,22 @@
-# tilefuse: `make demo` (environment + the main job on the embedded example), `make test`.
+# tilefuse: `make demo` (environment + the main job on the embedded example), `make test`,
+# `make gpu-check` (the one command to run when a GPU is lent; README "GPU check").
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-v3
-# torch is pinned to the local CPU wheel (an unpinned torch pulls GBs of CUDA packages);
-# numpy < 2.4 because triton 3.6's interpreter converts 1-element arrays with int().
-DEPS := torch==2.13.0 "numpy>=1.26,<2.4" triton==3.6.0 apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 ml_dtypes \
-        xgboost optuna "sqlalchemy>=2.0.28" matplotlib psutil nvidia-ml-py pytest hypothesis ruff mypy \
-        "psycopg[binary]" pgserver==0.1.4 cloudpickle
+STAMP := $(VENV)/.installed-v5
+# Dependencies come from pyproject.toml's extras (cpu, gpu, tune, postgres via all; splat; dev), so the two
+# cannot drift. PINS are only what a user install leaves open: torch is the local CPU wheel (an unpinned
+# torch pulls GBs of CUDA packages), numpy < 2.4 (triton 3.6's interpreter converts 1-element arrays
+# with int()), apache-tvm-ffi 0.1.14 (0.1.15 segfaults with TVM 0.27), pgserver runs the PostgreSQL tests.
+EXTRAS := all,splat,dev
+PINS := torch==2.13.0 "numpy>=1.26,<2.4" apache-tvm-ffi==0.1.14.post1 pgserver==0.1.4
 
-.PHONY: install demo test lint bench-cpu clean
+.PHONY: install demo test lint bench-cpu gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(DEPS)
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q $(PINS) -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +32,16 @@ lint: install
 
 test: lint
 	$(VENV)/bin/pytest
+
+# gpu-check needs no .venv and installs nothing: a GPU machine's torch must not be reinstalled (the pinned
+# CPU wheel above would replace its CUDA build). It runs the .venv's python when there is one, else the
+# system python3 (override: make gpu-check GPU_CHECK_PYTHON=...), with this checkout on the import path
+# as package `tilefuse` through a temp dir's symlink (the trick the lint target uses). Options go in
+# GPU_CHECK_ARGS, e.g. GPU_CHECK_ARGS="--cases 'family:*' --only kernels". Exit status 1: a check failed.
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	d=$$(mktemp -d) && ln -s "$(CURDIR)" "$$d/tilefuse" && PYTHONPATH="$$d$${PYTHONPATH:+:$$PYTHONPATH}" \
+	  $(GPU_CHECK_PYTHON) -m tilefuse.gpu_check $(GPU_CHECK_ARGS); rc=$$?; rm -rf "$$d"; exit $$rc
 
 bench-cpu: install
 	$(PY) bench/cpu_matmul.py

@@ -5,12 +5,12 @@ from typing import Any
 from .frontend import (GraphBuilder, Tensor, abs, apply, cast, cos, exp, exp2, expand, gelu, layer_norm, log,
                        log1p, matmul, max, maximum, mean, min, minimum, permute, reduce, relu, reshape,
                        rms_norm, rsqrt, sigmoid, silu, sin, slice_, softmax, sqrt, sum, tanh, where)
-from .frontend_ext import (AWQ_PACK_ORDER, NF4_CODEBOOK, attention, block_mask, causal_mask, dequantize,
-                           dequantize_awq, dequantize_fp8_block, dequantize_nf4, document_mask, per_head_mask,
-                           project_gaussians, rasterize_gaussians, sddmm, sliding_window_mask, softcap_score,
-                           sparse_24, sparse_bsr, sparse_csr, spmm, streaming_mask, strided_mask, topk_block_mask)
-from .frontend_ext import page_summaries, paged_attention, paginate, quantize_kv, recent_cache
-from .frontend_ext import attention_backward, softmax_threshold
+from .builders import (AWQ_PACK_ORDER, NF4_CODEBOOK, attention, attention_backward, block_mask, causal_mask,
+                       dequantize, dequantize_awq, dequantize_fp8_block, dequantize_nf4, document_mask,
+                       page_summaries, paged_attention, paginate, per_head_mask, project_gaussians, quantize_kv,
+                       rasterize_gaussians, recent_cache, sddmm, sliding_window_mask, softcap_score,
+                       softmax_threshold, sparse_24, sparse_bsr, sparse_csr, spmm, streaming_mask, strided_mask,
+                       topk_block_mask)
 from .ir import Graph, ParseError, VerifyError, load_graph, parse_graph
 
 __version__ = "0.1.0"
@@ -29,7 +29,9 @@ __all__ += ["attention_backward", "softmax_threshold"]
 
 
 def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb
-    """Compile a graph (or GraphBuilder) for `target` ("cpu", "interp", "sm_80", "sm_90")."""
-    from .compiler import compile_graph
+    """Compile a graph (or GraphBuilder) for `target` ("cpu", "interp", "sm_80", "sm_90"); keywords as
+    compiler.compile_graph (configs, aot, db, cost_model), any other is a CompileOptionError."""
+    from .compiler import check_compile_options, compile_graph
 
+    check_compile_options(kw)
     return compile_graph(graph, target=target, **kw)

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 
 from .schedule.config import Config
 from .schedule.target import Target, get_target
+from .deps import available, require
 from .errors import RuntimeUnavailable, TilefuseError  # noqa: F401 - RuntimeUnavailable re-exported
 from .ir.graph import Graph, as_graph
-from .kernels import KernelSpec, spec_for
+from .kernels import KernelSpec, fusion_rules, spec_for
 from .passes import PipelineResult, run_pipeline
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 class CompileError(TilefuseError, RuntimeError):
     """A graph that cannot be compiled for the requested target."""
+
+
+class CompileOptionError(TilefuseError, TypeError):
+    """`tilefuse.compile` called with keyword arguments it does not take (a TypeError, as Python's own)."""
 
 
 @dataclass
@@ -66,13 +71,16 @@ class CompiledGraph:
         self.output_names = [name for name, _ in graph.outputs]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run on inputs given positionally (declaration order) or by name; one output, or a tuple."""
+        from .codegen.input_check import InputTypeError
+
         if len(args) > len(self.input_names):
-            raise TypeError(f"{self.graph.name} takes {len(self.input_names)} inputs ({self.input_names}), "
-                            f"got {len(args)}")
+            raise InputTypeError(f"{self.graph.name} takes {len(self.input_names)} inputs ({self.input_names}), "
+                                 f"got {len(args)}")
         inputs = dict(zip(self.input_names, args))
         for k, v in kwargs.items():
             if k in inputs:
-                raise TypeError(f"input {k!r} given twice")
+                raise InputTypeError(f"{self.graph.name}: input {k!r} given twice (positionally and by name)")
             inputs[k] = v
         outs = self.run(inputs)
         res = tuple(outs[n] for n in self.output_names)
@@ -80,16 +88,14 @@ class CompiledGraph:
 
     def run(self, inputs: Mapping[str, Any], poison: bool = False) -> dict[str, Any]:
         """Run every kernel; `poison` fills outputs and temporaries with NaN / 0x7f.. first, so
-        an element a kernel fails to write cannot pass a comparison."""
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise TypeError(f"{self.graph.name}: missing inputs {missing}")
-        for n in self.graph.inputs:
-            x = inputs[n.attr("name")]
-            if tuple(x.shape) != n.shape:
-                raise ValueError(f"input {n.attr('name')}: expected shape {list(n.shape)}, got {list(x.shape)}")
+        an element a kernel fails to write cannot pass a comparison. Inputs are checked first
+        (codegen/input_check.py: InputTypeError / InputValueError name the input)."""
         from .codegen import executors
+        from .codegen.input_check import check_inputs
 
+        check_inputs(self.graph, self.target.backend, inputs)
+        if self.target.backend == "triton":
+            require("torch", f"running a graph compiled for target {self.target.name!r}")
         return executors.run(self, dict(inputs), poison)
 
     def report(self) -> str:
@@ -112,27 +118,20 @@ class ConfigSources:
 def open_sources(target: Target, db: Any = "auto", cost_model: Any = "auto") -> ConfigSources:
     """The database and cost model `compile` consults. "auto" opens the default database and model
     only if they already exist (compiling never creates them); None disables each."""
-    from .settings import get_settings
+    from .settings import costmodel_to_load, get_settings
 
     src = ConfigSources()
     if target.kind == "interp":  # interpreter timings say nothing about a device
         return src
     st = get_settings()
     if db is not None:
-        from .autotune.database import MissingDatabaseError, TuningDB
-        from .autotune.device import device_for_target
-
-        if db == "auto":
-            try:
-                src.db = TuningDB(st.db_url, create=False)
-            except MissingDatabaseError:  # nothing tuned yet
-                pass
-        else:
-            src.db = TuningDB(db, create=False) if isinstance(db, str) else db
+        src.db = _open_db(st.db_url if db == "auto" else db, auto=db == "auto")
         if src.db is not None:
+            from .autotune.device import device_for_target
+
             src.device = device_for_target(target.name)
     if cost_model == "auto":
-        cost_model = st.model_dir if (st.model_dir / "meta.json").exists() else None
+        cost_model = costmodel_to_load(st)  # warns once when TILEFUSE_COSTMODEL names no model
     if cost_model is not None:
         from .costmodel.models import load_model
 
@@ -142,6 +141,31 @@ def open_sources(target: Target, db: Any = "auto", cost_model: Any = "auto") -> 
 
             src.device = device_for_target(target.name)
     return src
+
+
+def _open_db(db: Any, auto: bool) -> Any:
+    """The tuning database `db` (a URL or an open TuningDB); with `auto`, None when nothing was tuned yet."""
+    if not isinstance(db, str):
+        return db
+    # A bare install (no sqlalchemy) has tuned nothing, so the default database missing is the common
+    # case: compile without it rather than ask for the [tune] extra. A database that is there is read.
+    if auto and not available("sqlalchemy") and not _sqlite_file_may_exist(db):
+        return None
+    require("sqlalchemy", f"reading the tuning database {db}")
+    from .autotune.database import MissingDatabaseError, TuningDB
+
+    if not auto:
+        return TuningDB(db, create=False)
+    try:
+        return TuningDB(db, create=False)
+    except MissingDatabaseError:  # nothing tuned yet
+        return None
+
+
+def _sqlite_file_may_exist(url: str) -> bool:
+    """False only for a sqlite:/// URL whose file is absent (TuningDB decides everything else)."""
+    prefix = "sqlite:///"
+    return not url.startswith(prefix) or Path(url[len(prefix):]).exists()
 
 
 def _legal_candidates(spec: KernelSpec, target: Target, n: int) -> list[Config]:
@@ -217,7 +241,8 @@ def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str
     tgt = get_target(target)
     if tgt.kind == "interp":
         ensure_interpreter()
-    pipeline = run_pipeline(g)
+    require_backend(tgt)
+    pipeline = run_pipeline(g, fusion_rules())
     kg = pipeline.kernels
     sources = open_sources(tgt, db, cost_model)
     compiled: list[CompiledKernel] = []
@@ -231,6 +256,52 @@ def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str
     return CompiledGraph(g, tgt, pipeline, compiled)
 
 
+def require_backend(tgt: Target) -> None:
+    """MissingDependency (naming the extra) unless the backend that builds kernels for `tgt` is installed."""
+    if tgt.backend == "tvm":
+        require("tvm", f"target {tgt.name!r} (the TVM CPU backend)")
+    else:
+        require("triton", f"target {tgt.name!r} (Triton)")
+
+
+def check_compile_options(options: Mapping[str, Any]) -> None:
+    """CompileOptionError naming every keyword that compile_graph does not take (and those it does)."""
+    import inspect
+
+    accepted = [n for n in inspect.signature(compile_graph).parameters if n not in ("graph", "target")]
+    unknown = sorted(k for k in options if k not in accepted)
+    if unknown:
+        raise CompileOptionError(f"compile: unknown keyword argument{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(unknown)}; accepted: target, {', '.join(accepted)}")
+
+
+def check_against_reference(cg: CompiledGraph, seed: int = 0, inputs: Mapping[str, Any] | None = None
+                            ) -> list[tuple[str, float, float, bool]]:
+    """Run `cg` with poisoned outputs on `inputs` (default: fresh random ones drawn with `seed`) and
+    compare each output with the numpy reference: (output, max error, bound, ok) each."""
+    import numpy as np
+
+    from .ir import dtypes as dt
+    from .ir.reference import evaluate
+    from .ir.sampling import random_inputs
+
+    ins = dict(inputs) if inputs is not None else random_inputs(cg.graph, seed)
+    outs = cg.run(ins, poison=True)
+    ref = evaluate(cg.graph, ins)
+    rows = []
+    for name, node in cg.graph.outputs:
+        got = outs[name]
+        if hasattr(got, "detach"):
+            got = got.detach().cpu().float().numpy() if node.dtype.is_float else got.detach().cpu().numpy()
+        got = np.asarray(got, dtype=np.float64)
+        rtol, atol = dt.tolerance(node.dtype)
+        scale = float(np.max(np.abs(ref[name]))) if ref[name].size else 1.0
+        err = float(np.max(np.abs(got - ref[name]))) if got.size else 0.0
+        bound = atol * max(1.0, scale) + rtol * scale
+        rows.append((name, err, bound, bool(np.isfinite(err) and err <= bound)))
+    return rows
+
+
 def _build(spec: KernelSpec, config: Config, source: str, tgt: Target, aot: bool) -> CompiledKernel:
     if tgt.kind == "cpu":
         from .codegen import tvm_runtime
@@ -239,6 +310,7 @@ def _build(spec: KernelSpec, config: Config, source: str, tgt: Target, aot: bool
         mod = tvm_runtime.build(spec, config, default_cache())
         return CompiledKernel(spec, config, source, tvm_runtime.source(spec, config), runner=mod,
                               cached=bool(getattr(mod, "from_cache", False)))
+    spec.launch_plan(config)  # checks every launch's grid: a launch CUDA refuses fails before any build
     text = spec.render_triton(config, interpret=tgt.kind == "interp")
     ck = CompiledKernel(spec, config, source, text)
     if tgt.kind == "cuda" and aot:
@@ -248,15 +320,16 @@ def _build(spec: KernelSpec, config: Config, source: str, tgt: Target, aot: bool
 
 
 def build_aot(spec: KernelSpec, config: Config, text: str, tgt: Target) -> dict[str, Any]:
-    """Cubins for every jitted function of the kernel's module on `tgt` (function name -> binary)."""
+    """Cubins for every jitted function the kernel's launch plan launches on `tgt` (function name ->
+    binary), each with its own launch's signature, constexprs and options."""
     from .codegen.aot import build_triton
     from .codegen.cache import default_cache
 
-    sig = spec.triton_signature(config)
-    fns = [spec.name] + ([f"{spec.name}_finish"] if "ws" in sig else [])
+    plan = spec.launch_plan(config)
     out = {}
-    for fn in fns:
-        out[fn] = build_triton(text, fn, sig, spec.triton_constexprs(config), arch=tgt.arch,
-                               num_warps=config.int("num_warps"), num_stages=config.int("num_stages"),
-                               divisible_by_16=tuple(sig), cache=default_cache())
+    for fn in plan.functions():
+        ln = plan.launch_of(fn)
+        sig = ln.signature()
+        out[fn] = build_triton(text, fn, sig, dict(ln.constexprs), arch=tgt.arch, num_warps=ln.num_warps,
+                               num_stages=ln.num_stages, divisible_by_16=tuple(sig), cache=default_cache())
     return out

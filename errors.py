@@ -16,3 +16,14 @@ class LoweringError(TilefuseError, NotImplementedError):
 
 class RuntimeUnavailable(TilefuseError, RuntimeError):
     """A compiled graph that cannot run here (e.g. an sm_90 build on a machine without a GPU)."""
+
+
+class MissingDependency(TilefuseError, ImportError):
+    """An optional dependency that is not installed: names it and the extra (`tilefuse[EXTRA]`) that installs it.
+
+    Also an ImportError, so code that treats a missing optional module as "feature unavailable" keeps working."""
+
+    def __init__(self, message: str, module: str, extra: str | None) -> None:
+        super().__init__(message)
+        self.name = module
+        self.extra = extra

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from .errors import TilefuseError
 
-__all__ = ["Settings", "SettingsError", "database_url", "get_settings", "reload_settings"]
+__all__ = ["Settings", "SettingsError", "costmodel_to_load", "database_url", "get_settings", "reload_settings"]
+
+logger = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -33,6 +36,7 @@ class Settings:
     jobs: int
     threads: int  # threads a CPU (TVM) kernel runs on; 0 = the backend's default (physical cores)
     triton_interpret: bool
+    model_dir_set: bool = False  # TILEFUSE_COSTMODEL named model_dir (not the default place)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -46,6 +50,7 @@ class Settings:
             jobs=_jobs(env),
             threads=_count(env, "TILEFUSE_THREADS") if env.get("TILEFUSE_THREADS", "").strip() else 0,
             triton_interpret=_bool(env, "TRITON_INTERPRET"),
+            model_dir_set=bool(env.get("TILEFUSE_COSTMODEL", "").strip()),
         )
 
 
@@ -101,6 +106,27 @@ def _model_dir(env: Mapping[str, str]) -> Path:
     if value:
         return Path(value).expanduser()
     return _xdg(env, "XDG_DATA_HOME", ".local/share") / "tilefuse" / "costmodel"
+
+
+_warned_model_dirs: set[Path] = set()
+
+
+def costmodel_to_load(settings: Settings) -> Path | None:
+    """The cost-model directory `compile` loads by default: `settings.model_dir` when it holds a saved
+    model (meta.json), else None. Nothing there is normal at the default place (no model trained yet);
+    a TILEFUSE_COSTMODEL that names a missing path, a file or a directory without a model is a mistake
+    the user should hear of, once per path and process (a warning: the setting stays usable as the
+    place `costmodel train` saves to)."""
+    path = settings.model_dir
+    if (path / "meta.json").is_file():
+        return path
+    if settings.model_dir_set and path not in _warned_model_dirs:
+        _warned_model_dirs.add(path)
+        what = ("does not exist" if not path.exists() else "is a file, not a model directory" if not path.is_dir()
+                else "holds no saved cost model (no meta.json)")
+        logger.warning("TILEFUSE_COSTMODEL=%s %s; configs are chosen without a cost model. Point it at a "
+                       "directory written by `tilefuse costmodel train`, or unset it", path, what)
+    return None
 
 
 def _bool(env: Mapping[str, str], var: str) -> bool:

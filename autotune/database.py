@@ -7,12 +7,16 @@ default driver). It stores decisions and measurements, never binaries. Every wri
 a tuner killed with SIGKILL loses nothing it committed; writes that collide with another writer (a
 locked SQLite file, a PostgreSQL deadlock or serialization failure) run again.
 
-The layout, its versions and migrations are in ``db_schema``. A file that is not SQLite, a database with
-other applications' tables and no ``meta`` table, or a newer schema raises DatabaseError.
+The layout, its versions and migrations are in ``db_schema``; SQLite connections in ``db_sqlite``. A file
+that is not SQLite, a database with other applications' tables and no ``meta`` table, or a newer schema
+raises DatabaseError. Readers (``create=False``) create and change nothing: they open a SQLite file
+read-only (immutable in a directory they may not write) and take a database without tables for a missing
+one; writers switch a file to WAL only once it has proved to be ours.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -28,13 +32,13 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
 from ..schedule.config import Config, canonical_json
-from .db_schema import (MIGRATIONS, SCHEMA_VERSION, DatabaseError, MissingDatabaseError, devices_t, open_schema,
-                        records_t, workloads_t)
-from ..schedule.records import Measurement, Record, Status, ranked
+from .db_schema import (MIGRATIONS, SCHEMA_VERSION, DatabaseError, MissingDatabaseError, SchemaMigrationNeeded,
+                        devices_t, open_schema, records_t, workloads_t)
+from ..schedule.records import Measurement, Record, Status, ranked, read_jsonl
+from .db_sqlite import BUSY_TIMEOUT_S, connect_reader, on_begin, on_connect
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "MissingDatabaseError", "TuningDB", "iter_jsonl"]
 
-_BUSY_TIMEOUT_S = 60.0
 T = TypeVar("T")
 
 
@@ -43,8 +47,9 @@ class TuningDB:
 
     def __init__(self, url: str | None = None, *, create: bool = True) -> None:
         """Open the database at `url` (an SQLAlchemy URL or a path to a SQLite file; default: the
-        TILEFUSE_DB setting). With create=False a SQLite file that does not exist yet raises
-        MissingDatabaseError instead of becoming a new, empty database (for commands that only read)."""
+        TILEFUSE_DB setting). With create=False (for commands that only read) a database that does not
+        exist yet, or has no tables, raises MissingDatabaseError instead of becoming a new, empty one, and
+        a SQLite file is opened read-only."""
         from ..settings import SettingsError, database_url, get_settings
 
         if url is None:
@@ -61,16 +66,35 @@ class TuningDB:
                                 "'sqlite:///path/tuning.db' or 'postgresql://host/db'") from None
         self._sqlite = self._sa_url.get_backend_name() == "sqlite"
         self.is_server = not self._sqlite  # a database server several machines can share
-        if not create and self._sqlite and self._sa_url.database not in (None, "", ":memory:") \
-                and not Path(self._sa_url.database).expanduser().exists():
+        file = self._sa_url.database if self._sqlite else None
+        self._file = Path(file).expanduser() if file not in (None, "", ":memory:") else None
+        if not create and self._file is not None and not self._file.exists():
             raise MissingDatabaseError(f"no tuning database at {self._sa_url.database} (nothing has been tuned "
                                        "into it; `tilefuse tune --db` creates one)")
+        # Readers open a SQLite file read-only (db_sqlite.connect_reader): a read never changes a file (not even its
+        # journal mode, nor one that turns out not to be ours), and a directory they may not write is no bar.
+        self._readonly = not create and self._file is not None
         self._engine = self._make_engine()
         try:
-            self._retry(self._open_schema)
+            self._open(create or (self._sqlite and self._file is None))  # in memory: always a new database
         except DatabaseError:
             self._engine.dispose()
             raise
+
+    def _open(self, create: bool) -> None:
+        """Check (readers) or create and migrate (writers) the schema; writers switch a file to WAL."""
+        try:
+            self._retry(lambda: self._open_schema(create, migrate=not self._readonly))
+        except SchemaMigrationNeeded as err:  # an older schema of ours: migrate it if this process may write it
+            self._engine.dispose()
+            self._readonly = False
+            self._engine = self._make_engine()
+            try:
+                self._retry(lambda: self._open_schema(False, migrate=True))
+            except DatabaseError as again:
+                raise DatabaseError(f"{err} ({again})") from None
+        if self._file is not None and not self._readonly:
+            self._retry(self._use_wal)
 
     # -- connection handling
 
@@ -83,16 +107,17 @@ class TuningDB:
     def _make_engine(self) -> Engine:
         kw: dict[str, Any] = {}
         if self._sqlite:
-            path = self._sa_url.database
-            if path in (None, "", ":memory:"):
+            if self._file is None:
                 kw["poolclass"] = sa.pool.StaticPool  # one shared in-memory database
                 kw["connect_args"] = {"check_same_thread": False}
+            elif self._readonly:
+                kw["creator"] = functools.partial(connect_reader, self._file)
             else:
                 try:
-                    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                    self._file.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as err:
                     raise DatabaseError(f"cannot create the directory of {self._where}: {err}") from None
-                kw["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
+                kw["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
         else:
             kw["pool_pre_ping"] = True  # a server restart or an idle timeout must not break a long sweep
         try:
@@ -100,8 +125,8 @@ class TuningDB:
         except (ImportError, sa.exc.ArgumentError) as err:
             raise DatabaseError(f"cannot use {self._where}: {err} (is its driver installed?)") from None
         if self._sqlite:
-            sa.event.listen(engine, "connect", _sqlite_on_connect)
-            sa.event.listen(engine, "begin", _sqlite_on_begin)
+            sa.event.listen(engine, "connect", on_connect)
+            sa.event.listen(engine, "begin", on_begin)
         return engine
 
     def _tx(self, write: bool) -> Any:
@@ -114,22 +139,34 @@ class TuningDB:
     def _retry(self, fn: Callable[[], T]) -> T:
         """Run `fn`, retrying while another writer holds the lock; translate driver errors."""
         delay = 0.01
-        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
             try:
                 return fn()
             except sa.exc.DBAPIError as err:
-                if _transient(err) and time.monotonic() < deadline:
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 0.5)
-                    continue
-                raise DatabaseError(f"cannot use {self._where}: {err.orig}") from None
-            except sqlite3.DatabaseError as err:  # raised by the connect hook, before SQLAlchemy wraps it
-                raise DatabaseError(f"cannot use {self._where}: {err}") from None
+                if not (_transient(err) and time.monotonic() < deadline):
+                    raise DatabaseError(f"cannot use {self._where}: {err.orig}") from None
+            except sqlite3.DatabaseError as err:  # from the connect hook or a raw connection: not wrapped
+                text = str(err).lower()
+                if not (("locked" in text or "busy" in text) and time.monotonic() < deadline):
+                    raise DatabaseError(f"cannot use {self._where}: {err}") from None
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.5)
 
-    def _open_schema(self) -> None:
-        with self._tx(write=True) as conn:
-            open_schema(conn, self._where)
+    def _open_schema(self, create: bool, migrate: bool) -> None:
+        with self._tx(write=not self._readonly) as conn:
+            open_schema(conn, self._where, create=create, migrate=migrate)
+
+    def _use_wal(self) -> None:
+        """Switch a file of ours to WAL (readers then run beside one writer); it stays so, in the file.
+        Outside any transaction, which cannot change the journal mode."""
+        raw = self._engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.close()
+        finally:
+            raw.close()
 
     def close(self) -> None:
         """Release every connection."""
@@ -276,17 +313,9 @@ class TuningDB:
         return n
 
     def import_jsonl(self, fp: IO[str]) -> int:
-        """Validate every line, then add them all in one transaction; returns how many were new."""
-        name = getattr(fp, "name", "<stream>")
-        batch = []
-        for lineno, line in enumerate(fp, 1):
-            if not line.strip():
-                continue
-            try:
-                batch.append(Record.from_json(line))
-            except ValueError as err:
-                raise DatabaseError(f"{name}:{lineno}: {err}; nothing was imported") from None
-        return self.add_many(batch)
+        """Validate every line (records.read_jsonl), then add them all in one transaction; returns how many
+        were new. A bad line raises RecordError naming its number, and nothing is added."""
+        return self.add_many(read_jsonl(fp, getattr(fp, "name", "<stream>")))
 
 
 class _Tx:
@@ -324,24 +353,6 @@ def _transient(err: sa.exc.DBAPIError) -> bool:
     return isinstance(err, sa.exc.OperationalError) and ("locked" in text or "busy" in text)  # SQLite
 
 
-def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
-    # Let SQLAlchemy's "begin" hook issue BEGIN (pysqlite's implicit one is deferred and cannot
-    # wait for the write lock); WAL lets readers run beside one writer.
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    try:
-        cur.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = FULL")  # a commit is on disk when add() returns
-        cur.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cur.close()
-
-
-def _sqlite_on_begin(conn: Connection) -> None:
-    conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
-
-
 def _record_row(rec: Record) -> dict[str, Any]:
     m = rec.measurement
     return {"key": rec.key, "workload_key": rec.workload_key, "device_key": rec.device_key,
@@ -363,11 +374,7 @@ def _row_record(row: Any) -> Record:
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[Record]:
-    """Records of a JSON-lines file (a bench/data dataset), validated line by line."""
+    """Records of a JSON-lines file (a bench/data dataset), all validated before the first is yielded."""
     with open(path, encoding="utf-8") as fp:
-        for lineno, line in enumerate(fp, 1):
-            if line.strip():
-                try:
-                    yield Record.from_json(line)
-                except ValueError as err:
-                    raise DatabaseError(f"{path}:{lineno}: {err}") from None
+        records = read_jsonl(fp, str(path))
+    yield from records

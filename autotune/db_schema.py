@@ -13,8 +13,8 @@ Schema (version 2)::
 timings interleaved with them (Measurement.reference), '[]' where the runner did not pair.
 Version 0 (the first layout) had no ``records.features`` and no ``devices.arch`` column; version 1
 had no ``records.reference``. Both are upgraded in place by ``MIGRATIONS``. A database with other
-applications' tables and no ``meta`` table, or with a newer schema, raises DatabaseError. The SQL is
-portable (SQLite and PostgreSQL).
+applications' tables and no ``meta`` table, or with a newer schema, raises DatabaseError; readers
+neither create tables nor, when they may not write, migrate. The SQL is portable (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from ..errors import TilefuseError
 
 __all__ = ["APP", "COEXISTING_TABLES", "MIGRATIONS", "SCHEMA_VERSION", "DatabaseError", "MissingDatabaseError",
-           "devices_t", "meta_t", "metadata", "open_schema", "records_t", "workloads_t"]
+           "SchemaMigrationNeeded", "devices_t", "meta_t", "metadata", "open_schema", "records_t", "workloads_t"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +104,16 @@ def _migrate_v1_to_v2(conn: Connection) -> None:
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2}
 
 
-def open_schema(conn: Connection, where: str) -> None:
-    """Create the tables in an empty database, check an existing one and migrate it to SCHEMA_VERSION;
-    DatabaseError (naming `where`) for a foreign or newer database. Runs inside the caller's transaction."""
-    if conn.dialect.name == "postgresql":  # serialise first-time creation across machines
+class SchemaMigrationNeeded(DatabaseError):
+    """An older schema met by a reader that may not write (open_schema(..., migrate=False))."""
+
+
+def open_schema(conn: Connection, where: str, *, create: bool = True, migrate: bool = True) -> None:
+    """Check an existing database and migrate it to SCHEMA_VERSION; create the tables in an empty one.
+    DatabaseError (naming `where`) for a foreign or newer database. Readers pass create=False (an empty
+    database is MissingDatabaseError, and nothing is written) and, when they may not write, migrate=False
+    (an older schema is SchemaMigrationNeeded). Runs inside the caller's transaction."""
+    if conn.dialect.name == "postgresql" and create:  # serialise first-time creation across machines
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(7426845)"))
     tables = set(sa.inspect(conn).get_table_names())
     if "meta" not in tables:
@@ -116,6 +122,9 @@ def open_schema(conn: Connection, where: str) -> None:
             raise DatabaseError(f"{where} is not a tilefuse tuning database: it has no 'meta' table and holds "
                                 f"other tables ({', '.join(foreign[:8])}); "
                                 "point --db/TILEFUSE_DB at a new or tilefuse-made database")
+        if not create:
+            raise MissingDatabaseError(f"no tuning database in {where}: it has no tables yet (nothing has been "
+                                       "tuned into it; `tilefuse tune --db` or `tilefuse db import` makes one)")
         metadata.create_all(conn)
         conn.execute(meta_t.insert().values(app=APP, schema_version=SCHEMA_VERSION))
         return
@@ -130,6 +139,9 @@ def open_schema(conn: Connection, where: str) -> None:
     if version > SCHEMA_VERSION:
         raise DatabaseError(f"{where} has tuning-database schema {version}, written by a newer tilefuse; "
                             f"this one reads schemas up to {SCHEMA_VERSION}: upgrade tilefuse")
+    if version < SCHEMA_VERSION and not migrate:
+        raise SchemaMigrationNeeded(f"{where} has schema {version}, which must be migrated to {SCHEMA_VERSION} "
+                                    "by a tilefuse that may write it (run `tilefuse db show` as its owner)")
     while version < SCHEMA_VERSION:
         if version not in MIGRATIONS:
             raise DatabaseError(f"{where} has schema {version}, which has no migration to {SCHEMA_VERSION}")

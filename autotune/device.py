@@ -24,16 +24,15 @@ import json
 import logging
 import os
 import platform
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import TilefuseError
 from ..schedule.config import canonical_json, sha256_json
 from ..schedule.target import Target, get_target
+from .cpu_info import describe_cpu
 
 __all__ = ["FINGERPRINT_SCHEMA", "NOMINAL", "Device", "DeviceError", "cpu_device", "detect_devices",
            "device_for_target", "gpu_status"]
@@ -81,11 +80,6 @@ print(json.dumps(out))
 """
 
 # x86 and Arm ISA extensions that change what a CPU kernel can use; the fingerprint keeps these.
-_ISA_FLAGS = frozenset({
-    "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512cd", "avx512bw", "avx512dq",
-    "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx512vbmi", "avx_vnni", "amx_tile",
-    "amx_bf16", "amx_int8", "amx_fp16", "asimd", "asimdhp", "asimddp", "sve", "sve2", "bf16", "i8mm", "sme",
-})
 
 # A rough sustained STREAM-triad bandwidth per core of a current server CPU. Only used for
 # roofline fractions on CPU; good to about a factor of two.
@@ -147,6 +141,11 @@ class Device:
             return float(self.num_units * fp["max_sm_clock_mhz"] * 1e6 * per)
         lanes, fma_units = _cpu_simd(fp.get("isa", []))
         return float(self.num_units * fp["max_mhz"] * 1e6 * lanes * 2 * fma_units)
+
+    @property
+    def vector_bytes(self) -> int:
+        """Bytes of one SIMD register (cpu: 64 with AVX-512, 32 with AVX/AVX2, 16 otherwise); 0 (cuda)."""
+        return 0 if self.kind == "cuda" else 4 * _cpu_simd(self.fingerprint.get("isa", []))[0]
 
     @property
     def mem_bandwidth(self) -> float:
@@ -323,87 +322,9 @@ def _try(fn: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------ CPU
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
-def _size_bytes(s: str) -> int:
-    m = re.fullmatch(r"(\d+)\s*([KMG]?)B?", s.strip(), re.IGNORECASE)
-    if not m:
-        return 0
-    return int(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2).upper()]
-
-
-def _cpu_caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> dict[str, int]:
-    """Cache sizes of one core (L1d, L1i, L2) and of its shared last level (L3), in bytes."""
-    out = {"l1d_bytes": 0, "l1i_bytes": 0, "l2_bytes": 0, "l3_bytes": 0}
-    for idx in sorted(root.glob("index*")):
-        level, kind = _read(idx / "level"), _read(idx / "type")
-        size = _size_bytes(_read(idx / "size"))
-        if level == "1":
-            out["l1i_bytes" if kind == "Instruction" else "l1d_bytes"] = size
-        elif level in ("2", "3"):
-            out[f"l{level}_bytes"] = size
-    return out
-
-
-def _cpuinfo(text: str) -> tuple[dict[str, str], int, int, int]:
-    """First processor's fields, and the counts of sockets, physical cores and logical CPUs."""
-    first: dict[str, str] = {}
-    cores: set[tuple[str, str]] = set()
-    sockets: set[str] = set()
-    threads = 0
-    for block in text.split("\n\n"):
-        fields = {}
-        for line in block.splitlines():
-            k, sep, v = line.partition(":")
-            if sep:
-                fields[k.strip()] = v.strip()
-        if "processor" not in fields:
-            continue
-        threads += 1
-        first = first or fields
-        sockets.add(fields.get("physical id", "0"))
-        cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
-    return first, len(sockets) or 1, len(cores) or (os.cpu_count() or 1), threads or (os.cpu_count() or 1)
-
-
-def _max_mhz(info: dict[str, str]) -> int:
-    # Prefer a fixed number: cpufreq's maximum, then the clock in the model name; the current
-    # "cpu MHz" moves with frequency scaling, so it is rounded to 100 MHz as a last resort.
-    khz = _read(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"))
-    if khz.isdigit():
-        return int(khz) // 1000
-    m = re.search(r"@\s*([\d.]+)\s*GHz", info.get("model name", ""))
-    if m:
-        return int(round(float(m.group(1)) * 1000))
-    try:
-        return int(round(float(info.get("cpu MHz", "0")) / 100.0)) * 100
-    except ValueError:
-        return 0
-
-
 def cpu_fingerprint(cpuinfo_text: str | None = None) -> dict[str, Any]:
     """The identity of the host CPU, from /proc/cpuinfo and sysfs (stable across calls)."""
-    if cpuinfo_text is None:
-        cpuinfo_text = _read(Path("/proc/cpuinfo"))
-    info, sockets, cores, threads = _cpuinfo(cpuinfo_text)
-    flags = set((info.get("flags") or info.get("Features") or "").split())
-    name = info.get("model name") or info.get("Processor") or platform.processor() or platform.machine()
-    fp: dict[str, Any] = {
-        "fingerprint_schema": FINGERPRINT_SCHEMA, "kind": "cpu", "name": name, "arch": "cpu",
-        "machine": platform.machine(), "vendor": info.get("vendor_id") or info.get("CPU implementer", ""),
-        "family": info.get("cpu family") or info.get("CPU architecture", ""),
-        "model": info.get("model") or info.get("CPU part", ""),
-        "stepping": info.get("stepping") or info.get("CPU revision", ""),
-        "sockets": sockets, "cores": cores, "threads": threads, "max_mhz": _max_mhz(info),
-        "isa": sorted(flags & _ISA_FLAGS),
-    }
-    fp.update(_cpu_caches())
-    return fp
+    return {"fingerprint_schema": FINGERPRINT_SCHEMA, **describe_cpu(cpuinfo_text)}
 
 
 def cpu_device() -> Device:

@@ -53,10 +53,10 @@ class SpecRef:
 def resolve(ref: SpecRef) -> KernelSpec:
     """Rebuild the spec `ref` names (runs the pass pipeline on its graph text)."""
     from ..ir.text import parse_graph
-    from ..kernels import spec_for
+    from ..kernels import fusion_rules, spec_for
     from ..passes import run_pipeline
 
-    kg = run_pipeline(parse_graph(ref.graph_text)).kernels
+    kg = run_pipeline(parse_graph(ref.graph_text), fusion_rules()).kernels
     for k in kg.kernels:
         if k.name == ref.kernel:
             spec = spec_for(kg, k, ref.backend)
@@ -71,13 +71,22 @@ def resolve(ref: SpecRef) -> KernelSpec:
 def kernel_inputs(spec: KernelSpec, seed: int) -> list[np.ndarray]:
     """Fresh random inputs for the kernel's input buffers (never zeros): floats ~ N(0, 1), a matmul's
     B operand scaled by 1/sqrt(K) as weights are initialised (cli.random_inputs), small ints, bools."""
-    from ..ir.sampling import random_array, weight_scales
+    from ..ir.sampling import random_array, sparse_structures, weight_scales
 
     scales = weight_scales(spec.kernel.group.nodes)
     by_buffer = {spec.kg.buffers[i].name: s for i, s in scales.items() if i in spec.kg.buffers}
+    # valid sparse structures (indptr, indices, 2:4 meta) for the sparse tensors the kernel builds
+    structures = {spec.kg.buffers[i].name: a for i, a in
+                  sparse_structures(spec.kernel.group.nodes, np.random.default_rng([seed, 1])).items()
+                  if i in spec.kg.buffers}
     rng = np.random.default_rng(seed)
-    return [np.ascontiguousarray(np.asarray(random_array(rng, b.shape, b.dtype, by_buffer.get(b.name, 1.0)))
-                                 .astype(dt.storage_numpy(b.dtype))) for b in spec.inputs]
+    out = []
+    for b in spec.inputs:
+        x = structures.get(b.name)
+        if x is None:
+            x = random_array(rng, b.shape, b.dtype, by_buffer.get(b.name, 1.0))
+        out.append(np.ascontiguousarray(np.asarray(x).astype(dt.storage_numpy(b.dtype))))
+    return out
 
 
 def kernel_reference(spec: KernelSpec, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

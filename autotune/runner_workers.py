@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..schedule.config import Config
+from ..schedule.launch import LaunchPlan
 from ..codegen.executors import poison_value
 from ..ir.dtypes import storage_numpy
 from .measure import CacheFlusher, Expected, expected_outputs, kernel_inputs, resolve, time_paired
@@ -151,48 +152,20 @@ class _GpuState:
     flush: Any
 
 
-@dataclass(frozen=True)
-class _LaunchPlan:
-    """The jitted functions of one candidate and how they are called: the main kernel, the split-K
-    finishing kernel when the family has a workspace, and the keyword arguments and grid they share.
-    The measurement launch and the parallel build both use it, so both reach Triton's cache key."""
-
-    main: Any
-    finish: Any | None
-    kw: dict[str, Any]
-    grid: tuple[int, ...]
-
-    @staticmethod
-    def of(spec: Any, config: Config, source: str) -> _LaunchPlan:
-        from ..codegen.triton_runtime import load_module
-
-        mod = load_module(source, interpret=False)
-        finish = getattr(mod, f"{spec.name}_finish") if spec.workspace_shape(config) is not None else None
-        return _LaunchPlan(getattr(mod, spec.name), finish,
-                           {**spec.triton_constexprs(config), **spec.launch_options(config)}, spec.grid(config))
-
-    def functions(self) -> list[Any]:
-        return [self.main] if self.finish is None else [self.main, self.finish]
-
-
 def _gpu_launcher(spec: Any, config: Config, source: str, inputs: list[Any],
                   device: str = "cuda") -> tuple[Callable[[], Any], list[Any]]:
+    """The candidate's launch plan as one callable on `inputs` (fresh outputs, aux tensors such as
+    block lists, workspaces), JIT-compiled on first call, and its output tensors."""
     import torch
 
+    from ..codegen.executors import plan_arguments
+    from ..codegen.triton_runtime import load_module, plan_launcher
     from ..ir import dtypes as dt
 
-    plan = _LaunchPlan.of(spec, config, source)
+    plan = spec.launch_plan(config)
     outs = [torch.empty(b.shape, dtype=dt.to_torch(b.dtype), device=device) for b in spec.outputs]
-    args = spec.launch_args(config, list(inputs), outs, device)  # aux tensors (block lists) and workspace too
-    main, finish, kw, grid = plan.main, plan.finish, plan.kw, plan.grid
-
-    def launch() -> Any:
-        k = main[grid](*args, **kw)
-        if finish is not None:
-            finish[grid[:1] + (1,) + grid[2:]](*args, **kw)
-        return k
-
-    return launch, outs
+    bound = plan_arguments(spec, config, plan, list(inputs), outs, device)
+    return plan_launcher(load_module(source, interpret=False), plan, bound, interpret=False), outs
 
 
 def device_inputs(spec: Any, host: list[np.ndarray], device: str) -> list[Any]:
@@ -327,13 +300,13 @@ def use_target_only_driver(arch: int) -> None:
         driver.set_active(TargetOnlyDriver(arch))
 
 
-def mock_launch_args(spec: Any, config: Config) -> list[Any]:
-    """Stand-ins for the launch arguments of `spec` under `config` (spec.launch_args order): the torch
-    dtype of each pointer, which `JITFunction.warmup` specializes as a 16-byte aligned tensor of that
-    dtype, as the measurement worker's freshly allocated tensors are."""
+def mock_launch_args(plan: LaunchPlan) -> dict[str, Any]:
+    """Stand-ins for the arguments of `plan` (name -> the torch dtype of the pointer), which
+    `JITFunction.warmup` specializes as a 16-byte aligned tensor of that dtype, as the measurement
+    worker's freshly allocated tensors are."""
     from ..ir import dtypes as dt
 
-    return [dt.torch_of_triton_sig(ty.removeprefix("*")) for ty in spec.triton_signature(config).values()]
+    return {a.name: dt.torch_of_triton_sig(a.triton_type.removeprefix("*")) for a in plan.args}
 
 
 def gpu_prebuild(req: dict[str, Any]) -> str:
@@ -341,6 +314,8 @@ def gpu_prebuild(req: dict[str, Any]) -> str:
     the measurement worker's JIT finds them; '' on success (or a hit), else the compile error, which
     includes a kernel needing more shared memory per block than the target has (Triton would refuse
     to launch it: OutOfResources)."""
+    from ..codegen.triton_runtime import load_module
+
     spec = resolve(req["spec"])
     config = Config.from_json(req["config"])
     target = get_target(req["arch"])
@@ -348,13 +323,15 @@ def gpu_prebuild(req: dict[str, Any]) -> str:
         raise ValueError(f"gpu_prebuild for {target.name}: not a CUDA target")
     use_target_only_driver(target.arch)
     try:
-        plan = _LaunchPlan.of(spec, config, spec.render_triton(config))
-        args = mock_launch_args(spec, config)
-        for fn in plan.functions():
-            compiled = fn.warmup(*args, grid=plan.grid, **plan.kw)
+        plan = spec.launch_plan(config)
+        mod = load_module(spec.render_triton(config), interpret=False)
+        mocks = mock_launch_args(plan)
+        for name in plan.functions():
+            ln = plan.launch_of(name)
+            compiled = getattr(mod, name).warmup(*ln.values(mocks), grid=ln.grid, **ln.kwargs(interpret=False))
             shared = int(getattr(compiled.metadata, "shared", 0) or 0)
             if target.max_shared_bytes and shared > target.max_shared_bytes:
-                return (f"OutOfResources: {fn.__name__} needs {shared} bytes of shared memory per block, "
+                return (f"OutOfResources: {name} needs {shared} bytes of shared memory per block, "
                         f"{target.name} has {target.max_shared_bytes}")
     except Exception as exc:  # noqa: BLE001 - any compiler failure is this candidate's compile error
         return _msg(exc)

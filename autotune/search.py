@@ -79,13 +79,11 @@ def toolchain() -> dict[str, str]:
 
 
 def roofline_seconds(spec: KernelSpec, device: Any) -> float:
-    """The fastest the kernel could be: max(FLOPs / peak FLOP/s, minimal bytes / bandwidth)."""
-    from ..ir import dtypes as dt
+    """The fastest the kernel could be (costmodel.roofline: max(FLOPs / peak, minimal bytes / the
+    bandwidth of the memory level they fit in))."""
+    from ..costmodel.roofline import roofline_bound
 
-    op_dtype = getattr(spec, "operand_dtype", None)
-    peak = device.peak_f32_flops if op_dtype in (dt.f32, dt.f64) or op_dtype is None else device.peak_flops
-    flops = float(spec.flops())
-    return max(flops / peak if peak > 0 else 0.0, float(spec.bytes_moved()) / max(1.0, device.mem_bandwidth))
+    return roofline_bound(spec, device).seconds
 
 
 def make_record(spec: KernelSpec, config: Config, device: Any, m: Measurement) -> Record:
@@ -124,11 +122,9 @@ def tune_kernel(spec: KernelSpec, device: Any, runner: Any, db: TuningDB, *, bud
     since_best = 0
     n_batch = batch or BATCH[strategy]
     while len(res.trials) < budget:
-        if time_limit is not None and time.monotonic() - t0 >= time_limit:
-            res.stopped = "time_limit"
-            break
-        if patience is not None and since_best >= patience:
-            res.stopped = "patience"
+        stop = _stop_reason(t0, time_limit, patience, since_best)
+        if stop is not None:
+            res.stopped = stop
             break
         if not queue:
             _absorb(db, spec, device, strat, measured)  # pick up concurrent tuners' records
@@ -148,20 +144,48 @@ def tune_kernel(spec: KernelSpec, device: Any, runner: Any, db: TuningDB, *, bud
         strat.observe(rec)
         res.trials.append((config, m))
         res.statuses[m.status.value] = res.statuses.get(m.status.value, 0) + 1
-        # the strategy has observed every measured record: its times are this workload's comparable ones
-        t = strat.seconds.get(config)
-        prior = min((v for c, v in strat.seconds.items() if v is not None and c != config), default=None)
-        since_best = 0 if t is not None and (prior is None or t < prior * (1.0 - IMPROVEMENT)) else since_best + 1
-        best_t = t if t is not None and (prior is None or t < prior) else prior
+        improved, best_t = _after_trial(strat, config)
+        since_best = 0 if improved else since_best + 1
         if progress is not None:
-            elapsed = time.monotonic() - t0
-            done = len(res.trials)
-            eta = elapsed / done * (budget - done) if done else None
-            if time_limit is not None and eta is not None:
-                eta = min(eta, max(0.0, time_limit - elapsed))
-            progress(ProgressEvent(spec.name, spec.family, done, budget, best_t,
-                                   roof / best_t if best_t and roof > 0 else None, elapsed, eta, m.status))
-    # Paired times are rescaled as the reference's pooled median settles: report them all at the end's.
+            progress(_progress_event(spec, res, budget, best_t, roof, m, t0, time_limit))
+    _summarize(res, strat, default, earlier)
+    res.elapsed = time.monotonic() - t0
+    return res
+
+
+def _stop_reason(t0: float, time_limit: float | None, patience: int | None, since_best: int) -> str | None:
+    """Why tuning stops before the next trial ("time_limit", "patience"), or None to go on."""
+    if time_limit is not None and time.monotonic() - t0 >= time_limit:
+        return "time_limit"
+    if patience is not None and since_best >= patience:
+        return "patience"
+    return None
+
+
+def _after_trial(strat: Strategy, config: Config) -> tuple[bool, float | None]:
+    """Whether `config`'s time beat every earlier one by IMPROVEMENT, and the best time so far. The
+    strategy has observed every measured record: its times are this workload's comparable ones."""
+    t = strat.seconds.get(config)
+    prior = min((v for c, v in strat.seconds.items() if v is not None and c != config), default=None)
+    improved = t is not None and (prior is None or t < prior * (1.0 - IMPROVEMENT))
+    best_t = t if t is not None and (prior is None or t < prior) else prior
+    return improved, best_t
+
+
+def _progress_event(spec: KernelSpec, res: TuneResult, budget: int, best_t: float | None, roof: float,
+                    m: Any, t0: float, time_limit: float | None) -> ProgressEvent:
+    elapsed = time.monotonic() - t0
+    done = len(res.trials)
+    eta = elapsed / done * (budget - done) if done else None
+    if time_limit is not None and eta is not None:
+        eta = min(eta, max(0.0, time_limit - elapsed))
+    return ProgressEvent(spec.name, spec.family, done, budget, best_t,
+                         roof / best_t if best_t and roof > 0 else None, elapsed, eta, m.status)
+
+
+def _summarize(res: TuneResult, strat: Strategy, default: Config | None, earlier: set[Config]) -> None:
+    """Fill the result's default, best and running-best history from the strategy's final times.
+    Paired times are rescaled as the reference's pooled median settles: report them all at the end's."""
     times = {c: v for c, v in strat.seconds.items() if v is not None}
     res.default_seconds = times.get(default) if default is not None else None
     best = _best(times)
@@ -173,8 +197,6 @@ def tune_kernel(spec: KernelSpec, device: Any, runner: Any, db: TuningDB, *, bud
         if v is not None and (running is None or v < running):
             running = v
         res.history.append(running)
-    res.elapsed = time.monotonic() - t0
-    return res
 
 
 def _absorb(db: TuningDB, spec: KernelSpec, device: Any, strat: Strategy, measured: dict[Config, Record]) -> None:

@@ -116,7 +116,8 @@ class SearchSpace:
         return Config(d)
 
     def sample(self, rng: random.Random, n: int, exclude: Iterable[Config] = ()) -> list[Config]:
-        """Up to `n` distinct legal configs not in `exclude`, uniformly at random."""
+        """Up to `n` distinct legal configs not in `exclude`, uniformly at random; fewer only when the space
+        has no more (an empty answer is what tells a search that it has measured the whole space)."""
         skip = set(exclude)
         if self.enumerable:
             pool = [c for c in self.legal() if c not in skip]
@@ -129,6 +130,33 @@ class SearchSpace:
             if c not in skip and self.is_legal(c):
                 skip.add(c)
                 out.append(c)
+        if not out and n > 0:
+            # Rejection sampling found nothing: legal configs are rare here, or nearly all measured. Give
+            # up only after a walk over the whole product, so that "nothing" means "exhausted".
+            out = self._walk(rng, n, skip)
+        return out
+
+    def _walk(self, rng: random.Random, n: int, skip: set[Config]) -> list[Config]:
+        """Up to `n` legal configs not in `skip`, from every config of the product visited once, starting
+        at a random one with a random stride coprime to the product (a permutation, in O(1) memory).
+        Verdicts are not cached: a walk may visit the whole product."""
+        p = self.product
+        start = rng.randrange(p)
+        stride = rng.randrange(1, p) if p > 1 else 1
+        while math.gcd(stride, p) != 1:
+            stride += 1
+        out: list[Config] = []
+        for i in range(p):
+            c = self.config_at((start + i * stride) % p)
+            if c in skip:
+                continue
+            legal = self._verdicts.get(c)
+            if legal is None:
+                legal = set(c) == set(self.knobs) and not self.spec.constraints(c, self.target)
+            if legal:
+                out.append(c)
+                if len(out) >= n:
+                    break
         return out
 
     def mutate(self, config: Config, rng: random.Random, tries: int = 32) -> Config | None:

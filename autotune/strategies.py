@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..deps import require
 from ..schedule.config import Config
 from ..schedule.records import Measurement, Record, comparable_seconds, ranked
 from .space import SearchSpace
@@ -97,8 +98,7 @@ class TpeStrategy(Strategy):
 
     def __init__(self, space: SearchSpace, seed: int = 0, storage: str | None = None, study_name: str | None = None):
         super().__init__(space, seed)
-        import optuna
-
+        optuna = require("optuna", "the 'tpe' search strategy")
         self._optuna = optuna
         cat = optuna.distributions.CategoricalDistribution
         self.dists: dict[str, Any] = {k: cat(list(space.knobs[k])) for k in space.names}

@@ -3,6 +3,7 @@ the target's device, and a report directory gets results.json, summary.md and be
 
 from __future__ import annotations
 
+from ..deps import require
 from ..errors import TilefuseError
 from ..fileio import atomic_open, write_atomic
 
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..schedule.config import Config
-from .search import ProgressEvent, roofline_seconds, tune_kernel
+from ..costmodel.roofline import roofline_bound
+from .search import ProgressEvent, tune_kernel
 
 REPORT_SCHEMA = 1
 
@@ -40,6 +42,7 @@ class KernelTuneRow:
     statuses: dict[str, int]
     history: list[float | None] = field(default_factory=list)
     elapsed: float = 0.0
+    roofline_limit: str = ""  # what bounds the kernel: "compute" or the memory level ("L1", "DRAM", "HBM")
 
     @property
     def speedup(self) -> float | None:
@@ -75,7 +78,8 @@ class GraphTuneResult:
                 "elapsed": self.elapsed, "kernels": rows}
 
     def table(self) -> str:
-        """The summary as a Markdown table."""
+        """The summary as a Markdown table (roofline: the fraction of the bound and what bounds it; a
+        kernel faster than its bound is shown as >100% with a footnote saying why)."""
         head = ("| kernel | family | trials | best | default | speedup | roofline |\n"
                 "|---|---|---:|---:|---:|---:|---:|")
         lines = [head]
@@ -83,8 +87,23 @@ class GraphTuneResult:
             lines.append(f"| {', '.join(r.kernels)} | {r.family} | {r.trials} (+{r.previous} earlier) | "
                          f"{fmt_time(r.best_seconds)} | {fmt_time(r.default_seconds)} | "
                          f"{f'{r.speedup:.2f}x' if r.speedup else '-'} | "
-                         f"{f'{100 * r.roofline_fraction:.1f}%' if r.roofline_fraction else '-'} |")
+                         f"{fmt_roofline(r.roofline_fraction, r.roofline_limit)} |")
+        if any((r.roofline_fraction or 0.0) > 1.0 for r in self.rows):
+            lines += ["", ROOFLINE_OVER]
         return "\n".join(lines)
+
+
+ROOFLINE_OVER = ("* faster than the roofline bound, so an estimate behind the bound (the peak FLOP/s or the "
+                 "bandwidth of the memory level, costmodel/roofline.py) is too low for this kernel and device")
+
+
+def fmt_roofline(fraction: float | None, limit: str = "") -> str:
+    """A roofline fraction as a percentage with what bounds it ("42.0% (L1)"); above 100% capped at
+    ">100%*", which ROOFLINE_OVER explains wherever it is shown."""
+    if not fraction:
+        return "-"
+    where = f" ({limit})" if limit else ""
+    return f">100%*{where}" if fraction > 1.0 else f"{100 * fraction:.1f}%{where}"
 
 
 def fmt_time(s: float | None) -> str:
@@ -115,10 +134,10 @@ def workload_groups(graph: Any, backend: str) -> dict[str, list[Any]]:
     """The graph's kernel specs for `backend`, grouped by workload key (kernels with one key are
     tuned once), in kernel order."""
     from ..ir.graph import as_graph
-    from ..kernels import spec_for
+    from ..kernels import fusion_rules, spec_for
     from ..passes import run_pipeline
 
-    kg = run_pipeline(as_graph(graph)).kernels
+    kg = run_pipeline(as_graph(graph), fusion_rules()).kernels
     groups: dict[str, list[Any]] = {}
     for kernel in kg.kernels:
         spec = spec_for(kg, kernel, backend)
@@ -153,12 +172,13 @@ def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: 
             limit = None
             if time_limit is not None:
                 limit = max(0.0, (time_limit - (time.monotonic() - t0)) / (len(groups) - i))
+            bound = roofline_bound(spec, dev)
             res = tune_kernel(spec, dev, run, db, budget=budget, strategy=strategy, time_limit=limit,
                               patience=patience, seed=seed, progress=progress, optuna_storage=storage)
             rows.append(KernelTuneRow([s.name for s in specs], spec.family, spec.key, len(res.trials), res.previous,
-                                      res.best_seconds, res.default_seconds, roofline_seconds(spec, dev),
+                                      res.best_seconds, res.default_seconds, bound.seconds,
                                       dict(res.best_config) if res.best_config else None, res.stopped, res.statuses,
-                                      res.history, res.elapsed))
+                                      res.history, res.elapsed, bound.limit))
     finally:
         if own_runner:
             run.close()
@@ -175,13 +195,15 @@ def write_report(res: GraphTuneResult, out: Path) -> Path:
     write_atomic(out / "results.json", json.dumps(res.to_json(), indent=2, sort_keys=True).encode())
     md = (f"# Tuning {res.graph} on {res.device} ({res.target})\n\n"
           f"Strategy `{res.strategy}`, budget {res.budget} trials per kernel, {res.elapsed:.1f} s.\n"
-          "Roofline: max(FLOPs / peak, bytes / bandwidth) over the best time.\n\n" + res.table() + "\n")
+          "Roofline: max(FLOPs / peak, bytes / bandwidth of the memory level they fit in) over the best time; "
+          "in brackets what bounds the kernel (compute or that level).\n\n" + res.table() + "\n")
     write_atomic(out / "summary.md", md.encode())
     _plot(res, out / "best_so_far.png")
     return out
 
 
 def _plot(res: GraphTuneResult, path: Path) -> None:
+    require("matplotlib", "the tuning report's best-so-far plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -31,13 +31,13 @@ def main() -> None:
     from tilefuse.autotune.runners import flush_bytes
     from tilefuse.codegen import tvm_runtime
     from tilefuse.codegen.cache import default_cache
-    from tilefuse.kernels import spec_for
+    from tilefuse.kernels import fusion_rules, spec_for
     from tilefuse.passes import run_pipeline
 
     m, n, k = (int(x) for x in args.shape.split("x"))
     g = tf.GraphBuilder("gemm")
     g.output("c", g.input("a", (m, k), "f32") @ g.input("b", (k, n), "f32"))
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     spec = spec_for(kg, kg.kernels[0], "tvm")
     dev = cpu_device()
     default = spec.default_config(dev.target)

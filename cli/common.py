@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from ..errors import TilefuseError
+from ..ir.sampling import random_inputs  # noqa: F401 - re-exported: the CLI's inputs are the library's
 
 
 class UsageError(TilefuseError, ValueError):
@@ -32,18 +33,3 @@ def load_graph_arg(path: str, sets: list[str]) -> Any:
         return load_graph(path, parse_sizes(sets))
     except FileNotFoundError:
         raise UsageError(f"no such file {path}") from None
-
-
-def random_inputs(g: Any, seed: int) -> dict[str, Any]:
-    """Fresh random inputs by name (floats as float32; see ir.sampling)."""
-    import numpy as np
-
-    from ..ir.sampling import random_array, weight_scales
-
-    scales = weight_scales(g.nodes)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for n in g.inputs:
-        x = random_array(rng, n.shape, n.dtype, scales.get(id(n), 1.0))
-        out[n.attr("name")] = x.astype(np.float32) if n.dtype.is_float else x
-    return out

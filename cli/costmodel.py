@@ -50,22 +50,15 @@ def register(subparsers: Any) -> None:
 
 def load_records(args: argparse.Namespace) -> list[Any]:
     """Records from --data (JSON lines) or --db; ValueError names the file, line or database."""
-    from ..schedule.records import Record
+    from ..schedule.records import read_jsonl
 
     if args.data:
         path = Path(args.data)
         try:
-            lines = path.read_text().splitlines()
+            with open(path, encoding="utf-8") as fp:
+                return read_jsonl(fp, str(path))  # RecordError (a ValueError) names the line and field
         except OSError as err:
             raise ValueError(f"cannot read {path}: {err.strerror}") from None
-        out = []
-        for i, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    out.append(Record.from_json(line))
-                except ValueError as err:
-                    raise ValueError(f"{path}:{i}: {err}") from None
-        return out
     try:
         from ..autotune.database import TuningDB
     except ImportError as err:

@@ -100,7 +100,6 @@ def _open(url: str | None, create: bool = False) -> Any:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """Print every device's fingerprint; say plainly when there is no GPU."""
-    from ..autotune.database import DatabaseError
     from ..autotune.device import detect_devices, gpu_status
 
     devices = detect_devices()
@@ -114,6 +113,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
             for label, value in _describe(dev):
                 print(f"  {label:<11} {value}")
     if args.db:
+        from ..autotune.database import DatabaseError  # only here: listing devices needs no [tune] extra
+
         try:
             with _open(args.db) as db:
                 known = db.devices()
@@ -184,18 +185,26 @@ def cmd_db_export(args: argparse.Namespace) -> int:
 
 
 def cmd_db_import(args: argparse.Namespace) -> int:
-    """Load records from a JSON-lines file; every line is validated before any is added."""
+    """Load records from a JSON-lines file; every line is validated before the database is opened, so a
+    bad file adds nothing and creates no database."""
     from ..autotune.database import DatabaseError
+    from ..schedule.records import RecordError, read_jsonl
 
+    name = "<stdin>" if args.file == "-" else args.file
     try:
-        # the file is opened first, so that an unreadable one creates no database
         src = contextlib.nullcontext(sys.stdin) if args.file == "-" else open(args.file, encoding="utf-8")
-        with src as fp, _open(args.db, create=True) as db:
-            added = db.import_jsonl(fp)
-            total = db.count()
+        with src as fp:
+            records = read_jsonl(fp, name)
     except OSError as err:
         print(f"error: cannot read {args.file}: {err.strerror or err}", file=sys.stderr)
         return 2
+    except RecordError as err:
+        print(f"error: {err}; nothing was imported", file=sys.stderr)
+        return 2
+    try:
+        with _open(args.db, create=True) as db:
+            added = db.add_many(records)
+            total = db.count()
     except DatabaseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

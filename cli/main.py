@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..deps import EXTRAS, missing
 from ..errors import TilefuseError
 from ..fileio import write_atomic
-from .common import UsageError, load_graph_arg, random_inputs
+from .common import UsageError, load_graph_arg
 
 MANIFEST_SCHEMA = 1
 # Exit codes, the same for every command: 0 success; 1 `run` computed a result outside the tolerance of
@@ -23,35 +24,19 @@ EXIT_CODES = "exit codes: 0 ok; 1 a result outside the reference tolerance (run)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from ..kernels import fusion_rules
     from ..passes import run_pipeline
     from ..report import format_pipeline
 
-    print(format_pipeline(run_pipeline(load_graph_arg(args.file, args.set))))
+    print(format_pipeline(run_pipeline(load_graph_arg(args.file, args.set), fusion_rules())))
     return 0
 
 
 def check_against_reference(cg: Any, seed: int = 0) -> list[tuple[str, float, float, bool]]:
-    """Run on fresh random inputs with poisoned outputs; (output, max error, bound, ok) each."""
-    import numpy as np
+    """compiler.check_against_reference (imported on use: the compiler is not needed for --help)."""
+    from ..compiler import check_against_reference as check
 
-    from ..ir import dtypes as dt
-    from ..ir.reference import evaluate
-
-    ins = random_inputs(cg.graph, seed)
-    outs = cg.run(ins, poison=True)
-    ref = evaluate(cg.graph, ins)
-    rows = []
-    for name, node in cg.graph.outputs:
-        got = outs[name]
-        if hasattr(got, "detach"):
-            got = got.detach().cpu().float().numpy() if node.dtype.is_float else got.detach().cpu().numpy()
-        got = np.asarray(got, dtype=np.float64)
-        rtol, atol = dt.tolerance(node.dtype)
-        scale = float(np.max(np.abs(ref[name]))) if ref[name].size else 1.0
-        err = float(np.max(np.abs(got - ref[name]))) if got.size else 0.0
-        bound = atol * max(1.0, scale) + rtol * scale
-        rows.append((name, err, bound, bool(np.isfinite(err) and err <= bound)))
-    return rows
+    return check(cg, seed)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -71,23 +56,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_FAIL
 
 
+def _kernel_entry(ck: Any, backend: str) -> dict[str, Any]:
+    """A kernel's manifest entry without its binaries. On Triton targets the launch plan says what an
+    embedder runs: `launches` in order (function, grid, argument names, constexprs, warps, stages),
+    `arguments` (each backed by an input, output, auxiliary tensor or workspace) and `workspaces`
+    (shape, dtype, bytes) to allocate; `grid` and `constexprs` are the first launch's."""
+    spec = ck.spec
+    ext = "py" if backend == "triton" else "tir.py"
+    plan = spec.launch_plan(ck.config) if backend == "triton" else None
+    entry: dict[str, Any] = {
+        "name": spec.name, "family": spec.family, "workload_key": spec.key, "source": f"{spec.name}.{ext}",
+        "config": dict(ck.config), "config_source": ck.config_source,
+        "grid": list(plan.launches[0].grid if plan is not None else spec.grid(ck.config)),
+        "signature": [{"name": a, "dtype": b.dtype.name, "shape": list(b.shape), "buffer": b.name, "role": r}
+                      for a, b, r in zip(spec.arg_names(), spec.inputs + spec.outputs,
+                                         ["input"] * len(spec.inputs) + ["output"] * len(spec.outputs))],
+        "constexprs": dict(plan.launches[0].constexprs) if plan is not None else {},
+        "binaries": {},
+    }
+    if plan is not None:
+        entry.update(plan.to_json())
+    return entry
+
+
 def write_bundle(cg: Any, out: Path) -> Path:
-    """Write each kernel's source, PTX and cubin plus manifest.json into `out`."""
+    """Write each kernel's source, PTX and cubin plus manifest.json into `out` (nothing when a Triton
+    kernel's launch grid is beyond CUDA's limits: a LimitError naming it)."""
+    entries = [_kernel_entry(ck, cg.target.backend) for ck in cg.kernels]  # the launch plans check grids
     out.mkdir(parents=True, exist_ok=True)
     kernels = []
-    for ck in cg.kernels:
-        spec = ck.spec
-        ext = "py" if cg.target.backend == "triton" else "tir.py"
-        (out / f"{spec.name}.{ext}").write_text(ck.source, encoding="utf-8")
-        entry: dict[str, Any] = {
-            "name": spec.name, "family": spec.family, "workload_key": spec.key, "source": f"{spec.name}.{ext}",
-            "config": dict(ck.config), "config_source": ck.config_source, "grid": list(spec.grid(ck.config)),
-            "signature": [{"name": a, "dtype": b.dtype.name, "shape": list(b.shape), "buffer": b.name, "role": r}
-                          for a, b, r in zip(spec.arg_names(), spec.inputs + spec.outputs,
-                                             ["input"] * len(spec.inputs) + ["output"] * len(spec.outputs))],
-            "constexprs": spec.triton_constexprs(ck.config) if cg.target.backend == "triton" else {},
-            "binaries": {},
-        }
+    for ck, entry in zip(cg.kernels, entries):
+        (out / entry["source"]).write_text(ck.source, encoding="utf-8")
         for arch, bins in ck.binaries.items():
             for fn, b in bins.items():
                 (out / f"{fn}.{arch}.ptx").write_text(b.ptx, encoding="utf-8")
@@ -127,8 +126,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tilefuse` command."""
+    from .. import __version__
+
     p = argparse.ArgumentParser(prog="tilefuse", description="ahead-of-time kernel compiler for tensor-op graphs",
                                 epilog=EXIT_CODES)
+    p.add_argument("--version", action="version", version=f"tilefuse {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn, help_ in (("compile", cmd_compile, "compile a .tf graph and write kernels + manifest"),
                             ("run", cmd_run, "run a .tf graph on random inputs and check it against the reference"),
@@ -150,10 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     from .db import register as register_db
     from .tune import register as register_tune
     from .costmodel import register as register_costmodel
+    from .export import register as register_export
+    from .render import register as register_render
 
     register_tune(sub)
     register_db(sub)
     register_costmodel(sub)
+    register_export(sub)
+    register_render(sub)
     args = p.parse_args(argv)
     try:
         rc = int(args.fn(args))
@@ -176,6 +182,9 @@ def _expected_error(err: Exception) -> str | None:
     model, settings) or a file they named; None for anything else, which is a bug and keeps its traceback."""
     if isinstance(err, TilefuseError):
         return str(err)
+    if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in EXTRAS:
+        # an optional dependency imported where no require() names the feature: still one line and the extra
+        return str(missing(err.name or "", "this command"))
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
     return None

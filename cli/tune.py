@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from ..deps import require
+
 __all__ = ["ProgressBar", "cmd_tune", "register"]
 
 
@@ -55,7 +57,7 @@ class ProgressBar:
         self._len = 0
 
     def __call__(self, ev: Any) -> None:
-        from ..autotune.tune import fmt_time
+        from ..autotune.tune import fmt_roofline, fmt_time
 
         if ev.kernel != self.kernel:
             self.finish()
@@ -66,7 +68,9 @@ class ProgressBar:
         self._last = now
         filled = int(self.width * min(1.0, ev.trial / max(1, ev.budget)))
         bar = "#" * filled + "." * (self.width - filled)
-        roof = f"{100 * ev.roofline_fraction:5.1f}% of roofline" if ev.roofline_fraction else "  -  of roofline"
+        roof = f"{fmt_roofline(ev.roofline_fraction):>6} of roofline"
+        if (ev.roofline_fraction or 0.0) > 1.0:
+            roof += " (* over its bound: an estimate is too low)"
         line = (f"{ev.kernel[:28]:<28} [{bar}] {ev.trial:>4}/{ev.budget:<4} best {fmt_time(ev.best_seconds):>10}  "
                 f"{roof}  ETA {_fmt_eta(ev.eta)}")
         self.stream.write("\r" + line + " " * max(0, self._len - len(line)))
@@ -83,7 +87,7 @@ class ProgressBar:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Tune, print the summary table, write the report; 0 on success."""
-    import optuna
+    optuna = require("optuna", "tilefuse tune")
 
     from .common import load_graph_arg
     from ..autotune.database import DatabaseError, TuningDB

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import RuntimeUnavailable
 from ..ir import dtypes as dt
 from .tvm_runtime import aligned_empty
-from ..passes.partition import Buffer
+from ..schedule.launch import LaunchPlan, Workspace
 
 if TYPE_CHECKING:
     from ..compiler import CompiledGraph
@@ -53,7 +53,9 @@ def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
                 arr.fill(poison_value(b.dtype))
             bufs[b.name] = arr
             outs.append(arr)
-        ck.runner([bufs[b.name] for b in ck.spec.inputs], outs)
+        ins = [bufs[b.name] for b in ck.spec.inputs]
+        ck.spec.check_inputs(ins)
+        ck.runner(ins, outs)
     return {name: bufs[b.name] for name, b in cg.pipeline.kernels.outputs}
 
 
@@ -70,49 +72,69 @@ def torch_input(name: str, x: Any, d: dt.DType, device: str) -> Any:
     return x.to(device=device, dtype=want).contiguous()
 
 
-def _alloc(b: Buffer, device: str, poison: bool) -> Any:
+def _alloc(shape: tuple[int, ...], d: dt.DType, device: str, poison: bool) -> Any:
     import torch
 
-    t = torch.empty(b.shape, dtype=dt.to_torch(b.dtype), device=device)
+    t = torch.empty(shape, dtype=dt.to_torch(d), device=device)
     if poison:
-        t.fill_(poison_value(b.dtype))
+        t.fill_(poison_value(d))
     return t
 
 
-def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[str, Any]:
+def workspace_tensor(w: Workspace, device: str, poison: bool) -> Any:
+    """A fresh tensor for workspace `w`: zeros where the plan asks for them, else uninitialised (or
+    poisoned, so a launch that reads scratch nobody wrote cannot pass a comparison)."""
     import torch
 
-    from .triton_runtime import launch, load_module
+    d = dt.dtype(w.dtype)
+    if w.zeroed:
+        return torch.zeros(w.shape, dtype=dt.to_torch(d), device=device)
+    return _alloc(w.shape, d, device, poison)
+
+
+def plan_arguments(spec: Any, config: Any, plan: LaunchPlan, inputs: list[Any], outputs: list[Any], device: str,
+                   poison: bool = False) -> dict[str, Any]:
+    """Argument name -> tensor for every launch of `plan`: the kernel's input and output tensors, the
+    auxiliary tensors its family builds for these inputs (spec.aux_args) and fresh workspaces."""
+    aux = spec.aux_args(config, list(inputs), device)
+    workspaces = [workspace_tensor(w, device, poison) for w in plan.workspaces]
+    return plan.bind(inputs, outputs, aux, workspaces)
+
+
+def _torch_device(cg: CompiledGraph) -> str:
+    """Where the graph's tensors live: CPU under the interpreter, else the CUDA device (checked)."""
+    import torch
+
+    if cg.target.kind == "interp":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeUnavailable(f"target {cg.target.name} built cubins, but this machine has no CUDA device "
+                                 "to run them; use target 'interp' or 'cpu' to run here")
+    major, minor = torch.cuda.get_device_capability()
+    if major * 10 + minor < cg.target.arch:
+        raise RuntimeUnavailable(f"target {cg.target.name} needs compute capability >= {cg.target.arch}, "
+                                 f"the device has {major}.{minor}")
+    return "cuda"
+
+
+def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[str, Any]:
+    from .triton_runtime import load_module, plan_launcher
 
     interpret = cg.target.kind == "interp"
-    device = "cpu"
-    if not interpret:
-        if not torch.cuda.is_available():
-            raise RuntimeUnavailable(f"target {cg.target.name} built cubins, but this machine has no CUDA device "
-                                     "to run them; use target 'interp' or 'cpu' to run here")
-        major, minor = torch.cuda.get_device_capability()
-        if major * 10 + minor < cg.target.arch:
-            raise RuntimeUnavailable(f"target {cg.target.name} needs compute capability >= {cg.target.arch}, "
-                                     f"the device has {major}.{minor}")
-        device = "cuda"
+    device = _torch_device(cg)
     bufs: dict[str, Any] = {}
     for n in cg.graph.inputs:
         bufs[n.attr("name")] = torch_input(n.attr("name"), inputs[n.attr("name")], n.dtype, device)
     for ck in cg.kernels:
         spec = ck.spec
+        plan = spec.launch_plan(ck.config)
         outs = []
         for b in spec.outputs:
-            t = _alloc(b, device, poison)
-            bufs[b.name] = t
-            outs.append(t)
-        args = spec.launch_args(ck.config, [bufs[b.name] for b in spec.inputs], outs, device)
-        finish = spec.workspace_shape(ck.config) is not None
-        mod = ck.runner or load_module(ck.source, interpret)
-        ck.runner = mod
-        cex = spec.triton_constexprs(ck.config)
-        opts = spec.launch_options(ck.config)
-        launch(getattr(mod, spec.name), spec.grid(ck.config), args, cex, opts, interpret)
-        if finish:
-            launch(getattr(mod, f"{spec.name}_finish"), spec.grid(ck.config)[:1] + (1,) + spec.grid(ck.config)[2:],
-                   args, cex, opts, interpret)
+            bufs[b.name] = _alloc(b.shape, b.dtype, device, poison)
+            outs.append(bufs[b.name])
+        ins = [bufs[b.name] for b in spec.inputs]
+        spec.check_inputs(ins)  # before any launch: a bad sparse structure would address outside a buffer
+        bound = plan_arguments(spec, ck.config, plan, ins, outs, device, poison)
+        ck.runner = ck.runner or load_module(ck.source, interpret)
+        plan_launcher(ck.runner, plan, bound, interpret)()
     return {name: bufs[b.name] for name, b in cg.pipeline.kernels.outputs}

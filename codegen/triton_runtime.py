@@ -9,9 +9,12 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..fileio import write_atomic
+from ..ir.limits import check_grid
+from ..schedule.launch import LaunchPlan, jit_kwargs
 from ..settings import get_settings
 
 _LOCK = threading.Lock()
@@ -52,9 +55,27 @@ def load_module(source: str, interpret: bool) -> ModuleType:
 
 
 def launch(fn: Any, grid: tuple[int, ...], args: list[Any], constexprs: dict[str, Any], options: dict[str, int],
-           interpret: bool) -> None:
-    """Launch a jitted kernel; the interpreter ignores warps and stages."""
-    kw = dict(constexprs)
-    if not interpret:
-        kw.update(options)
-    fn[grid](*args, **kw)
+           interpret: bool) -> Any:
+    """Launch a jitted kernel (a LimitError first if `grid` is beyond CUDA's limits, under the interpreter
+    too: its grid is the same program count); the interpreter ignores warps and stages."""
+    grid = check_grid(grid, str(getattr(fn, "__name__", fn)))
+    return fn[grid](*args, **jit_kwargs(constexprs, options, interpret))
+
+
+def plan_launcher(mod: ModuleType, plan: LaunchPlan, bound: Mapping[str, Any], interpret: bool) -> Callable[[], Any]:
+    """A callable that launches every launch of `plan` in order from the kernel's loaded module `mod`
+    with the arguments `bound` (name -> tensor, LaunchPlan.bind) and returns what the first launch
+    returned (under the JIT, its compiled kernel). Functions, arguments and keywords are resolved
+    once, here, so a timing loop pays only for the launches. Host steps are called as plain functions."""
+    calls = [(getattr(mod, ln.fn) if ln.host else getattr(mod, ln.fn)[ln.grid], ln.values(bound),
+              {} if ln.host else ln.kwargs(interpret)) for ln in plan.launches]
+
+    def run() -> Any:
+        first = None
+        for i, (fn, args, kw) in enumerate(calls):
+            k = fn(*args, **kw)
+            if i == 0:
+                first = k
+        return first
+
+    return run

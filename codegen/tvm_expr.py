@@ -11,6 +11,8 @@ import math
 from typing import Any
 from collections.abc import Callable
 
+import numpy as np
+
 import tvm
 from tvm import tirx
 
@@ -56,6 +58,11 @@ def constant(v: Any, d: dt.DType) -> PrimExpr:
         return tirx.const(bool(v), "bool")
     if d.is_float:
         f = float(v)
+        if d in (dt.f32, dt.f16, dt.bf16) and math.isfinite(f):
+            # TVM refuses a literal beyond the type's range (and folds casts of one): round it as the
+            # reference rounds values to the dtype (65519:f16 -> 65504, 65520:f16 -> inf).
+            with np.errstate(over="ignore"):
+                f = float(dt.round_to(np.asarray(f), d))
         if math.isnan(f) or math.isinf(f):
             # TVM's FloatImm accepts inf/nan; build it in f32 and cast for half types.
             c = tirx.const(f, "float32" if is_half(d) else name)
@@ -205,8 +212,9 @@ def _cast(e: Expr, a: PrimExpr) -> PrimExpr:
     if e.dtype.is_bool:
         return tirx.NE(a, tirx.const(0, dtype_of(a)) if not src.is_bool else tirx.const(False, "bool"))
     if src.is_float and e.dtype.is_int:
-        # fptosi truncates toward zero; NaN becomes 0 as the reference's nan_to_num does
-        a = tirx.Select(tirx.isnan(a), tirx.const(0.0, dtype_of(a)), a)
+        # fptosi truncates toward zero; NaN becomes 0 as the reference's nan_to_num does. TVM has no
+        # isnan for bf16: test the value widened to f32 (exact).
+        a = tirx.Select(tirx.isnan(_to_f32(a, src)), tirx.const(0.0, dtype_of(a)), a)
     if is_half(src) and is_half(e.dtype):
         a = tirx.Cast("float32", a)  # f16 <-> bf16 goes through f32
     return tirx.Cast(tvm_dtype(e.dtype, "cast"), a)

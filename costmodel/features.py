@@ -1,12 +1,21 @@
 """Cost-model features of (kernel, config, device): flat dicts of floats with stable names.
 
 Every value is a finite float. Names are grouped by prefix: ``knob_*`` (the numeric Config
-values), ``spec_*`` (the family's own numbers from ``KernelSpec.features``), ``dev_*`` (the
-device), ``res_*`` (the static resource report of the compiled binary; -1 when absent) and
-unprefixed derived numbers (intensity, per-program work, occupancy, waves, roofline times).
+values), ``spec_*`` (``KernelSpec.features``: programs, flops, bytes and the family's own
+``family_features``), ``dev_*`` (the device), ``res_*`` (the static resource report of the compiled
+binary; -1 when absent) and unprefixed derived numbers (intensity, per-program work, occupancy,
+waves, the memory level of the working set, roofline times). A spec is read only through its
+cost-estimate hooks (kernels/base.py), so a new family brings its numbers by implementing them.
 Bump FEATURE_SCHEMA whenever a name changes meaning: saved models refuse another schema, and
 every feature dict carries its schema as ``feature_schema`` so that records stored by an older
 tilefuse (no marker: schema 1) are left out of training and scoring instead of mixing meanings.
+
+Schema 3 (from 2): registers and shared memory come from each family's own estimates, the ones
+its constraints use (attention's fitted register models; decode's register and shared-memory
+estimates, before a flat 32 registers and none), attention and decode are held to the tensor-core
+peak of their 16-bit matmuls (before the f32 peak), and memory times charge the bandwidth of the
+level the working set fits in (roofline.py; CPU kernels in cache were charged DRAM bandwidth).
+Matmul and pointwise features on GPU are unchanged; new: mem_level, mem_level_bandwidth.
 """
 
 from __future__ import annotations
@@ -18,7 +27,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-FEATURE_SCHEMA = 2
+from ..schedule.config import Config
+from ..schedule.target import Target, TargetError, get_target
+from .roofline import is_gpu, roofline_bound
+
+FEATURE_SCHEMA = 3
 SCHEMA_FEATURE = "feature_schema"
 
 # Fields of codegen.resources.ResourceReport that become res_* features, in a fixed order.
@@ -45,7 +58,6 @@ _SM_LIMITS: dict[int, tuple[int, int, int, int]] = {
     90: (233472, 65536, 64, 32),
 }
 _DEFAULT_ARCH = 80
-_BASE_REGS = 32  # addressing, loop counters and pointers every thread holds
 _MAX_REGS = 255
 
 
@@ -67,13 +79,9 @@ def _arch(device: Any) -> int:
     return int(digits) if digits else 0
 
 
-def _is_gpu(device: Any) -> bool:
-    return str(getattr(device, "kind", "cpu")).lower() != "cpu"
-
-
 def device_features(device: Any) -> dict[str, float]:
     """dev_* features: units (SMs or cores), bandwidth, peak FLOP/s, L2, arch."""
-    gpu = _is_gpu(device)
+    gpu = is_gpu(device)
     peak = _num(getattr(device, "peak_flops", 0.0))
     return {
         "dev_is_gpu": 1.0 if gpu else 0.0,
@@ -115,149 +123,94 @@ def resource_features(resources: Mapping[str, Any] | Any | None) -> dict[str, fl
     return out
 
 
-def _knob(config: Mapping[str, Any], *names: str) -> float | None:
-    for n in names:
-        v = config.get(n)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    return None
-
-
-def _tile_shape(config: Mapping[str, Any]) -> tuple[float, float, float | None] | None:
-    """(rows, cols, k) of one program's output tile, from the family's tile knobs."""
-    bm, bn = _knob(config, "BLOCK_M", "tile_m"), _knob(config, "BLOCK_N", "tile_n")
-    if bm is not None and bn is not None:
-        return bm, bn, _knob(config, "BLOCK_K", "tile_k")
-    br, bc = _knob(config, "BLOCK_R"), _knob(config, "BLOCK_C")
-    if br is not None and bc is not None:
-        return br, bc, None
-    return None
-
-
-def _itemsize(spec: Any, attr: str, default: float) -> float:
-    d = getattr(spec, attr, None)
-    return _num(getattr(d, "itemsize", default), default)
-
-
-def _traffic(spec: Any, config: Mapping[str, Any], programs: float, bytes_min: float) -> tuple[float, float]:
-    """(tiles, bytes each tile reads and writes with no cache reuse between tiles)."""
-    shape = _tile_shape(config)
-    m, n, k = (_num(getattr(spec, a, 0.0)) for a in ("M", "N", "K"))
-    if shape is not None and shape[2] is not None and m and n and k:
-        bm, bn, _ = shape
-        split = max(1.0, _knob(config, "SPLIT_K") or 1.0)
-        batch = float(math.prod(getattr(spec, "batch", ()) or (1,)))
-        tiles = math.ceil(m / bm) * math.ceil(n / bn) * split * batch
-        el = _itemsize(spec, "operand_dtype", 2.0)
-        out_el = 4.0 if split > 1 else _itemsize(spec, "out_dtype", 2.0)
-        per = (bm * k + k * bn) / split * el + bm * bn * out_el * max(1, len(getattr(spec, "outs", [0])))
-        return float(tiles), float(per)
-    return programs, bytes_min / max(programs, 1.0)
-
-
-def _registers_estimate(spec: Any, config: Mapping[str, Any], threads: float) -> float:
-    """Registers per thread: accumulator (or row chunk) elements per thread plus a base."""
-    shape = _tile_shape(config)
-    if shape is None or threads <= 0:
-        return float(_BASE_REGS)
-    rows, cols, k = shape
-    regs = rows * cols / threads
-    if k is not None:  # operand fragments of the current K step, packed into 32-bit registers
-        regs += (rows + cols) * k * _itemsize(spec, "operand_dtype", 2.0) / 4.0 / threads
-    return float(min(_MAX_REGS, _BASE_REGS + math.ceil(regs)))
-
-
-def _shared_estimate(spec: Any, config: Any) -> float:
-    fn = getattr(spec, "smem_bytes", None)
-    if fn is None:
-        return 0.0
+def _target(device: Any) -> Target:
+    """The compilation target of a GPU device (its arch; sm_80 when it names none)."""
+    arch = _arch(device) or _DEFAULT_ARCH
     try:
-        return float(fn(config))
-    except Exception:  # noqa: BLE001 - a config of another target (CPU knobs) has no shared memory
-        return 0.0
+        return get_target(f"sm_{arch}")
+    except TargetError:
+        return Target(f"sm_{arch}", "cuda", arch)
 
 
-def _peak(spec: Any, dev: Mapping[str, float]) -> float:
-    """Tensor-core peak for 16-bit-or-narrower MMA operands, the f32 peak otherwise."""
-    op = getattr(spec, "operand_dtype", None)
-    if op is not None and _num(getattr(op, "itemsize", 4), 4) <= 2 and dev["dev_peak_flops"] > 0:
-        return dev["dev_peak_flops"]
-    return dev["dev_peak_f32_flops"] or dev["dev_peak_flops"]
-
-
-def featurize(spec: Any, config: Mapping[str, Any], device: Any,
-              resources: Mapping[str, Any] | Any | None = None) -> dict[str, float]:
-    """Features of running `spec` with `config` on `device` (resources: the binary's static report)."""
-    from ..schedule.config import Config
-
-    cfg = config if isinstance(config, Config) else Config(config)
-    out: dict[str, float] = {}
-    for k, v in cfg.items():
-        if isinstance(v, (int, float)):
-            out[f"knob_{k}"] = float(v)
-    for k, v in spec.features(cfg).items():
-        if not k.startswith("knob_"):
-            out[f"spec_{k}"] = _num(v)
-    dev = device_features(device)
-    out.update(dev)
-    res = resource_features(resources)
-    out.update(res)
-
+def _work(spec: Any, cfg: Config, dev: Mapping[str, float]) -> dict[str, float]:
+    """FLOPs, bytes (minimal and with no reuse between tiles), programs and tiles of one launch."""
     flops = _num(spec.flops())
     bytes_min = max(1.0, _num(spec.bytes_moved()))
     gx, gy, gz = spec.grid(cfg)
     programs = float(max(1, int(gx) * int(gy) * int(gz)))
-    tiles, tile_bytes = _traffic(spec, cfg, programs, bytes_min)
+    tiles, tile_bytes = (_num(v) for v in spec.tile_traffic(cfg))
     bytes_tiled = max(bytes_min, tiles * tile_bytes)
-    out.update({
+    return {
         "flops": flops, "bytes": bytes_min, "arith_intensity": flops / bytes_min,
         "programs": programs, "tiles": tiles,
         "flops_per_program": flops / programs, "bytes_per_program": bytes_tiled / programs,
         "bytes_per_tile": tile_bytes, "bytes_tiled": bytes_tiled, "tiled_intensity": flops / bytes_tiled,
         "l2_footprint": bytes_min / dev["dev_l2_bytes"] if dev["dev_l2_bytes"] > 0 else -1.0,
-    })
+    }
 
-    units = dev["dev_units"]
-    warps = _knob(cfg, "num_warps")
-    if dev["dev_is_gpu"] and warps is not None:
-        threads = warps * 32.0
+
+def _occupancy(spec: Any, cfg: Config, device: Any, dev: Mapping[str, float], res: Mapping[str, float],
+               programs: float) -> dict[str, float]:
+    """Resident programs per unit (GPU: shared memory, registers, warps), waves and load balance."""
+    threads = spec.threads_per_program(cfg)
+    if dev["dev_is_gpu"] and threads is not None:
+        warps = max(1, int(threads) // 32)
         smem_sm, regs_sm, warps_sm, blocks_sm = _sm_limits(device)
-        regs = res["res_registers"] if res["res_registers"] > 0 else _registers_estimate(spec, cfg, threads)
-        smem = res["res_shared_bytes"] if res["res_shared_bytes"] >= 0 else _shared_estimate(spec, cfg)
-        limits = [blocks_sm, warps_sm // max(1, int(warps)), regs_sm // max(1.0, regs * threads)]
+        if res["res_registers"] > 0:
+            regs = res["res_registers"]
+        else:
+            regs = min(float(_MAX_REGS), _num(spec.registers_per_thread(cfg, _target(device))))
+        smem = res["res_shared_bytes"] if res["res_shared_bytes"] >= 0 else _num(spec.shared_bytes(cfg))
+        limits = [blocks_sm, warps_sm // warps, regs_sm // max(1.0, regs * threads)]
         if smem > 0:
             limits.append(smem_sm // smem)
         blocks = float(max(0, int(min(limits))))
         occupancy = blocks * warps / warps_sm
+        threads_f = float(threads)
     else:
-        threads, regs, smem, blocks, occupancy = -1.0, -1.0, -1.0, 1.0, 1.0
+        threads_f, regs, smem, blocks, occupancy = -1.0, -1.0, -1.0, 1.0, 1.0
     # Work items spread over the units: GPU programs over SMs; on a CPU the template's parallel
-    # tasks (spec_parallel_tasks) over cores, where the launch grid is a single call.
-    tasks = programs if dev["dev_is_gpu"] or out.get("spec_parallel_tasks", 0.0) < 1 else out["spec_parallel_tasks"]
+    # tasks over cores, where the launch grid is a single call.
+    units = dev["dev_units"]
+    tasks = programs if dev["dev_is_gpu"] else max(1.0, _num(spec.parallel_tasks(cfg)))
     waves = tasks / (units * max(1.0, blocks))
     # Load balance over units: the busiest unit runs ceil(tasks / units) of them, so a launch of
     # 133 programs on 132 SMs takes as long as 264 (resident blocks share one SM), and 7 tiles on
     # 2 cores as long as 8.
     balance = tasks / (units * math.ceil(tasks / units))
-    out.update({
-        "threads_per_program": threads, "regs_per_thread": regs, "shared_per_program": smem,
+    return {
+        "threads_per_program": threads_f, "regs_per_thread": regs, "shared_per_program": smem,
         "occupancy_blocks": blocks, "occupancy": occupancy, "fits": 1.0 if blocks >= 1 else 0.0,
         "waves": waves, "wave_efficiency": waves / math.ceil(waves), "unit_balance": balance,
-    })
+    }
 
-    peak, bw = _peak(spec, dev), dev["dev_mem_bandwidth"]
-    t_compute = flops / peak if peak > 0 else 0.0
-    # padding to whole tiles is work too (spec_work_ratio: padded over useful FLOPs)
-    t_padded = t_compute * max(1.0, out.get("spec_work_ratio", 1.0))
-    t_memory = bytes_min / bw if bw > 0 else 0.0
-    t_tiled = bytes_tiled / bw if bw > 0 else 0.0
-    # roofline_time_min is the config-independent bound; roofline_time charges the tiles' traffic
-    # (no reuse between tiles), idle units and configs that do not fit, so it ranks configs of one
-    # workload (the bound alone would tie them all).
+
+def featurize(spec: Any, config: Mapping[str, Any], device: Any,
+              resources: Mapping[str, Any] | Any | None = None) -> dict[str, float]:
+    """Features of running `spec` with `config` on `device` (resources: the binary's static report).
+    Reads only KernelSpec's cost-estimate hooks, never a family's attributes."""
+    cfg = config if isinstance(config, Config) else Config(config)
+    out: dict[str, float] = {f"knob_{k}": float(v) for k, v in cfg.items() if isinstance(v, (int, float))}
+    out.update({f"spec_{k}": _num(v) for k, v in spec.features(cfg).items()})
+    dev = device_features(device)
+    out.update(dev)
+    res = resource_features(resources)
+    out.update(res)
+    out.update(_work(spec, cfg, dev))
+    out.update(_occupancy(spec, cfg, device, dev, res, out["programs"]))
+    bound = roofline_bound(spec, device)
+    bw = bound.level.bandwidth
+    # padding to whole tiles is work too (work_ratio: padded over useful FLOPs)
+    t_padded = bound.compute_seconds * max(1.0, _num(spec.work_ratio(cfg)))
+    t_tiled = out["bytes_tiled"] / bw if bw > 0 else 0.0
+    # roofline_time_min is the config-independent bound (bytes at the bandwidth of the memory level
+    # they fit in); roofline_time charges the tiles' traffic (no reuse between tiles), idle units and
+    # configs that do not fit, so it ranks configs of one workload (the bound alone would tie them all).
     out.update({
-        "roofline_compute_time": t_compute, "roofline_memory_time": t_memory,
-        "roofline_time_min": max(t_compute, t_memory),
-        "roofline_time": max(t_padded, t_tiled) / balance * (1.0 if blocks >= 1 else 2.0),
+        "mem_level": float(bound.level.rank), "mem_level_bandwidth": bw,
+        "roofline_compute_time": bound.compute_seconds, "roofline_memory_time": bound.memory_seconds,
+        "roofline_time_min": bound.seconds,
+        "roofline_time": max(t_padded, t_tiled) / out["unit_balance"] * (1.0 if out["fits"] else 2.0),
     })
     out[SCHEMA_FEATURE] = float(FEATURE_SCHEMA)
     return {k: _num(v) for k, v in out.items()}

@@ -9,6 +9,7 @@ in XGBoost's own JSON format (never pickle). Both are written atomically, the mo
 
 from __future__ import annotations
 
+from ..deps import require
 from ..errors import TilefuseError
 from ..fileio import write_atomic
 
@@ -66,15 +67,58 @@ def read_meta(path: str | Path) -> dict[str, Any]:
                          "`tilefuse costmodel train --out DIR`")
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON, UTF-8 or a too long integer
         raise ModelError(f"{meta_path}: corrupt cost-model metadata ({err}); retrain the model") from None
     if not isinstance(meta, dict):
         raise ModelError(f"{meta_path}: cost-model metadata must be a JSON object")
-    if meta.get("schema") != META_SCHEMA:
+    if not _is_int(meta.get("schema")) or meta["schema"] != META_SCHEMA:
         raise ModelError(f"{meta_path}: metadata schema {meta.get('schema')!r}; this tilefuse reads {META_SCHEMA}")
     if meta.get("kind") not in MODELS:
         raise ModelError(f"{meta_path}: unknown model kind {meta.get('kind')!r}; accepted: {', '.join(MODELS)}")
     return meta
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A JSON number that converts to a finite float (not NaN, infinity, a boolean or a 400-digit integer)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e300
+
+
+# meta.json fields of an XGBoost model beyond read_meta's: name -> (accepts the value, what is accepted).
+# An absent field takes the default that XGBRankModel.load gives it; None counts as absent where noted.
+_XGB_META: dict[str, tuple[Any, str]] = {
+    "versions": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                 "an object of version strings"),
+    "params": (lambda v: v is None or isinstance(v, dict), "an object"),
+    "trained_on": (lambda v: v is None or isinstance(v, dict), "an object"),
+    "num_boost_round": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "failed_as_worst": (lambda v: isinstance(v, bool), "true or false"),
+    "model_file": (lambda v: isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v,
+                   "a file name inside the model directory"),
+    "model_sha256": (lambda v: isinstance(v, str), "a hex string"),
+}
+_XGB_PARAMS: dict[str, tuple[Any, str]] = {
+    "max_depth": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "eta": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "min_child_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "seed": (_is_int, "an integer"),
+}
+
+
+def _check_xgb_meta(path: str | Path, meta: dict[str, Any]) -> None:
+    """ModelError listing every field of an XGBoost model's meta.json whose value has the wrong type
+    (a meta.json with a valid checksum can still be edited or written by something else)."""
+    bad = [f"{name} must be {what}, got {meta[name]!r}" for name, (ok, what) in _XGB_META.items()
+           if name in meta and not ok(meta[name])]
+    params = meta.get("params")
+    if isinstance(params, dict):
+        bad += [f"params.{name} must be {what}, got {params[name]!r}" for name, (ok, what) in _XGB_PARAMS.items()
+                if name in params and not ok(params[name])]
+    if bad:
+        raise ModelError(f"{Path(path) / META_FILE}: {'; '.join(bad)}; retrain the model")
 
 
 # -- XGBoost ranking model --
@@ -136,7 +180,7 @@ class XGBRankModel:
 
     def fit(self, records: Sequence[Any]) -> None:
         """Train on `records` (Record objects carrying features); ModelError when nothing can train."""
-        import xgboost as xgb
+        xgb = require("xgboost", "the XGBoost cost model")
 
         groups = _labelled(records, self.failed_as_worst)
         rows: list[dict[str, float]] = []
@@ -185,7 +229,7 @@ class XGBRankModel:
             raise ModelError("the XGBoost cost model is not trained: call fit(records) or load a saved model")
         if len(features) == 0:
             return np.zeros(0, dtype=np.float64)
-        import xgboost as xgb
+        xgb = require("xgboost", "the XGBoost cost model")
 
         x = xgb.DMatrix(to_matrix(features, self.feature_names), feature_names=self.feature_names, missing=np.nan)
         return np.asarray(self._booster.predict(x), dtype=np.float64)
@@ -194,7 +238,7 @@ class XGBRankModel:
         """Write model.json (XGBoost JSON) and meta.json into directory `path`, atomically each."""
         if self._booster is None:
             raise ModelError("cannot save an untrained XGBoost cost model: call fit(records) first")
-        import xgboost as xgb
+        xgb = require("xgboost", "the XGBoost cost model")
 
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
@@ -220,6 +264,7 @@ class XGBRankModel:
         names = meta.get("feature_names")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise ModelError(f"{path}/{META_FILE}: feature_names must be a non-empty list of strings")
+        _check_xgb_meta(path, meta)
         model_path = Path(path) / str(meta.get("model_file", XGB_FILE))
         try:
             raw = model_path.read_bytes()
@@ -228,7 +273,7 @@ class XGBRankModel:
         if hashlib.sha256(raw).hexdigest() != meta.get("model_sha256"):
             raise ModelError(f"{model_path}: sha256 differs from {META_FILE}: the model file is corrupt or from "
                              "another save; retrain the model")
-        import xgboost as xgb
+        xgb = require("xgboost", "the XGBoost cost model")
 
         booster = xgb.Booster()
         try:
@@ -311,7 +356,7 @@ class RandomModel:
         if meta["kind"] != cls.name:
             raise ModelError(f"{path}: holds a {meta['kind']!r} model, not {cls.name!r}; use load_model()")
         seed = meta.get("seed", 0)
-        if not isinstance(seed, int):
+        if not _is_int(seed):
             raise ModelError(f"{path}/{META_FILE}: seed must be an integer, got {seed!r}")
         return cls(seed)
 

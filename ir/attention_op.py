@@ -66,6 +66,21 @@ def _check_mod(e: Any, name: str, srcs: tuple[Node, ...], want: dt.DType, allowe
     return e
 
 
+def attention_scale(scale: Any, d: int, what: str) -> float:
+    """The score scale: 1/sqrt(head dim) by default, else a finite number (inf or nan would make every
+    score inf or nan, and no workload key can hold them)."""
+    if scale is None:
+        return 1.0 / math.sqrt(d)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise VerifyError(f"{what}: scale must be a number, got {scale!r}")
+    try:
+        value = float(scale)
+    except OverflowError:  # an int beyond the float range
+        value = math.inf
+    if not math.isfinite(value):
+        raise VerifyError(f"{what}: scale must be a finite number, got {scale!r}")
+    return value
+
 @register(Op.ATTENTION, (3, 64))
 def _infer_attention(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     q, k, v = srcs[:3]
@@ -85,11 +100,7 @@ def _infer_attention(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     hkv, dv = k.shape[1], v.shape[3]
     if hq % hkv:
         raise VerifyError(f"{what}: q heads {hq} must be a multiple of kv heads {hkv} (GQA)")
-    scale = a.get("scale")
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise VerifyError(f"attention: scale must be a number, got {scale!r}")
-    norm: dict[str, Any] = {"scale": float(scale)}
+    norm: dict[str, Any] = {"scale": attention_scale(a.get("scale"), d, "attention")}
     idx_vars = {name: dt.i32 for name in INDEX_VARS}
     if a.get("mask_mod") is not None:
         norm["mask_mod"] = _check_mod(a["mask_mod"], "mask_mod", srcs, dt.bool_, idx_vars)

@@ -142,6 +142,8 @@ class OpDef:
 
 
 OPDEFS: dict[Op, OpDef] = {}
+# Rules every node passes after its op's inference (ir/verify_limits.py registers the size limits).
+NODE_CHECKS: list[Callable[[Op, DType, Shape, dict[str, Any]], None]] = []
 
 
 def register(op: Op, num_src: tuple[int, int] = (0, 1 << 30)) -> Callable[[Any], Any]:
@@ -172,6 +174,8 @@ def make(op: Op, srcs: Iterable[Node] = (), /, **attrs: Any) -> Node:
     if problems:
         raise VerifyError(f"{op.value}: " + "; ".join(problems))
     dtype, shape, norm = d.infer(srcs, given)
+    for check in NODE_CHECKS:
+        check(op, dtype, shape, norm)
     arg = tuple(sorted(norm.items()))
     return Node(op, dtype, tuple(int(s) for s in shape), srcs, arg)
 

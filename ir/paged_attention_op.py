@@ -40,12 +40,12 @@ sel[g, j] = 1 iff page-table entry j is selected for kv head g.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from . import dtypes as dt
+from .attention_op import attention_scale
 from .ops import Node, Op, VerifyError, fmt_shape, register
 from .reference import ReferenceEvalError, evaluator, rnd
 
@@ -164,11 +164,7 @@ def _infer_paged_attention(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     if bits not in KV_BITS or isinstance(bits, bool):
         raise VerifyError(f"{what}: kv_bits {bits!r} not in {KV_BITS}")
     norm: dict[str, Any] = {"kv_bits": bits, "causal": _bool_attr(a, "causal", True)}
-    scale = a.get("scale")
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise VerifyError(f"{what}: scale must be a number, got {scale!r}")
-    norm["scale"] = float(scale)
+    norm["scale"] = attention_scale(a.get("scale"), d, what)
     _check_pages(srcs, bits, what)
     rest = list(srcs[6:])
     if bits != 16:

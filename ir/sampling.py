@@ -1,15 +1,24 @@
 """Fresh random inputs for graphs and kernels: never zeros (they hide unwritten outputs), matmul
-weights scaled by 1/sqrt(K) as initialisations are, so f16 results stay in range."""
+weights scaled by 1/sqrt(K) as initialisations are, so f16 results stay in range. The structure
+arrays of a sparse tensor (CSR/BSR indptr and indices, 2:4 meta) are drawn as valid structures:
+power-law row lengths (a graph's degree distribution: a few long rows, many short or empty ones),
+columns sorted within each row, two distinct increasing positions per 2:4 group. The operands of the
+Gaussian splatting ops are drawn as a visible scene: positive scales, nonzero quaternions, opacities in
+(0, 1), a rigid view matrix with most Gaussians in front of the camera, positive focal lengths."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .dtypes import DType
 from .ops import Node, Op, base_of
+
+if TYPE_CHECKING:
+    from .graph import Graph
 
 
 def weight_scales(nodes: Iterable[Node]) -> dict[int, float]:
@@ -30,3 +39,124 @@ def random_array(rng: np.random.Generator, shape: tuple[int, ...], d: DType, sca
     if d.is_bool:
         return rng.random(shape) < 0.5
     return rng.integers(-8, 8, shape)
+
+
+def power_law_structure(rng: np.random.Generator, rows: int, cols: int, nnz: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr [rows + 1], indices [nnz]) of a CSR structure whose row lengths follow a power law
+    (Pareto weights, shape 1.2); columns uniform and sorted within a row (a row longer than `cols`
+    repeats columns, which CSR semantics sum)."""
+    weights = rng.pareto(1.2, rows) + 0.05
+    row_of = np.sort(rng.choice(rows, size=nnz, p=weights / weights.sum()))
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_of, minlength=rows), out=indptr[1:])
+    cols_of = rng.integers(0, cols, nnz)
+    order = np.lexsort((cols_of, row_of))
+    return indptr, cols_of[order]
+
+
+def random_meta_24(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """2:4 meta [M, K/2]: per group of four columns two distinct positions, increasing."""
+    pairs = np.array([(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)])
+    m, half = shape
+    return pairs[rng.integers(0, 6, (m, half // 2))].reshape(m, half)
+
+
+def sparse_structures(nodes: Iterable[Node], rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """id(structure operand node) -> a valid random array for every `sparse` node's indptr and indices
+    (CSR, BSR) or meta (2:4); the first sparse node reading an operand decides it."""
+    out: dict[int, np.ndarray] = {}
+    for n in nodes:
+        if n.op is not Op.SPARSE:
+            continue
+        if n.attr("format") == "2:4":
+            meta = n.src[1]
+            if id(meta) not in out:
+                out[id(meta)] = random_meta_24(rng, meta.shape)
+            continue
+        indptr, indices = n.src[0], n.src[1]
+        if id(indptr) in out or id(indices) in out:
+            continue
+        bm, bn = n.attr("block", (1, 1))
+        m, k = n.attr("shape")
+        out[id(indptr)], out[id(indices)] = power_law_structure(rng, m // bm, k // bn, indices.shape[0])
+    return out
+
+
+def random_inputs(g: Graph, seed: int) -> dict[str, np.ndarray]:
+    """Fresh random inputs of graph `g` by name (floats as float32), drawn with `seed`."""
+    scales = weight_scales(g.nodes)
+    rng = np.random.default_rng(seed)
+    structures = sparse_structures(g.nodes, np.random.default_rng([seed, 1]))
+    structures.update(splat_scenes(g.nodes, np.random.default_rng([seed, 2])))
+    out = {}
+    for n in g.inputs:
+        x = structures.get(id(n))
+        if x is None:
+            x = random_array(rng, n.shape, n.dtype, scales.get(id(n), 1.0))
+        out[n.attr("name")] = x.astype(np.float32) if n.dtype.is_float else x
+    return out
+
+
+def _rigid_view(rng: np.random.Generator) -> np.ndarray:
+    """A world -> camera matrix: a rotation of up to ~0.3 rad about a random axis and a small translation."""
+    axis = rng.standard_normal(3)
+    axis /= np.linalg.norm(axis)
+    a = rng.uniform(-0.3, 0.3)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    view = np.eye(4)
+    view[:3, :3] = np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * (k @ k)  # Rodrigues
+    view[:3, 3] = rng.uniform(-0.3, 0.3, 3)
+    return view
+
+
+def projection_operands(rng: np.random.Generator, n: int, width: int, height: int) -> list[np.ndarray]:
+    """[means, scales, quats, opacities, viewmat, K] of a project_gaussians draw: n Gaussians in the view
+    frustum at depths 2..6 (about 5% behind the camera), linear scales 0.02..0.2, unnormalised nonzero
+    quaternions, a rigid view matrix and a 60-degree pinhole K."""
+    f = 0.5 * width / math.tan(math.radians(30.0))
+    z = np.where(rng.random(n) < 0.05, rng.uniform(-1.0, 0.0, n), rng.uniform(2.0, 6.0, n))
+    cam = np.column_stack([rng.uniform(-0.6, 0.6, n) * width / f * np.abs(z),
+                           rng.uniform(-0.6, 0.6, n) * height / f * np.abs(z), z])
+    view = _rigid_view(rng)
+    means = (cam - view[:3, 3]) @ view[:3, :3]  # camera -> world: R^T (p - t)
+    k = np.array([[f * rng.uniform(0.9, 1.1), 0, 0.5 * width], [0, f * rng.uniform(0.9, 1.1), 0.5 * height],
+                  [0, 0, 1.0]])
+    quats = rng.standard_normal((n, 4))
+    quats[np.linalg.norm(quats, axis=1) < 1e-3] = (1.0, 0.0, 0.0, 0.0)
+    return [means, np.exp(rng.uniform(math.log(0.02), math.log(0.2), (n, 3))), quats,
+            rng.uniform(0.2, 0.95, n), view, k]
+
+
+def raster_operands(rng: np.random.Generator, n: int, width: int, height: int) -> list[np.ndarray]:
+    """[means2d, conics, colors, opacities, depths, radii] of a rasterize_gaussians draw: centres over the
+    image and a margin around it, 2D covariances of radius 2..12 px, colours in [0, 1], positive depths."""
+    sig = rng.uniform(0.7, 4.0, (n, 2))
+    a = rng.uniform(0, math.pi, n)
+    c, s = np.cos(a), np.sin(a)
+    cxx = c * c * sig[:, 0] ** 2 + s * s * sig[:, 1] ** 2
+    cyy = s * s * sig[:, 0] ** 2 + c * c * sig[:, 1] ** 2
+    cxy = c * s * (sig[:, 0] ** 2 - sig[:, 1] ** 2)
+    det = cxx * cyy - cxy * cxy
+    m2d = np.column_stack([rng.uniform(-8, width + 8, n), rng.uniform(-8, height + 8, n)])
+    return [m2d, np.column_stack([cyy / det, -cxy / det, cxx / det]), rng.random((n, 3)),
+            rng.uniform(0.2, 0.95, n), rng.uniform(0.5, 8.0, n), np.ceil(3 * sig.max(1)).astype(np.int64)]
+
+
+def splat_scenes(nodes: Iterable[Node], rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """id(operand node) -> a valid array for the operands of every project_gaussians (a visible scene) and
+    rasterize_gaussians (splats over the image); the first op reading an operand decides it. Operands
+    computed in the graph (a rasterizer fed by a projection) are not inputs and are left alone."""
+    out: dict[int, np.ndarray] = {}
+    for n in nodes:
+        if n.op is Op.PROJECT_GAUSSIANS:
+            draw = projection_operands
+        elif n.op is Op.RASTERIZE_GAUSSIANS:
+            draw = raster_operands
+        else:
+            continue
+        arrays = draw(rng, n.src[0].shape[0], n.attr("width"), n.attr("height"))
+        if n.op is Op.RASTERIZE_GAUSSIANS and n.src[2].shape[1] != 3:  # feature splatting: C channels
+            arrays[2] = rng.random(n.src[2].shape)
+        for src, arr in zip(n.src, arrays):
+            out.setdefault(id(src), arr)
+    return out

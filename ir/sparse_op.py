@@ -14,7 +14,7 @@ CSR/BSR indices need not be sorted; duplicates add up (scipy's CSR @ dense seman
     spmm(A sparse [M, K], B [K, N]) -> [M, N]   (out_dtype, default the values dtype)
     sddmm(a [M, K], b [N, K], pattern sparse [M, N]) -> values array shaped like the pattern's values
         operand ([nnz], [nnzb, bm, bn] or [M, N/2]): (a @ b^T) at the pattern's nonzeros. Re-wrap it with
-        `sparse(structure..., values)` (frontend_ext.sddmm(..., as_sparse=True)) for a sparse tensor.
+        `sparse(structure..., values)` (builders/sparse.py sddmm(..., as_sparse=True)) for a sparse tensor.
 
 The reference evaluator of `sparse` returns a `SparseValue`, consumed by spmm/sddmm; it validates
 the structure (indptr monotone from 0 to nnz, indices in range, meta in 0..3).
@@ -162,26 +162,43 @@ class SparseValue:
         return out
 
 
-def _validate(sv: SparseValue) -> None:
-    m, k = sv.shape
-    if sv.format == "2:4":
-        meta = sv.arrays[1]
+class SparseStructureError(ReferenceEvalError, ValueError):
+    """A sparse tensor's arrays do not form its format's structure (indptr, indices, nnz or 2:4 meta)."""
+
+
+def validate_arrays(fmt: str, shape: tuple[int, int], block: tuple[int, int], arrays: tuple[Any, ...],
+                    what: str = "") -> None:
+    """Raise SparseStructureError unless `arrays` (numpy, the `sparse` node's operands in order) are a
+    valid `fmt` structure of dense `shape`: indptr monotone from 0 to nnz, the values' leading dimension
+    nnz, column indices inside the (block) columns, 2:4 meta in 0..3 with two distinct positions per
+    group. Indices need not be sorted in any format (duplicates add up, as scipy's CSR @ dense)."""
+    name = what or f"sparse {fmt}"
+    if fmt == "2:4":
+        meta = np.asarray(arrays[1]).astype(np.int64)
         if meta.size and (meta.min() < 0 or meta.max() > 3):
-            raise ReferenceEvalError(f"sparse 2:4: meta values span {meta.min()}..{meta.max()}; accepted 0..3")
+            raise SparseStructureError(f"{name}: meta values span {meta.min()}..{meta.max()}; accepted 0..3")
         if np.any(meta[:, 0::2] == meta[:, 1::2]):
             r, g = np.argwhere(meta[:, 0::2] == meta[:, 1::2])[0]
-            raise ReferenceEvalError(f"sparse 2:4: row {r} group {g} names column {meta[r, 2 * g]} twice")
+            raise SparseStructureError(f"{name}: row {r} group {g} names column {meta[r, 2 * g]} twice; "
+                                       "the two positions of a group must differ")
         return
-    indptr, indices = sv.arrays[0], sv.arrays[1]
-    cols = k // sv.block[1]
-    if indptr[0] != 0 or indptr[-1] != len(indices):
-        raise ReferenceEvalError(f"sparse {sv.format}: indptr must run from 0 to nnz={len(indices)}, "
-                              f"got {indptr[0]}..{indptr[-1]}")
+    indptr, indices = np.asarray(arrays[0]).astype(np.int64), np.asarray(arrays[1]).astype(np.int64)
+    nnz = len(indices)
+    cols = shape[1] // block[1]
+    if indptr[0] != 0 or indptr[-1] != nnz:
+        raise SparseStructureError(f"{name}: indptr must run from 0 to nnz={nnz}, got {indptr[0]}..{indptr[-1]}")
     if np.any(np.diff(indptr) < 0):
-        raise ReferenceEvalError(f"sparse {sv.format}: indptr decreases at row {int(np.argmax(np.diff(indptr) < 0))}")
+        raise SparseStructureError(f"{name}: indptr decreases at row {int(np.argmax(np.diff(indptr) < 0))}; "
+                                   "it must be non-decreasing")
+    if len(arrays) > 2 and np.shape(arrays[2])[:1] != (nnz,):
+        raise SparseStructureError(f"{name}: {np.shape(arrays[2])[0]} values for nnz={nnz} indices")
     if indices.size and (indices.min() < 0 or indices.max() >= cols):
-        raise ReferenceEvalError(f"sparse {sv.format}: column indices span {indices.min()}..{indices.max()}, "
-                              f"outside 0..{cols - 1}")
+        raise SparseStructureError(f"{name}: column indices span {indices.min()}..{indices.max()}, "
+                                   f"outside 0..{cols - 1}")
+
+
+def _validate(sv: SparseValue) -> None:
+    validate_arrays(sv.format, sv.shape, sv.block, sv.arrays)
 
 
 @evaluator(Op.SPARSE)

@@ -20,8 +20,9 @@ K [3,3]) {width, height, camera, near, far, eps2d}
   `opacities` is carried for opacity-aware culling by later kernels; this version does not read it.
 
 rasterize_gaussians(means2d [N,2], conics [N,3], colors [N,C], opacities [N], depths [N], radii [N])
-  {width, height, tile=16, background=(C floats), pixel_center=0.5}
-    -> (image f32 [H, W, C], final_T f32 [H, W])
+  {width, height, tile=16, background=(C floats), pixel_center=0.5, last_contributor=false}
+    -> (image f32 [H, W, C], final_T f32 [H, W]) and, with last_contributor, last i32 [H, W]: the index
+    of the last Gaussian each pixel added (-1 for none), where a backward pass starts walking back.
 
   Tile binning (the Inria getRect): a Gaussian with radius r > 0 covers the tiles
   [clamp(trunc((x - r)/tile)), clamp(trunc((x + r + tile - 1)/tile))) in x (same in y), clamped
@@ -108,9 +109,16 @@ def _infer_rasterize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     bg = tuple(a.get("background", (0.0,) * c))
     if len(bg) != c or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in bg):
         raise VerifyError(f"{what}: background needs {c} numbers (one per colour channel), got {bg}")
-    norm = {"width": w, "height": h, "tile": _size(a, "tile", what, 16),
-            "background": tuple(float(x) for x in bg), "pixel_center": _num(a, "pixel_center", 0.5, what),
-            "results": ((dt.f32, (h, w, c)), (dt.f32, (h, w)))}
+    results: tuple[Any, ...] = ((dt.f32, (h, w, c)), (dt.f32, (h, w)))
+    norm: dict[str, Any] = {"width": w, "height": h, "tile": _size(a, "tile", what, 16),
+                            "background": tuple(float(x) for x in bg),
+                            "pixel_center": _num(a, "pixel_center", 0.5, what), "results": results}
+    last = a.get("last_contributor", False)
+    if not isinstance(last, bool):
+        raise VerifyError(f"{what}: last_contributor must be true or false, got {last!r}")
+    if last:  # only when asked, so graphs without it keep their text and keys
+        norm["last_contributor"] = True
+        norm["results"] = results + ((dt.i32, (h, w)),)
     return dt.f32, (h, w, c), norm
 
 
@@ -206,7 +214,7 @@ def tile_rect(x: float, y: float, r: float, tile: int, grid: tuple[int, int]) ->
 
 
 @evaluator(Op.RASTERIZE_GAUSSIANS)
-def _eval_rasterize(n: Node, xs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+def _eval_rasterize(n: Node, xs: list[Any]) -> tuple[np.ndarray, ...]:
     m2d, con, col, opac, dep = (np.asarray(x, dtype=np.float64) for x in xs[:5])
     rad = np.asarray(xs[5], dtype=np.int64)
     w, h, tile = n.attr("width"), n.attr("height"), n.attr("tile")
@@ -216,6 +224,7 @@ def _eval_rasterize(n: Node, xs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     img = np.zeros((h, w, nc))
     trans = np.ones((h, w))
     done = np.zeros((h, w), dtype=bool)
+    last = np.full((h, w), -1, dtype=np.int64)
     for g in np.argsort(dep, kind="stable"):
         if rad[g] <= 0:
             continue
@@ -236,6 +245,9 @@ def _eval_rasterize(n: Node, xs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         add = live & ~stop
         img[sl] += np.where(add[..., None], col[g] * (alpha * t)[..., None], 0.0)
         trans[sl] = np.where(add, test_t, t)
+        last[sl] = np.where(add, g, last[sl])
         done[sl] |= stop
     img += trans[..., None] * np.asarray(n.attr("background"))
+    if n.attr("last_contributor"):
+        return rnd(img, dt.f32), rnd(trans, dt.f32), rnd(last, dt.i32)
     return rnd(img, dt.f32), rnd(trans, dt.f32)

@@ -1,5 +1,6 @@
-"""Kernel families, one folder each (kernels/<family>/): how a fused group is tiled and the template
-each backend renders. Each family registers itself (kernels/registry.py) when its folder is imported."""
+"""Kernel families, one folder each (kernels/<family>/): how a fused group is tiled, the fusion rules
+it declares and the template each backend renders. Each family registers itself (kernels/registry.py)
+when its folder is imported; `fusion_rules()` is what the pass pipeline fuses by."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from . import registry
 from .attention import AttentionBwdSpec, AttentionSpec, DecodeSpec
 from .base import ConfigRejected, KernelSpec
 from .matmul import MatmulSpec
+from .quant import QuantMatmulSpec
+from .registry import fusion_rules
 from .rowwise import RowwiseSpec
+from .sparse import SpmmSpec
+from .splat import ProjectSpec
 
 
 def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
@@ -26,4 +31,5 @@ def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
 
 
 __all__ = ["AttentionBwdSpec", "AttentionSpec", "ConfigRejected", "DecodeSpec", "KernelSpec", "LoweringError",
-           "MatmulSpec", "RowwiseSpec", "registry", "spec_for"]
+           "MatmulSpec", "ProjectSpec", "QuantMatmulSpec", "RowwiseSpec", "SpmmSpec", "fusion_rules",
+           "registry", "spec_for"]

@@ -3,17 +3,22 @@ a Config legal on a target, the launch grid, a default Config per arch, and rend
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import TilefuseError
+from ..ir import dtypes as dt
 from ..schedule.config import Config, sha256_json
+from ..schedule.launch import Arg, Launch, LaunchPlan, Workspace
 from ..schedule.target import Target
+from ..ir.dtypes import DType
 from ..ir.text import format_expr
 from ..passes.partition import Buffer, Kernel, KernelGraph
 from . import registry
 from .lowering import GroupLowering, LoadSite
 
 SCHEMA_VERSION = 1
+BASE_REGISTERS = 32  # registers every GPU thread holds besides its tiles: addresses, loop counters
 
 
 class ConfigRejected(TilefuseError, ValueError):
@@ -102,15 +107,71 @@ class KernelSpec:
     def grid(self, config: Config) -> tuple[int, int, int]:
         raise NotImplementedError
 
-    def features(self, config: Config) -> dict[str, float]:
-        raise NotImplementedError
-
+    # -- cost estimates: all that costmodel/features.py reads from a spec --
+    # Every family implements the ones that raise NotImplementedError; the others have defaults that
+    # hold for a kernel of one launch whose programs share the work evenly. All are plain numbers
+    # (bytes, FLOPs, registers) so that the cost model never needs to know a family's attributes.
     def flops(self) -> float:
+        """Useful arithmetic operations of one run (config-independent): 2 per multiply-add."""
         raise NotImplementedError
 
     def bytes_moved(self) -> float:
         """The fewest bytes the kernel must move: each input read once, each output written once."""
         return float(sum(b.numel * b.dtype.itemsize for b in self.inputs + self.outputs))
+
+    def mma_dtype(self) -> DType | None:
+        """The operand dtype of the kernel's matrix multiplies (16-bit or narrower: the tensor-core
+        peak bounds it), or None for a kernel without any (the f32 peak bounds it)."""
+        raise NotImplementedError
+
+    def family_features(self, config: Config) -> dict[str, float]:
+        """The family's own named numbers for `config` (sizes, sparsity, bits, ...): the cost model
+        stores each as spec_<name>. Names are stable: a family adds names, it never reuses one with
+        another meaning (that needs a FEATURE_SCHEMA bump)."""
+        raise NotImplementedError
+
+    def features(self, config: Config) -> dict[str, float]:
+        """The numbers every family has (programs, flops, bytes) plus its `family_features`."""
+        gx, gy, gz = self.grid(config)
+        out = {"programs": float(gx * gy * gz), "flops": self.flops(), "bytes": self.bytes_moved()}
+        own = self.family_features(config)
+        clash = sorted(k for k in own if k in out or k.startswith("knob_") or not k.isidentifier())
+        if clash:
+            raise ValueError(f"{self.family}: family_features names {clash} clash with the common features "
+                             f"{sorted(out)}, a knob_ name, or are not identifiers")
+        return {**out, **own}
+
+    def tile_traffic(self, config: Config) -> tuple[float, float]:
+        """(tiles, bytes each tile reads and writes when tiles share nothing through the cache); by
+        default the launch's programs, each moving an equal share of bytes_moved()."""
+        gx, gy, gz = self.grid(config)
+        programs = float(max(1, gx * gy * gz))
+        return programs, max(1.0, self.bytes_moved()) / programs
+
+    def work_ratio(self, config: Config) -> float:
+        """Work done over useful work (padding to whole tiles that the template computes); 1 = none."""
+        return 1.0
+
+    def parallel_tasks(self, config: Config) -> float:
+        """Independent work items a launch spreads over the device's units: the grid's programs by
+        default; a CPU template whose one call runs a parallel loop returns that loop's trip count."""
+        gx, gy, gz = self.grid(config)
+        return float(max(1, gx * gy * gz))
+
+    def threads_per_program(self, config: Config) -> int | None:
+        """GPU threads per program (32 x num_warps); None for a config without num_warps (CPU)."""
+        warps = config.get("num_warps")
+        return 32 * int(warps) if isinstance(warps, (int, float)) and not isinstance(warps, bool) else None
+
+    def shared_bytes(self, config: Config) -> float:
+        """Shared memory one program of a GPU `config` uses, in bytes (0 for CPU configs)."""
+        raise NotImplementedError
+
+    def registers_per_thread(self, config: Config, target: Target) -> float:
+        """Estimated 32-bit registers per thread that a GPU `config` needs on `target` (a need: above
+        the hardware's 255 the excess spills). Where the family's constraints estimate registers
+        (attention, decode), it is that estimate, not a second one."""
+        raise NotImplementedError
 
     # -- rendering --
     @property
@@ -134,7 +195,19 @@ class KernelSpec:
     def launch_options(self, config: Config) -> dict[str, int]:
         return {"num_warps": config.int("num_warps"), "num_stages": config.int("num_stages")}
 
-    # -- optional launch extras (families override) --
+    def report_lines(self, config: Config) -> list[str]:
+        """Extra compile-report lines (e.g. block-sparsity counts)."""
+        return []
+
+    # -- run-time input checks --
+    def check_inputs(self, inputs: Sequence[Any]) -> None:
+        """Raise a TilefuseError when the kernel's input arrays (numpy arrays or torch tensors, in
+        `inputs` order) hold values its launches cannot take safely (a sparse structure whose indices
+        would address outside a buffer). The executors call it before each kernel's launches; shapes
+        and dtypes are checked earlier (codegen/input_check.py). By default nothing is checked."""
+        return None
+
+    # -- launch plan (families override aux_signature/aux_args, workspaces and launches) --
     def aux_signature(self, config: Config) -> dict[str, str]:
         """Triton types of auxiliary tensors the family computes (e.g. attention block lists)."""
         return {}
@@ -143,33 +216,36 @@ class KernelSpec:
         """The auxiliary tensors themselves, in aux_signature order."""
         return []
 
-    def workspace_shape(self, config: Config) -> tuple[int, ...] | None:
-        """An f32 scratch buffer `ws` and a `{name}_finish` launch, when the family needs them."""
-        return None
-
-    def report_lines(self, config: Config) -> list[str]:
-        """Extra compile-report lines (e.g. block-sparsity counts)."""
+    def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
+        """Scratch buffers the kernel's launches share (e.g. split-K partial sums); none by default."""
         return []
 
-    def triton_signature(self, config: Config) -> dict[str, str]:
-        """Pointer types of every kernel argument, in launch order: inputs, outputs, aux, ws."""
-        from ..ir import dtypes as dt
+    def launches(self, config: Config, args: tuple[Arg, ...],
+                 sizes: Mapping[str, int] | None = None) -> list[Launch]:
+        """The launches in order; by default one launch of `{name}` on grid(config) with every argument."""
+        return [self.launch(self.name, self.grid(config), config, args)]
 
-        sig = {name: "*" + dt.triton_sig(b.dtype) for name, b in zip(self.arg_names(), self.inputs + self.outputs)}
-        sig.update(self.aux_signature(config))
-        if self.workspace_shape(config) is not None:
-            sig["ws"] = "*fp32"
-        return sig
+    def launch(self, fn: str, grid: tuple[int, ...], config: Config, args: tuple[Arg, ...],
+               constexprs: Mapping[str, Any] | None = None) -> Launch:
+        """One launch of `fn` with the config's constexprs (unless given) and launch options."""
+        opts = self.launch_options(config)
+        cex = self.triton_constexprs(config) if constexprs is None else constexprs
+        return Launch(fn, tuple(grid), tuple(args), dict(cex), opts["num_warps"], opts["num_stages"])
 
-    def launch_args(self, config: Config, inputs: list[Any], outputs: list[Any], device: Any) -> list[Any]:
-        """Torch launch arguments in triton_signature order (allocates the workspace)."""
-        import torch
-
-        args = list(inputs) + list(outputs) + self.aux_args(config, list(inputs), device)
-        ws = self.workspace_shape(config)
-        if ws is not None:
-            args.append(torch.empty(ws, dtype=torch.float32, device=device))
-        return args
+    def launch_plan(self, config: Config, sizes: Mapping[str, int] | None = None) -> LaunchPlan:
+        """The ordered launches of this kernel under `config`, their arguments (inputs, outputs, aux
+        tensors, workspaces, in that order) and the workspaces to allocate; `sizes` are run-time sizes
+        (every shape is static today, so they only pass through to the family's hooks)."""
+        ws = tuple(self.workspaces(config, sizes))
+        names, n_in = self.arg_names(), len(self.inputs)
+        args = [Arg(name, "input", i, "*" + dt.triton_sig(b.dtype)) for i, (name, b) in
+                enumerate(zip(names[:n_in], self.inputs))]
+        args += [Arg(name, "output", i, "*" + dt.triton_sig(b.dtype)) for i, (name, b) in
+                 enumerate(zip(names[n_in:], self.outputs))]
+        args += [Arg(name, "aux", i, ty) for i, (name, ty) in enumerate(self.aux_signature(config).items())]
+        args += [Arg(w.name, "workspace", i, w.triton_type) for i, w in enumerate(ws)]
+        return LaunchPlan(self.name, tuple(args), ws, tuple(self.launches(config, tuple(args), sizes)),
+                          dict(sizes or {}))
 
     def summary(self) -> str:
         """The ops this kernel fuses, one per line, for reports."""

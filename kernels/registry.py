@@ -1,7 +1,8 @@
 """The kernel-family registry.
 
-A family registers its spec class with the fusion-group kinds it lowers (`@register_family`), and
-each of its backend templates under (family, backend) (`register_template`). A family's backends are
+A family registers its spec class with the fusion-group kinds it lowers (`@register_family`), each
+of its backend templates under (family, backend) (`register_template`) and the fusion rules of its
+kinds (`register_fusion`: anchors, prologues, epilogues; passes/fusion_rules.py). A family's backends are
 exactly the templates it registered, so no family can claim a backend it has no template for.
 Templates are registered by module path and imported on first use: the TVM templates import TVM,
 an optional heavy dependency that a GPU-only machine does not need.
@@ -19,6 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import LoweringError
+from ..passes.fusion_rules import FusionRules, GroupRule
 
 if TYPE_CHECKING:
     from .base import KernelSpec
@@ -29,12 +31,13 @@ S = TypeVar("S", bound="type[KernelSpec]")
 @dataclass
 class Family:
     """One registered family: the name stored in tuning records, its spec class, the fusion-group
-    kinds it lowers and its templates (backend -> module path)."""
+    kinds it lowers, its templates (backend -> module path) and the fusion rules it declares."""
 
     name: str
     spec: type[KernelSpec]
     kinds: tuple[str, ...]
     templates: dict[str, str] = field(default_factory=dict)
+    fusion: tuple[GroupRule, ...] = ()
 
     @property
     def backends(self) -> frozenset[str]:
@@ -74,6 +77,30 @@ def register_template(family: str, backend: str, module: str) -> None:
     _FAMILIES[family].templates[backend] = module
 
 
+def register_fusion(family: str, *rules: GroupRule) -> None:
+    """Declare fusion rules for `family`. A rule for a kind the family does not lower may only extend
+    another family's groups (no anchors or openers of its own) by prologues and epilogues that turn the
+    group into a kind this family lowers (`becomes`), so fusion never forms a group that nobody lowers."""
+    if family not in _FAMILIES:
+        raise ValueError(f"fusion rules registered for unknown kernel family {family!r}; register the "
+                         "family's spec first")
+    fam = _FAMILIES[family]
+    for r in rules:
+        if r.kind in fam.kinds:
+            continue
+        targets = {x.becomes for x in r.prologues + r.epilogues}
+        if r.anchors or r.opens or not targets or not targets <= set(fam.kinds):
+            raise ValueError(f"kernel family {family!r} declares fusion rules for group kind {r.kind!r}, which "
+                             f"it does not lower (its kinds: {', '.join(fam.kinds)}); an extension of another "
+                             "family's groups must turn them into one of its kinds (`becomes`)")
+    fam.fusion += rules
+
+
+def fusion_rules() -> FusionRules:
+    """The fusion rules every registered family declares, merged by group kind (registration order)."""
+    return FusionRules.of(r for fam in _FAMILIES.values() for r in fam.fusion)
+
+
 def families() -> dict[str, Family]:
     """Every registered family by name."""
     return dict(_FAMILIES)
@@ -103,3 +130,11 @@ def template(name: str, backend: str) -> ModuleType:
         raise LoweringError(f"kernel family {name!r} has no {backend} template (it has: "
                             f"{', '.join(sorted(fam.templates)) or 'none'})")
     return importlib.import_module(fam.templates[backend])
+
+
+def unregister_family(name: str) -> None:
+    """Forget family `name`, its templates and the kinds it claimed (for tests that register a
+    family of their own; the library never unregisters)."""
+    _FAMILIES.pop(name, None)
+    for kind in [k for k, fam in _BY_KIND.items() if fam.name == name]:
+        del _BY_KIND[kind]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..ir.graph import Graph
 from .canonicalize import canonicalize
 from .fuse import FusedGraph, fuse
+from .fusion_rules import FusionRules
 from .partition import KernelGraph, partition
 
 
@@ -20,12 +21,14 @@ class PipelineResult:
     kernels: KernelGraph
 
 
-def run_pipeline(g: Graph) -> PipelineResult:
-    """The pass pipeline, one named pass per line."""
+def run_pipeline(g: Graph, rules: FusionRules) -> PipelineResult:
+    """The pass pipeline, one named pass per line; `rules` are the families' fusion rules
+    (`kernels.fusion_rules()`)."""
     canonical = canonicalize(g)
-    fused = fuse(canonical)
+    fused = fuse(canonical, rules)
     kernels = partition(fused)
     return PipelineResult(g, canonical, fused, kernels)
 
 
-__all__ = ["FusedGraph", "KernelGraph", "PipelineResult", "canonicalize", "fuse", "partition", "run_pipeline"]
+__all__ = ["FusedGraph", "FusionRules", "KernelGraph", "PipelineResult", "canonicalize", "fuse", "partition",
+           "run_pipeline"]

@@ -124,8 +124,12 @@ def _inline_consts(n: Node, _: Any) -> Node | None:
     return _compact(n, new_e)
 
 
-def _dedupe_operands(n: Node, _: Any) -> Node | None:
-    if len(set(map(id, n.src))) == len(n.src):
+def _compact_operands(n: Node, _: Any) -> Node | None:
+    """Drop duplicate operands, and operands the expression never reads: a dead operand would pull its
+    producer (a matmul, a reduction) into the consumer's kernel, where no store uses it and the TVM
+    schedule finds no block for it."""
+    used = ex.args_used(n.attr("expr"))
+    if not used or (len(set(map(id, n.src))) == len(n.src) and len(used) == len(n.src)):
         return None
     return _compact(n, n.attr("expr"))
 
@@ -204,7 +208,7 @@ def _trivial_reduce(n: Node, _: Any) -> Node | None:
 RULES: list[Rule] = [
     (pat(Op.REDUCE), _trivial_reduce),
     (pat(Op.POINTWISE), _inline_consts),
-    (pat(Op.POINTWISE), _dedupe_operands),
+    (pat(Op.POINTWISE), _compact_operands),
     (pat(Op.POINTWISE), _simplify_pointwise),
     (pat(Op.POINTWISE), _absorb_expand),
     (pat(Op.POINTWISE), _identity_pointwise),

@@ -1,13 +1,15 @@
-"""fuse: partition the nodes of a canonical graph into fusion groups.
+"""fuse: partition the nodes of a canonical graph into fusion groups, by the rules families declare.
 
 Groups are formed producer-first in topological order. A node joins the group of one of its
-operands when the group's rules allow it (same iteration domain, no cycle between groups):
+operands when that group's rule (passes/fusion_rules.py) accepts it as an epilogue and no cycle
+between groups results; otherwise it opens a group of the kind its op is declared to open (ops no
+family declares open a group named after the op). Today's families declare:
 
-- pointwise chains share one group;
-- a last-axis reduction joins the group that computes its operand, with the pointwise ops
-  around it (softmax, RMSNorm, LayerNorm become one row kernel);
-- pointwise consumers of a matmul with the matmul's output shape become its epilogue;
-- a cheap pointwise group feeding only a matmul operand becomes that operand's prologue.
+- rowwise: pointwise chains share one group; a last-axis reduction joins the group that computes
+  its operand, with the pointwise ops around it (softmax, RMSNorm, LayerNorm become one row kernel);
+- matmul: pointwise consumers with the matmul's output shape become its epilogue; a cheap pointwise
+  group feeding only a matmul operand becomes that operand's prologue;
+- attention, its backward and paged decode: their anchors, with nothing fused.
 
 Views are never computed: kernels read through them (strided loads). Cheap pointwise ops of
 graph inputs are inlined into every consumer instead of getting a kernel of their own.
@@ -20,20 +22,20 @@ from dataclasses import dataclass, field
 from ..ir import expr as ex
 from ..ir.graph import Graph
 from ..ir.ops import ANCHORS, LEAF, VIEWS, Node, Op, make
+from .fusion_rules import Epilogue, FusionRules, GroupRule, PointwiseEpilogue, Prologue
 from .rewrite import pat, rewrite_graph
 from .views import base_of, strided_view
 
 Shape = tuple[int, ...]
-# Largest per-element expression cost that fusion recomputes rather than materialises.
+# Largest per-element expression cost that fusion recomputes in every consumer rather than materialises.
 INLINE_COST = 4
-PROLOGUE_COST = 8
 
 
 @dataclass(frozen=True)
 class FusionGroup:
     """Nodes computed by one kernel. `outputs` are the members written to memory."""
 
-    kind: str  # "pointwise" | "reduction" | "matmul" | "copy"
+    kind: str  # a declared group kind ("pointwise", "reduction", "matmul", ...), "copy", or an op name
     anchor: Node | None
     domain: Shape
     nodes: tuple[Node, ...]
@@ -75,7 +77,17 @@ class FusedGraph:
 
 
 def row_shape(domain: Shape) -> Shape:
+    """The shape of one value per row of `domain` (a last-axis reduction with keepdim)."""
     return tuple(domain[:-1]) + (1,)
+
+
+def _size(groups: list[_G]) -> int:
+    return sum(len(g.nodes) for g in groups)
+
+
+def _moves_one_axis_last(perm: tuple[int, ...]) -> bool:
+    """A permute that moves one axis last and keeps the others in order (the canonical reduce's)."""
+    return list(perm[:-1]) == [a for a in range(len(perm)) if a != perm[-1]]
 
 
 # ---- legalisation: views that need a copy --------------------------------------------------
@@ -105,8 +117,9 @@ class _G:
 
 
 class _Fuser:
-    def __init__(self, g: Graph):
+    def __init__(self, g: Graph, rules: FusionRules):
         self.g = g
+        self.rules = rules
         self.groups: list[_G] = []
         self.where: dict[int, _G] = {}
         self.users = g.users
@@ -160,34 +173,42 @@ class _Fuser:
         """`s` is read directly (no view) and computed in `grp` (not in its prologue)."""
         return self.where.get(id(s)) is grp and all(p is not s for p in grp.prologue)
 
-    def can_join(self, n: Node, grp: _G) -> bool:
-        if n.op is Op.POINTWISE:
-            if grp.kind == "pointwise":
-                ok = n.shape == grp.domain
-            elif grp.kind == "reduction":
-                ok = n.shape in (grp.domain, row_shape(grp.domain))
-            elif grp.kind == "matmul":
-                ok = n.shape == grp.domain and all(
-                    self.where.get(id(s)) is not grp or self.direct_member(s, grp) for s in n.src)
-            else:
-                ok = False
-        elif n.op is Op.REDUCE:
-            src = n.src[0]
-            ok = grp.kind in ("pointwise", "reduction") and src.shape == grp.domain and self.direct_member(src, grp)
-        else:
-            ok = False
-        if not ok:
-            return False
-        # Members read through a view must be materialised: a view of a value inside the
-        # same kernel is not addressable.
-        if any(s.op in VIEWS and self.where.get(id(base_of(s))) is grp for s in n.src):
-            return False
+    def can_join(self, n: Node, grp: _G) -> Epilogue | None:
+        """The epilogue rule of `grp` that accepts `n`, if joining creates no cycle between groups."""
+        rule = self.rules.rule(grp.kind)
+        if rule is None:
+            return None
+        accepted = next((e for e in rule.epilogues if self.accepts(e, n, grp)), None)
+        if accepted is None:
+            return None
         others = self.producers(n) - {grp.id}
-        return not any(self.reaches(o, grp.id) for o in others)
+        return None if any(self.reaches(o, grp.id) for o in others) else accepted
+
+    def accepts(self, e: Epilogue, n: Node, grp: _G) -> bool:
+        if isinstance(e, PointwiseEpilogue):
+            if n.op is not Op.POINTWISE:
+                return False
+            shapes = (grp.domain, row_shape(grp.domain)) if e.rows else (grp.domain,)
+            return n.shape in shapes and all(self.where.get(id(s)) is not grp or self.direct_member(s, grp)
+                                             for s in n.src) and not self.reads_member_view(n, grp)
+        if n.op is not Op.REDUCE or n.attr("op") not in e.ops:
+            return False
+        src = n.src[0]
+        axes = n.attr("axes")
+        if src.op is Op.PERMUTE and _moves_one_axis_last(src.attr("perm")):
+            axes = tuple(src.attr("perm")[a] for a in axes)
+            src = src.src[0]
+        return (src.shape == grp.domain and self.direct_member(src, grp)
+                and {a - src.ndim for a in axes} <= e.axes)
+
+    def reads_member_view(self, n: Node, grp: _G) -> bool:
+        """Members read through a view must be materialised: a view of a value inside the same kernel
+        is not addressable."""
+        return any(s.op in VIEWS and self.where.get(id(base_of(s))) is grp for s in n.src)
 
     # -- formation --
-    def new_group(self, n: Node, kind: str, domain: Shape) -> _G:
-        grp = _G(len(self.groups), kind, n if n.op in ANCHORS else None, domain, [n])
+    def new_group(self, n: Node, kind: str, domain: Shape, anchor: Node | None) -> _G:
+        grp = _G(len(self.groups), kind, anchor, domain, [n])
         self.groups.append(grp)
         self.where[id(n)] = grp
         return grp
@@ -198,51 +219,92 @@ class _Fuser:
         if self.is_inline(n):
             self.inline.add(id(n))
             return
-        if n.op is Op.MATMUL:
-            grp = self.new_group(n, "matmul", n.shape)
-            for s in n.src:
-                self.try_prologue(s, grp)
-            return
         if n.op is Op.RESULT and id(n.src[0]) in self.where:
             # results of a multi-result anchor are written by the anchor's kernel
             grp = self.where[id(n.src[0])]
             grp.nodes.append(n)
             self.where[id(n)] = grp
             return
-        if n.op not in (Op.POINTWISE, Op.REDUCE):
-            self.new_group(n, n.op.value, n.shape)
+        rule = self.rules.opener(n.op)
+        if rule is not None and n.op in rule.anchors:
+            grp = self.new_group(n, rule.kind, n.shape, n)
+            for i, s in enumerate(n.src):
+                self.try_prologues(i, s, grp, rule)
             return
-        candidates = sorted({self.where[id(s)].id for s in n.src if id(s) in self.where}, reverse=True)
+        if n.op not in ANCHORS and self.try_join(n):
+            return
+        # a reduction iterates over its operand's shape
+        domain = n.src[0].shape if n.op is Op.REDUCE else n.shape
+        kind = rule.kind if rule is not None else n.op.value
+        self.new_group(n, kind, domain, n if n.op in ANCHORS else None)
+
+    def try_join(self, n: Node) -> bool:
+        """Join the latest producer group whose rule accepts `n` as an epilogue (a reduction epilogue may
+        read its operand through the canonical reduce's permute, so producers are found through views)."""
+        bases = [base_of(s) for s in n.src]
+        candidates = sorted({self.where[id(b)].id for b in bases if id(b) in self.where}, reverse=True)
         for gid in candidates:
             grp = self.groups[gid]
-            if self.can_join(n, grp):
+            e = self.can_join(n, grp)
+            if e is not None:
                 grp.nodes.append(n)
                 self.where[id(n)] = grp
-                if n.op is Op.REDUCE:
-                    grp.kind = "reduction"
-                return
-        if n.op is Op.REDUCE:
-            self.new_group(n, "reduction", n.src[0].shape)
-        else:
-            self.new_group(n, "pointwise", n.shape)
+                if e.becomes is not None:
+                    grp.kind = e.becomes
+                return True
+        return False
 
-    def try_prologue(self, s: Node, mm: _G) -> None:
-        """Pull a cheap pointwise group that only feeds this matmul operand into its loads."""
+    def try_prologues(self, i: int, s: Node, anchor: _G, rule: GroupRule) -> None:
+        """Pull the groups computing operand `i` into the anchor's loads: of the prologue rules that fit,
+        the one that pulls in the most nodes (the first declared among equals)."""
+        best: tuple[Prologue, list[_G]] | None = None
+        for pro in rule.prologues:
+            pulled = self.prologue(i, s, pro)
+            if pulled is not None and (best is None or _size(pulled) > _size(best[1])):
+                best = (pro, pulled)
+        if best is None:
+            return
+        pro, pulled = best
+        for g in pulled:
+            g.alive = False
+            for m in g.nodes:
+                self.where[id(m)] = anchor
+            anchor.prologue.extend(g.nodes)
+        if pro.becomes is not None:
+            anchor.kind = pro.becomes
+
+    def prologue(self, i: int, s: Node, pro: Prologue) -> list[_G] | None:
+        """The groups `pro` pulls in for operand `i` computed by `s`, or None when it does not apply."""
         grp = self.where.get(id(s))
-        if grp is None or grp.kind != "pointwise" or grp.nodes[-1] is not s:
-            return
+        if i not in pro.operands or grp is None or grp.kind not in pro.kinds or grp.nodes[-1] is not s:
+            return None
         if id(s) in self.outputs or len(self.users[id(s)]) != 1:
-            return
-        members = {id(m) for m in grp.nodes}
-        for m in grp.nodes:
-            if m is not s and (id(m) in self.outputs or any(id(u) not in members for u in self.users[id(m)])):
-                return
-        if sum(ex.cost(m.attr("expr")) for m in grp.nodes) > PROLOGUE_COST:
-            return
-        grp.alive = False
-        for m in grp.nodes:
-            self.where[id(m)] = mm
-        mm.prologue.extend(grp.nodes)
+            return None
+        pulled = [grp] + self.feeders(grp, pro)
+        if pro.needs_feeders and len(pulled) == 1:
+            return None
+        members = {id(m) for g in pulled for m in g.nodes}
+        for g in pulled:
+            for m in g.nodes:
+                if m is not s and (id(m) in self.outputs or any(id(u) not in members for u in self.users[id(m)])):
+                    return None
+        if sum(pro.cost(m) for g in pulled for m in g.nodes) > pro.max_cost:
+            return None
+        return pulled
+
+    def feeders(self, root: _G, pro: Prologue) -> list[_G]:
+        """Groups of a `pro.feeders` kind that `root` (or another feeder) reads directly."""
+        out: list[_G] = []
+        stack = [root]
+        while stack:
+            g = stack.pop()
+            for m in g.nodes:
+                for src in m.src:
+                    f = self.where.get(id(src))
+                    if f is not None and f is not root and f.alive and f.kind in pro.feeders and f not in out:
+                        out.append(f)
+                        stack.append(f)
+        return out
 
     def run(self) -> FusedGraph:
         for n in self.g.nodes:
@@ -272,15 +334,20 @@ class _Fuser:
                 raise RuntimeError("fusion produced a cycle between groups")  # prevented by can_join
         return order
 
+    def escapes(self, n: Node, members: set[int]) -> bool:
+        """Whether a node outside `members` reads `n`: a view counts through its own readers (a reduction
+        epilogue reads its operand through a permute inside the kernel)."""
+        return any(id(u) not in members and (u.op not in VIEWS or id(u) in self.outputs or self.escapes(u, members))
+                   for u in self.users[id(n)])
+
     def freeze(self, grp: _G) -> FusionGroup:
         members = {id(m) for m in grp.nodes + grp.prologue}
         topo = [n for n in self.g.nodes if id(n) in members]
-        outs = tuple(n for n in topo if id(n) in self.outputs
-                     or any(id(u) not in members for u in self.users[id(n)]))
+        outs = tuple(n for n in topo if id(n) in self.outputs or self.escapes(n, members))
         prologue = tuple(n for n in topo if any(p is n for p in grp.prologue))
         return FusionGroup(grp.kind, grp.anchor, grp.domain, tuple(topo), outs, prologue)
 
 
-def fuse(g: Graph) -> FusedGraph:
-    """Assign every computed node of a canonical graph to a fusion group."""
-    return _Fuser(legalize_views(g)).run()
+def fuse(g: Graph, rules: FusionRules) -> FusedGraph:
+    """Assign every computed node of a canonical graph to a fusion group by the families' `rules`."""
+    return _Fuser(legalize_views(g), rules).run()

@@ -286,9 +286,9 @@ def test_attention_register_estimate_against_builds(kind, arch, d, bm, bn, warps
     target = get_target(arch)
     cfg = Config(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
     problems = spec.constraints(cfg, target)
-    sig = spec.triton_signature(cfg)
-    fn = spec.name + ("_finish" if "ws" in sig else "")  # the backward's main kernel (not the delta pre-pass)
-    b = build_triton(spec.render_triton(cfg), fn, sig, spec.triton_constexprs(cfg), arch=target.arch,
+    launch = spec.launch_plan(cfg).launches[-1]  # the backward's main kernel (not the delta pre-pass)
+    sig = launch.signature()
+    b = build_triton(spec.render_triton(cfg), launch.fn, sig, dict(launch.constexprs), arch=target.arch,
                      num_warps=warps, num_stages=stages, divisible_by_16=tuple(sig))
     r = b.resources
     assert r.spills == spills, f"{kind} {cfg.to_json()} on {arch}: measured {r} (expected spills={spills})"

@@ -19,7 +19,7 @@ from test_attention_fwd import TORCH_DT, assert_default_builds_clean, block_cfg,
 from test_ir_attention import naive
 
 import tilefuse as tf
-from tilefuse.frontend_ext import softmax_threshold
+from tilefuse.builders import softmax_threshold
 from tilefuse.ir import Op, VerifyError, make, parse_graph
 from tilefuse.ir import expr as ex
 from tilefuse.ir.attention_op import eval_mask, index_grid

@@ -10,7 +10,7 @@ from tilefuse.autotune.device import NOMINAL
 from tilefuse.schedule.records import Measurement, Record, Status
 from tilefuse.schedule.target import get_target
 from tilefuse.compiler import ConfigSources, choose_config, compile_graph
-from tilefuse.kernels import spec_for
+from tilefuse.kernels import fusion_rules, spec_for
 from tilefuse.passes import run_pipeline
 
 
@@ -19,7 +19,7 @@ def _spec():
     x, w = g.input("x", (256, 512), "f16"), g.input("w", (512, 384), "f16")
     g.output("y", tf.silu(x @ w))
     graph = g.build()
-    kg = run_pipeline(graph).kernels
+    kg = run_pipeline(graph, fusion_rules()).kernels
     return graph, spec_for(kg, kg.kernels[0], "triton")
 
 

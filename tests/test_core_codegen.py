@@ -9,17 +9,17 @@ import pytest
 import tilefuse as tf
 from tilefuse.schedule.config import Config
 from tilefuse.schedule.target import get_target
-from tilefuse.kernels import ConfigRejected, spec_for
+from tilefuse.kernels import ConfigRejected, fusion_rules, spec_for
 from tilefuse.passes import run_pipeline
 
 SCRIPT = """
 import tilefuse as tf
 from tilefuse.ir.text import load_graph
 from tilefuse.passes import run_pipeline
-from tilefuse.kernels import spec_for
+from tilefuse.kernels import fusion_rules, spec_for
 from tilefuse.schedule.target import get_target
 g = load_graph("examples/decoder_mlp.tf", {"T": 5, "H": 64, "I": 96})
-kg = run_pipeline(g).kernels
+kg = run_pipeline(g, fusion_rules()).kernels
 import hashlib
 for k in kg.kernels:
     s = spec_for(kg, k, "triton")
@@ -34,7 +34,7 @@ def test_render_is_deterministic_across_processes():
 
 
 def _specs(g):
-    kg = run_pipeline(g).kernels
+    kg = run_pipeline(g, fusion_rules()).kernels
     return [spec_for(kg, k, "triton") for k in kg.kernels]
 
 

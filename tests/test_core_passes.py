@@ -9,6 +9,7 @@ from tilefuse.ir.graph import Graph
 from tilefuse.ir.reference import evaluate
 from tilefuse.ir.text import load_graph, parse_graph
 from tilefuse.passes import canonicalize, run_pipeline
+from tilefuse.kernels import fusion_rules
 
 
 def _text_graph(body: str) -> Graph:
@@ -33,7 +34,7 @@ def test_canonicalize_before_expected():
 
 def test_decoder_mlp_fuses_into_four_kernels():
     g = load_graph("examples/decoder_mlp.tf", {"T": 4, "H": 64, "I": 96})
-    kg = run_pipeline(g).kernels
+    kg = run_pipeline(g, fusion_rules()).kernels
     kinds = [k.group.kind for k in kg.kernels]
     assert kinds == ["reduction", "matmul", "matmul", "matmul"]
     # RMSNorm in one kernel; bias+SiLU fused into the gate GEMM; bias, SiLU(gate)*up into the up GEMM;
@@ -46,7 +47,7 @@ def test_softmax_is_one_kernel_and_views_are_not_kernels():
     g = tf.GraphBuilder("s")
     x = g.input("x", (5, 7), "f32")
     g.output("y", tf.softmax(tf.permute(x, (1, 0))))
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     assert len(kg.kernels) == 1 and kg.kernels[0].group.kind == "reduction"
 
 
@@ -57,7 +58,7 @@ def test_prologue_is_fused_into_matmul_operand():
     w = g.input("w", (16, 4), "f32")
     h = tf.exp(x) * s
     g.output("y", tf.cast(h, "f16") @ tf.cast(w, "f16"))
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     assert len(kg.kernels) == 1
     assert kg.kernels[0].group.prologue
 
@@ -68,7 +69,7 @@ def test_shared_value_is_materialised_once():
     t = tf.exp(x) * 3.0
     g.output("a", tf.sum(t, -1))
     g.output("b", t @ tf.permute(x, (1, 0)))
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     assert sum(len(k.outputs) for k in kg.kernels) >= 2
 
 
@@ -112,7 +113,7 @@ def test_pipeline_preserves_reference_semantics(g, seed):
     after = evaluate(canonicalize(g), ins)
     for k in before:
         np.testing.assert_allclose(after[k], before[k], rtol=1e-12, atol=1e-12)
-    run_pipeline(g)  # fusion and partition accept every such graph
+    run_pipeline(g, fusion_rules())  # fusion and partition accept every such graph
 
 
 def test_rewrite_memo_survives_dead_temporaries():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -276,6 +277,73 @@ def test_corrupt_saved_model_raises_model_error(trained, tmp_path, damage, messa
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("field, value, words", [
+    ("versions", "xgboost 2", "versions must be an object"),
+    ("versions", {"xgboost": 2}, "versions must be an object"),
+    ("params", [4, 0.2], "params must be an object"),
+    ("params", {"max_depth": "deep"}, "params.max_depth must be an integer"),
+    ("params", {"eta": "fast"}, "params.eta must be a number"),
+    ("params", {"seed": 1.5}, "params.seed must be an integer"),
+    ("trained_on", "devA", "trained_on must be an object"),
+    ("num_boost_round", "200", "num_boost_round must be a positive integer"),
+    ("num_boost_round", 0, "num_boost_round must be a positive integer"),
+    ("failed_as_worst", "false", "failed_as_worst must be true or false"),
+    ("model_file", "../model.json", "model_file must be a file name"),
+    ("schema", True, "metadata schema True"),
+])
+def test_wrongly_typed_meta_fields_raise_model_error(trained, tmp_path, capsys, field, value, words):
+    """The model file and its sha256 stay valid: only meta.json's types are wrong."""
+    trained.save(tmp_path)
+    _edit_meta(tmp_path, **{field: value})
+    with pytest.raises(ModelError, match=words):
+        load_model(tmp_path)
+    assert cm_cli.main(["costmodel", "eval", "--data", str(tmp_path / "none.jsonl"), "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty directory", "file"])
+def test_a_costmodel_setting_that_names_no_model_warns_once(tmp_path, monkeypatch, caplog, kind):
+    from tilefuse.compiler import open_sources
+    from tilefuse.schedule.target import get_target
+    from tilefuse.settings import reload_settings
+
+    path = tmp_path / "cm"
+    if kind == "empty directory":
+        path.mkdir()
+    elif kind == "file":
+        path.write_text("not a model")
+    monkeypatch.setenv("TILEFUSE_COSTMODEL", str(path))
+    reload_settings()
+    try:
+        with caplog.at_level("WARNING", logger="tilefuse.settings"):
+            for _ in range(2):
+                assert open_sources(get_target("cpu"), db=None).model is None
+        warnings = [r.getMessage() for r in caplog.records if r.name == "tilefuse.settings"]
+        assert len(warnings) == 1 and f"TILEFUSE_COSTMODEL={path}" in warnings[0], warnings
+        assert {"missing": "does not exist", "empty directory": "no saved cost model",
+                "file": "is a file"}[kind] in warnings[0]
+    finally:
+        monkeypatch.undo()
+        reload_settings()
+
+
+def test_the_default_model_place_is_silent_and_the_warning_reaches_stderr(tmp_path):
+    """No TILEFUSE_COSTMODEL and no model yet is the normal state: no word. With no logging configured
+    (the CLI configures none), the warning is printed on stderr by Python's last-resort handler."""
+    import subprocess
+
+    code = ("from tilefuse.compiler import open_sources; from tilefuse.schedule.target import get_target; "
+            "assert open_sources(get_target('cpu'), db=None).model is None")
+    env = {k: v for k, v in os.environ.items() if k != "TILEFUSE_COSTMODEL"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    env["TILEFUSE_COSTMODEL"] = str(tmp_path / "typo")
+    loud = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert loud.returncode == 0 and f"TILEFUSE_COSTMODEL={tmp_path / 'typo'} does not exist" in loud.stderr
+
+
 def test_baselines_round_trip(tmp_path):
     feats = [{"roofline_time": 2.0}, {"roofline_time": 1.0}, {}]
     np.testing.assert_array_equal(RooflineModel().predict(feats), [-2.0, -1.0, 0.0])
@@ -311,14 +379,14 @@ def _device(target: str):
 @pytest.fixture(scope="module")
 def matmul_spec():
     import tilefuse as tf
-    from tilefuse.kernels import spec_for
+    from tilefuse.kernels import fusion_rules, spec_for
     from tilefuse.passes import run_pipeline
 
     g = tf.GraphBuilder("t")
     x = g.input("x", (64, 128), "f16")
     w = g.input("w", (128, 256), "f16")
     g.output("y", tf.silu(x @ w))
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     return spec_for(kg, kg.kernels[0], "triton")
 
 
@@ -378,12 +446,12 @@ def test_cpu_matmul_features_count_padding_and_core_balance():
     tasks (2 cores: the busier runs 25, so balance 49/50); tiles of 128x256 pad to 896x512 in 7 x 2
     tasks (balance 14/14) and the roofline charges the padded work."""
     import tilefuse as tf
-    from tilefuse.kernels import spec_for
+    from tilefuse.kernels import fusion_rules, spec_for
     from tilefuse.passes import run_pipeline
 
     g = tf.GraphBuilder("odd")
     g.output("c", g.input("a", (777, 1024), "f32") @ g.input("b", (1024, 333), "f32"))
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     spec = spec_for(kg, kg.kernels[0], "tvm")
     dev = _stand_in_device("cpu")
     base = dict(tile_k=256, micro_m=8, micro_n=48, vector=16, unroll=4)

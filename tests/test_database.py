@@ -20,7 +20,8 @@ import pytest
 from tilefuse.schedule.config import Config
 from tilefuse.autotune.database import SCHEMA_VERSION, DatabaseError, TuningDB
 from tilefuse.autotune.device import NOMINAL, cpu_device
-from tilefuse.schedule.records import Measurement, Record, Status, comparable_seconds, corrected_seconds
+from tilefuse.schedule.records import (Measurement, Record, RecordError, Status, comparable_seconds,
+                                      corrected_seconds)
 
 H100, H200, A100 = NOMINAL["H100"], NOMINAL["H200"], NOMINAL["A100"]
 TOOLCHAIN = {"triton": "3.6.0", "tilefuse": "0.1.0"}
@@ -167,9 +168,9 @@ def test_export_import_round_trip(url, tmp_path):
 def test_import_reports_bad_line_and_imports_nothing(url):
     good = rec(1).to_json()
     with TuningDB(url) as db:
-        with pytest.raises(DatabaseError, match=r":3: tuning record is not JSON"):
+        with pytest.raises(RecordError, match=r":3: tuning record is not JSON"):
             db.import_jsonl(io.StringIO(f"{good}\n\n{{oops\n"))
-        with pytest.raises(DatabaseError, match=r":2: tuning record is missing"):
+        with pytest.raises(RecordError, match=r":2: tuning record is missing"):
             db.import_jsonl(io.StringIO(f"{good}\n{{\"schema\": 1}}\n"))
         assert db.count() == 0
 
@@ -418,7 +419,8 @@ def test_cli_db_show_export_import(url, tmp_path, capsys):
     assert args.fn(args) == 2
 
 
-def test_cli_reports_database_errors(tmp_path, capsys):
+def test_cli_reports_database_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # `db import -` reads (no records) before it opens the db
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"\x00garbage" * 100)
     p = _cli()

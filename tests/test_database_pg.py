@@ -268,6 +268,19 @@ def test_foreign_database_is_a_clear_error(url, pg):
         TuningDB(url)
 
 
+def test_readers_create_nothing_in_an_empty_database(url, pg):
+    """compile, db show and costmodel open the database to read: an empty one is "nothing tuned yet"."""
+    from tilefuse.autotune.database import MissingDatabaseError
+
+    with pytest.raises(MissingDatabaseError, match="no tables yet"):
+        TuningDB(url, create=False)
+    assert pg.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'", url) == []
+    with TuningDB(url) as db:  # a writer creates the schema
+        db.add(rec(1))
+    with TuningDB(url, create=False) as db:
+        assert db.count() == 1
+
+
 def test_optuna_tables_may_come_first(url):
     import optuna
 

@@ -8,7 +8,7 @@ import pytest
 
 from tilefuse.ir import expr as ex
 from tilefuse.ir.text import parse_graph
-from tilefuse.kernels import LoweringError, spec_for
+from tilefuse.kernels import LoweringError, fusion_rules, spec_for
 from tilefuse.passes import run_pipeline
 from tilefuse.schedule.target import get_target
 
@@ -23,7 +23,7 @@ def chain(n: int) -> str:
 
 
 def test_a_3000_op_chain_lowers_and_renders_for_triton():
-    kg = run_pipeline(parse_graph(chain(3000))).kernels
+    kg = run_pipeline(parse_graph(chain(3000)), fusion_rules()).kernels
     (k,) = kg.kernels
     spec = spec_for(kg, k, "triton")
     src = spec.render_triton(spec.default_config(get_target("sm_90")))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tilefuse.ir.text import parse_graph
-from tilefuse.kernels import LoweringError, spec_for
+from tilefuse.kernels import LoweringError, fusion_rules, spec_for
 from tilefuse.passes import run_pipeline
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "kernel_keys.json").read_text())
@@ -18,7 +18,7 @@ GOLDEN = json.loads((Path(__file__).parent / "golden" / "kernel_keys.json").read
 
 def kernels_of(text: str) -> tuple[str, list[dict]]:
     g = parse_graph(text)
-    pr = run_pipeline(g)
+    pr = run_pipeline(g, fusion_rules())
     rows = []
     for k in pr.kernels.kernels:
         row = {"name": k.name, "kind": k.group.kind, "nodes": len(k.group.nodes), "prologue": len(k.group.prologue)}

@@ -17,7 +17,7 @@ from tilefuse.schedule.records import Measurement, Status
 from tilefuse.autotune.runners import GpuRunner
 from tilefuse.schedule.target import get_target
 from tilefuse.autotune.worker import OK, Worker
-from tilefuse.kernels import spec_for
+from tilefuse.kernels import fusion_rules, spec_for
 from tilefuse.passes import run_pipeline
 
 SMALL = Config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, SPLIT_K=1, num_stages=2, num_warps=4)
@@ -30,7 +30,7 @@ def bf16_matmul_spec():
     g = tf.GraphBuilder("mm_bf16")
     a, b = g.input("a", (64, 96), "bf16"), g.input("b", (96, 80), "bf16")
     g.output("c", a @ b)
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     return spec_for(kg, kg.kernels[0], "triton")
 
 
@@ -141,8 +141,10 @@ def test_mock_launch_args_follow_the_signature() -> None:
     from tilefuse.ir.dtypes import DTypeError, torch_of_triton_sig
 
     spec = bf16_matmul_spec()
-    assert mock_launch_args(spec, SMALL) == [torch.bfloat16] * 3
-    assert mock_launch_args(spec, SPLIT) == [torch.bfloat16] * 3 + [torch.float32]  # the split-K workspace
+    assert mock_launch_args(spec.launch_plan(SMALL)) == {"in0": torch.bfloat16, "in1": torch.bfloat16,
+                                                         "out0": torch.bfloat16}
+    split = mock_launch_args(spec.launch_plan(SPLIT))
+    assert list(split.values()) == [torch.bfloat16] * 3 + [torch.float32]  # the split-K workspace
     assert torch_of_triton_sig("i1") is torch.bool and torch_of_triton_sig("fp8e4nv") is torch.float8_e4m3fn
     with pytest.raises(DTypeError, match="'fp7' has no torch dtype"):
         torch_of_triton_sig("fp7")

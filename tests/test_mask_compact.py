@@ -17,10 +17,11 @@ from tilefuse.schedule.config import Config
 from tilefuse.ir.attention_op import make_loader
 from tilefuse.ir.reference import evaluate
 from tilefuse.kernels.attention import mask_compact
-from tilefuse.kernels.attention.block_sparsity import (EMPTY, FULL, PARTIAL, BlockSparsity, analyze, analyze_runtime, compact,
-                                             lists_from_block_mask, lists_from_topk)
-from tilefuse.kernels.attention.mask_compact import (FNS, MaskCompactError, build_aot, compact_rows, default_config, render,
-                                           workload_key)
+from tilefuse.kernels.attention.block_sparsity import (EMPTY, FULL, PARTIAL, BlockSparsity, analyze,
+                                                       analyze_runtime, compact, lists_from_block_mask,
+                                                       lists_from_topk)
+from tilefuse.kernels.attention.mask_compact import (FNS, MaskCompactError, build_aot, compact_rows, default_config,
+                                                     render, workload_key)
 
 torch = pytest.importorskip("torch")
 SENTINEL = -0x5A5A5A5A

@@ -24,12 +24,14 @@ from tilefuse.autotune.runners import FakeRunner
 from tilefuse.autotune.search import tune_kernel
 from tilefuse.autotune.space import SearchSpace
 from tilefuse.autotune.strategies import STRATEGIES
+from tilefuse.kernels.base import KernelSpec
 
 TESTS = Path(__file__).parent
 
 
-class FakeSpec:
-    """A kernel with three knobs (6 x 6 x 4 = 144 configs) of which 84 are legal (a * b <= 32)."""
+class FakeSpec(KernelSpec):
+    """A kernel with three knobs (6 x 6 x 4 = 144 configs) of which 84 are legal (a * b <= 32); the
+    cost model's hooks it does not define are KernelSpec's defaults."""
 
     family = "fake"
 
@@ -56,8 +58,11 @@ class FakeSpec:
     def default_config(self, target):
         return Config(a=1, b=1, c=0)
 
-    def features(self, config):
-        return {"programs": 1.0}
+    def family_features(self, config):
+        return {}
+
+    def mma_dtype(self):
+        return None
 
     def flops(self):
         return 1e6
@@ -139,6 +144,43 @@ def test_time_limit(strategy, dev, db):
     res = tune_kernel(FakeSpec(), dev, FakeRunner(slow_latency), db, budget=80, strategy=strategy, time_limit=0.4)
     assert res.stopped == "time_limit" and 1 <= len(res.trials) < 20
     assert time.monotonic() - t0 < 3.0
+
+
+class SparseSpec(FakeSpec):
+    """Five knobs of 6 values (7776 configs), legal only where a == b == c and d == e: 36 configs, 1 in 216.
+    Tests lower space.ENUMERATE_LIMIT below 7776, so the space is sampled, as CPU matmul spaces are."""
+
+    family = "fake_sparse"
+
+    def knob_space(self, target):
+        return {k: (1, 2, 4, 8, 16, 32) for k in "abcde"}
+
+    def constraints(self, config, target):
+        self.constraint_calls += 1
+        a, b, c, d, e = (config.int(k) for k in "abcde")
+        return [] if a == b == c and d == e else ["off the diagonal"]
+
+    def default_config(self, target):
+        return Config(a=1, b=1, c=1, d=1, e=1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_search_of_a_sparse_space_runs_its_budget_and_resumes(seed, dev, tmp_path, monkeypatch):
+    """Rejection sampling found no legal config in a batch's draws often here, and the search stopped as
+    "exhausted" after a trial or a few (the matmul kernels with --set T=4 H=64 I=96 --seed 2 did)."""
+    from tilefuse.autotune import space
+
+    monkeypatch.setattr(space, "ENUMERATE_LIMIT", 1000)
+    spec = SparseSpec()
+    assert not SearchSpace(spec, dev.target).enumerable
+    with TuningDB(f"sqlite:///{tmp_path / 't.db'}") as db:
+        first = tune_kernel(spec, dev, FakeRunner(latency), db, budget=12, strategy="random", seed=seed)
+        again = tune_kernel(spec, dev, FakeRunner(latency), db, budget=12, strategy="random", seed=seed)
+        assert (len(first.trials), first.stopped) == (12, "budget")
+        assert (len(again.trials), again.stopped, again.previous) == (12, "budget", 12)
+        last = tune_kernel(spec, dev, FakeRunner(latency), db, budget=40, strategy="random", seed=seed)
+        assert (len(last.trials), last.stopped) == (12, "exhausted")  # all 36 measured: now it is
+        assert len(db.measured(spec.key, dev.key)) == 36
 
 
 def test_early_stopping_on_patience(dev, db):

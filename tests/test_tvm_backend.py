@@ -27,6 +27,7 @@ from tilefuse.kernels.base import KernelSpec  # noqa: E402
 from tilefuse.kernels.matmul import MatmulSpec  # noqa: E402
 from tilefuse.kernels.rowwise import RowwiseSpec  # noqa: E402
 from tilefuse.passes import run_pipeline  # noqa: E402
+from tilefuse.kernels import fusion_rules  # noqa: E402
 
 CPU = get_target("cpu")
 M, K, N = 37, 53, 71
@@ -34,7 +35,7 @@ M, K, N = 37, 53, 71
 
 def specs_of(g: tf.GraphBuilder) -> tuple[Any, list[KernelSpec]]:
     """The kernel graph of `g` and one spec per kernel, in execution order."""
-    kg = run_pipeline(g.build()).kernels
+    kg = run_pipeline(g.build(), fusion_rules()).kernels
     out: list[KernelSpec] = []
     for k in kg.kernels:
         out.append(MatmulSpec(kg, k) if k.group.kind == "matmul" else RowwiseSpec(kg, k))

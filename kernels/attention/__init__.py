@@ -4,7 +4,9 @@ and run-time block lists built by mask_compact), its backward ("attention_bwd") 
 
 from __future__ import annotations
 
-from ..registry import register_template
+from ...ir.ops import Op
+from ...passes.fusion_rules import GroupRule
+from ..registry import register_fusion, register_template
 from .bwd_spec import AttentionBwdSpec
 from .decode_spec import DecodeSpec
 from .spec import AttentionSpec
@@ -12,5 +14,9 @@ from .spec import AttentionSpec
 register_template(AttentionSpec.family, "triton", __name__ + ".triton_template")
 register_template(AttentionBwdSpec.family, "triton", __name__ + ".bwd_triton_template")
 register_template(DecodeSpec.family, "triton", __name__ + ".decode_triton_template")
+# Each kernel is its anchor alone: no prologue or epilogue fuses into attention yet.
+register_fusion(AttentionSpec.family, GroupRule("attention", anchors=frozenset({Op.ATTENTION})))
+register_fusion(AttentionBwdSpec.family, GroupRule("attention_bwd", anchors=frozenset({Op.ATTENTION_BWD})))
+register_fusion(DecodeSpec.family, GroupRule("paged_attention", anchors=frozenset({Op.PAGED_ATTENTION})))
 
 __all__ = ["AttentionBwdSpec", "AttentionSpec", "DecodeSpec"]

@@ -12,16 +12,16 @@ the loads unknown (their static part still prunes blocks) and again at run time 
 to the actual tensors: a load whose indices are constant over a block pair (block masks and top-k
 lists aligned to the kernel blocks) then decides the pair exactly.
 
-The kernel consumes the compact CSR form of `BlockLists`: per (pattern, query block) row, the key
-blocks needing no mask first, then the masked ones. Numpy block classes, block masks and top-k lists
-are compacted by the numpy reference here; torch tensors by the generated Triton kernel of
-kernels/mask_compact.py, on their own device.
+Heads are grouped before anything is folded: the mask's largest subexpressions that read only b and h
+(and fold to constants, e.g. `lt h 16`) are evaluated over all (b, h) at once, and pairs with equal
+values fold to one expression. So the cost is O(B x H) vectorised work plus O(distinct patterns)
+analyses, within the limits of ir/limits.py (checked before anything is allocated). Interval
+evaluation is in intervals.py; the compact CSR lists the kernels read are in block_lists.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,143 +29,15 @@ import numpy as np
 
 from ...ir import expr as ex
 from ...ir.expr import E, Expr
+from ...ir.limits import check_cells, check_head_classes, check_heads
 from ...ir.reference import eval_expr
+from .block_lists import (EMPTY, FULL, PARTIAL, BlockLists, compact, lists_from_block_mask,  # noqa: F401
+                          lists_from_topk)
+from .intervals import Ival, Loader, eval_interval
 
-EMPTY, PARTIAL, FULL = 0, 1, 2
 REFINE_BUDGET = 1 << 26  # elements evaluated exactly per analysis before falling back to "partial"
-_CHUNK = 1 << 21
-Loader = Callable[[int, list[np.ndarray]], np.ndarray]
-Ival = tuple[np.ndarray, np.ndarray]
-
-
-# ---- interval evaluation -------------------------------------------------------------------------
-def _unknown(e: Expr, shape: tuple[int, ...]) -> Ival:
-    if e.dtype.is_bool:
-        return np.zeros(shape), np.ones(shape)
-    return np.full(shape, -np.inf), np.full(shape, np.inf)
-
-
-def _clean(lo: np.ndarray, hi: np.ndarray) -> Ival:
-    return np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi)
-
-
-def _truth(true: np.ndarray, false: np.ndarray) -> Ival:
-    return true.astype(np.float64), 1.0 - false.astype(np.float64)
-
-
-def _point_const(iv: Ival) -> float | None:
-    lo, hi = iv
-    if lo.size and np.all(lo == hi) and np.all(lo == lo.flat[0]) and np.isfinite(lo.flat[0]):
-        return float(lo.flat[0])
-    return None
-
-
-def _compare(op: E, a: Ival, b: Ival) -> Ival:
-    (alo, ahi), (blo, bhi) = a, b
-    if op is E.LT:
-        return _truth(ahi < blo, alo >= bhi)
-    if op is E.LE:
-        return _truth(ahi <= blo, alo > bhi)
-    if op is E.GT:
-        return _truth(alo > bhi, ahi <= blo)
-    if op is E.GE:
-        return _truth(alo >= bhi, ahi < blo)
-    same = (alo == ahi) & (blo == bhi) & (alo == blo)
-    apart = (ahi < blo) | (bhi < alo)
-    return _truth(same, apart) if op is E.EQ else _truth(apart, same)
-
-
-def _int_div(op: E, a: Ival, c: float) -> Ival:
-    lo, hi = a
-    if op is E.IDIV:  # truncation toward zero is monotone non-decreasing for c > 0
-        return np.trunc(lo / c), np.trunc(hi / c)
-    same_period = (lo >= 0) & (np.floor(lo / c) == np.floor(hi / c))
-    nonneg = lo >= 0
-    return (np.where(same_period, np.mod(lo, c), np.where(nonneg, 0.0, -(c - 1))),
-            np.where(same_period, np.mod(hi, c), c - 1))
-
-
-def _load(e: Expr, srcs: list[Ival], loads: Loader | None, shape: tuple[int, ...]) -> Ival:
-    """A load decides a block pair only where all its indices are constant over the pair."""
-    out = _unknown(e, shape)
-    if loads is None:
-        return out
-    point = np.ones(shape, dtype=bool)
-    idx = []
-    for lo, hi in srcs:
-        point &= np.broadcast_to((lo == hi) & np.isfinite(lo), shape)
-        idx.append(np.where(np.isfinite(lo), lo, 0).astype(np.int64))
-    if not point.any():
-        return out
-    try:
-        val = np.broadcast_to(np.asarray(loads(e.arg, idx), dtype=np.float64), shape)
-    except (IndexError, RuntimeError, ValueError):
-        return out
-    return np.where(point, val, out[0]), np.where(point, val, out[1])
-
-
-def eval_interval(e: Expr, env: dict[str, Ival], shape: tuple[int, ...], loads: Loader | None = None) -> Ival:
-    """Bounds (lo, hi) of `e` over each cell of the block grid, given the bounds of its VARs
-    (bools are 0/1). Sound for every expression; ops without a rule give unbounded results."""
-    memo: dict[int, Ival] = {}
-    with np.errstate(all="ignore"):
-        for n in ex.toposort([e]):
-            s = [memo[id(x)] for x in n.src]
-            memo[id(n)] = _rule(n, s, env, shape, loads)
-    lo, hi = memo[id(e)]
-    return np.broadcast_to(lo, shape), np.broadcast_to(hi, shape)
-
-
-def _rule(n: Expr, s: list[Ival], env: dict[str, Ival], shape: tuple[int, ...], loads: Loader | None) -> Ival:
-    op = n.op
-    if op is E.CONST:
-        v = np.array(float(n.arg))
-        return v, v
-    if op is E.VAR:
-        return env[n.arg] if n.arg in env else _unknown(n, shape)
-    if op is E.LOAD:
-        return _load(n, s, loads, shape)
-    if op in ex.COMPARE:
-        return _compare(op, s[0], s[1])
-    if op is E.WHERE:
-        (clo, chi), (alo, ahi), (blo, bhi) = s
-        return (np.where(clo == 1, alo, np.where(chi == 0, blo, np.minimum(alo, blo))),
-                np.where(clo == 1, ahi, np.where(chi == 0, bhi, np.maximum(ahi, bhi))))
-    if n.dtype.is_bool and op in (E.AND, E.OR, E.NOT):
-        if op is E.NOT:
-            return 1.0 - s[0][1], 1.0 - s[0][0]
-        f = np.minimum if op is E.AND else np.maximum
-        return f(s[0][0], s[1][0]), f(s[0][1], s[1][1])
-    if op is E.NEG:
-        return -s[0][1], -s[0][0]
-    if op is E.ABS:
-        lo, hi = s[0]
-        return np.where(lo >= 0, lo, np.where(hi <= 0, -hi, 0.0)), np.maximum(np.abs(lo), np.abs(hi))
-    if op in (E.ADD, E.SUB):
-        (alo, ahi), (blo, bhi) = s
-        return _clean(alo + blo, ahi + bhi) if op is E.ADD else _clean(alo - bhi, ahi - blo)
-    if op is E.MUL:
-        (alo, ahi), (blo, bhi) = s
-        corners = [np.nan_to_num(x, nan=0.0, posinf=np.inf, neginf=-np.inf)
-                   for x in (alo * blo, alo * bhi, ahi * blo, ahi * bhi)]
-        return np.minimum.reduce(corners), np.maximum.reduce(corners)
-    if op in (E.MIN, E.MAX):
-        f = np.minimum if op is E.MIN else np.maximum
-        return f(s[0][0], s[1][0]), f(s[0][1], s[1][1])
-    if op in (E.IDIV, E.MOD) and n.dtype.is_int:
-        c = _point_const(s[1])
-        if c is not None and c > 0:
-            return _int_div(op, s[0], c)
-    if op is E.CAST:
-        src = n.src[0].dtype
-        lo, hi = s[0]
-        if n.dtype.is_bool:
-            return _truth((lo > 0) | (hi < 0), (lo == 0) & (hi == 0))
-        if n.dtype.is_int and src.is_float:
-            return np.trunc(lo), np.trunc(hi)
-        if src.is_int or src.is_bool or n.dtype.name in ("f32", "f64") or n.dtype.is_int:
-            return lo, hi
-    return _unknown(n, shape)
+_CHUNK = 1 << 21  # elements per step of the exact refinement
+_CHUNK_CELLS = 1 << 20  # block pairs per step of the interval evaluation (bounds its memory)
 
 
 # ---- folding b / h into constants, so heads with one mask share one analysis ----------------------
@@ -201,6 +73,76 @@ def _fold_node(n: Expr, src: tuple[Expr, ...]) -> Expr:
     return node
 
 
+# ---- head classes: (b, h) pairs on which the mask folds to one expression -------------------------
+def _signature(mask: Expr, used: set[str]) -> list[Expr]:
+    """The subexpressions whose values decide `fold(mask, {b, h})` as far as the compile-time analysis
+    can tell: nodes that fold to constants for any b and h (the used VARs, and loads-free integer/bool
+    nodes of such operands) and that a non-folding node (or nobody: the root) reads. Pairs that agree
+    on them fold to the same expression, up to load indices: loads are unknown at compile time whatever
+    they index (a [B, H, ...] block mask is one analysis, not one per head)."""
+    order = ex.toposort([mask])
+    folds: set[int] = set()
+    for n in order:
+        leaf = n.op is E.CONST or (n.op is E.VAR and n.arg in used)
+        int_op = n.src and n.op is not E.LOAD and (n.dtype.is_int or n.dtype.is_bool)
+        if leaf or (int_op and all(id(s) in folds for s in n.src)):
+            folds.add(id(n))
+    read = {id(s) for n in order if id(n) not in folds and n.op is not E.LOAD for s in n.src} | {id(mask)}
+    return [n for n in order if id(n) in folds and id(n) in read and n.op is not E.CONST]
+
+
+def _dense_codes(v: np.ndarray) -> tuple[np.ndarray, int]:
+    """Codes 0..K-1 of the K distinct values of a 1-d array, in value order: a lookup table when the
+    integer values span little more than the array (no sort: 8M heads in tens of milliseconds)."""
+    if v.dtype == np.bool_:  # the usual signature (`lt h 16`): no table needed
+        both = bool(v.any()) and not bool(v.all())
+        return (v.view(np.int8), 2) if both else (np.zeros(v.size, dtype=np.int8), 1)
+    if v.dtype.kind in "iu" and v.size:
+        lo, hi = int(v.min()), int(v.max())
+        if hi - lo < max(1 << 20, 4 * v.size):
+            off = (v.astype(np.int64) - lo) if lo else v.astype(np.int64)
+            present = np.zeros(hi - lo + 1, dtype=bool)
+            present[off] = True
+            rank = np.cumsum(present, dtype=np.int64) - 1
+            return rank[off], int(rank[-1]) + 1
+    uniq, inverse = np.unique(v, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64), len(uniq)
+
+
+def _first_of_each(key: np.ndarray, count: int) -> np.ndarray:
+    """The flat index where each code 0..count-1 of `key` first occurs."""
+    if count <= 64:  # a short-circuiting argmax per code beats a scatter over millions of heads
+        return np.array([int(np.argmax(key == c)) for c in range(count)], dtype=np.int64)
+    first = np.full(count, key.size, dtype=np.int64)
+    np.minimum.at(first, key, np.arange(key.size, dtype=np.int64))
+    return first
+
+
+def head_classes(mask: Expr, used: set[str], b: int, h: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, rank, reps): a code per (b, h) pair ([B', H'], B' = B if the mask reads b else 1, H'
+    likewise), the class of each code (classes numbered in row-major first-appearance order) and the
+    flat index of each class's first pair. Pairs of one class fold `mask` to the same expression."""
+    nb, nh = (b if "b" in used else 1), (h if "h" in used else 1)
+    env = {"b": np.arange(nb, dtype=np.int32).reshape(nb, 1), "h": np.arange(nh, dtype=np.int32).reshape(1, nh)}
+    key, count = np.zeros(nb * nh, dtype=np.int8), 1
+    signature = _signature(mask, used)
+    with np.errstate(all="ignore"):
+        for n in signature:
+            v = np.broadcast_to(np.asarray(eval_expr(n, variables=env)), (nb, nh)).reshape(-1)
+            codes, k = _dense_codes(v)
+            if count * k >= 1 << 62:  # keep the combined key within int64
+                key, count = _dense_codes(key)
+            key, count = (key.astype(np.int64) * k + codes, count * k) if count > 1 else (codes, k)
+    if len(signature) > 1:  # combinations of the columns' codes: number those that occur
+        key, count = _dense_codes(key)
+    check_head_classes(count, what)
+    first = _first_of_each(key, count)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(count, dtype=np.int64)
+    rank[order] = np.arange(count)
+    return key.reshape(nb, nh), rank, first[order]
+
+
 # ---- the analysis ----------------------------------------------------------------------------------
 @dataclass
 class BlockSparsity:
@@ -230,15 +172,11 @@ class BlockSparsity:
         return float(live[self.pattern_of].mean())
 
     def heads_of(self, p: int) -> str:
-        hs = sorted({int(h) for h in np.nonzero(self.pattern_of == p)[1]})
-        runs: list[str] = []
-        start = prev = hs[0]
-        for h in hs[1:] + [-2]:
-            if h != prev + 1:
-                runs.append(f"{start}" if start == prev else f"{start}-{prev}")
-                start = h
-            prev = h
-        return ",".join(runs)
+        """The heads of pattern `p` as runs ("0-15,20"), vectorised: a table may hold millions of heads."""
+        hs = np.flatnonzero((self.pattern_of == p).any(axis=0))
+        breaks = np.flatnonzero(np.diff(hs) != 1)
+        starts, ends = np.concatenate((hs[:1], hs[breaks + 1])), np.concatenate((hs[breaks], hs[-1:]))
+        return ",".join(f"{s}" if s == e else f"{s}-{e}" for s, e in zip(starts.tolist(), ends.tolist()))
 
     def summary(self) -> list[str]:
         """One line per head pattern: heads, full / partial / empty block pairs, density."""
@@ -305,41 +243,69 @@ def _refine(e: Expr, cls: np.ndarray, sq: int, sk: int, bm: int, bn: int, budget
     return cls, left
 
 
+def _interval_classes(e: Expr, env: dict[str, Ival], grid: tuple[int, int]) -> np.ndarray:
+    """Interval classes of `e` over the [NQB, NKB] block grid, a band of query blocks at a time."""
+    nqb, nkb = grid
+    rows = max(1, _CHUNK_CELLS // nkb)
+    out = np.empty(grid, dtype=np.int8)
+    qlo, qhi = env["q_idx"]
+    for r0 in range(0, nqb, rows):
+        r1 = min(nqb, r0 + rows)
+        band = {**env, "q_idx": (qlo[r0:r1], qhi[r0:r1])}
+        out[r0:r1] = _classify(*eval_interval(e, band, (r1 - r0, nkb)))
+    return out
+
+
+def _fold_classes(mask: Expr, used: set[str], reps: np.ndarray, nh: int) -> tuple[list[Expr], np.ndarray]:
+    """The distinct folded masks, in order of first appearance, and the group of each head class."""
+    folded: dict[int, int] = {}  # id(folded expr) -> group
+    groups: list[Expr] = []
+    group_of_class = np.empty(len(reps), dtype=np.int64)
+    for c, flat in enumerate(reps.tolist()):
+        bi, hi = divmod(flat, nh)
+        f = fold(mask, {k: v for k, v in (("b", bi), ("h", hi)) if k in used})
+        g = folded.setdefault(id(f), len(groups))
+        if g == len(groups):
+            groups.append(f)
+        group_of_class[c] = g
+    return groups, group_of_class
+
+
 def analyze(mask: Expr | None, b: int, h: int, sq: int, sk: int, bm: int, bn: int,
             budget: int = REFINE_BUDGET) -> BlockSparsity:
-    """Compile-time block classes of `mask` over [B, H, Sq, Sk] at BLOCK_M x BLOCK_N."""
+    """Compile-time block classes of `mask` over [B, H, Sq, Sk] at BLOCK_M x BLOCK_N; a LimitError
+    (ir/limits.py) before any allocation when the head table or the block grid is beyond the limits."""
+    what = f"attention block-sparsity analysis at {bm}x{bn} of [{b}, {h}, {sq}, {sk}]"
+    check_heads(b, h, what)
+    nqb, nkb = -(-sq // bm), -(-sk // bn)
+    check_cells(1, nqb, nkb, what)
     env, grid = _block_env(sq, sk, bm, bn)
     if mask is None:
         return BlockSparsity(bm, bn, sq, sk, np.full((1,) + grid, FULL, np.int8), np.zeros((b, h), np.int64),
                              True, False)
     used = ex.vars_used(mask) & {"b", "h"}
     dynamic = any(n.op is E.LOAD for n in ex.toposort([mask]))
-    bs = range(b) if "b" in used else [0]
-    hs = range(h) if "h" in used else [0]
-    folded: dict[int, int] = {}  # id(folded expr) -> group
-    groups: list[Expr] = []
-    group_of = np.zeros((b, h), np.int64)
-    for bi in bs:
-        for hi in hs:
-            f = fold(mask, {k: v for k, v in (("b", bi), ("h", hi)) if k in used})
-            g = folded.setdefault(id(f), len(groups))
-            if g == len(groups):
-                groups.append(f)
-            group_of[bi if "b" in used else slice(None), hi if "h" in used else slice(None)] = g
+    codes, rank, reps = head_classes(mask, used, b, h, what)
+    groups, group_of_class = _fold_classes(mask, used, reps, codes.shape[1])
+    check_cells(len(groups), nqb, nkb, what)
     left = budget
     exact = not dynamic
     per_group = []
     for f in groups:
-        cls = _classify(*eval_interval(f, env, grid))
+        cls = _interval_classes(f, env, grid)
         if not dynamic and (cls == PARTIAL).any():
             cls, left = _refine(f, cls, sq, sk, bm, bn, left)
             exact &= left > 0 or not (cls == PARTIAL).any()
         per_group.append(cls)
-    return _dedupe(per_group, group_of, bm, bn, sq, sk, exact, dynamic)
+    pats, remap = _unique_patterns(per_group)
+    pattern_of = remap[group_of_class][rank][codes]  # one gather over the heads: code -> class -> group -> pattern
+    if pattern_of.shape != (b, h):
+        pattern_of = np.ascontiguousarray(np.broadcast_to(pattern_of, (b, h)))
+    return BlockSparsity(bm, bn, sq, sk, pats, pattern_of, exact, dynamic)
 
 
-def _dedupe(per_group: list[np.ndarray], group_of: np.ndarray, bm: int, bn: int, sq: int, sk: int,
-            exact: bool, dynamic: bool) -> BlockSparsity:
+def _unique_patterns(per_group: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct block-class arrays [P, NQB, NKB] (first-appearance order) and the pattern of each group."""
     uniq: dict[bytes, int] = {}
     remap: list[int] = []
     pats: list[np.ndarray] = []
@@ -348,28 +314,48 @@ def _dedupe(per_group: list[np.ndarray], group_of: np.ndarray, bm: int, bn: int,
         if p == len(pats):
             pats.append(cls)
         remap.append(p)
-    return BlockSparsity(bm, bn, sq, sk, np.stack(pats), np.asarray(remap)[group_of], exact, dynamic)
+    return np.stack(pats), np.asarray(remap, dtype=np.int64)
+
+
+def _runtime_classes(mask: Expr, env: dict[str, Ival], b: int, h: int, grid: tuple[int, int],
+                     loads: Loader) -> np.ndarray:
+    """Interval classes [B * H, NQB, NKB] of `mask` with the loads bound, in chunks of (b, h) pairs
+    and bands of query blocks (bounded memory)."""
+    nqb, nkb = grid
+    rows = min(nqb, max(1, _CHUNK_CELLS // nkb))
+    pairs = max(1, _CHUNK_CELLS // (rows * nkb))
+    out = np.empty((b * h, nqb, nkb), dtype=np.int8)
+    (qlo, qhi), kv = env["q_idx"], env["kv_idx"]
+    for p0 in range(0, b * h, pairs):
+        bh = np.arange(p0, min(b * h, p0 + pairs))
+        bb, hh = (bh // h).astype(np.float64)[:, None, None], (bh % h).astype(np.float64)[:, None, None]
+        for r0 in range(0, nqb, rows):
+            r1 = min(nqb, r0 + rows)
+            band = {"q_idx": (qlo[None, r0:r1], qhi[None, r0:r1]), "kv_idx": (kv[0][None], kv[1][None]),
+                    "b": (bb, bb), "h": (hh, hh)}
+            out[p0:p0 + len(bh), r0:r1] = _classify(*eval_interval(mask, band, (len(bh), r1 - r0, nkb), loads))
+    return out
 
 
 def analyze_runtime(mask: Expr, static: BlockSparsity, b: int, h: int, loads: Loader) -> BlockSparsity:
     """Refine compile-time classes with the loaded operands bound: one pattern per (b, h)."""
     bm, bn, sq, sk = static.block_m, static.block_n, static.sq, static.sk
+    what = f"attention run-time block analysis at {bm}x{bn} of [{b}, {h}, {sq}, {sk}]"
+    check_heads(b, h, what)
     env, grid = _block_env(sq, sk, bm, bn)
-    shape = (b, h) + grid
-    env4: dict[str, Ival] = {k: (lo[None, None], hi[None, None]) for k, (lo, hi) in env.items()}
-    bb = np.arange(b, dtype=np.float64).reshape(b, 1, 1, 1)
-    hh = np.arange(h, dtype=np.float64).reshape(1, h, 1, 1)
-    env4["b"], env4["h"] = (bb, bb), (hh, hh)
-    rt = _classify(*eval_interval(mask, env4, shape, loads))
-    st = static.classes[static.pattern_of]
-    cls = np.where((st == EMPTY) | (rt == EMPTY), EMPTY, np.where((st == FULL) | (rt == FULL), FULL, PARTIAL))
-    flat = cls.reshape((b * h,) + grid).astype(np.int8)
-    return _dedupe(list(flat), np.arange(b * h).reshape(b, h), bm, bn, sq, sk, False, True)
+    check_cells(b * h, *grid, what)
+    rt = _runtime_classes(mask, env, b, h, grid, loads)
+    st = static.classes[static.pattern_of.reshape(-1)]
+    full = np.where((st == FULL) | (rt == FULL), np.int8(FULL), np.int8(PARTIAL))  # int8: B x H x blocks bytes
+    cls = np.where((st == EMPTY) | (rt == EMPTY), np.int8(EMPTY), full)
+    pats, remap = _unique_patterns(list(cls))
+    return BlockSparsity(bm, bn, sq, sk, pats, remap.reshape(b, h), False, True)
 
 
 def block_aligned_loads(mask: Expr, sq: int, sk: int, bm: int, bn: int) -> bool:
     """Whether every load in `mask` reads one element per block pair (block masks, top-k lists
     whose blocks are multiples of the kernel's), so run-time analysis decides pairs exactly."""
+    check_cells(1, -(-sq // bm), -(-sk // bn), f"attention block-load analysis at {bm}x{bn} of [{sq}, {sk}]")
     env, grid = _block_env(sq, sk, bm, bn)
     env = {**env, "b": (np.array(0.0), np.array(0.0)), "h": (np.array(0.0), np.array(0.0))}
     for n in ex.toposort([mask]):
@@ -379,121 +365,3 @@ def block_aligned_loads(mask: Expr, sq: int, sk: int, bm: int, bn: int) -> bool:
                 if not np.all(lo == hi):
                     return False
     return any(n.op is E.LOAD for n in ex.toposort([mask]))
-
-
-# ---- the compact form the kernel reads ------------------------------------------------------------------
-# Numpy inputs take the host reference (numpy out); torch tensors are compacted where they live by the
-# generated kernel of kernels/mask_compact.py (the Triton interpreter on CPU, JIT on CUDA), which raises
-# MaskCompactError where Triton cannot run. `host=True` asks for the host reference on torch tensors
-# (torch out, on their device); there is no silent fallback between the two.
-@dataclass
-class BlockLists:
-    """CSR lists: row r = pattern * NQB + q block; kv_idx[kv_ptr[r]:kv_ptr[r] + kv_nfull[r]] need no
-    mask, kv_idx[kv_ptr[r] + kv_nfull[r]:kv_ptr[r + 1]] are masked; head_pat [B * H] -> pattern.
-    Each part is ascending."""
-
-    kv_ptr: Any
-    kv_nfull: Any
-    kv_idx: Any
-    head_pat: Any
-
-    def as_list(self) -> list[Any]:
-        return [self.kv_ptr, self.kv_nfull, self.kv_idx, self.head_pat]
-
-
-def _numpy(x: Any) -> np.ndarray:
-    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
-
-
-def _to_device(lists: BlockLists, device: Any) -> BlockLists:
-    import torch
-
-    return BlockLists(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in lists.as_list()))
-
-
-def _masked_col(sk: int, bn: int, nkb: int) -> int:
-    """The key block that is always masked: a ragged last one (its columns past Sk must be), else none."""
-    return nkb - 1 if sk % bn != 0 else -1
-
-
-def compact(classes: Any, pattern_of: Any, sk: int, bn: int, host: bool = False) -> BlockLists:
-    """The CSR lists of block classes [P, NQB, NKB] (any strides) and pattern_of [B, H]: numpy in,
-    numpy out (host reference); torch in, torch out on the same device (generated kernel, or the
-    host reference with `host`). A ragged last key block is always masked."""
-    if isinstance(classes, np.ndarray):
-        return _compact_host(classes, np.asarray(pattern_of), sk, bn)
-    if host:
-        return _to_device(_compact_host(_numpy(classes), _numpy(pattern_of), sk, bn), classes.device)
-    import torch
-
-    from .mask_compact import compact_rows
-
-    if classes.dim() != 3:
-        raise ValueError(f"compact: block classes must be [P, NQB, NKB], got shape {list(classes.shape)}")
-    nkb = classes.shape[-1]
-    ptr, nfull, idx = compact_rows(classes[:, None], "classes", nkb, _masked_col(sk, bn, nkb))
-    pat = torch.as_tensor(pattern_of, device=classes.device).reshape(-1).to(torch.int32)
-    return BlockLists(ptr, nfull, idx, pat)
-
-
-def _compact_host(classes: np.ndarray, pattern_of: np.ndarray, sk: int, bn: int) -> BlockLists:
-    """The reference: the CSR lists of numpy block classes [P, NQB, NKB]."""
-    nkb = classes.shape[-1]
-    full = classes == FULL
-    if sk % bn != 0:
-        full[..., nkb - 1] = False
-    part = (classes != EMPTY) & ~full
-    both = np.concatenate((full[..., None, :], part[..., None, :]), axis=-2)
-    count = both.sum((-1, -2)).reshape(-1)
-    return BlockLists(np.concatenate([[0], np.cumsum(count)]).astype(np.int32),
-                      full.sum(-1).reshape(-1).astype(np.int32),
-                      np.nonzero(both.reshape(-1, nkb))[1].astype(np.int32),
-                      pattern_of.reshape(-1).astype(np.int32))
-
-
-def _check_mask_shape(what: str, x: Any, b: int, h: int, last: int | None) -> None:
-    shape = tuple(x.shape)
-    if len(shape) != 4 or shape[0] not in (1, b) or shape[1] not in (1, h) or (last is not None and shape[3] != last):
-        want = f"[{b}|1, {h}|1, NQB, {last if last is not None else 'K'}]"
-        raise ValueError(f"{what}: shape {list(shape)} is not {want}")
-
-
-def lists_from_block_mask(block_mask: Any, b: int, h: int, sk: int, bn: int, host: bool = False) -> BlockLists:
-    """CSR lists straight from a dense bool block mask [B|1, H|1, NQB, NKB] (numpy: host reference;
-    torch: the generated kernel, reading the mask in place): true blocks are visited, masked per
-    element only where ragged; one pattern per (b, h)."""
-    nkb = -(-sk // bn)
-    _check_mask_shape("lists_from_block_mask", block_mask, b, h, nkb)
-    if isinstance(block_mask, np.ndarray) or host:
-        cls = np.broadcast_to(np.where(_numpy(block_mask), FULL, EMPTY), (b, h) + tuple(block_mask.shape[2:]))
-        cls = cls.reshape((b * h,) + tuple(block_mask.shape[2:])).astype(np.int8)
-        lists = _compact_host(cls, np.arange(b * h).reshape(b, h), sk, bn)
-        return lists if isinstance(block_mask, np.ndarray) else _to_device(lists, block_mask.device)
-    return _kernel_lists(block_mask, "mask", b, h, sk, bn)
-
-
-def lists_from_topk(index: Any, b: int, h: int, sk: int, bn: int, host: bool = False) -> BlockLists:
-    """CSR lists from top-k key-block ids [B|1, H|1, NQB, K] (numpy: host reference; torch: the
-    generated kernel): each query block visits the distinct ids in [0, NKB), ascending; -1 padding,
-    out-of-range ids and duplicates drop out, as `topk_block_mask` reads them. One pattern per (b, h)."""
-    nkb = -(-sk // bn)
-    _check_mask_shape("lists_from_topk", index, b, h, None)
-    if isinstance(index, np.ndarray) or host:
-        ids = np.broadcast_to(_numpy(index), (b, h) + tuple(index.shape[2:]))
-        dense = np.zeros((b, h, ids.shape[2], nkb), dtype=bool)
-        ok = (ids >= 0) & (ids < nkb)
-        bi, hi, qi, _ = np.nonzero(ok)
-        dense[bi, hi, qi, ids[ok]] = True
-        lists = lists_from_block_mask(dense, b, h, sk, bn)
-        return lists if isinstance(index, np.ndarray) else _to_device(lists, index.device)
-    return _kernel_lists(index, "topk", b, h, sk, bn)
-
-
-def _kernel_lists(x: Any, mode: str, b: int, h: int, sk: int, bn: int) -> BlockLists:
-    import torch
-
-    from .mask_compact import compact_rows
-
-    nkb = -(-sk // bn)
-    ptr, nfull, idx = compact_rows(x.expand((b, h) + tuple(x.shape[2:])), mode, nkb, _masked_col(sk, bn, nkb))
-    return BlockLists(ptr, nfull, idx, torch.arange(b * h, dtype=torch.int32, device=x.device))

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ...schedule.config import Config
+from ...schedule.launch import Arg, Launch, Workspace
 from ...schedule.target import Target
 from ...ir.attention_bwd_op import FIRST_EXTRA, score_derivative
 from ...ir.expr import E, Expr
@@ -155,9 +157,15 @@ class AttentionBwdSpec(AttentionSpec):
     def aux_signature(self, config: Config) -> dict[str, str]:
         return {name: "*i32" for name in BWD_AUX_NAMES}
 
-    def workspace_shape(self, config: Config) -> tuple[int]:
-        """The f32 delta = rowsum(dO * O) workspace, one value per query row."""
-        return (self.B * self.Hq * self.Sq,)
+    def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
+        """The f32 delta = rowsum(dO * O) workspace `ws`, one value per query row."""
+        return [Workspace("ws", (self.B * self.Hq * self.Sq,))]
+
+    def launches(self, config: Config, args: tuple[Arg, ...],
+                 sizes: Mapping[str, int] | None = None) -> list[Launch]:
+        """The delta pre-pass `{name}`, then the backward `{name}_finish`, both on grid(config)."""
+        grid = self.grid(config)
+        return [self.launch(self.name, grid, config, args), self.launch(f"{self.name}_finish", grid, config, args)]
 
     # -- identity --
     def program_description(self) -> dict[str, Any]:
@@ -252,7 +260,7 @@ class AttentionBwdSpec(AttentionSpec):
         return nkv, nq
 
     def grid(self, config: Config) -> tuple[int, int, int]:
-        # Both launches use (grid[0], 1, 1): the executor launches `{name}_finish` on (grid[0], 1, grid[2]).
+        # The grid of both launches (see launches): the pre-pass strides over every query row.
         return (max(1, sum(self.programs(config))), 1, 1)
 
     def flops(self) -> float:

@@ -22,9 +22,11 @@ Workspace (one f32 buffer): partial out [B * Hkv, KV_SPLITS, G * Sq, D], partial
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ...schedule.config import Config
+from ...schedule.launch import Arg, Launch, Workspace
 from ...schedule.target import Target
 from ...ir import dtypes as dt
 from ...ir.ops import Node, Op
@@ -112,14 +114,11 @@ class DecodeSpec(KernelSpec):
         bn, splits = config.int("BLOCK_N"), config.int("KV_SPLITS")
         warps, stages = config.int("num_warps"), config.int("num_stages")
         bm, bd = self.block_m, self.block_d
-        # f32 values per thread: accumulator, scores, and the K/V tiles (quantized tiles hold codes and
-        # scales as f32 while they are dequantized in registers)
-        kv_tiles = 2 * bn * bd * (1 if self.bits == 16 else 2)
-        per_thread = (bm * bd + bm * bn + kv_tiles) // (32 * warps)
+        per_thread = self.registers(config)
         if per_thread > 192:
             out.append(f"BLOCK_N={bn} with {bm} rows x D={bd} needs ~{per_thread} f32 registers per thread "
                        f"with {warps} warps (> 192 spills)")
-        smem = stages * 2 * bn * bd * 2
+        smem = self.smem_bytes(config)
         if target.max_shared_bytes and smem > target.max_shared_bytes:
             out.append(f"{stages} stages of {bn}x{bd} K/V tiles need {smem} B of shared memory, "
                        f"{target.name} allows {target.max_shared_bytes}")
@@ -128,6 +127,17 @@ class DecodeSpec(KernelSpec):
         if bm * bn < warps * 32 * 2:
             out.append(f"{warps} warps are too many for a {bm}x{bn} score tile")
         return out
+
+    def registers(self, config: Config) -> int:
+        """f32 values per thread: accumulator, scores, and the K/V tiles (quantized tiles hold codes and
+        scales as f32 while they are dequantized in registers)."""
+        bn, bm, bd = config.int("BLOCK_N"), self.block_m, self.block_d
+        kv_tiles = 2 * bn * bd * (1 if self.bits == 16 else 2)
+        return (bm * bd + bm * bn + kv_tiles) // (32 * config.int("num_warps"))
+
+    def smem_bytes(self, config: Config) -> int:
+        """Shared memory of the pipelined K/V tiles (num_stages buffers of BLOCK_N x D, 16-bit)."""
+        return config.int("num_stages") * 2 * config.int("BLOCK_N") * self.block_d * 2
 
     def default_config(self, target: Target) -> Config:
         bn = 64 if self.block_d <= 128 else 32
@@ -159,21 +169,36 @@ class DecodeSpec(KernelSpec):
         total = sc_off + (self.HKV * self.NNZ if self.select else 0)
         return {"lse": lse_off, "scores": sc_off, "total": total}
 
-    def workspace_shape(self, config: Config) -> tuple[int, ...] | None:
-        """The f32 workspace; its presence also launches the `_finish` kernel on grid (B * Hkv, 1, 1)."""
+    def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
+        """The f32 workspace `ws` (split partials and page scores, see workspace_layout), if any."""
         total = self.workspace_layout(config)["total"]
-        return (total,) if total else None
+        return [Workspace("ws", (total,))] if total else []
+
+    def launches(self, config: Config, args: tuple[Arg, ...],
+                 sizes: Mapping[str, int] | None = None) -> list[Launch]:
+        """The main kernel; with a workspace, `{name}_finish` on (B * Hkv, 1, 1) combines the splits."""
+        main = self.launch(self.name, self.grid(config), config, args)
+        if not self.workspaces(config, sizes):
+            return [main]
+        return [main, self.launch(f"{self.name}_finish", (self.B * self.HKV, 1, 1), config, args)]
 
     def flops(self) -> float:
         return 4.0 * self.HQ * self.SQ * self.NNZ * self.PS * self.D
 
-    def features(self, config: Config) -> dict[str, float]:
-        gx, gy, _ = self.grid(config)
+    # -- cost estimates (KernelSpec's contracts) --
+    def mma_dtype(self) -> dt.DType | None:
+        return self.dtype  # quantized K/V are dequantized to the query's dtype before tl.dot
+
+    def family_features(self, config: Config) -> dict[str, float]:
         return {"B": float(self.B), "HQ": float(self.HQ), "HKV": float(self.HKV), "SQ": float(self.SQ),
                 "D": float(self.D), "page_size": float(self.PS), "pages": float(self.NNZ),
-                "kv_bits": float(self.bits), "select": float(self.select), "programs": float(gx * gy),
-                "flops": self.flops(), "bytes": self.bytes_moved(),
-                **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
+                "kv_bits": float(self.bits), "select": float(self.select)}
+
+    def shared_bytes(self, config: Config) -> float:
+        return float(self.smem_bytes(config))
+
+    def registers_per_thread(self, config: Config, target: Target) -> float:
+        return float(self.registers(config))
 
     # -- rendering --
     def triton_constexprs(self, config: Config) -> dict[str, Any]:

@@ -190,8 +190,9 @@ def _main(s: DecodeSpec, interpret: bool, args: list[str], L: list[str], lay: di
 
 def _store(s: DecodeSpec, L: list[str], ind: str, o: str, lse2: str) -> None:
     a = s.args
-    L.append(f"{ind}tl.store({a['out']} + q_row[:, None] * {s.D} + dd[None, :], {o}.to({tl_type(s.dtype)}), "
-             "mask=rd_mask)")
+    if "out" in a:  # a graph may use only the lse (or the selection) of a paged_attention
+        L.append(f"{ind}tl.store({a['out']} + q_row[:, None] * {s.D} + dd[None, :], {o}.to({tl_type(s.dtype)}), "
+                 "mask=rd_mask)")
     if "lse" in a:
         L.append(f"{ind}tl.store({a['lse']} + q_row, {lse2} * {LN2!r}, mask=row_ok)")
 

@@ -27,8 +27,10 @@ import numpy as np
 
 from ...schedule.config import Config
 from ...schedule.target import Target
+from ...ir.dtypes import DType
 from ...ir.expr import E, Expr
 from ...ir.expr import toposort as expr_toposort
+from ...ir.limits import MAX_ANALYSIS_CELLS
 from ...ir.ops import Node, Op
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
@@ -256,6 +258,9 @@ class AttentionSpec(KernelSpec):
         if target.kind == "cuda":
             out += self.register_constraints(config, target)
         out += self.tile_constraints(config, target)
+        cells = -(-self.Sq // bm) * -(-self.Sk // bn)
+        if cells > MAX_ANALYSIS_CELLS:  # the block analysis would refuse this tile (ir/limits.py)
+            out.append(f"{bm}x{bn} tiles make {cells} block pairs, over the block analysis' {MAX_ANALYSIS_CELLS}")
         if target.kind == "cuda" and bm * bn < warps * 32 * 4:
             out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
         return out
@@ -326,17 +331,26 @@ class AttentionSpec(KernelSpec):
         dense = 2.0 * self.B * self.Hq * self.Sq * self.Sk * (qk * self.D + self.Dv)
         return dense * self.sparsity(*REF_BLOCK).density()
 
-    def features(self, config: Config) -> dict[str, float]:
-        gx, gy, gz = self.grid(config)
+    # -- cost estimates (KernelSpec's contracts; the backward inherits them) --
+    def mma_dtype(self) -> DType | None:
+        return self.dtype  # q k^T and P V run on q's dtype
+
+    def family_features(self, config: Config) -> dict[str, float]:
         sp = self.sparsity(config.int("BLOCK_M"), config.int("BLOCK_N"))
-        c = sp.classes[sp.pattern_of]
-        live = max(1, int((c != 0).sum()))
+        # Per-pattern counts weighted by their heads: never the [B, H, NQB, NKB] table itself.
+        heads = np.bincount(sp.pattern_of.reshape(-1), minlength=sp.num_patterns)
+        live = max(1, int(heads @ (sp.classes != 0).reshape(sp.num_patterns, -1).sum(axis=1)))
+        partial = int(heads @ (sp.classes == 1).reshape(sp.num_patterns, -1).sum(axis=1))
         return {"B": float(self.B), "Hq": float(self.Hq), "Hkv": float(self.Hkv), "Sq": float(self.Sq),
-                "Sk": float(self.Sk), "D": float(self.D), "Dv": float(self.Dv), "programs": float(gx * gy * gz),
-                "flops": self.flops(), "bytes": self.bytes_moved(), "density": sp.density(),
-                "partial_fraction": float((c == 1).sum()) / live, "data_dependent": float(self.dynamic),
-                "score_mod": float(self.score_mod is not None), "post_mod": float(self.post_mod is not None),
-                **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
+                "Sk": float(self.Sk), "D": float(self.D), "Dv": float(self.Dv), "density": sp.density(),
+                "partial_fraction": float(partial) / live, "data_dependent": float(self.dynamic),
+                "score_mod": float(self.score_mod is not None), "post_mod": float(self.post_mod is not None)}
+
+    def shared_bytes(self, config: Config) -> float:
+        return float(self.smem_bytes(config))
+
+    def registers_per_thread(self, config: Config, target: Target) -> float:
+        return float(self.registers(config, target))
 
     # -- reports and rendering --
     def summary(self) -> str:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from ..registry import register_template
+from ...ir.ops import Op
+from ...passes.fusion_rules import GroupRule, PointwiseEpilogue, Prologue
+from ..registry import register_fusion, register_template
 from .spec import MatmulSpec
+
+# Largest summed per-element expression cost of a pointwise operand chain recomputed in the tile loads.
+PROLOGUE_COST = 8
 
 register_template(MatmulSpec.family, "triton", __name__ + ".triton_template")
 register_template(MatmulSpec.family, "tvm", __name__ + ".tvm_template")
+# Pointwise chains that feed only A or B are recomputed in the loads (scales, casts); pointwise consumers
+# of the output's shape (bias, activation, residual) are applied to the accumulator before the store.
+register_fusion(MatmulSpec.family, GroupRule(
+    "matmul", anchors=frozenset({Op.MATMUL}),
+    prologues=(Prologue(operands=(0, 1), kinds=frozenset({"pointwise"}), max_cost=PROLOGUE_COST),),
+    epilogues=(PointwiseEpilogue(),)))
 
 __all__ = ["MatmulSpec"]

@@ -4,10 +4,13 @@ operand transposed (through strided loads), GROUP_M swizzle and split-K."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from ...schedule.config import Config
+from ...schedule.launch import Arg, Launch, Workspace
 from ...schedule.target import Target
 from ...ir import dtypes as dt
 from ...ir import expr as ex
@@ -15,7 +18,7 @@ from ...ir.expr import E, Expr
 from ...ir.ops import Node
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
-from ..base import KernelSpec
+from ..base import BASE_REGISTERS, KernelSpec
 from ..registry import register_family
 from ..lowering import LoweringError, next_pow2, prod
 
@@ -88,7 +91,18 @@ class MatmulSpec(KernelSpec):
         """The operand's value at (batch..., row, col) of the logical (untransposed) operand."""
         if trans:
             domain = domain[:-2] + (domain[-1], domain[-2])
-        return self.lowering.value(n, domain, lambda _: None, swap_last=trans)
+        return self.lowering.value(n, domain, self.operand_leaf, swap_last=trans)
+
+    # -- operand-loader hook: a family that computes an operand member itself (kernels/quant) --
+    def operand_leaf(self, n: Node) -> Expr | None:
+        """A VAR standing for operand member `n` when a loader computes it (`loaders`), else None."""
+        return None
+
+    def loaders(self) -> dict[str, Expr]:
+        """VAR name -> the value a loader computes for it: an expression of the operand's row and column
+        (i32 VARs `r`, `c`) and of LOADs of kernel inputs at explicit flat indices. The templates render it
+        wherever an operand expression reads the VAR."""
+        return {}
 
     def program_description(self) -> dict[str, Any]:
         return {
@@ -217,12 +231,13 @@ class MatmulSpec(KernelSpec):
     def flops(self) -> float:
         return 2.0 * prod(self.batch) * self.M * self.N * self.K
 
-    def features(self, config: Config) -> dict[str, float]:
-        gx, gy, gz = self.grid(config)
+    # -- cost estimates (KernelSpec's contracts) --
+    def mma_dtype(self) -> dt.DType | None:
+        return self.operand_dtype
+
+    def family_features(self, config: Config) -> dict[str, float]:
         out = {"M": float(self.M), "N": float(self.N), "K": float(self.K), "batch": float(prod(self.batch)),
-               "programs": float(gx * gy * gz), "flops": self.flops(), "bytes": self.bytes_moved(),
-               "prologue": float(sum(self.has_prologue)), "epilogue_outputs": float(len(self.outs)),
-               **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
+               "prologue": float(sum(self.has_prologue)), "epilogue_outputs": float(len(self.outs))}
         if "tile_m" in config:
             out.update(self._cpu_features(config))
         return out
@@ -235,22 +250,77 @@ class MatmulSpec(KernelSpec):
         tm, tn, tk = config.int("tile_m"), config.int("tile_n"), config.int("tile_k")
         mr, nr, vec = config.int("micro_m"), config.int("micro_n"), config.int("vector")
         el = float(self.operand_dtype.itemsize)
-        pm, pn, pk = padded(self.M, tm) / self.M, padded(self.N, tn) / self.N, padded(self.K, tk) / self.K
+        pm, pn, pk = self._padding(config)
         return {
-            "pad_m": pm, "pad_n": pn, "pad_k": pk, "work_ratio": pm * pn * pk,
-            "parallel_tasks": float(prod(self.batch) * -(-self.M // tm) * -(-self.N // tn)),
+            "pad_m": pm, "pad_n": pn, "pad_k": pk, "work_ratio": self.work_ratio(config),
+            "parallel_tasks": self.parallel_tasks(config),
             "k_tiles": float(-(-self.K // tk)),
             "micro_accumulators": float(mr * (nr // max(1, vec))),
             "micro_panel_bytes": (mr + nr) * tk * el, "a_block_bytes": tm * tk * el,
             "b_panel_bytes": tk * tn * el, "c_tile_bytes": tm * tn * 4.0,
         }
 
+    def _padding(self, config: Config) -> tuple[float, float, float]:
+        """M, N and K padded to whole CPU cache tiles, over their sizes."""
+        tm, tn, tk = config.int("tile_m"), config.int("tile_n"), config.int("tile_k")
+        return padded(self.M, tm) / self.M, padded(self.N, tn) / self.N, padded(self.K, tk) / self.K
+
+    def _tile(self, config: Config) -> tuple[int, int, int]:
+        """(rows, cols, depth) of one program's output tile and K step, from GPU or CPU knobs."""
+        if "BLOCK_M" in config:
+            return config.int("BLOCK_M"), config.int("BLOCK_N"), config.int("BLOCK_K")
+        return config.int("tile_m"), config.int("tile_n"), config.int("tile_k")
+
+    def tile_traffic(self, config: Config) -> tuple[float, float]:
+        """Output tiles (x SPLIT_K x batch); each reads its A row panel and B column panel over its
+        share of K and writes its C tile per output (f32 partial sums under split-K)."""
+        bm, bn, _ = self._tile(config)
+        split = config.int("SPLIT_K") if "SPLIT_K" in config else 1
+        tiles = -(-self.M // bm) * -(-self.N // bn) * split * prod(self.batch)
+        out_el = 4.0 if split > 1 else float(self.out_dtype.itemsize)
+        per = (bm * self.K + self.K * bn) / split * self.operand_dtype.itemsize + bm * bn * out_el * len(self.outs)
+        return float(tiles), float(per)
+
+    def work_ratio(self, config: Config) -> float:
+        """The CPU template pads M, N and K to whole cache tiles; GPU tiles are masked (ratio 1)."""
+        if "tile_m" not in config:
+            return 1.0
+        pm, pn, pk = self._padding(config)
+        return pm * pn * pk
+
+    def parallel_tasks(self, config: Config) -> float:
+        """On CPU one task per batch x m-tile x n-tile (the template's parallel loop); GPU: programs."""
+        if "tile_m" not in config:
+            return super().parallel_tasks(config)
+        return float(prod(self.batch) * -(-self.M // config.int("tile_m")) * -(-self.N // config.int("tile_n")))
+
+    def shared_bytes(self, config: Config) -> float:
+        return float(self.smem_bytes(config)) if "BLOCK_M" in config else 0.0
+
+    def registers_per_thread(self, config: Config, target: Target) -> float:
+        """BASE_REGISTERS plus the f32 accumulator tile and the current K step's operand fragments
+        (packed into 32-bit registers), spread over the threads."""
+        bm, bn, bk = self._tile(config)
+        threads = self.threads_per_program(config) or 1
+        regs = bm * bn / threads + (bm + bn) * bk * self.operand_dtype.itemsize / 4.0 / threads
+        return float(BASE_REGISTERS + math.ceil(regs))
+
     # -- rendering --
     def triton_constexprs(self, config: Config) -> dict[str, Any]:
         return {k: config.int(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K")}
 
-    def workspace_shape(self, config: Config) -> tuple[int, ...] | None:
-        """Split-K partial sums [SPLIT_K, batch, M, N] f32, reduced by the finishing kernel."""
+    def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
+        """Split-K partial sums `ws` [SPLIT_K, batch, M, N] f32, reduced by the finishing kernel."""
         split = config.int("SPLIT_K") if "SPLIT_K" in config else 1
-        return (split, max(1, prod(self.batch)), self.M, self.N) if split > 1 else None
+        return [Workspace("ws", (split, max(1, prod(self.batch)), self.M, self.N))] if split > 1 else []
+
+    def launches(self, config: Config, args: tuple[Arg, ...],
+                 sizes: Mapping[str, int] | None = None) -> list[Launch]:
+        """The tile kernel on (tiles, SPLIT_K, batch); with split-K, `{name}_finish` on (tiles, 1, batch)
+        sums the SPLIT_K partials and runs the epilogue."""
+        tiles, split, batch = self.grid(config)
+        main = self.launch(self.name, (tiles, split, batch), config, args)
+        if not self.workspaces(config, sizes):
+            return [main]
+        return [main, self.launch(f"{self.name}_finish", (tiles, 1, batch), config, args)]
 

@@ -27,6 +27,7 @@ class _Scope:
         self.lines = lines
         self.indent = indent
         self.loaded: dict[int, str] = {}
+        self.computed: dict[str, str] = {}
         self.em = TileEmitter(lines, indent, prefix, self.leaf)
         self.row, self.col, self.mask = {
             "a": ("rm[:, None]", "kk[None, :]", "a_mask"),
@@ -36,7 +37,7 @@ class _Scope:
 
     def leaf(self, e: Expr) -> str | None:
         if e.op is E.VAR:
-            return "acc"
+            return self.computed_var(e.arg) if e.arg in self.spec.loaders() else "acc"
         if e.op is E.LOAD:
             return self.load(e.arg)
         return None
@@ -66,6 +67,28 @@ class _Scope:
 
     def emit(self, e: Expr) -> str:
         return self.em.emit(e)
+
+    # -- the operand-loader hook: VARs whose tiles a loader computes (MatmulSpec.loaders) --
+    def computed_var(self, name: str) -> str:
+        """The tile of loader VAR `name`, emitted once per scope."""
+        if name not in self.computed:
+            em = TileEmitter(self.lines, self.indent, f"{self.which}_{name}_", lambda e: self.indexed(e, em))
+            self.computed[name] = em.emit(self.spec.loaders()[name])
+        return self.computed[name]
+
+    def indexed(self, e: Expr, em: TileEmitter) -> str | None:
+        """Leaves of a loader's expression: the tile's row and column, and loads at explicit flat indices."""
+        if e.op is E.VAR:
+            return {"r": self.row, "c": self.col}[e.arg]
+        if e.op is not E.LOAD:
+            return None
+        name = f"{em.prefix}ld{em.count}"
+        em.count += 1
+        mask = f", mask={self.mask}, other=0" if self.mask in self.masks else ""
+        # `0 * (row + col)` gives every load the tile's 2-D shape (indices may depend on one axis only)
+        ptr = f"in{e.arg} + {em.memo[id(e.src[0])]} + 0 * ({self.row} + {self.col})"
+        self.lines.append(f"{self.indent}{name} = tl.load({ptr}{mask})")
+        return name
 
 
 def _masks(spec: MatmulSpec, config: Config) -> set[str]:

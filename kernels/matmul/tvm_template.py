@@ -63,6 +63,8 @@ class _Builder:
                 v = self.spec.loads[n.arg].view
                 off = view_offset(v.shape, v.strides, v.offset, nbatch, b, [row, col])
                 return self.inputs[self.spec.loads[n.arg].buffer](off)
+            if n.op is E.VAR and n.arg in self.spec.loaders():
+                return self.loaded(n.arg, row, col)
             if n.op is E.VAR:
                 if acc is None:
                     raise LoweringError(f"tvm: operand expression of {self.spec.name} reads variable {n.arg}")
@@ -70,6 +72,21 @@ class _Builder:
             return None
 
         return lower_expr(e, leaf)
+
+    def loaded(self, name: str, row: PrimExpr, col: PrimExpr) -> PrimExpr:
+        """Loader VAR `name` (MatmulSpec.loaders) at (row, col): its loads index the flat inputs directly."""
+
+        def leaf(n: Expr) -> PrimExpr | None:
+            if n.op is E.VAR:
+                return {"r": row, "c": col}[n.arg]
+            return None
+
+        def load(n: Expr) -> PrimExpr | None:
+            if n.op is E.LOAD:
+                return self.inputs[n.arg](lower_expr(n.src[0], leaf))
+            return leaf(n)
+
+        return lower_expr(self.spec.loaders()[name], load)
 
     def _packed(self, e: Expr, b: PrimExpr, row: PrimExpr, col: PrimExpr, rows: int, cols: int) -> PrimExpr:
         """Operand `e` at (b, row, col) in the accumulator dtype, zero outside its rows x cols."""

@@ -5,6 +5,7 @@ writes the domain-shaped outputs."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from ...ir.ops import Node, Op
 from ...ir.text import format_expr
 from ...passes.fuse import row_shape
 from ...passes.partition import Kernel, KernelGraph
-from ..base import KernelSpec
+from ..base import BASE_REGISTERS, KernelSpec
 from ..registry import register_family
 from ..lowering import LoweringError, next_pow2, prod
 
@@ -164,11 +165,20 @@ class RowwiseSpec(KernelSpec):
         per = sum(ex.cost(r.expr) for r in self.reductions) + sum(ex.cost(o.expr) for o in self.outs)
         return float(per * self.rows * self.cols)
 
-    def features(self, config: Config) -> dict[str, float]:
-        gx, gy, _ = self.grid(config)
-        return {"rows": float(self.rows), "cols": float(self.cols), "reductions": float(len(self.reductions)),
-                "programs": float(gx * gy), "flops": self.flops(), "bytes": self.bytes_moved(),
-                **{f"knob_{k}": float(v) for k, v in config.items() if isinstance(v, (int, float))}}
+    # -- cost estimates (KernelSpec's contracts) --
+    def mma_dtype(self) -> DType | None:
+        return None  # elementwise and reductions only
+
+    def family_features(self, config: Config) -> dict[str, float]:
+        return {"rows": float(self.rows), "cols": float(self.cols), "reductions": float(len(self.reductions))}
+
+    def shared_bytes(self, config: Config) -> float:
+        return 0.0  # no staged tiles (the reductions' scratch is Triton's and small)
+
+    def registers_per_thread(self, config: Config, target: Target) -> float:
+        """The BLOCK_R x BLOCK_C row chunk spread over the threads, plus BASE_REGISTERS."""
+        threads = self.threads_per_program(config) or 1
+        return float(BASE_REGISTERS + math.ceil(config.int("BLOCK_R") * config.int("BLOCK_C") / threads))
 
     # -- rendering --
     def triton_constexprs(self, config: Config) -> dict[str, Any]:

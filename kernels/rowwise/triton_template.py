@@ -10,7 +10,7 @@ from ...ir.expr import E, Expr
 from ...codegen.headers import header
 
 if TYPE_CHECKING:
-    from .spec import RowwiseSpec
+    from .spec import Reduction, RowwiseSpec
 
 INDEX64 = 2**31 - 1
 
@@ -86,89 +86,116 @@ def _tile(value: str, e: Expr, level: str) -> str:
     return f"tl.broadcast_to({value}, {shape})"
 
 
-def render(spec: RowwiseSpec, config: Config, interpret: bool = False) -> str:
-    """Readable, deterministic Triton source for a rowwise kernel."""
-    args = ", ".join(spec.arg_names())
-    big = max([b.numel for b in spec.inputs + spec.outputs] + [1]) > INDEX64
-    L: list[str] = [header(spec, config, "triton"), "import triton", "import triton.language as tl", "", "",
-                    "@triton.jit", f"def {spec.name}({args}, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):"]
-    ind = "    "
-    L.append(f"{ind}ROWS = {spec.rows}")
-    L.append(f"{ind}COLS = {spec.cols}")
-    L.append(f"{ind}rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]")
-    if big:
-        L.append(f"{ind}rows = rows.to(tl.int64)")
-    L.append(f"{ind}rmask = rows < ROWS")
-    lead = spec.domain[:-1]
-    for d in range(len(lead)):
-        inner = 1
-        for s in lead[d + 1:]:
-            inner *= s
-        expr = "rows" if inner == 1 else f"(rows // {inner})"
-        if d > 0:
-            expr = f"{expr} % {lead[d]}"
-        L.append(f"{ind}i{d} = {expr}")
-    bound: dict[str, str] = {}
+class _Writer:
+    """Writes one rowwise kernel's lines: row indices, then either one tiled pointwise pass, or one
+    pass per reduction (each followed by the row values it unlocks) and a final pass for the outputs."""
 
-    def store_domain(body: _Body) -> None:
-        for o in spec.outs:
+    IND = "    "
+
+    def __init__(self, spec: RowwiseSpec, config: Config):
+        self.spec = spec
+        self.bound: dict[str, str] = {}
+        args = ", ".join(spec.arg_names())
+        self.lines: list[str] = [header(spec, config, "triton"), "import triton", "import triton.language as tl",
+                                 "", "", "@triton.jit",
+                                 f"def {spec.name}({args}, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):"]
+
+    def add(self, line: str, depth: int = 1) -> None:
+        self.lines.append(self.IND * depth + line)
+
+    def row_indices(self) -> None:
+        spec = self.spec
+        big = max([b.numel for b in spec.inputs + spec.outputs] + [1]) > INDEX64
+        self.add(f"ROWS = {spec.rows}")
+        self.add(f"COLS = {spec.cols}")
+        self.add("rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]")
+        if big:
+            self.add("rows = rows.to(tl.int64)")
+        self.add("rmask = rows < ROWS")
+        lead = spec.domain[:-1]
+        for d in range(len(lead)):
+            inner = 1
+            for s in lead[d + 1:]:
+                inner *= s
+            expr = "rows" if inner == 1 else f"(rows // {inner})"
+            if d > 0:
+                expr = f"{expr} % {lead[d]}"
+            self.add(f"i{d} = {expr}")
+
+    def column_loop(self) -> str:
+        """Open a loop over column tiles; returns the loop body's indent."""
+        self.add("for c0 in range(0, COLS, BLOCK_C):")
+        self.add("cols = c0 + tl.arange(0, BLOCK_C)[None, :]", 2)
+        self.add("mask = rmask & (cols < COLS)", 2)
+        return self.IND * 2
+
+    def store_domain(self, indent: str) -> None:
+        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound)
+        for o in self.spec.outs:
             if o.level != "domain":
                 continue
             v = body.emit(o.expr)
-            buf = spec.outputs[o.index]
-            L.append(f"{body.indent}tl.store(out{o.index} + rows * COLS + cols, "
-                     f"{_tile(v, o.expr, 'domain')}.to({tl_type(buf.dtype)}), mask=mask)")
+            buf = self.spec.outputs[o.index]
+            self.lines.append(f"{indent}tl.store(out{o.index} + rows * COLS + cols, "
+                              f"{_tile(v, o.expr, 'domain')}.to({tl_type(buf.dtype)}), mask=mask)")
 
-    def row_scope(done: set[int]) -> None:
-        body = _Body(spec, L, ind, "w", "row", bound)
-        for j, rv in enumerate(spec.rowvals):
-            if f"v{j}" not in bound and rv.deps <= done:
-                L.append(f"{ind}v{j} = {_tile(body.emit(rv.expr), rv.expr, 'row')}")
-                bound[f"v{j}"] = f"v{j}"
+    def row_scope(self, done: set[int]) -> None:
+        """Bind the row values whose reductions are all done."""
+        body = _Body(self.spec, self.lines, self.IND, "w", "row", self.bound)
+        for j, rv in enumerate(self.spec.rowvals):
+            if f"v{j}" not in self.bound and rv.deps <= done:
+                self.add(f"v{j} = {_tile(body.emit(rv.expr), rv.expr, 'row')}")
+                self.bound[f"v{j}"] = f"v{j}"
 
-    if not spec.has_reduction:
-        L.append(f"{ind}cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")
-        L.append(f"{ind}mask = rmask & (cols < COLS)")
-        store_domain(_Body(spec, L, ind, "t", "domain", bound))
-        return "\n".join(L) + "\n"
-
-    done: set[int] = set()
-    row_scope(done)
-    for k, r in enumerate(spec.reductions):
+    def reduction_pass(self, k: int, r: Reduction) -> None:
         acc_t, init = _acc(r.op, r.dtype.name, r.dtype.is_float)
-        L.append(f"{ind}# pass {k}: {r.op} over the columns")
-        L.append(f"{ind}acc{k} = tl.full([BLOCK_R, BLOCK_C], {init}, {acc_t})")
-        L.append(f"{ind}for c0 in range(0, COLS, BLOCK_C):")
-        ind2 = ind * 2
-        L.append(f"{ind2}cols = c0 + tl.arange(0, BLOCK_C)[None, :]")
-        L.append(f"{ind2}mask = rmask & (cols < COLS)")
-        body = _Body(spec, L, ind2, "t", "domain", bound)
+        self.add(f"# pass {k}: {r.op} over the columns")
+        self.add(f"acc{k} = tl.full([BLOCK_R, BLOCK_C], {init}, {acc_t})")
+        indent = self.column_loop()
+        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound)
         v = f"{body.emit(r.expr)}.to({acc_t})"
         if r.op in ("sum", "mean"):
-            L.append(f"{ind2}acc{k} += tl.where(mask, {v}, 0)")
+            self.lines.append(f"{indent}acc{k} += tl.where(mask, {v}, 0)")
         else:
             fn = "tl.maximum" if r.op == "max" else "tl.minimum"
-            L.append(f"{ind2}acc{k} = {fn}(acc{k}, tl.where(mask, {v}, {init}))")
+            self.lines.append(f"{indent}acc{k} = {fn}(acc{k}, tl.where(mask, {v}, {init}))")
         red = {"sum": "tl.sum", "mean": "tl.sum", "max": "tl.max", "min": "tl.min"}[r.op]
         total = f"{red}(acc{k}, axis=1)[:, None]"
         if r.op == "mean":
             total = f"{total} / COLS"
-        L.append(f"{ind}r{k} = ({total}).to({tl_type(r.dtype)})")
-        bound[f"r{k}"] = f"r{k}"
+        self.add(f"r{k} = ({total}).to({tl_type(r.dtype)})")
+        self.bound[f"r{k}"] = f"r{k}"
+
+    def row_outputs(self) -> None:
+        body = _Body(self.spec, self.lines, self.IND, "u", "row", self.bound)
+        for o in self.spec.outs:
+            if o.level == "row":
+                v = body.emit(o.expr)
+                buf = self.spec.outputs[o.index]
+                self.add(f"tl.store(out{o.index} + rows, {_tile(v, o.expr, 'row')}.to({tl_type(buf.dtype)}), "
+                         "mask=rmask)")
+
+    def source(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(spec: RowwiseSpec, config: Config, interpret: bool = False) -> str:
+    """Readable, deterministic Triton source for a rowwise kernel."""
+    w = _Writer(spec, config)
+    w.row_indices()
+    if not spec.has_reduction:
+        w.add("cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")
+        w.add("mask = rmask & (cols < COLS)")
+        w.store_domain(w.IND)
+        return w.source()
+    done: set[int] = set()
+    w.row_scope(done)
+    for k, r in enumerate(spec.reductions):
+        w.reduction_pass(k, r)
         done.add(k)
-        row_scope(done)
+        w.row_scope(done)
     if any(o.level == "domain" for o in spec.outs):
-        L.append(f"{ind}# final pass: write the outputs")
-        L.append(f"{ind}for c0 in range(0, COLS, BLOCK_C):")
-        ind2 = ind * 2
-        L.append(f"{ind2}cols = c0 + tl.arange(0, BLOCK_C)[None, :]")
-        L.append(f"{ind2}mask = rmask & (cols < COLS)")
-        store_domain(_Body(spec, L, ind2, "t", "domain", bound))
-    body = _Body(spec, L, ind, "u", "row", bound)
-    for o in spec.outs:
-        if o.level == "row":
-            v = body.emit(o.expr)
-            buf = spec.outputs[o.index]
-            L.append(f"{ind}tl.store(out{o.index} + rows, {_tile(v, o.expr, 'row')}.to({tl_type(buf.dtype)}), "
-                     "mask=rmask)")
-    return "\n".join(L) + "\n"
+        w.add("# final pass: write the outputs")
+        w.store_domain(w.column_loop())
+    w.row_outputs()
+    return w.source()

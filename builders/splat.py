@@ -1,0 +1,32 @@
+"""Builders for Gaussian splatting: EWA projection and alpha-compositing rasterization."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..frontend import Tensor
+from ..ir.ops import Op, make
+from .common import results
+
+
+def project_gaussians(means3d: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor, viewmat: Tensor,
+                      intrinsics: Tensor, width: int, height: int, camera: str = "pinhole", near: float = 0.01,
+                      far: float = 1e10, eps2d: float = 0.3) -> tuple[Tensor, ...]:
+    """EWA projection (gsplat convention) -> (means2d, conics, depths, radii)."""
+    node = make(Op.PROJECT_GAUSSIANS, [t.node for t in (means3d, scales, quats, opacities, viewmat, intrinsics)],
+                width=width, height=height, camera=camera, near=float(near), far=float(far), eps2d=float(eps2d))
+    return results(node)
+
+
+def rasterize_gaussians(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor, depths: Tensor,
+                        radii: Tensor, width: int, height: int, tile: int = 16,
+                        background: Sequence[float] | None = None, pixel_center: float = 0.5,
+                        last_contributor: bool = False) -> tuple[Tensor, ...]:
+    """Front-to-back alpha compositing (the Inria rules) -> (image [H, W, C], final_T [H, W]), plus each
+    pixel's last contributing Gaussian (i32 [H, W], -1 for none) with `last_contributor`."""
+    extra = {} if last_contributor is False else {"last_contributor": last_contributor}
+    bg = tuple(float(x) for x in background) if background is not None else (0.0,) * colors.shape[1]
+    node = make(Op.RASTERIZE_GAUSSIANS, [t.node for t in (means2d, conics, colors, opacities, depths, radii)],
+                width=width, height=height, tile=tile, background=bg, pixel_center=float(pixel_center), **extra)
+    return results(node)
+

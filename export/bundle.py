@@ -1,0 +1,101 @@
+"""`export_bundle`: compile a graph for several GPU architectures and write a self-contained bundle
+(cubins, PTX, sources, manifest.json, NAME.h/NAME.c/CMakeLists.txt, the NAME.py loader)."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import TilefuseError
+from ..fileio import write_atomic
+from .csource import render_c
+from .manifest import BUNDLE_FORMAT, check_manifest, sha256_bytes, tensors, variant_entry
+from .plan import ExportError, check_binary, check_expressible, launch_list, workspace_layout
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LOADER_MARK = 'WRITTEN_BY = "unset"  # the exporter writes its tilefuse version here'
+
+
+def parse_targets(text: str) -> list[str]:
+    """`sm_80,sm_90` as a list of GPU target names, each checked."""
+    from ..schedule.target import get_target
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ExportError(f"--targets {text!r}: name at least one GPU architecture, e.g. sm_80,sm_90")
+    for n in names:
+        try:
+            kind = get_target(n).kind
+        except TilefuseError as exc:
+            raise ExportError(f"--targets: {exc}") from None
+        if kind != "cuda":
+            raise ExportError(f"--targets: {n!r} is not a GPU architecture; a bundle holds cubins (sm_80, sm_90)")
+    if len(set(names)) != len(names):
+        raise ExportError(f"--targets {text!r} names an architecture twice")
+    return names
+
+
+def _compile_variant(graph: Any, arch: str, db: Any, cost_model: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
+    """Compile for one arch: the compiled graph, its manifest variant and the files it adds."""
+    from ..compiler import build_aot, compile_graph
+
+    cg = compile_graph(graph, target=arch, aot=False, db=db, cost_model=cost_model)
+    check_expressible(cg)  # before the builds, which take seconds per kernel
+    for ck in cg.kernels:
+        ck.binaries[arch] = build_aot(ck.spec, ck.config, ck.source, cg.target)
+    launches = launch_list(cg, arch)
+    for launch in launches:
+        check_binary(launch, arch)
+    variant = variant_entry(cg, arch, launches, workspace_layout(cg))
+    files: dict[str, bytes] = {k["source"]: ck.source.encode("utf-8") for k, ck in zip(variant["kernels"], cg.kernels)}
+    for entry, launch in zip(variant["launches"], launches):
+        files[entry["cubin"]] = launch.binary.cubin
+        files[entry["ptx"]] = launch.binary.ptx.encode("utf-8")
+    return cg, variant, files
+
+
+def _loader_source(tilefuse_version: str) -> bytes:
+    text = resources.files(__package__).joinpath("templates", "loader.py").read_text(encoding="utf-8")
+    if LOADER_MARK not in text:
+        raise ExportError("export/templates/loader.py lost its WRITTEN_BY line; the package is damaged")
+    return text.replace(LOADER_MARK, f"WRITTEN_BY = {tilefuse_version!r}").encode("utf-8")
+
+
+def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | None = None, db: Any = "auto",
+                  cost_model: Any = "auto", sizes: dict[str, int] | None = None) -> Path:
+    """Write the bundle of `graph` for GPU `targets` into `out`; returns the manifest's path."""
+    import tilefuse
+
+    from ..codegen.aot import triton_version
+
+    name = name or graph.name
+    if not _NAME.match(name):
+        raise ExportError(f"--name {name!r}: a bundle name is a C identifier (letters, digits, _)")
+    files: dict[str, bytes] = {}
+    variants = []
+    first = None
+    for arch in targets:
+        cg, variant, added = _compile_variant(graph, arch, db, cost_model)
+        first = first or cg
+        variants.append(variant)
+        files.update(added)
+    assert first is not None
+    ins, outs = tensors(first)
+    manifest: dict[str, Any] = {
+        "bundle_format": BUNDLE_FORMAT, "name": name, "graph": first.graph.name, "graph_key": first.graph.key,
+        "sizes": dict(sizes or {}), "tilefuse_version": tilefuse.__version__, "triton_version": triton_version(),
+        "inputs": ins, "outputs": outs, "workspace_bytes": max(v["workspace_bytes"] for v in variants),
+        "variants": variants, "files": {}}
+    files.update({k: v.encode("utf-8") for k, v in render_c(manifest, files).items()})
+    files[f"{name}.py"] = _loader_source(tilefuse.__version__)
+    manifest["files"] = {k: sha256_bytes(v) for k, v in sorted(files.items())}
+    check_manifest(manifest, f"bundle {name}")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    for fname, data in files.items():
+        write_atomic(root / fname, data)
+    write_atomic(root / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return root / "manifest.json"

@@ -1,0 +1,93 @@
+"""The bundle manifest: built from the compiled graphs and their launch lists, validated against the
+schema shipped in the package, and checked against the files of a bundle directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .plan import ExportError, Launch, Region
+
+BUNDLE_FORMAT = 1
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The hex sha256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def tensors(cg: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The graph's inputs and outputs as manifest entries (name, dtype, shape)."""
+    ins = [{"name": n.attr("name"), "dtype": n.dtype.name, "shape": list(n.shape)} for n in cg.graph.inputs]
+    outs = [{"name": name, "dtype": b.dtype.name, "shape": list(b.shape)} for name, b in cg.pipeline.kernels.outputs]
+    return ins, outs
+
+
+def launch_entry(launch: Launch, arch: str) -> dict[str, Any]:
+    """One launch as a manifest entry; its cubin and PTX file names follow the function and arch."""
+    b = launch.binary
+    meta = b.metadata or {}
+    return {"kernel": launch.kernel, "function": launch.function, "mangled_name": b.fn_name,
+            "grid": list(launch.grid), "block": [32 * launch.num_warps, 1, 1], "num_warps": launch.num_warps,
+            "num_stages": launch.num_stages, "shared_mem_bytes": int(b.shared_mem_bytes),
+            "scratch": {"global_bytes": int(meta.get("global_scratch_size", 0) or 0),
+                        "profile_bytes": int(meta.get("profile_scratch_size", 0) or 0)},
+            "args": [{"name": a.name, "role": a.role, "index": a.index, "buffer": a.what} for a in launch.args],
+            "cubin": f"{launch.function}.{arch}.cubin", "ptx": f"{launch.function}.{arch}.ptx",
+            "resources": b.resources.to_dict()}
+
+
+def variant_entry(cg: Any, arch: str, launches: list[Launch], regions: list[Region]) -> dict[str, Any]:
+    """Everything the bundle runs on one architecture: kernels, configs, launches, workspace layout."""
+    capability = int(cg.target.arch)
+    ptx_target = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"  # as Triton's backend builds it
+    kernels = [{"name": ck.spec.name, "family": ck.spec.family, "workload_key": ck.spec.key,
+                "config": dict(ck.config), "config_source": ck.config_source,
+                "source": f"{ck.spec.name}.{arch}.py"} for ck in cg.kernels]
+    total = max((r.offset + r.nbytes for r in regions), default=0)
+    return {"arch": arch, "capability": capability, "ptx_target": ptx_target,
+            "arch_specific": ptx_target.endswith("a"), "workspace_bytes": total,
+            "workspace": [{"what": r.what, "dtype": r.dtype, "shape": list(r.shape), "offset": r.offset,
+                           "bytes": r.nbytes} for r in regions],
+            "kernels": kernels, "launches": [launch_entry(x, arch) for x in launches]}
+
+
+def check_manifest(manifest: Any, where: str) -> None:
+    """Raise ExportError listing every way `manifest` breaks the shipped schema."""
+    from .schema import manifest_schema, validate
+
+    errors = validate(manifest, manifest_schema())
+    if errors:
+        shown = "; ".join(errors[:8]) + (f"; and {len(errors) - 8} more" if len(errors) > 8 else "")
+        raise ExportError(f"{where}: the manifest does not match the bundle schema: {shown}")
+
+
+def verify_bundle(directory: str | Path, tilefuse_version: str | None = None) -> dict[str, Any]:
+    """The manifest of the bundle in `directory`, after checking its schema, its version and the sha256
+    of every file it lists; ExportError naming the first problem otherwise."""
+    root = Path(directory)
+    path = root / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"{root}: not a bundle (no manifest.json)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(manifest, dict) and manifest.get("bundle_format") != BUNDLE_FORMAT:
+        raise ExportError(f"{path}: bundle format {manifest.get('bundle_format')!r}; this tilefuse reads "
+                          f"format {BUNDLE_FORMAT}")
+    check_manifest(manifest, str(path))
+    if tilefuse_version is not None and manifest["tilefuse_version"] != tilefuse_version:
+        raise ExportError(f"{path}: written by tilefuse {manifest['tilefuse_version']}, this is tilefuse "
+                          f"{tilefuse_version}; export the bundle again")
+    for name, digest in sorted(manifest["files"].items()):
+        try:
+            data = (root / name).read_bytes()
+        except FileNotFoundError:
+            raise ExportError(f"{root}: {name} is listed in the manifest but missing") from None
+        if sha256_bytes(data) != digest:
+            raise ExportError(f"{root / name}: sha256 {sha256_bytes(data)[:16]}... differs from the manifest's "
+                              f"{digest[:16]}...; the file was altered after export")
+    return dict(manifest)

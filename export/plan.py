@@ -1,0 +1,146 @@
+"""What a bundle launches, per GPU architecture: the launch list and the workspace layout.
+
+Both come from each kernel's `KernelSpec.launch_plan(config)`, the one description of a kernel's
+launches that the AOT build, the executors and the tuner also read; here each plan argument is
+resolved to a graph input, a graph output or an offset into the bundle's one workspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import TilefuseError
+from ..ir import dtypes as dt
+
+ALIGN = 256  # every workspace region starts on a 256-byte boundary (cudaMalloc's alignment)
+
+
+class ExportError(TilefuseError, ValueError):
+    """A graph, kernel or bundle that cannot be exported or loaded; the message names it and why."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One pointer argument: where it points (a graph input or output by index, or a workspace offset)."""
+
+    name: str
+    role: str  # "input" | "output" | "workspace"
+    index: int  # input/output index; the byte offset into the workspace for role "workspace"
+    what: str  # the buffer name, or "<kernel>.ws" for a kernel's own scratch
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch of the bundle, in order."""
+
+    kernel: str
+    function: str
+    grid: tuple[int, int, int]
+    args: tuple[Arg, ...]
+    num_warps: int
+    num_stages: int
+    binary: Any  # codegen.aot.TritonBinary
+
+
+@dataclass(frozen=True)
+class Region:
+    """A workspace region: a temporary between kernels or a kernel's scratch."""
+
+    what: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def workspace_layout(cg: Any) -> list[Region]:
+    """Every temporary buffer and every kernel's scratch `ws`, each at an aligned offset (no reuse)."""
+    regions: list[Region] = []
+    offset = 0
+    for ck in cg.kernels:
+        items = [(b.name, b.dtype, tuple(b.shape)) for b in ck.spec.outputs if b.role == "temp"]
+        items += [(f"{ck.spec.name}.{w.name}", dt.dtype(w.dtype), tuple(w.shape))
+                  for w in ck.spec.launch_plan(ck.config).workspaces]
+        for what, dtype, shape in items:
+            nbytes = max(1, _numel(shape)) * dtype.itemsize
+            regions.append(Region(what, dtype.name, shape, offset, nbytes))
+            offset += _align(nbytes)
+    return regions
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _where(cg: Any, regions: list[Region]) -> dict[str, tuple[str, int]]:
+    """Buffer name -> (role, index or workspace offset)."""
+    where: dict[str, tuple[str, int]] = {n.attr("name"): ("input", i) for i, n in enumerate(cg.graph.inputs)}
+    for j, (name, buf) in enumerate(cg.pipeline.kernels.outputs):
+        if buf.name in where:
+            raise ExportError(f"graph {cg.graph.name}: output {name!r} is the buffer {buf.name!r}, which is also an "
+                              "input or another output; a bundle needs every output written by a kernel")
+        where[buf.name] = ("output", j)
+    for r in regions:
+        where[r.what] = ("workspace", r.offset)
+    return where
+
+
+def check_expressible(cg: Any) -> None:
+    """Refuse kernels whose launch needs more than inputs, outputs and workspace offsets: tensors
+    computed at launch time (attention's block lists), host steps (a sort on the host) and workspaces
+    that must be zero-filled before the first launch."""
+    for ck in cg.kernels:
+        plan = ck.spec.launch_plan(ck.config)
+        aux = sorted(a.name for a in plan.args if a.role == "aux")
+        host = [ln.fn for ln in plan.launches if ln.host]
+        zeroed = [w.name for w in plan.workspaces if w.zeroed]
+        what = (f"auxiliary tensors {aux} computed at launch time (block lists)" if aux else
+                f"host steps {host}" if host else f"zero-filled workspaces {zeroed}" if zeroed else None)
+        if what is not None:
+            raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) needs {what}; bundles cannot express "
+                              "them yet")
+
+
+def launch_list(cg: Any, arch: str) -> list[Launch]:
+    """The launches of `cg` (compiled for `arch`) in order, each argument resolved to an input, an output
+    or a workspace offset (call check_expressible first)."""
+    check_expressible(cg)
+    where = _where(cg, workspace_layout(cg))
+    out: list[Launch] = []
+    for ck in cg.kernels:
+        spec = ck.spec
+        plan = spec.launch_plan(ck.config)
+        buffers = {"input": [b.name for b in spec.inputs], "output": [b.name for b in spec.outputs],
+                   "workspace": [f"{spec.name}.{w.name}" for w in plan.workspaces]}
+        for ln in plan.launches:
+            args = tuple(Arg(a.name, *where[buffers[a.role][a.index]], buffers[a.role][a.index]) for a in ln.args)
+            grid = tuple(int(g) for g in ln.grid) + (1,) * (3 - len(ln.grid))
+            out.append(Launch(spec.name, ln.fn, (grid[0], grid[1], grid[2]), args, ln.num_warps, ln.num_stages,
+                              ck.binaries[arch][ln.fn]))
+    return out
+
+
+def check_binary(launch: Launch, arch: str) -> None:
+    """Refuse a binary whose launch needs more than the C API passes (scratch, clusters, TMA descriptors)."""
+    meta = launch.binary.metadata or {}
+    problems = []
+    for key in ("global_scratch_size", "profile_scratch_size"):
+        if int(meta.get(key, 0) or 0) > 0:
+            problems.append(f"{key}={meta[key]} (bundles pass null scratch pointers)")
+    if int(meta.get("num_ctas", 1) or 1) != 1:
+        problems.append(f"num_ctas={meta['num_ctas']} (thread-block clusters)")
+    if meta.get("launch_cooperative_grid"):
+        problems.append("a cooperative grid launch")
+    if meta.get("tensordesc_meta"):
+        problems.append("host-side TMA descriptors")
+    if problems:
+        raise ExportError(f"kernel {launch.function} on {arch} needs " + "; ".join(problems)
+                          + ": the exported launcher cannot provide it")

@@ -1,0 +1,1 @@
+"""gpu-check: the one command to run when a GPU is lent (`make gpu-check`); see gpu_check.main."""

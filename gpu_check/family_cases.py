@@ -1,0 +1,121 @@
+"""gpu-check's representative graphs for the quantized, sparse and splatting families, with valid inputs
+(packed codes, sparse structures and visible Gaussians that random draws would not give)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..ir.graph import Graph
+
+
+def pack_int4_k(codes: np.ndarray) -> np.ndarray:
+    """Unsigned 4-bit codes [K, N] packed along K into int32 [K/8, N], element j in bits 4j..4j+3."""
+    k, n = codes.shape
+    units = codes.astype(np.uint64).reshape(k // 8, 8, n)
+    words = sum(units[:, j, :] << np.uint64(4 * j) for j in range(8))
+    return np.asarray(words, dtype=np.uint64).astype(np.uint32).view(np.int32)
+
+
+def quant_matmul(small: bool, rng: np.random.Generator) -> tuple[Graph, dict[str, Any]]:
+    """x @ dequantize(GPTQ-style symmetric int4, G=128) + bias, as one quant_matmul kernel."""
+    import tilefuse as tf
+
+    m, k, n, grp = (5, 256, 72, 128) if small else (16, 4096, 4096, 128)
+    g = tf.GraphBuilder("gc_quant_matmul")
+    w = tf.dequantize(g.input("qw", (k // 8, n), "i32"), g.input("s", (k // grp, n), "f16"), shape=(k, n),
+                      bits=4, group_size=grp, pack_axis=0)
+    g.output("y", g.input("x", (m, k), "f16") @ w + g.input("bias", (n,), "f16"))
+    ins = {"qw": pack_int4_k(rng.integers(0, 16, (k, n))),
+           "s": (rng.uniform(0.2, 1.0, (k // grp, n)) / (8 * math.sqrt(k))).astype(np.float32),
+           "x": rng.standard_normal((m, k)).astype(np.float32), "bias": rng.standard_normal(n).astype(np.float32)}
+    return g.build(), ins
+
+
+def spmm_csr(small: bool, rng: np.random.Generator) -> tuple[Graph, None]:
+    """relu(CSR @ dense + bias); ir.sampling draws a valid power-law structure."""
+    import tilefuse as tf
+
+    m, k, n, nnz = (37, 29, 45, 200) if small else (20000, 4096, 128, 400000)
+    g = tf.GraphBuilder("gc_spmm_csr")
+    a = tf.sparse_csr(g.input("ip", (m + 1,), "i32"), g.input("ix", (nnz,), "i32"), g.input("v", (nnz,), "f32"),
+                      (m, k))
+    g.output("y", tf.relu(tf.spmm(a, g.input("b", (k, n), "f32")) + g.input("bias", (n,), "f32")))
+    return g.build(), None
+
+
+def spmm_24(small: bool, rng: np.random.Generator) -> tuple[Graph, None]:
+    """2:4 semi-structured weights @ dense (decompressed in registers, then tl.dot)."""
+    import tilefuse as tf
+
+    m, k, n = (48, 64, 40) if small else (4096, 4096, 16)
+    g = tf.GraphBuilder("gc_spmm_24")
+    w = tf.sparse_24(g.input("values", (m, k // 2), "f16"), g.input("meta", (m, k // 2), "u8"))
+    g.output("y", tf.spmm(w, g.input("b", (k, n), "f16")))
+    return g.build(), None
+
+
+def sddmm_csr(small: bool, rng: np.random.Generator) -> tuple[Graph, None]:
+    """(a @ b^T) at a CSR pattern's nonzeros."""
+    import tilefuse as tf
+
+    m, n, d, nnz = (30, 26, 16, 150) if small else (8192, 8192, 64, 200000)
+    g = tf.GraphBuilder("gc_sddmm")
+    pat = tf.sparse_csr(g.input("ip", (m + 1,), "i32"), g.input("ix", (nnz,), "i32"),
+                        g.input("v", (nnz,), "f32"), (m, n))
+    g.output("s", tf.sddmm(g.input("a", (m, d), "f32"), g.input("b", (n, d), "f32"), pat))
+    return g.build(), None
+
+
+def _scene(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """n Gaussians around and in front of a camera looking down +z (some behind it), pinhole intrinsics."""
+    means = np.column_stack([rng.uniform(-2.5, 2.5, n), rng.uniform(-2, 2, n), rng.uniform(-0.8, 6, n)])
+    view = np.eye(4)
+    view[:3, 3] = (0.2, -0.1, 0.5)
+    return {"means": means.astype(np.float32), "scales": rng.uniform(0.02, 0.25, (n, 3)).astype(np.float32),
+            "quats": rng.standard_normal((n, 4)).astype(np.float32),
+            "opac": rng.uniform(0.2, 1.0, n).astype(np.float32), "view": view.astype(np.float32),
+            "K": np.array([[55.0, 0, 31.0], [0, 50.0, 25.0], [0, 0, 1]], dtype=np.float32)}
+
+
+def _size(small: bool) -> tuple[int, int, int]:
+    return (300, 64, 48) if small else (100000, 1920, 1080)
+
+
+def splat_project(small: bool, rng: np.random.Generator) -> tuple[Graph, dict[str, Any]]:
+    """Projection of a synthetic scene (pinhole) to means2d, conics, depths and radii."""
+    import tilefuse as tf
+
+    n, w, h = _size(small)
+    ins = _scene(rng, n)
+    g = tf.GraphBuilder("gc_splat_project")
+    t = {name: g.input(name, a.shape, "f32") for name, a in ins.items()}
+    outs = tf.project_gaussians(t["means"], t["scales"], t["quats"], t["opac"], t["view"], t["K"], width=w, height=h)
+    for name, out in zip(("means2d", "conics", "depths", "radii"), outs):
+        g.output(name, out)
+    return g.build(), ins
+
+
+def splat_raster(small: bool, rng: np.random.Generator) -> tuple[Graph, dict[str, Any]]:
+    """Tile binning, sort and front-to-back compositing of the reference projection of a synthetic scene."""
+    import tilefuse as tf
+    from tilefuse.ir.reference import evaluate
+
+    n, w, h = _size(small)
+    proj_graph, scene = splat_project(small, rng)
+    proj = evaluate(proj_graph, scene)
+    ins = {"m2d": proj["means2d"], "con": proj["conics"], "col": rng.random((n, 3)), "opac": scene["opac"],
+           "dep": np.maximum(proj["depths"], 0.0), "rad": proj["radii"].astype(np.int32)}
+    ins = {k: (v if k == "rad" else np.asarray(v, dtype=np.float32)) for k, v in ins.items()}
+    g = tf.GraphBuilder("gc_splat_raster")
+    t = {name: g.input(name, a.shape, "i32" if name == "rad" else "f32") for name, a in ins.items()}
+    outs = tf.rasterize_gaussians(t["m2d"], t["con"], t["col"], t["opac"], t["dep"], t["rad"], width=w, height=h)
+    for name, out in zip(("img", "T"), outs):
+        g.output(name, out)
+    return g.build(), ins
+
+
+CASES = {"family:quant_matmul": quant_matmul, "family:spmm_csr": spmm_csr, "family:spmm_24": spmm_24,
+         "family:sddmm": sddmm_csr, "family:splat_project": splat_project, "family:splat_raster": splat_raster}

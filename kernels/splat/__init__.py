@@ -1,0 +1,18 @@
+"""Gaussian splatting family: the projection kernel ("splat_project") and the tile-binned
+rasterizer ("splat_raster": count, scan, emit, sort, ranges and render launches of one plan).
+Each kernel is its anchor alone; nothing fuses into splatting yet."""
+
+from __future__ import annotations
+
+from ...ir.ops import Op
+from ...passes.fusion_rules import GroupRule
+from ..registry import register_fusion, register_template
+from .project_spec import ProjectSpec
+from .raster_spec import RasterSpec
+
+register_template(ProjectSpec.family, "triton", __name__ + ".project_template")
+register_template(RasterSpec.family, "triton", __name__ + ".raster_template")
+register_fusion(ProjectSpec.family, GroupRule("project_gaussians", anchors=frozenset({Op.PROJECT_GAUSSIANS})))
+register_fusion(RasterSpec.family, GroupRule("rasterize_gaussians", anchors=frozenset({Op.RASTERIZE_GAUSSIANS})))
+
+__all__ = ["ProjectSpec", "RasterSpec"]

@@ -1,0 +1,119 @@
+"""Fusion rules: what each kernel family declares about the groups it lowers (passes/fuse.py applies them).
+
+A `GroupRule` names a fusion-group kind and says
+- which ops are its anchor (`anchors`: each opens a group of its own and never joins another) or open a
+  group when they join none (`opens`: the rowwise family's pointwise ops and reductions);
+- which producer groups may be pulled into an anchor operand's loads (`Prologue`);
+- which consumers may join the group (`PointwiseEpilogue`, `ReductionEpilogue`).
+
+Families declare rules (kernels/registry.py) and the pipeline receives them as explicit context:
+`run_pipeline(g, kernels.fusion_rules())`. Rules of the same kind from several families merge, so a
+family can add a prologue to an anchor another family owns (`becomes` then names the kind that the
+anchor's group turns into, so that the declaring family lowers it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..ir import expr as ex
+from ..ir.ops import REDUCE_OPS, Node, Op
+
+
+def expr_cost(n: Node) -> int:
+    """Per-element cost of a node: its expression's cost for pointwise ops, one for any other op."""
+    return ex.cost(n.attr("expr")) if n.op is Op.POINTWISE else 1
+
+
+@dataclass(frozen=True)
+class Prologue:
+    """A producer group computing anchor operand `operands[i]` that the anchor's kernel recomputes in its
+    loads: the group's kind is in `kinds`, it feeds nothing else, and the summed `cost` of what is pulled
+    in is at most `max_cost`. Groups of a kind in `feeders` that feed only the pulled-in nodes come along
+    (a sum of two dequantized planes); with `needs_feeders` the rule applies only when one does."""
+
+    operands: tuple[int, ...]
+    kinds: frozenset[str]
+    max_cost: int
+    feeders: frozenset[str] = frozenset()
+    cost: Callable[[Node], int] = expr_cost
+    becomes: str | None = None
+    needs_feeders: bool = False
+
+
+@dataclass(frozen=True)
+class PointwiseEpilogue:
+    """A pointwise consumer of the group's domain shape (or, with `rows`, of one value per row) joins, if it
+    reads group members directly (not through a view, not a prologue value). `becomes` as below."""
+
+    rows: bool = False
+    becomes: str | None = None
+
+
+@dataclass(frozen=True)
+class ReductionEpilogue:
+    """A reduction (`ops`) of a group member of the domain's shape over one of `axes` (negative: -1 is the
+    last axis) joins; across tiles when the axis is tiled. The canonical form moves the reduced axis last
+    with a permute, which this rule reads through. `becomes` is the kind the group turns into."""
+
+    axes: frozenset[int]
+    ops: frozenset[str] = frozenset(REDUCE_OPS)
+    becomes: str | None = None
+
+
+Epilogue = PointwiseEpilogue | ReductionEpilogue
+
+
+@dataclass(frozen=True)
+class GroupRule:
+    """Everything the fuser knows about one fusion-group kind."""
+
+    kind: str
+    anchors: frozenset[Op] = frozenset()
+    opens: frozenset[Op] = frozenset()
+    prologues: tuple[Prologue, ...] = ()
+    epilogues: tuple[Epilogue, ...] = ()
+
+
+@dataclass(frozen=True)
+class FusionRules:
+    """The rules of every group kind, merged by kind, and which kind each op opens."""
+
+    groups: dict[str, GroupRule] = field(default_factory=dict)
+    by_op: dict[Op, GroupRule] = field(default_factory=dict)
+
+    @staticmethod
+    def of(rules: Iterable[GroupRule]) -> FusionRules:
+        """Merge rules by kind (prologues and epilogues in declaration order); ValueError when two kinds
+        claim one op."""
+        merged: dict[str, GroupRule] = {}
+        for r in rules:
+            old = merged.get(r.kind)
+            if old is not None:
+                r = GroupRule(r.kind, old.anchors | r.anchors, old.opens | r.opens, old.prologues + r.prologues,
+                              old.epilogues + r.epilogues)
+            merged[r.kind] = r
+        by_op: dict[Op, GroupRule] = {}
+        for r in merged.values():
+            both = sorted(o.value for o in r.anchors & r.opens)
+            if both:
+                raise ValueError(f"fusion-group kind {r.kind!r} declares {both} both as anchors and as group openers")
+            for op in r.anchors | r.opens:
+                if op in by_op:
+                    raise ValueError(f"op {op.value!r} opens groups of two kinds: {by_op[op].kind!r} and {r.kind!r}")
+                by_op[op] = r
+        return FusionRules(merged, by_op)
+
+    def rule(self, kind: str) -> GroupRule | None:
+        """The rule of group kind `kind`, or None when no family declares one."""
+        return self.groups.get(kind)
+
+    def opener(self, op: Op) -> GroupRule | None:
+        """The rule whose groups `op` anchors or opens, or None."""
+        return self.by_op.get(op)
+
+    def is_anchor(self, op: Op) -> bool:
+        """Whether `op` is a declared anchor (opens a group of its own, never joins one)."""
+        r = self.by_op.get(op)
+        return r is not None and op in r.anchors

@@ -1,0 +1,195 @@
+"""Launch plans: the ordered launches that run one kernel under one config.
+
+A kernel is one generated module that may hold several jitted functions (a split-K GEMM and its
+finishing reduction; a counting sort's count, scan and scatter). `KernelSpec.launch_plan` says, once,
+which functions run in which order, on which grid, with which arguments (by role: the kernel's
+inputs and outputs, auxiliary tensors the family builds at launch, workspace buffers), constexprs and
+launch options. The AOT build, the executors, the tuning runner's builds and measurements and the
+bundle manifest all read the plan instead of re-deriving it.
+
+A launch may be a host step (`Launch.host`): a plain Python function of the kernel's module, called
+with the launch's arguments between device launches, for what no device function does yet (the
+splatting rasterizer's key sort calls torch.sort). Host steps have no grid, are never built into
+binaries (`functions()` leaves them out) and are marked `"host": true` in the manifest: a runtime
+without Python must provide them itself.
+
+This module sits below codegen and kernels so that every one of them may import it; it knows nothing
+of torch (binding values to arguments takes whatever objects the caller allocated)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import TilefuseError
+from ..ir.limits import check_grid
+from ..ir import dtypes as dt
+
+ROLES = ("input", "output", "aux", "workspace")
+
+
+class LaunchPlanError(TilefuseError, ValueError):
+    """A launch plan that contradicts itself (an argument no buffer backs, a function built twice
+    with different options); the message names the kernel and the launch."""
+
+
+def jit_kwargs(constexprs: Mapping[str, Any], options: Mapping[str, int], interpret: bool) -> dict[str, Any]:
+    """Keyword arguments of a Triton JIT call: the constexprs, plus the launch options (num_warps,
+    num_stages) except under the interpreter, which does not take them."""
+    return dict(constexprs) if interpret else {**constexprs, **options}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One pointer argument: its parameter name in the generated source, what backs it (`role` and
+    `index`: the kernel's index-th input, output, auxiliary tensor or workspace) and its Triton type."""
+
+    name: str
+    role: str
+    index: int
+    triton_type: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "index": self.index, "type": self.triton_type}
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A scratch buffer the plan's launches share: allocated per run, never an output. `zeroed`
+    ones must be filled with zeros before the first launch (atomic counters); others are written
+    before they are read, and a poisoned run fills them with garbage to prove it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "f32"  # a tilefuse dtype name
+    zeroed: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= int(s)
+        return n * dt.dtype(self.dtype).itemsize
+
+    @property
+    def triton_type(self) -> str:
+        return "*" + dt.triton_sig(dt.dtype(self.dtype))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "zeroed": self.zeroed,
+                "bytes": self.nbytes}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launch: the jitted function `fn` of the kernel's module on `grid`, its arguments in
+    parameter order, its constexprs and its launch options; with `host`, a host step instead (see
+    the module docstring): `fn(*args)` is called as is and grid, constexprs and options are unused."""
+
+    fn: str
+    grid: tuple[int, ...]
+    args: tuple[Arg, ...]
+    constexprs: Mapping[str, Any] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 2
+    host: bool = False
+
+    def signature(self) -> dict[str, str]:
+        """Triton types of the pointer arguments, in parameter order (for AOT builds)."""
+        return {a.name: a.triton_type for a in self.args}
+
+    def options(self) -> dict[str, int]:
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
+
+    def kwargs(self, interpret: bool) -> dict[str, Any]:
+        """Keyword arguments of the JIT call (see jit_kwargs). The GPU build workers and the
+        measurement launch both take them from here, so both reach the same Triton cache key."""
+        return jit_kwargs(self.constexprs, self.options(), interpret)
+
+    def values(self, bound: Mapping[str, Any]) -> list[Any]:
+        """The positional arguments of this launch, from argument name -> value (LaunchPlan.bind)."""
+        return [bound[a.name] for a in self.args]
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"function": self.fn, "grid": list(self.grid), "args": [a.name for a in self.args],
+               "constexprs": dict(self.constexprs), "num_warps": self.num_warps, "num_stages": self.num_stages}
+        return {**out, "host": True} if self.host else out
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """The launches of one kernel under one config, in order, the arguments they take (every
+    argument once, in the order the kernel's functions declare them) and the workspaces to allocate.
+    `sizes` are the run-time sizes the plan was made for (empty while every shape is static)."""
+
+    kernel: str
+    args: tuple[Arg, ...]
+    workspaces: tuple[Workspace, ...]
+    launches: tuple[Launch, ...]
+    sizes: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """LaunchPlanError naming every inconsistency."""
+        problems = [] if self.launches else ["no launches"]
+        names = {a.name: a for a in self.args}
+        if len(names) != len(self.args):
+            problems.append(f"argument names repeat: {[a.name for a in self.args]}")
+        ws = [w.name for w in self.workspaces]
+        for a in self.args:
+            if a.role not in ROLES:
+                problems.append(f"argument {a.name}: role {a.role!r} is not one of {list(ROLES)}")
+            elif a.role == "workspace" and (a.index >= len(ws) or ws[a.index] != a.name):
+                problems.append(f"argument {a.name}: no workspace {a.name!r} at index {a.index} (workspaces {ws})")
+        built: dict[str, Launch] = {}
+        for ln in self.launches:
+            problems += [f"{ln.fn}: argument {a.name} is not one of the plan's arguments"
+                         for a in ln.args if names.get(a.name) != a]
+            first = built.setdefault(ln.fn, ln)
+            if (first.signature(), dict(first.constexprs), first.options(), first.host) != \
+                    (ln.signature(), dict(ln.constexprs), ln.options(), ln.host):
+                problems.append(f"{ln.fn} is launched twice with different arguments, constexprs or options "
+                                "(one function is one binary)")
+        if not any(not ln.host for ln in self.launches) and self.launches:
+            problems.append("only host steps (a kernel launches at least one device function)")
+        if problems:
+            raise LaunchPlanError(f"launch plan of {self.kernel}: " + "; ".join(problems))
+        for ln in self.launches:  # a grid CUDA refuses is a LimitError naming the launch, before any build
+            check_grid(ln.grid, ln.fn)  # the function name starts with the kernel name
+
+    def functions(self) -> list[str]:
+        """Each jitted function the plan launches, once, in first-launch order (one binary each);
+        host steps are not among them."""
+        return list(dict.fromkeys(ln.fn for ln in self.launches if not ln.host))
+
+    def launch_of(self, fn: str) -> Launch:
+        """The (first) launch of function `fn`."""
+        for ln in self.launches:
+            if ln.fn == fn:
+                return ln
+        raise LaunchPlanError(f"launch plan of {self.kernel} does not launch {fn!r} (it launches {self.functions()})")
+
+    def scratch_bytes(self) -> int:
+        """Bytes of workspace one run needs besides the kernel's inputs and outputs."""
+        return sum(w.nbytes for w in self.workspaces)
+
+    def bind(self, inputs: Sequence[Any], outputs: Sequence[Any], aux: Sequence[Any],
+             workspaces: Sequence[Any]) -> dict[str, Any]:
+        """Argument name -> value, from the values of each role in index order."""
+        pools = {"input": inputs, "output": outputs, "aux": aux, "workspace": workspaces}
+        out = {}
+        for a in self.args:
+            pool = pools[a.role]
+            if a.index >= len(pool):
+                raise LaunchPlanError(f"launch plan of {self.kernel}: argument {a.name} is {a.role} {a.index}, "
+                                      f"but {len(pool)} {a.role} values were given")
+            out[a.name] = pool[a.index]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as JSON data (the bundle manifest's `arguments`, `workspaces` and `launches`)."""
+        return {"arguments": [a.to_json() for a in self.args], "workspaces": [w.to_json() for w in self.workspaces],
+                "launches": [ln.to_json() for ln in self.launches]}
