@@ -28,8 +28,9 @@ from .dequant import Operand, dequant_value
 # x 32 elements builds with 151 registers; NF4 double-quantized, ~560 nodes x 32, spills).
 DEQUANT_BUDGET = 4096
 # CPU decode schedule: the default for M <= GEMV_DEFAULT_M; a candidate up to GEMV_MAX_M rows.
-GEMV_DEFAULT_M = 16
+GEMV_DEFAULT_M = 4
 GEMV_MAX_M = 32
+GEMV_ACC_FLOATS = 256
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class QuantMatmulSpec(MatmulSpec):
         return out
 
     def _gemv_default(self, target: Target) -> Config | None:
-        """Decode shapes (M <= GEMV_MAX_M): tasks of 128..256 columns (least padding), vectors of 16 lanes
+        """Decode shapes (M <= GEMV_DEFAULT_M): tasks of 64..256 columns (least padding), vectors of 16 lanes
         over the packed words, one k-tile per scale group so the scales stay out of the inner loop."""
         ek, en = self.pack_units()
         n = self.planes[0].node
@@ -150,8 +151,12 @@ class QuantMatmulSpec(MatmulSpec):
         base = self._cpu_default(target)
         for vec in (16, 8, 4):
             grain = en * vec
-            tiles = [t for t in CPU_TILE_N if t % grain == 0 and 64 <= t <= max(256, grain)] or [grain]
-            tiles = [t for t in tiles if t <= max(grain, next_pow2(self.N))] or [grain]
+            # M x tile_n accumulators: at most GEMV_ACC_FLOATS of them stay in registers (M=16: a GEMV of
+            # 256-wide tasks ran 4x slower than the GEMM on the 2-core EPYC)
+            cap = min(max(256, grain), max(grain, next_pow2(self.N)), GEMV_ACC_FLOATS // self.M)
+            tiles = [t for t in CPU_TILE_N if t % grain == 0 and min(64, grain) <= t <= cap]
+            if not tiles:
+                continue
             tn = min(tiles, key=lambda t: (padded(self.N, t), -t))
             cfg = base.replace(gemv=1, tile_n=tn, tile_k=tk, vector=vec, unroll=unroll)
             if not self._cpu_constraints(cfg):
