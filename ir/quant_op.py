@@ -2,6 +2,8 @@
 
     dequantize(packed, scales [, zeros] [, scales2, offset]) {shape=[K, N], bits, ...}
 
+`shape` may be left out: it is then the packed shape with the pack axis unpacked (whole units).
+
 Operands, in order: `packed` (codes), `scales`, `zeros` (only when symmetric=false), and
 `scales2`, `offset` (only when double_quant=true).
 
@@ -130,9 +132,23 @@ def _norm_group(gs: Any, layout: str, what: str) -> Any:
     return gs
 
 
+def _logical_of_packed(p: Node, a: dict[str, Any]) -> tuple[int, ...]:
+    """The logical [K, N] when the `shape` attribute is left out: the packed operand's shape with its packed
+    axis unpacked (whole units; () when it cannot tell, so the shape check names the missing attribute)."""
+    bits, axis = a.get("bits", 4), a.get("pack_axis", 1)
+    if p.dtype in FP8:
+        return tuple(p.shape)
+    if p.dtype not in CONTAINERS or len(p.shape) != 2 or bits not in (2, 3, 4, 8) or axis not in (0, 1):
+        return ()
+    e, c = unit(bits, CONTAINERS[p.dtype])
+    dims = list(p.shape)
+    dims[axis] = dims[axis] // c * e
+    return tuple(dims)
+
+
 def _header(srcs: tuple[Node, ...], a: dict[str, Any], what: str) -> dict[str, Any]:
     """Shape, bits, out_dtype, symmetric, double_quant, scale layout and group, and the operand count."""
-    shape = tuple(a.get("shape", ()))
+    shape = tuple(a.get("shape", ())) or _logical_of_packed(srcs[0], a)
     if len(shape) != 2 or any(not isinstance(s, int) or s <= 0 for s in shape):
         raise VerifyError(f"{what}: shape {shape} must be the logical [K, N] of positive ints")
     bits = a.get("bits", 4)

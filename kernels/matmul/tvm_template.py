@@ -74,19 +74,23 @@ class _Builder:
         return lower_expr(e, leaf)
 
     def loaded(self, name: str, row: PrimExpr, col: PrimExpr) -> PrimExpr:
-        """Loader VAR `name` (MatmulSpec.loaders) at (row, col): its loads index the flat inputs directly."""
+        """Loader VAR `name` (MatmulSpec.loaders) at (row, col): its loads index the flat inputs directly.
+        A loader's integer division and remainder work on element and bit positions, never negative, so
+        they lower to floordiv/floormod, which TVM's simplifier folds ((u * 8 + j) // 8 -> u for j < 8):
+        the vectorized loads stay contiguous and the unrolled shifts constant."""
+        memo: dict[int, PrimExpr] = {}
 
         def leaf(n: Expr) -> PrimExpr | None:
             if n.op is E.VAR:
                 return {"r": row, "c": col}[n.arg]
+            if n.op is E.LOAD:
+                return self.inputs[n.arg](lower_expr(n.src[0], leaf, memo))
+            if n.op in (E.DIV, E.IDIV, E.MOD) and n.dtype.is_int:
+                a, b = (memo[id(s)] for s in n.src)
+                return tirx.floormod(a, b) if n.op is E.MOD else tirx.floordiv(a, b)
             return None
 
-        def load(n: Expr) -> PrimExpr | None:
-            if n.op is E.LOAD:
-                return self.inputs[n.arg](lower_expr(n.src[0], leaf))
-            return leaf(n)
-
-        return lower_expr(self.spec.loaders()[name], load)
+        return lower_expr(self.spec.loaders()[name], leaf, memo)
 
     def _packed(self, e: Expr, b: PrimExpr, row: PrimExpr, col: PrimExpr, rows: int, cols: int) -> PrimExpr:
         """Operand `e` at (b, row, col) in the accumulator dtype, zero outside its rows x cols."""

@@ -17,7 +17,7 @@ MATMUL = family("matmul")
 
 # the matmul family's own templates, which call the spec's loader hook
 register_template(KIND, "triton", MATMUL.templates["triton"])
-register_template(KIND, "tvm", MATMUL.templates["tvm"])
+register_template(KIND, "tvm", __name__ + ".tvm_template")
 # whatever the matmul's groups accept as epilogues, a quantized matmul's groups accept too
 register_fusion(KIND, GroupRule(KIND, epilogues=tuple(e for r in MATMUL.fusion if r.kind == "matmul"
                                                       for e in r.epilogues)))

@@ -5,19 +5,21 @@ dequantizing loader into the matmul templates' operand-loader hook (MatmulSpec.o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from ...ir import expr as ex
 from ...ir.expr import Expr
 from ...ir.ops import Node, Op
+from ...ir.quant_op import CONTAINERS, unit
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
 from ...passes.views import base_of, strided_view
 from ...schedule.config import Config
 from ...schedule.target import Target
 from ..lowering import LoweringError, next_pow2, prod
-from ..matmul.spec import MatmulSpec
+from ..matmul.spec import CPU_TILE_N, MatmulSpec, padded
 from ..registry import register_family
 from .dequant import Operand, dequant_value
 
@@ -25,6 +27,10 @@ from .dequant import Operand, dequant_value
 # Expression nodes x B elements one thread may dequantize per k-step (sm_80/sm_90 builds: AWQ's ~40 nodes
 # x 32 elements builds with 151 registers; NF4 double-quantized, ~560 nodes x 32, spills).
 DEQUANT_BUDGET = 4096
+# CPU decode schedule: the default for M <= GEMV_DEFAULT_M; a candidate up to GEMV_MAX_M rows.
+GEMV_DEFAULT_M = 4
+GEMV_MAX_M = 32
+GEMV_ACC_FLOATS = 256
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,65 @@ class QuantMatmulSpec(MatmulSpec):
         B tile costs in registers."""
         return sum(len(ex.toposort([p.value])) for p in self.planes)
 
+    def pack_units(self) -> tuple[int, int]:
+        """(ek, en): codes per packing unit along K and along N (lcm over the planes; 1 when unpacked)."""
+        ek = en = 1
+        for p in self.planes:
+            n = p.node
+            e = unit(n.attr("bits"), CONTAINERS.get(n.src[0].dtype, n.attr("bits")))[0]
+            if n.attr("pack_axis") == 1:
+                en = math.lcm(en, e)
+            else:
+                ek = math.lcm(ek, e)
+        return ek, en
+
+    # -- CPU: the matmul's GEMM (gemv=0) or the decode schedule of tvm_template (gemv=1) --
+    def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
+        space = super().knob_space(target)
+        return {**space, "gemv": (0, 1)} if target.kind == "cpu" else space
+
+    def _cpu_constraints(self, config: Config) -> list[str]:
+        if not ("gemv" in config and config.int("gemv")):
+            return super()._cpu_constraints(config)
+        out: list[str] = []
+        ek, en = self.pack_units()
+        tn, tk, vec, unroll = (config.int(k) for k in ("tile_n", "tile_k", "vector", "unroll"))
+        if tn % (en * vec):
+            out.append(f"gemv: tile_n={tn} is not a multiple of {en} codes per word x vector={vec}")
+        if tk % (ek * unroll):
+            out.append(f"gemv: tile_k={tk} is not a multiple of {ek} codes per word x unroll={unroll}")
+        if self.M > GEMV_MAX_M:
+            out.append(f"gemv: M={self.M} rows (the decode schedule keeps M x tile_n accumulators; "
+                       f"at most {GEMV_MAX_M})")
+        for knob, size in (("tile_n", self.N), ("tile_k", self.K)):
+            if config.int(knob) > max(16, next_pow2(size), en * vec, ek * unroll):
+                out.append(f"{knob}={config[knob]} is larger than the problem ({size})")
+        return out
+
+    def _gemv_default(self, target: Target) -> Config | None:
+        """Decode shapes (M <= GEMV_DEFAULT_M): tasks of 64..256 columns (least padding), vectors of 16 lanes
+        over the packed words, one k-tile per scale group so the scales stay out of the inner loop."""
+        ek, en = self.pack_units()
+        n = self.planes[0].node
+        gs = n.attr("group_size")
+        group = gs[0] if isinstance(gs, tuple) else gs
+        tk = max(ek, min(next_pow2(self.K), group if group and group > 0 and group & (group - 1) == 0 else 128))
+        unroll = 4 if ek == 1 and tk % 4 == 0 else 1
+        base = self._cpu_default(target)
+        for vec in (16, 8, 4):
+            grain = en * vec
+            # M x tile_n accumulators: at most GEMV_ACC_FLOATS of them stay in registers (M=16: a GEMV of
+            # 256-wide tasks ran 4x slower than the GEMM on the 2-core EPYC)
+            cap = min(max(256, grain), max(grain, next_pow2(self.N)), GEMV_ACC_FLOATS // self.M)
+            tiles = [t for t in CPU_TILE_N if t % grain == 0 and min(64, grain) <= t <= cap]
+            if not tiles:
+                continue
+            tn = min(tiles, key=lambda t: (padded(self.N, t), -t))
+            cfg = base.replace(gemv=1, tile_n=tn, tile_k=tk, vector=vec, unroll=unroll)
+            if not self._cpu_constraints(cfg):
+                return cfg
+        return None
+
     def default_config(self, target: Target) -> Config:
         """The matmul's default for prefill (M > 64); for decode shapes a 16..64-row tile, BLOCK_K 128 and
         split-K until the tiles fill the SMs (the weights, not the flops, bound M <= 64). Then the B tile
@@ -105,7 +170,8 @@ class QuantMatmulSpec(MatmulSpec):
         measured on sm_80/sm_90 builds, NF4's 256-entry scale table over 32 elements per thread spills."""
         cfg = super().default_config(target)
         if target.kind == "cpu":
-            return cfg
+            gemv = self._gemv_default(target) if self.M <= GEMV_DEFAULT_M else None
+            return gemv or cfg.replace(gemv=0)
         if self.M <= 64:
             bm = max(16, next_pow2(self.M))
             bk = max(16, min(128, next_pow2(self.K)))
