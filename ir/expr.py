@@ -136,7 +136,10 @@ def const(value: Scalar, d: DType | str) -> Expr:
     if d.is_bool:
         v: Scalar = bool(value)
     elif d.is_float:
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an integer literal beyond float64: infinite, as the decimal 1e400 reads
+            v = math.inf if value > 0 else -math.inf
         if v != v:
             v = _NAN  # one NaN object, so NaN constants hash-cons to one node
     else:

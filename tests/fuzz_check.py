@@ -278,18 +278,7 @@ def allocate(text: str, progress: Any = None) -> Outcome:
 # (branch, class, signature pattern, pattern over error + trace). The fuzz test tolerates these and the
 # campaign labels them; once those branches are merged, delete the rows (the campaign's --recheck says
 # which reproducers still crash) so that every crash fails the test again.
-KNOWN_ELSEWHERE: list[tuple[str, str, str, str]] = [
-    ("limits", "constants beyond 64 bits",
-     r"^OverflowError at (ir/expr\.py:const|ir/reference\.py:eval_expr|kernels/attention/block_sparsity\.py:_rule)",
-     r"too large to convert"),
-    ("limits", "an integer constant outside its dtype's range (-1:u8; the reference keeps -1, TVM refuses it)",
-     r"^InternalError at codegen/tvm_expr\.py:constant", r"cannot make uint from negative"),
-    ("limits", "division by a zero constant", r"^InternalError at codegen/tvm_expr\.py:", r"Divide by zero"),
-    ("limits", "dims of 2^31 and more", r"^OverflowError at ir/attention_op\.py:", r"too large to convert to float"),
-    ("limits", "attention analysis cost (huge dims or head counts)",
-     r"^(MemoryError|Timeout|ValueError) at (kernels/attention/|ir/expr\.py)",
-     r"block_sparsity|Unable to allocate|Maximum allowed"),
-]
+KNOWN_ELSEWHERE: list[tuple[str, str, str, str]] = []  # every class once fixed elsewhere has landed
 
 
 def known_elsewhere(out: Outcome) -> str | None:

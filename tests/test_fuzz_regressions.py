@@ -122,3 +122,13 @@ def test_an_attention_scale_must_be_finite(op, scale):
             f" %o = attention(%q, %k, %v) {{scale={scale}}}\n output o = %o\n}}")
     with pytest.raises(TilefuseError, match="scale must be a finite number"):
         parse_graph(text)
+
+
+def test_an_integer_literal_beyond_float64_in_a_float_constant_reads_as_infinity():
+    """Fuzz campaign: (gt $0:f32 -10^400:f32) was an OverflowError in ir/expr.const."""
+    import math
+
+    from tilefuse.ir import expr as ex
+
+    assert ex.const(-(10 ** 400), "f32").arg == -math.inf
+    assert ex.const(10 ** 400, "f64").arg == math.inf
