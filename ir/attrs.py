@@ -96,7 +96,7 @@ ATTRS: dict[str, dict[str, Kind]] = {
     "project_gaussians": {"width": INT, "height": INT, "camera": STR, "near": NUMBER, "far": NUMBER,
                           "eps2d": NUMBER, "results": RESULTS},
     "rasterize_gaussians": {"width": INT, "height": INT, "tile": INT, "background": NUMBERS,
-                            "pixel_center": NUMBER, "results": RESULTS},
+                            "pixel_center": NUMBER, "last_contributor": BOOL, "results": RESULTS},
 }
 
 

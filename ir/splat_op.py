@@ -63,11 +63,23 @@ def _size(a: dict[str, Any], key: str, what: str, default: int | None = None) ->
     return v
 
 
+def _finite(v: Any) -> float | None:
+    """`v` as a finite float, or None when it is no number, not finite or beyond float64."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _num(a: dict[str, Any], key: str, default: float, what: str) -> float:
     v = a.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise VerifyError(f"{what}: {key} must be a number, got {v!r}")
-    return float(v)
+    f = _finite(v)
+    if f is None:
+        raise VerifyError(f"{what}: {key} must be a finite number, got {v!r}")
+    return f
 
 
 @register(Op.PROJECT_GAUSSIANS, (6, 6))
@@ -107,8 +119,8 @@ def _infer_rasterize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
         raise VerifyError(f"{what}: radii must be an integer [{n}], got {rad.dtype}{fmt_shape(rad.shape)}")
     w, h = _size(a, "width", what), _size(a, "height", what)
     bg = tuple(a.get("background", (0.0,) * c))
-    if len(bg) != c or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in bg):
-        raise VerifyError(f"{what}: background needs {c} numbers (one per colour channel), got {bg}")
+    if len(bg) != c or any(_finite(x) is None for x in bg):
+        raise VerifyError(f"{what}: background needs {c} finite numbers (one per colour channel), got {bg}")
     results: tuple[Any, ...] = ((dt.f32, (h, w, c)), (dt.f32, (h, w)))
     norm: dict[str, Any] = {"width": w, "height": h, "tile": _size(a, "tile", what, 16),
                             "background": tuple(float(x) for x in bg),

@@ -132,3 +132,15 @@ def test_an_integer_literal_beyond_float64_in_a_float_constant_reads_as_infinity
 
     assert ex.const(-(10 ** 400), "f32").arg == -math.inf
     assert ex.const(10 ** 400, "f64").arg == math.inf
+
+
+@pytest.mark.parametrize("attrs", ['near=1e999', 'eps2d=nan', 'far=' + '9' * 400])
+def test_splatting_attributes_must_be_finite(attrs):
+    """Fuzz campaign: an infinite projection attribute reached the workload key (JSON has no inf) and a
+    400-digit one overflowed float(); both are verifier errors now."""
+    text = ("graph g {\n  %m = input f32[4, 3]\n  %s = input f32[4, 3]\n  %q = input f32[4, 4]\n"
+            "  %o = input f32[4]\n  %v = input f32[4, 4]\n  %k = input f32[3, 3]\n"
+            f"  %p = project_gaussians(%m, %s, %q, %o, %v, %k) {{width=8, height=8, {attrs}}}\n"
+            "  %m2 = result(%p) {index=0}\n  output y = %m2\n}\n")
+    with pytest.raises(TilefuseError, match="finite number"):
+        parse_graph(text)

@@ -49,7 +49,7 @@ def test_infer_and_verify():
                              g.input("k", (3, 3), "f32"), width=W, height=H)
     m2 = g.input("m2", (5, 2), "f32")
     c = g.input("c", (5, 3), "f32")
-    with pytest.raises(VerifyError, match=r"background needs 3 numbers"):
+    with pytest.raises(VerifyError, match=r"background needs 3 finite numbers"):
         tf.rasterize_gaussians(m2, c, c, g.input("o2", (5,), "f32"), g.input("d", (5,), "f32"),
                                g.input("r", (5,), "i32"), width=W, height=H, background=(1.0,))
 
