@@ -189,6 +189,8 @@ def unary(op: E, x: ExprLike) -> Expr:
     if op not in UNARY:
         raise ExprError(f"{op.value} is not a unary op")
     x = _lift(x, dt.f32)
+    if op is E.NEG and x.dtype.is_bool:
+        raise ExprError("neg: arithmetic on a bool operand; use not, or cast it to an integer dtype first")
     if op is E.NOT:
         if not (x.dtype.is_bool or x.dtype.is_int):
             raise ExprError(f"not: operand must be bool or integer, got {x.dtype}")
@@ -196,6 +198,9 @@ def unary(op: E, x: ExprLike) -> Expr:
     if op in FLOAT_UNARY and not x.dtype.is_float:
         x = cast(x, dt.f32)
     return Expr(op, x.dtype, (x,))
+
+
+BOOL_ARITHMETIC = frozenset({E.ADD, E.SUB, E.MUL, E.DIV, E.IDIV, E.MOD, E.POW})
 
 
 def binary(op: E, a: ExprLike, b: ExprLike) -> Expr:
@@ -207,6 +212,9 @@ def binary(op: E, a: ExprLike, b: ExprLike) -> Expr:
     a = _lift(a, b.dtype if isinstance(b, Expr) else dt.f32)
     b = _lift(b, a.dtype)
     d = dt.promote(a.dtype, b.dtype)
+    if d.is_bool and op in BOOL_ARITHMETIC:  # numpy (the reference) refuses bool subtraction, backends differ
+        raise ExprError(f"{op.value}: arithmetic on bool operands; cast them to an integer dtype first, or use "
+                        "and/or/xor")
     if op in BITWISE:
         if not (d.is_int or d.is_bool):
             raise ExprError(f"{op.value}: operands must be integer or bool, got {a.dtype} and {b.dtype}")

@@ -144,3 +144,14 @@ def test_splatting_attributes_must_be_finite(attrs):
             "  %m2 = result(%p) {index=0}\n  output y = %m2\n}\n")
     with pytest.raises(TilefuseError, match="finite number"):
         parse_graph(text)
+
+
+@pytest.mark.parametrize("text", ["(sub (lt q_idx:i32 4:i32) (lt kv_idx:i32 4:i32))", "(neg (lt q_idx:i32 4:i32))",
+                                  "(add (lt q_idx:i32 4:i32) (lt kv_idx:i32 4:i32))"])
+def test_arithmetic_on_bool_operands_is_an_expression_error(text):
+    """Fuzz campaign: a mask_mod with (sub bool bool) passed the verifier and crashed the block analysis in
+    numpy, which refuses bool subtraction."""
+    from tilefuse.ir.parser import parse_expr
+
+    with pytest.raises(TilefuseError, match="arithmetic on( a)? bool"):
+        parse_expr(text)
