@@ -27,6 +27,8 @@ EXAMPLE_SIZES: dict[str, dict[str, dict[str, int]]] = {
     "streaming_attention": {"small": {"S": 64, "D": 32}, "gpu": {"S": 1024, "D": 128}},
     "gcn_layer": {"small": {"E": 1500, "F": 16, "H": 16}, "gpu": {"E": 4096, "F": 64, "H": 32}},
     "splat_render": {"small": {"N": 128}, "gpu": {"N": 256}},  # the 64x48 image is fixed in the attributes
+    # packed sizes are parameters of their own (the text form has no size arithmetic): H8 = H/8, HG = H/128
+    "w4a16_mlp": {"small": {"T": 4, "H": 256, "I": 384, "H8": 32, "I8": 48, "HG": 2, "IG": 3}, "gpu": {}},
 }
 
 
