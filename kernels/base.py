@@ -12,10 +12,11 @@ from ..schedule.config import Config, sha256_json
 from ..schedule.launch import Arg, Launch, LaunchPlan, Workspace
 from ..schedule.target import Target
 from ..ir.dtypes import DType
+from ..ir.ops import Node, Op
 from ..ir.text import format_expr
 from ..passes.partition import Buffer, Kernel, KernelGraph
 from . import registry
-from .lowering import GroupLowering, LoadSite
+from .lowering import GroupLowering, LoadSite, LoweringError
 
 SCHEMA_VERSION = 1
 BASE_REGISTERS = 32  # registers every GPU thread holds besides its tiles: addresses, loop counters
@@ -35,6 +36,15 @@ class KernelSpec:
         self.kernel = kernel
         self.name = kernel.name
         self.lowering = GroupLowering(kg, kernel)
+
+    def anchor_node(self, op: Op) -> Node:
+        """The kernel group's anchor, which must be an `op` node (a LoweringError naming both otherwise)."""
+        node = self.kernel.group.anchor
+        if node is None or node.op is not op:
+            got = "none" if node is None else node.op.value
+            raise LoweringError(f"{self.name}: the {self.family} family lowers groups anchored by {op.value}, "
+                                f"got {got}")
+        return node
 
     # -- signature --
     @property

@@ -87,9 +87,7 @@ class AttentionBwdSpec(AttentionSpec):
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         KernelSpec.__init__(self, kg, kernel)  # the forward's __init__ expects an attention anchor
-        node = kernel.group.anchor
-        if node is None or node.op is not Op.ATTENTION_BWD:
-            raise LoweringError(f"{self.name}: attention_bwd group without an attention_bwd anchor")
+        node = self.anchor_node(Op.ATTENTION_BWD)
         self.node: Node = node
         q, k, v, o, do, lse = node.src[:6]
         self.B, self.Hq, self.Sq, self.D = q.shape

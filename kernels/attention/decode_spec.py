@@ -48,9 +48,7 @@ class DecodeSpec(KernelSpec):
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)
-        node = kernel.group.anchor
-        if node is None or node.op is not Op.PAGED_ATTENTION:
-            raise LoweringError(f"{self.name}: decode group without a paged_attention anchor")
+        node = self.anchor_node(Op.PAGED_ATTENTION)
         self.node: Node = node
         self.attrs = dict(node.attrs)
         self.attrs.pop("results", None)

@@ -88,9 +88,7 @@ class AttentionSpec(KernelSpec):
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)
-        node = kernel.group.anchor
-        if node is None or node.op is not Op.ATTENTION:
-            raise LoweringError(f"{self.name}: attention group without an attention anchor")
+        node = self.anchor_node(Op.ATTENTION)
         self.node: Node = node
         q, k, v = node.src[:3]
         self.B, self.Hq, self.Sq, self.D = q.shape

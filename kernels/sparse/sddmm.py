@@ -38,9 +38,7 @@ class SddmmSpec(KernelSpec):
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)
-        sd = kernel.group.anchor
-        if sd is None or sd.op is not Op.SDDMM:
-            raise LoweringError(f"{self.name}: sddmm group without an sddmm anchor")
+        sd = self.anchor_node(Op.SDDMM)
         self.anchor: Node = sd
         sp = sparse_operand(kernel, sd, 2)
         self.sparse = sp

@@ -52,9 +52,7 @@ class SpmmSpec(KernelSpec):
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)
-        mm = kernel.group.anchor
-        if mm is None or mm.op is not Op.SPMM:
-            raise LoweringError(f"{self.name}: spmm group without an spmm anchor")
+        mm = self.anchor_node(Op.SPMM)
         self.anchor: Node = mm
         sp = sparse_operand(kernel, mm, 0)
         self.sparse = sp

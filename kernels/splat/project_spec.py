@@ -15,7 +15,6 @@ from ...schedule.config import Config
 from ...schedule.target import Target
 from ...passes.partition import Kernel, KernelGraph
 from ..base import KernelSpec
-from ..lowering import LoweringError
 from ..registry import register_family
 from .common import Operand, SplatInputError, anchor_operands, first_bad, result_outputs
 
@@ -32,9 +31,7 @@ class ProjectSpec(KernelSpec):
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)
-        node = kernel.group.anchor
-        if node is None or node.op is not Op.PROJECT_GAUSSIANS:
-            raise LoweringError(f"{self.name}: the splat_project family lowers project_gaussians only")
+        node = self.anchor_node(Op.PROJECT_GAUSSIANS)
         self.node = node
         self.N = node.src[0].shape[0]
         self.width, self.height = node.attr("width"), node.attr("height")

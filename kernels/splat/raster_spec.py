@@ -48,9 +48,7 @@ class RasterSpec(KernelSpec):
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)
-        node = kernel.group.anchor
-        if node is None or node.op is not Op.RASTERIZE_GAUSSIANS:
-            raise LoweringError(f"{self.name}: the splat_raster family lowers rasterize_gaussians only")
+        node = self.anchor_node(Op.RASTERIZE_GAUSSIANS)
         self.node = node
         self.N, self.C = node.src[2].shape
         self.width, self.height, self.tile = node.attr("width"), node.attr("height"), node.attr("tile")
