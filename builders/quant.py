@@ -7,7 +7,7 @@ from typing import Any
 
 from ..frontend import Tensor
 from ..ir import dtypes as dt
-from ..ir.ops import Op, make
+from ..ir.ops import Op, VerifyError, make
 
 # bitsandbytes' NF4 code book (QLoRA), indexed by the 4-bit code.
 NF4_CODEBOOK = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -64,7 +64,22 @@ def dequantize_nf4(packed: Tensor, absmax_codes: Tensor, absmax2: Tensor, offset
                       dq_block=dq_block, scale_codebook=scale_codebook, out_dtype=out_dtype)
 
 
-def dequantize_fp8_block(w: Tensor, scales: Tensor, block: int = 128, out_dtype: str = "bf16") -> Tensor:
-    """FP8 e4m3 [K, N] with one f32 scale per block x block tile ([ceil(K/b), ceil(N/b)])."""
+def dequantize_fp8_block(w: Tensor, scales: Tensor, block: int = 128, out_dtype: str = "bf16",
+                         layout: str = "kn") -> Tensor:
+    """FP8 e4m3 weights with one f32 scale per block x block tile: w [K, N] and scales [ceil(K/b), ceil(N/b)],
+    or with layout="nk" a checkpoint's [N, K] weight and [ceil(N/b), ceil(K/b)] scales (DeepSeek-V3's
+    `weight` and `weight_scale_inv`), read transposed (a view: no copy)."""
+    if layout not in ("kn", "nk"):
+        raise VerifyError(f"dequantize_fp8_block: layout {layout!r} not in ('kn', 'nk')")
+    if layout == "nk":
+        w, scales = w.T, scales.T
     return dequantize(w, scales, shape=w.shape, bits=8, group_size=block, scale_layout="block",
+                      out_dtype=out_dtype)
+
+
+def dequantize_fp8_act(x: Tensor, scales: Tensor, group: int = 128, out_dtype: str = "f32") -> Tensor:
+    """FP8 activations [M, K] with one f32 scale per token and `group` consecutive K ([M, ceil(K/group)]),
+    DeepGEMM's activation format. `dequantize_fp8_act(xq, sx) @ dequantize_fp8_block(wq, sw)` compiles to
+    one block-scaled FP8 GEMM (the scales applied to each 128-K step's f32 product)."""
+    return dequantize(x, scales, shape=x.shape, bits=8, group_size=group, scale_layout="group_n",
                       out_dtype=out_dtype)

@@ -42,7 +42,7 @@ def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
         x = inputs[n.attr("name")]
         if hasattr(x, "detach"):
             x = x.detach().cpu()
-            x = x.float().numpy() if n.dtype == dt.bf16 else x.numpy()
+            x = x.float().numpy() if n.dtype in (dt.bf16, dt.f8e4m3, dt.f8e5m2) else x.numpy()
         bufs[n.attr("name")] = np.ascontiguousarray(np.asarray(x).astype(dt.storage_numpy(n.dtype), copy=False))
     for ck in cg.kernels:
         outs = []
@@ -98,7 +98,18 @@ def plan_arguments(spec: Any, config: Any, plan: LaunchPlan, inputs: list[Any], 
     auxiliary tensors its family builds for these inputs (spec.aux_args) and fresh workspaces."""
     aux = spec.aux_args(config, list(inputs), device)
     workspaces = [workspace_tensor(w, device, poison) for w in plan.workspaces]
-    return plan.bind(inputs, outputs, aux, workspaces)
+    bound = plan.bind(inputs, outputs, aux, workspaces)
+    return {a.name: as_declared(bound[a.name], a.triton_type) for a in plan.args}
+
+
+def as_declared(x: Any, triton_type: str) -> Any:
+    """A float8 tensor passed where the plan declares u8 bytes (block-scaled fp8 decoded in software:
+    sm_80's Triton refuses fp8e4nv pointers) as a uint8 view of the same memory; anything else as is."""
+    if triton_type == "*u8" and "float8" in str(getattr(x, "dtype", "")):
+        import torch
+
+        return x.view(torch.uint8)
+    return x
 
 
 def _torch_device(cg: CompiledGraph) -> str:

@@ -27,9 +27,16 @@ PrimExpr = Any  # tvm.tirx.PrimExpr; kept loose so mypy does not need TVM's stub
 # (a segfault, not an exception); 2500 built. Refuse deeper expressions with a LoweringError instead.
 MAX_TVM_EXPR_DEPTH = 1000
 
+_FP8 = (dt.f8e4m3, dt.f8e5m2)
 _TVM_NAMES = {dt.f64: "float64", dt.f32: "float32", dt.f16: "float16", dt.bf16: "bfloat16",
               dt.i64: "int64", dt.i32: "int32", dt.i16: "int16", dt.i8: "int8", dt.u8: "uint8",
               dt.bool_: "bool"}
+
+
+def tvm_storage_dtype(d: dt.DType, op: str = "value") -> str:
+    """TVM dtype of a buffer holding `d`: fp8 buffers hold their bytes (uint8), which only a bitcast to u8
+    may read (the fp8 decode of the quantized GEMM); everything else as tvm_dtype."""
+    return "uint8" if d in _FP8 else tvm_dtype(d, op)
 
 
 def tvm_dtype(d: dt.DType, op: str = "value") -> str:
@@ -222,6 +229,8 @@ def _cast(e: Expr, a: PrimExpr) -> PrimExpr:
 
 @register_lowering(B, E.BITCAST)
 def _bitcast(e: Expr, a: PrimExpr) -> PrimExpr:
+    if e.src[0].dtype in _FP8 and e.dtype == dt.u8:
+        return a  # an fp8 buffer's element is its byte already (tvm_storage_dtype)
     return tirx.reinterpret(tvm_dtype(e.dtype, "bitcast"), a)
 
 
@@ -235,6 +244,16 @@ def _check_depth(nodes: list[Expr]) -> None:
                             f"{MAX_TVM_EXPR_DEPTH} (TVM recurses on it in C++); the Triton targets take it")
 
 
+def _check_dtypes(n: Expr) -> None:
+    """LoweringError unless TVM can compute `n`: an fp8 value is only ever loaded (its byte) and bitcast to u8."""
+    if n.op is E.LOAD and n.dtype in _FP8:
+        return
+    if any(s.dtype in _FP8 for s in n.src) and not (n.op is E.BITCAST and n.dtype == dt.u8):
+        raise LoweringError(f"tvm: {n.op.value} of an {n.src[0].dtype} value is not supported by the tvm backend "
+                            "(it reads fp8 bytes for the dequantize decode only)")
+    tvm_dtype(n.dtype, n.op.value)
+
+
 def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
                memo: dict[int, PrimExpr] | None = None) -> PrimExpr:
     """The TIR expression of `e`; `leaf` binds LOAD and VAR leaves (None: not a leaf it knows).
@@ -246,7 +265,7 @@ def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
     for n in nodes:
         if id(n) in memo:
             continue
-        tvm_dtype(n.dtype, n.op.value)
+        _check_dtypes(n)
         out = leaf(n)
         if out is None:
             if n.op is E.CONST:

@@ -27,6 +27,8 @@ from .cache import BuildCache
 from .headers import header
 from .lowering import LoweringError
 
+FP8 = (dt.f8e4m3, dt.f8e5m2)
+
 if TYPE_CHECKING:
     import tvm
 
@@ -68,9 +70,23 @@ def cache_payload(spec: KernelSpec, config: Config) -> dict[str, Any]:
 
 
 def _np_dtype(d: dt.DType) -> Any:
-    if d in (dt.f8e4m3, dt.f8e5m2) or d.packed:
+    if d in FP8:
+        return np.uint8  # the bytes (codegen/tvm_expr.tvm_storage_dtype)
+    if d.packed:
         raise LoweringError(f"tvm: dtype {d} is not supported by the tvm backend")
     return dt.storage_numpy(d)
+
+
+def fp8_bytes(a: Any, d: dt.DType) -> np.ndarray:
+    """The bytes of an fp8 input: fp8 values (held as floats, dtypes.to_numpy) encoded with ml_dtypes;
+    an array of ml_dtypes fp8 or of uint8 is viewed as it is."""
+    import ml_dtypes
+
+    enc = ml_dtypes.float8_e4m3fn if d == dt.f8e4m3 else ml_dtypes.float8_e5m2
+    a = np.asarray(a)
+    if a.dtype == np.uint8:
+        return a
+    return np.ascontiguousarray(a if a.dtype == enc else a.astype(np.float32).astype(enc)).view(np.uint8)
 
 
 class TvmKernel:
@@ -114,6 +130,8 @@ class TvmKernel:
                                  f"(shape {list(shape)}, dtype {d})")
             want = np.dtype(_np_dtype(d))
             is_input = i < self.n_inputs
+            if d in FP8:
+                a = fp8_bytes(a, d)
             if (is_input or alias_outputs) and zero_copy_ok(a, want) and (is_input or a.flags.writeable):
                 try:
                     args.append(tvm.runtime.from_dlpack(a.reshape(shape)))

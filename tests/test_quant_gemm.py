@@ -149,16 +149,6 @@ def test_bad_quantized_weights_are_one_cli_error_line(tmp_path, capsys, qw, s, g
     assert all(w in err[0] for w in words), err[0]
 
 
-def test_fp8_weights_are_refused_by_the_loader_naming_the_dtype() -> None:
-    from tilefuse.errors import TilefuseError
-
-    b = tf.GraphBuilder("fp8")
-    w = tf.dequantize_fp8_block(b.input("w", (256, 128), "f8e4m3"), b.input("s", (2, 1), "f32"), out_dtype="f16")
-    b.output("y", b.input("x", (4, 256), "f16") @ w)
-    with pytest.raises(TilefuseError, match="f8e4m3"):
-        compile_graph(b.build(), "interp", db=None, cost_model=None, aot=False)
-
-
 def test_cpu_decode_schedule_is_the_small_m_default_and_the_gemm_stays_a_candidate() -> None:
     from tilefuse.schedule.target import get_target
 

@@ -48,6 +48,20 @@ class MatmulOutput:
     expr: Expr  # value at (batch..., m, n); reads var "acc" (f32) and loads
 
 
+@dataclass(frozen=True)
+class ScaledDot:
+    """Operands whose scales are applied after each K step's dot (block-scaled FP8):
+    `acc += dot(a, b) * a_scale * b_scale`. `a` and `b` are loader expressions (MatmulSpec.loaders) of
+    the operand tiles in `dtype`; `a_scale` is f32 of (r = A's row, c = the step's first k), `b_scale`
+    of (r = the step's first k, c = B's column): constant within a step of BLOCK_K."""
+
+    a: Expr
+    b: Expr
+    a_scale: Expr
+    b_scale: Expr
+    dtype: dt.DType
+
+
 @register_family("matmul")
 class MatmulSpec(KernelSpec):
     """A (batched) GEMM with fused prologue and epilogue."""
@@ -103,6 +117,11 @@ class MatmulSpec(KernelSpec):
         (i32 VARs `r`, `c`) and of LOADs of kernel inputs at explicit flat indices. The templates render it
         wherever an operand expression reads the VAR."""
         return {}
+
+    def scaled_dot(self, config: Config) -> ScaledDot | None:
+        """The operand tiles and per-step scales when this kernel applies scales after each dot (the
+        Triton template renders them instead of the operand expressions), else None."""
+        return None
 
     def program_description(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from ...codegen.headers import header
 from ..lowering import LoadSite, prod
 
 if TYPE_CHECKING:
-    from .spec import MatmulSpec
+    from .spec import MatmulSpec, ScaledDot
 
 IND = "    "
 
@@ -33,6 +33,9 @@ class _Scope:
             "a": ("rm[:, None]", "kk[None, :]", "a_mask"),
             "b": ("kk[:, None]", "rn[None, :]", "b_mask"),
             "c": ("rm[:, None]", "rn[None, :]", "c_mask"),
+            # a scaled dot's per-step scales: a [BLOCK_M, 1] column and a [1, BLOCK_N] row at k0
+            "sa": ("rm[:, None]", "k0", "sa_mask"),
+            "sb": ("k0", "rn[None, :]", "sb_mask"),
         }[which]
 
     def leaf(self, e: Expr) -> str | None:
@@ -72,9 +75,13 @@ class _Scope:
     def computed_var(self, name: str) -> str:
         """The tile of loader VAR `name`, emitted once per scope."""
         if name not in self.computed:
-            em = TileEmitter(self.lines, self.indent, f"{self.which}_{name}_", lambda e: self.indexed(e, em))
-            self.computed[name] = em.emit(self.spec.loaders()[name])
+            self.computed[name] = self.emit_loader(self.spec.loaders()[name], f"{self.which}_{name}_")
         return self.computed[name]
+
+    def emit_loader(self, value: Expr, prefix: str) -> str:
+        """A loader expression (of `r`, `c` and explicit loads) as this scope's tile."""
+        em = TileEmitter(self.lines, self.indent, prefix, lambda e: self.indexed(e, em))
+        return em.emit(value)
 
     def indexed(self, e: Expr, em: TileEmitter) -> str | None:
         """Leaves of a loader's expression: the tile's row and column, and loads at explicit flat indices."""
@@ -84,7 +91,9 @@ class _Scope:
             return None
         name = f"{em.prefix}ld{em.count}"
         em.count += 1
-        mask = f", mask={self.mask}, other=0" if self.mask in self.masks else ""
+        # an fp8 pointer takes a float `other` (the interpreter cannot cast an int tile to fp8e4nv)
+        other = "0.0" if e.dtype in (dt.f8e4m3, dt.f8e5m2) else "0"
+        mask = f", mask={self.mask}, other={other}" if self.mask in self.masks else ""
         # `0 * (row + col)` gives every load the tile's 2-D shape (indices may depend on one axis only)
         ptr = f"in{e.arg} + {em.memo[id(e.src[0])]} + 0 * ({self.row} + {self.col})"
         self.lines.append(f"{self.indent}{name} = tl.load({ptr}{mask})")
@@ -102,6 +111,8 @@ def _masks(spec: MatmulSpec, config: Config) -> set[str]:
         out.add("b_mask")
     if not (even_m and even_n):
         out.add("c_mask")
+    out |= {"sa_mask"} if not even_m else set()
+    out |= {"sb_mask"} if not even_n else set()
     return out
 
 
@@ -113,6 +124,10 @@ def _mask_defs(spec: MatmulSpec, masks: set[str], indent: str, which: str) -> li
         lines.append(f"{indent}b_mask = (kk[:, None] < {spec.K}) & (rn[None, :] < {spec.N})")
     if which == "c" and "c_mask" in masks:
         lines.append(f"{indent}c_mask = (rm[:, None] < {spec.M}) & (rn[None, :] < {spec.N})")
+    if which == "sa" and "sa_mask" in masks:
+        lines.append(f"{indent}sa_mask = rm[:, None] < {spec.M}")
+    if which == "sb" and "sb_mask" in masks:
+        lines.append(f"{indent}sb_mask = rn[None, :] < {spec.N}")
     return lines
 
 
@@ -153,6 +168,38 @@ def _epilogue(spec: MatmulSpec, L: list[str], masks: set[str]) -> None:
         L.append(f"{IND}tl.store(out{o.index} + {c_off}, {v}.to({tl_type(buf.dtype)}){store_mask})")
 
 
+def _step(spec: MatmulSpec, L: list[str], masks: set[str], op_dt: dt.DType, precision: str) -> None:
+    """One K step: the operand tiles (prologues applied) and `acc = tl.dot(a, b, acc)`."""
+    ind2 = IND * 2
+    operands = []
+    for which, e, pro in (("a", spec.a_expr, spec.has_prologue[0]), ("b", spec.b_expr, spec.has_prologue[1])):
+        L.extend(_mask_defs(spec, masks, ind2, which))
+        sc = _Scope(spec, L, ind2, which, f"{which}p", masks)
+        v = sc.emit(e)
+        if pro and f"{which}_mask" in masks:
+            # a prologue may map the zero padding to non-zero values: re-zero it
+            v_masked = f"{which}v"
+            L.append(f"{ind2}{v_masked} = tl.where({which}_mask, {v}, 0)")
+            v = v_masked
+        operands.append(f"{v}.to({tl_type(op_dt)})" if e.dtype != op_dt else v)
+    L.append(f"{ind2}acc = tl.dot({operands[0]}, {operands[1]}, acc{precision})")
+
+
+def _scaled_step(spec: MatmulSpec, sd: ScaledDot, L: list[str], masks: set[str]) -> None:
+    """One K step of a scaled dot: `acc += tl.dot(a, b) * sa * sb` with the step's scales (a [BLOCK_M, 1]
+    column, a [1, BLOCK_N] row). Masked operand loads read 0, whose value is 0 in every format here."""
+    ind2 = IND * 2
+    tiles = []
+    for which, value, scale in (("a", sd.a, sd.a_scale), ("b", sd.b, sd.b_scale)):
+        L.extend(_mask_defs(spec, masks, ind2, which))
+        v = _Scope(spec, L, ind2, which, f"{which}p", masks).emit_loader(value, f"{which}_")
+        tiles.append(f"{v}.to({tl_type(sd.dtype)})" if value.dtype != sd.dtype else v)
+        s = f"s{which}"
+        L.extend(_mask_defs(spec, masks, ind2, s))
+        tiles.append(_Scope(spec, L, ind2, s, f"{s}p", masks).emit_loader(scale, f"{s}_"))
+    L.append(f"{ind2}acc += tl.dot({tiles[0]}, {tiles[2]}) * {tiles[1]} * {tiles[3]}")
+
+
 def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
     """Readable, deterministic Triton source for a matmul kernel (and its split-K finisher).
 
@@ -170,24 +217,16 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
     op_dt = spec.operand_dtype
     if interpret and op_dt.name == "bf16":
         op_dt = dt.f32
-    op_t = tl_type(op_dt)
     precision = ', input_precision="ieee"' if op_dt.name in ("f32", "f64") else ""
     L.append(f"{IND}acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
     L.append(f"{IND}for k0 in range(tl.program_id(1) * BLOCK_K, {spec.K}, BLOCK_K * SPLIT_K):")
     ind2 = IND * 2
     L.append(f"{ind2}kk = k0 + tl.arange(0, BLOCK_K)")
-    operands = []
-    for which, e, pro in (("a", spec.a_expr, spec.has_prologue[0]), ("b", spec.b_expr, spec.has_prologue[1])):
-        L.extend(_mask_defs(spec, masks, ind2, which))
-        sc = _Scope(spec, L, ind2, which, f"{which}p", masks)
-        v = sc.emit(e)
-        if pro and f"{which}_mask" in masks:
-            # a prologue may map the zero padding to non-zero values: re-zero it
-            v_masked = f"{which}v"
-            L.append(f"{ind2}{v_masked} = tl.where({which}_mask, {v}, 0)")
-            v = v_masked
-        operands.append(f"{v}.to({op_t})" if e.dtype != op_dt else v)
-    L.append(f"{ind2}acc = tl.dot({operands[0]}, {operands[1]}, acc{precision})")
+    scaled = spec.scaled_dot(config)
+    if scaled is not None:
+        _scaled_step(spec, scaled, L, masks)
+    else:
+        _step(spec, L, masks, op_dt, precision)
     if split == 1:
         _epilogue(spec, L, masks)
         return "\n".join(L) + "\n"

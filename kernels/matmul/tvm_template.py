@@ -15,7 +15,8 @@ from tvm import s_tir, te, tirx
 
 from ...schedule.config import Config
 from ...codegen.lowering import LoweringError
-from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm_dtype, view_offset
+from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm_dtype, tvm_storage_dtype, view_offset
+from ...ir import dtypes as dt
 from ...ir.expr import E, Expr
 from ..lowering import prod
 
@@ -51,7 +52,7 @@ class _Builder:
         self.mr, self.nr = config.int("micro_m"), config.int("micro_n")
         self.Mp, self.Np, self.Kp = _ceil_to(spec.M, self.tm), _ceil_to(spec.N, self.tn), _ceil_to(spec.K, self.tk)
         self.acc = "int32" if spec.operand_dtype.is_int else "float32"
-        self.inputs = [te.placeholder((b.numel,), tvm_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
+        self.inputs = [te.placeholder((b.numel,), tvm_storage_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
                        for i, b in enumerate(spec.inputs)]
 
     def value(self, e: Expr, b: PrimExpr, row: PrimExpr, col: PrimExpr, acc: PrimExpr | None = None) -> PrimExpr:
@@ -60,6 +61,9 @@ class _Builder:
 
         def leaf(n: Expr) -> PrimExpr | None:
             if n.op is E.LOAD:
+                if n.dtype in (dt.f8e4m3, dt.f8e5m2):
+                    raise LoweringError(f"tvm: {self.spec.name} reads {n.dtype} input {self.spec.loads[n.arg].buffer} "
+                                        "outside a dequantize; the tvm backend reads fp8 only as dequantize codes")
                 v = self.spec.loads[n.arg].view
                 off = view_offset(v.shape, v.strides, v.offset, nbatch, b, [row, col])
                 return self.inputs[self.spec.loads[n.arg].buffer](off)

@@ -22,8 +22,8 @@ register_template(KIND, "tvm", __name__ + ".tvm_template")
 register_fusion(KIND, GroupRule(KIND, epilogues=tuple(e for r in MATMUL.fusion if r.kind == "matmul"
                                                       for e in r.epilogues)))
 register_fusion(KIND, GroupRule("matmul", prologues=(
-    # x @ dequantize(...): the dequantize is B's loader
-    Prologue(operands=(1,), kinds=frozenset({"dequantize"}), max_cost=PROLOGUE_COST, becomes=KIND),
+    # x @ dequantize(...): the dequantize is B's loader; dequantize(xq) @ ...: A's (fp8 activations)
+    Prologue(operands=(0, 1), kinds=frozenset({"dequantize"}), max_cost=PROLOGUE_COST, becomes=KIND),
     # x @ f(dequantize(...), ...) and x @ (dequantize(p1) + dequantize(p2)): the pointwise chain and the planes
     Prologue(operands=(1,), kinds=frozenset({"pointwise"}), max_cost=PROLOGUE_COST,
              feeders=frozenset({"dequantize"}), becomes=KIND, needs_feeders=True),

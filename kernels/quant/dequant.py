@@ -5,8 +5,9 @@ Leaves: the i32 index variables `r` and `c`, and LOAD(buffer, flat index) of ker
 offsets computed from (r, c) through each operand's strided view. Codes are unpacked with shifts and
 masks (`(w >> shift) & mask`); a code that straddles two containers (GPTQ's int3) is read from the
 two words joined in 64 bits. Codebooks (NF4, bitsandbytes' 256-entry scale map) are a select tree
-over the code's bits. Everything is computed in f32 and rounded once to the out dtype (the reference
-rounds once from float64: exact for integer codes with f16/bf16/f32 scales)."""
+over the code's bits. FP8 codes are decoded from their bits (fp8_decode), so every target reads them as
+bytes. Everything is computed in f32 and rounded once to the out dtype (the reference rounds once from
+float64: exact for integer codes and fp8 values with f16/bf16/f32 scales)."""
 
 from __future__ import annotations
 
@@ -138,14 +139,35 @@ def _scales(n: Node, ops: list[Operand], shape: tuple[int, int]) -> Expr:
     return lut * ex.cast(s2.at(blk), dt.f32) + ex.cast(offset, dt.f32)
 
 
+def fp8_decode(v: Expr) -> Expr:
+    """The f16 value of an fp8 LOAD `v`, from its bits (exact: every e4m3 and e5m2 value is an f16 value).
+
+    e5m2 is the high byte of an f16. e4m3 (bias 7, no infinities, S.1111.111 is NaN): its exponent and
+    mantissa bits placed at f16's bits 7..14 give the value times 2^-8 (subnormals included, f16 has the
+    range), so one f16 multiply by 256 rebiases. No target needs fp8 arithmetic: sm_80, where Triton
+    refuses e4m3, and the CPU read the bytes as u8."""
+    b = ex.cast(ex.bitcast(v, dt.u8), dt.i32)
+    if v.dtype == dt.f8e5m2:
+        return ex.bitcast(ex.cast(shl(b, 8), dt.i16), dt.f16)
+    bits = shl(b & 0x80, 8) | shl(b & 0x7F, 7)
+    val = ex.bitcast(ex.cast(bits, dt.i16), dt.f16) * ex.const(256.0, dt.f16)
+    return ex.where((b & 0x7F).eq(0x7F), ex.const(float("nan"), dt.f16), val)
+
+
+def fp8_parts(n: Node, ops: list[Operand]) -> tuple[Expr, Expr]:
+    """(code, scale) of fp8 dequantize node `n` at (r, c): the fp8 LOAD and its f32 scale, for kernels
+    that apply the scale after the dot (kernels/quant/spec.py: block-scaled FP8)."""
+    return ops[0].at(R, C), _scales(n, ops, tuple(n.attr("shape")))
+
+
 def dequant_value(n: Node, ops: list[Operand]) -> Expr:
     """Element (r, c) of dequantize node `n` in its out dtype; `ops` are its operands as the kernel reads them."""
     shape = tuple(n.attr("shape"))
     bits = n.attr("bits")
     p = n.src[0]
     if p.dtype in FP8:
-        raise LoweringError(f"dequantize: {p.dtype} weights are not supported by the quant_matmul loader yet "
-                            "(integer and codebook formats are)")
+        code, scale = fp8_parts(n, ops)
+        return ex.cast(ex.cast(fp8_decode(code), dt.f32) * scale, n.dtype)
     code = unpack_codes(ops[0], shape, bits, n.attr("pack_axis"), n.attr("pack_order"), R, C)
     if n.attr("signed"):
         code = ex.where(code.ge(1 << (bits - 1)), code - (1 << bits), code)

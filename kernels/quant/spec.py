@@ -6,21 +6,25 @@ dequantizing loader into the matmul templates' operand-loader hook (MatmulSpec.o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ...ir import dtypes as dt
 from ...ir import expr as ex
-from ...ir.expr import Expr
+from ...ir.expr import E, Expr
 from ...ir.ops import Node, Op
-from ...ir.quant_op import CONTAINERS, unit
+from ...ir.quant_op import CONTAINERS, FP8, unit
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
 from ...passes.views import base_of, strided_view
 from ...schedule.config import Config
+from ...schedule.launch import Arg, LaunchPlan
 from ...schedule.target import Target
 from ..lowering import LoweringError, next_pow2, prod
-from ..matmul.spec import CPU_TILE_N, MatmulSpec, padded
+from ..matmul.spec import CPU_TILE_N, MatmulSpec, ScaledDot, padded
 from ..registry import register_family
+from . import fp8
 from .dequant import Operand, dequant_value
 
 
@@ -54,9 +58,23 @@ class QuantMatmulSpec(MatmulSpec):
         super().__init__(kg, kernel)
         if not self.planes:
             raise LoweringError(f"{self.name}: quant_matmul group without a dequantized B operand")
-        if self.anchor.attr("trans_b") or self.has_prologue[0] and _reads_plane(self.a_expr):
-            raise LoweringError(f"{self.name}: a dequantized operand must be the matmul's untransposed B operand")
+        for i, (e, trans) in enumerate(((self.a_expr, "trans_a"), (self.b_expr, "trans_b"))):
+            if self.has_prologue[i] and _reads_plane(e) and self.anchor.attr(trans):
+                raise LoweringError(f"{self.name}: a dequantized operand of a matmul cannot be transposed "
+                                    f"({trans}=true; dequantize the transposed codes instead)")
         self._loaders = {p.var: p.value for p in self.planes}
+        self.fp8 = self._fp8_gemm()
+
+    def _fp8_gemm(self) -> fp8.Fp8Gemm | None:
+        """The block-scaled FP8 form when both operands are exactly fp8 dequantizes (kernels/quant/fp8.py)."""
+        by_var = {p.var: p.node for p in self.planes}
+        a, b = (by_var.get(e.arg) if e.op is E.VAR else None for e in (self.a_expr, self.b_expr))
+        if a is None or b is None or self.batch:
+            return None
+        return fp8.fp8_gemm(a, b, [self._operand_of(s) for s in a.src], [self._operand_of(s) for s in b.src], self.K)
+
+    def scaled_dot(self, config: Config) -> ScaledDot | None:
+        return self.fp8.scaled_dot(config) if self.fp8 is not None and "BLOCK_K" in config else None
 
     def operand_leaf(self, n: Node) -> Expr | None:
         if n.op is not Op.DEQUANTIZE:
@@ -83,17 +101,25 @@ class QuantMatmulSpec(MatmulSpec):
     def program_description(self) -> dict[str, Any]:
         out = super().program_description()
         out["planes"] = [[p.var, format_expr(p.value)] for p in self.planes]
+        if self.fp8 is not None:
+            out["fp8_scaled_dot"] = [format_expr(e) for e in (self.fp8.a.scale, self.fp8.b.scale)]
         return out
+
+    def weight_planes(self) -> list[Plane]:
+        """The planes of the B operand (the weights; A may be dequantized fp8 activations)."""
+        used = ex.vars_used(self.b_expr)
+        return [p for p in self.planes if p.var in used] or self.planes
 
     def format_features(self) -> dict[str, float]:
         """What the weight format costs: bits per weight, group length, weight bytes per FLOP."""
-        n = self.planes[0].node
+        planes = self.weight_planes()
+        n = planes[0].node
         gs = n.attr("group_size")
         group = float(gs[0] if isinstance(gs, tuple) else gs)
         weight_bytes = sum(b.numel * b.dtype.itemsize for b in self.inputs
-                           if any(b is self._kg.buffers.get(id(base_of(s))) for p in self.planes for s in p.node.src))
+                           if any(b is self._kg.buffers.get(id(base_of(s))) for p in planes for s in p.node.src))
         return {"quant_bits": float(n.attr("bits")), "quant_group": group if group > 0 else float(self.K),
-                "quant_planes": float(len(self.planes)),
+                "quant_planes": float(len(planes)),
                 "quant_weight_bytes_per_flop": weight_bytes / max(1.0, self.flops())}
 
     def features(self, config: Config) -> dict[str, float]:
@@ -116,10 +142,46 @@ class QuantMatmulSpec(MatmulSpec):
                 ek = math.lcm(ek, e)
         return ek, en
 
+    # -- block-scaled FP8 (kernels/quant/fp8.py): BLOCK_K = 128, the FP8_MMA knob, fp8 bytes as u8 --
+    def smem_bytes(self, config: Config) -> int:
+        if self.fp8 is None:
+            return super().smem_bytes(config)
+        bm, bn, bk = config.int("BLOCK_M"), config.int("BLOCK_N"), config.int("BLOCK_K")
+        return config.int("num_stages") * (bm * bk + bk * bn)  # the fp8 bytes are what is staged
+
+    def mma_dtype(self) -> dt.DType | None:
+        return self.fp8.a.code.dtype if self.fp8 is not None else super().mma_dtype()
+
+    def check_problems(self, config: Config, target: Target) -> list[str]:
+        problems = super().check_problems(config, target)
+        why = fp8.reasons(config, target) if self.fp8 is not None and target.kind != "cpu" else []
+        return why + [p for p in problems if not p.startswith(("BLOCK_K=", "FP8_MMA="))] if why else problems
+
+    def launch_plan(self, config: Config, sizes: Mapping[str, int] | None = None) -> LaunchPlan:
+        """The matmul's plan; fp8 codes are u8 pointers unless the config takes native fp8 dots (sm_80 refuses
+        fp8e4nv pointers; the software decode reads bytes)."""
+        plan = super().launch_plan(config, sizes)
+        if fp8.native(config):
+            return plan
+        codes = {id(b) for p in self.planes for b in [self._kg.buffers.get(id(base_of(p.node.src[0])))]
+                 if b is not None and b.dtype in FP8}
+        as_bytes = {a.name: replace(a, triton_type="*u8") for a in plan.args
+                    if a.role == "input" and id(self.inputs[a.index]) in codes}
+        if not as_bytes:
+            return plan
+
+        def swap(args: tuple[Arg, ...]) -> tuple[Arg, ...]:
+            return tuple(as_bytes.get(a.name, a) for a in args)
+
+        launches = tuple(replace(ln, args=swap(ln.args)) for ln in plan.launches)
+        return replace(plan, args=swap(plan.args), launches=launches)
+
     # -- CPU: the matmul's GEMM (gemv=0) or the decode schedule of tvm_template (gemv=1) --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         space = super().knob_space(target)
-        return {**space, "gemv": (0, 1)} if target.kind == "cpu" else space
+        if target.kind == "cpu":
+            return {**space, "gemv": (0, 1)}
+        return fp8.knobs(space, target) if self.fp8 is not None else space
 
     def _cpu_constraints(self, config: Config) -> list[str]:
         if not ("gemv" in config and config.int("gemv")):
@@ -185,7 +247,7 @@ class QuantMatmulSpec(MatmulSpec):
         elif cfg.int("BLOCK_N") > 128:
             # sm_90's 128x256 prefill tile: its accumulator and a dequantized 64x256 B tile spill (AWQ build)
             cfg = cfg.replace(BLOCK_N=128)
-        cfg = self._fit_dequant(cfg)
+        cfg = fp8.default(cfg, target, self.M) if self.fp8 is not None else self._fit_dequant(cfg)
         while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
             cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
         return cfg
