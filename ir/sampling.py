@@ -32,7 +32,9 @@ def weight_scales(nodes: Iterable[Node]) -> dict[int, float]:
             out[id(base_of(b))] = 1.0 / math.sqrt(k)
             d = base_of(b)
             if d.op is Op.DEQUANTIZE:
-                codes = 1 if d.attr("codebook") is not None else 1 << max(0, d.attr("bits") - 1)
+                # fp8 codes are drawn as values of order one, like a codebook's
+                plain = d.attr("codebook") is None and d.src[0].dtype.is_int
+                codes = 1 << max(0, d.attr("bits") - 1) if plain else 1
                 for s in d.src[1:]:
                     if s.dtype.is_float:
                         out[id(base_of(s))] = 1.0 / (math.sqrt(k) * codes)

@@ -168,7 +168,7 @@ def _epilogue(spec: MatmulSpec, L: list[str], masks: set[str]) -> None:
         L.append(f"{IND}tl.store(out{o.index} + {c_off}, {v}.to({tl_type(buf.dtype)}){store_mask})")
 
 
-def _step(spec: MatmulSpec, L: list[str], masks: set[str], op_dt: dt.DType, precision: str) -> None:
+def _step(spec: MatmulSpec, L: list[str], masks: set[str], op_dt: dt.DType, op_t: str, precision: str) -> None:
     """One K step: the operand tiles (prologues applied) and `acc = tl.dot(a, b, acc)`."""
     ind2 = IND * 2
     operands = []
@@ -181,7 +181,7 @@ def _step(spec: MatmulSpec, L: list[str], masks: set[str], op_dt: dt.DType, prec
             v_masked = f"{which}v"
             L.append(f"{ind2}{v_masked} = tl.where({which}_mask, {v}, 0)")
             v = v_masked
-        operands.append(f"{v}.to({tl_type(op_dt)})" if e.dtype != op_dt else v)
+        operands.append(f"{v}.to({op_t})" if e.dtype != op_dt else v)
     L.append(f"{ind2}acc = tl.dot({operands[0]}, {operands[1]}, acc{precision})")
 
 
@@ -217,6 +217,7 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
     op_dt = spec.operand_dtype
     if interpret and op_dt.name == "bf16":
         op_dt = dt.f32
+    op_t = tl_type(op_dt)
     precision = ', input_precision="ieee"' if op_dt.name in ("f32", "f64") else ""
     L.append(f"{IND}acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
     L.append(f"{IND}for k0 in range(tl.program_id(1) * BLOCK_K, {spec.K}, BLOCK_K * SPLIT_K):")
@@ -226,7 +227,7 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
     if scaled is not None:
         _scaled_step(spec, scaled, L, masks)
     else:
-        _step(spec, L, masks, op_dt, precision)
+        _step(spec, L, masks, op_dt, op_t, precision)
     if split == 1:
         _epilogue(spec, L, masks)
         return "\n".join(L) + "\n"
