@@ -34,6 +34,26 @@ def quant_matmul(small: bool, rng: np.random.Generator) -> tuple[Graph, dict[str
     return g.build(), ins
 
 
+def quant_matmul_fp8(small: bool, rng: np.random.Generator) -> tuple[Graph, dict[str, Any]]:
+    """Block-scaled FP8 (DeepSeek-V3 layout: the weight [N, K] with 128 x 128 block scales, activations with a
+    scale per token and 128 K): one quant_matmul kernel, native e4m3 wgmma on sm_90 at this M."""
+    import tilefuse as tf
+
+    m, k, n = (5, 384, 200) if small else (256, 4096, 4096)
+    g = tf.GraphBuilder("gc_quant_matmul_fp8")
+    x = tf.dequantize_fp8_act(g.input("xq", (m, k), "f8e4m3"), g.input("sx", (m, -(-k // 128)), "f32"))
+    w = tf.dequantize_fp8_block(g.input("wq", (n, k), "f8e4m3"), g.input("sw", (-(-n // 128), -(-k // 128)), "f32"),
+                                out_dtype="f32", layout="nk")
+    g.output("y", tf.matmul(x, w, out_dtype="bf16"))
+    # +-(1..15) x 2^-3..2^4: every one exact in e4m3 (4 significant bits, at most 240 < 448)
+    shape = (m + n, k)
+    codes = rng.choice([-1.0, 1.0], shape) * rng.integers(1, 16, shape) * 2.0 ** rng.integers(-3, 5, shape)
+    ins = {"xq": codes[:m].astype(np.float32), "wq": codes[m:].astype(np.float32),
+           "sx": rng.uniform(0.5, 1.5, (m, -(-k // 128))).astype(np.float32) / (64 * k ** 0.25),
+           "sw": rng.uniform(0.5, 1.5, (-(-n // 128), -(-k // 128))).astype(np.float32) / (64 * k ** 0.25)}
+    return g.build(), ins
+
+
 def spmm_csr(small: bool, rng: np.random.Generator) -> tuple[Graph, None]:
     """relu(CSR @ dense + bias); ir.sampling draws a valid power-law structure."""
     import tilefuse as tf
@@ -117,5 +137,6 @@ def splat_raster(small: bool, rng: np.random.Generator) -> tuple[Graph, dict[str
     return g.build(), ins
 
 
-CASES = {"family:quant_matmul": quant_matmul, "family:spmm_csr": spmm_csr, "family:spmm_24": spmm_24,
-         "family:sddmm": sddmm_csr, "family:splat_project": splat_project, "family:splat_raster": splat_raster}
+CASES = {"family:quant_matmul": quant_matmul, "family:quant_matmul_fp8": quant_matmul_fp8, "family:spmm_csr": spmm_csr,
+         "family:spmm_24": spmm_24, "family:sddmm": sddmm_csr, "family:splat_project": splat_project,
+         "family:splat_raster": splat_raster}

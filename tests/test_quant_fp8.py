@@ -54,6 +54,7 @@ def test_block_scaled_fp8_on_the_interpreter(m: int, k: int, mma: int) -> None:
     assert "acc += tl.dot(" in src and "* sa_ld" in src and "* sb_ld" in src
     # native: the fp8 tiles go to tl.dot as loaded; software: their bytes are decoded to f16 first
     assert ("tl.float16, bitcast=True" in src) == (mma == 0)
+    assert f"FP8_MMA={mma} ({'native' if mma else 'bytes decoded'}" in cg.report()  # type: ignore[attr-defined]
     run_checked(cg, fp8_inputs(g, seed=m * 100 + k))
 
 

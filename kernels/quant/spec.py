@@ -152,6 +152,13 @@ class QuantMatmulSpec(MatmulSpec):
     def mma_dtype(self) -> dt.DType | None:
         return self.fp8.a.code.dtype if self.fp8 is not None else super().mma_dtype()
 
+    def report_lines(self, config: Config) -> list[str]:
+        if self.fp8 is None or "BLOCK_K" not in config:
+            return []
+        how = "native e4m3 tensor-core dots" if fp8.native(config) else "bytes decoded to f16, f16 dots"
+        return [f"block-scaled fp8: scales applied after each {fp8.BLOCK}-K step's dot; FP8_MMA="
+                f"{config.int('FP8_MMA')} ({how})"]
+
     def check_problems(self, config: Config, target: Target) -> list[str]:
         problems = super().check_problems(config, target)
         why = fp8.reasons(config, target) if self.fp8 is not None and target.kind != "cpu" else []
