@@ -57,7 +57,7 @@ def _infer_quantize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     (x,) = srcs
     what = f"quantize of {x.dtype}{fmt_shape(x.shape)}"
     if x.dtype not in IN_DTYPES:
-        raise VerifyError(f"{what}: operand x must be {', '.join(str(d) for d in IN_DTYPES)}, got {x.dtype}")
+        raise VerifyError(f"{what}: operand x must be f16, bf16 or f32, got {x.dtype}")
     if x.ndim < 1:
         raise VerifyError(f"{what}: operand x needs rank >= 1 (groups run along the last axis)")
     out = dt.dtype(a.get("out_dtype", "i8"))
