@@ -42,6 +42,23 @@ def test_per_token_int8_is_one_row_kernel_equal_to_the_reference(target, m, k):
         assert np.array_equal(got[name], want[name]), name
 
 
+@pytest.mark.parametrize("target", [pytest.param("interp", marks=pytest.mark.interp), "cpu"])
+def test_rms_norm_then_quantize_is_one_row_kernel(target):
+    """The decoder's norm and the activation quantization of the next GEMM share one pass over the row."""
+    g = tf.GraphBuilder("norm_quant")
+    q, s = tf.quantize(tf.rms_norm(g.input("x", (5, 256), "f16"), g.input("w", (256,), "f16")))
+    g.output("q", q)
+    g.output("s", s)
+    g = g.build()
+    cg = compile_graph(g, target, db=None, cost_model=None)
+    assert families(cg) == ["pointwise"]
+    rng = np.random.default_rng(4)
+    ins = {"x": hostile_rows(rng, 5, 256), "w": rng.uniform(0.5, 1.5, 256).astype(np.float16)}
+    got, want = run_exact(cg, ins), evaluate(g, ins)
+    for name in ("q", "s"):
+        assert np.array_equal(got[name], want[name]), name
+
+
 def fp8_on_the_interpreter():
     g = quant_graph((5, 256), "bf16", "f8e4m3", 128)
     cg = compile_graph(g, "interp", db=None, cost_model=None)
