@@ -1,7 +1,7 @@
 """W8A8 int8: the quantize row kernel and the i8 x i8 -> i32 GEMM with both scales in its epilogue, on the
 Triton interpreter and the CPU against the reference (fresh inputs, poisoned outputs, odd sizes, zero rows),
 and AOT for sm_80 / sm_90: spill-free, IMMA / IGMMA in the SASS. The quick AOT test builds the linear layer
-once per arch; `pytest -m slow` sweeps M in {1, 16, 4096} and two weight shapes."""
+once per arch; `pytest -m slow` sweeps M in {1, 16, 4096} and two weight shapes and builds the FP8 quantize."""
 
 from __future__ import annotations
 
@@ -168,6 +168,7 @@ def test_w8a8_default_builds_with_integer_mma(arch):
     assert_w8a8_builds(arch, 16, 1024, 1024)
 
 
+@pytest.mark.slow
 def test_fp8_quantize_builds_for_sm_90_and_is_refused_on_sm_80():
     pytest.importorskip("triton")
     from tilefuse.errors import TilefuseError
