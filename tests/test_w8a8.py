@@ -43,6 +43,20 @@ def test_per_token_int8_is_one_row_kernel_equal_to_the_reference(target, m, k):
 
 
 @pytest.mark.parametrize("target", [pytest.param("interp", marks=pytest.mark.interp), "cpu"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "f64"])
+def test_round_is_ties_to_even_on_every_backend(target, dtype):
+    vals = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 1023.5, 2048.0, -3.7]
+    if dtype != "f16":
+        vals += [4194304.5, 8388607.5, -8388607.5, 8388609.0, 1e10, -1e10]
+    g = tf.GraphBuilder("rint")
+    g.output("y", tf.apply(tf.ir.expr.round_, g.input("x", (len(vals),), dtype)))
+    g = g.build()
+    x = np.asarray(vals, dtype=dt.to_numpy(dt.dtype(dtype)))
+    got = run_exact(compile_graph(g, target, db=None, cost_model=None), {"x": x})["y"]
+    assert np.array_equal(got, np.rint(x.astype(np.float64))), got
+
+
+@pytest.mark.parametrize("target", [pytest.param("interp", marks=pytest.mark.interp), "cpu"])
 def test_rms_norm_then_quantize_is_one_row_kernel(target):
     """The decoder's norm and the activation quantization of the next GEMM share one pass over the row."""
     g = tf.GraphBuilder("norm_quant")
