@@ -12,6 +12,7 @@ from .builders import (AWQ_PACK_ORDER, NF4_CODEBOOK, attention, attention_backwa
                        softmax_threshold, sparse_24, sparse_bsr, sparse_csr, spmm, streaming_mask, strided_mask,
                        topk_block_mask)
 from .builders import dequantize_fp8_act
+from .builders import quantize, w8a8_linear
 from .ir import Graph, ParseError, VerifyError, load_graph, parse_graph
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ += ["AWQ_PACK_ORDER", "NF4_CODEBOOK", "attention", "block_mask", "causal
 __all__ += ["page_summaries", "paged_attention", "paginate", "quantize_kv", "recent_cache"]
 __all__ += ["attention_backward", "softmax_threshold"]
 __all__ += ["dequantize_fp8_act"]
+__all__ += ["quantize", "w8a8_linear"]
 
 
 def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb

@@ -7,6 +7,7 @@ from .attention import attention, attention_backward
 from .masks import (block_mask, causal_mask, document_mask, per_head_mask, sliding_window_mask, softcap_score,
                     softmax_threshold, streaming_mask, strided_mask, topk_block_mask)
 from .paged import page_summaries, paged_attention, paginate, quantize_kv, recent_cache
+from .quantize import quantize, w8a8_linear
 from .quant import AWQ_PACK_ORDER, NF4_CODEBOOK, dequantize, dequantize_awq, dequantize_fp8_block, dequantize_nf4
 from .quant import dequantize_fp8_act
 from .sparse import sddmm, sparse_24, sparse_bsr, sparse_csr, spmm
@@ -19,3 +20,4 @@ __all__ = ["AWQ_PACK_ORDER", "NF4_CODEBOOK", "attention", "attention_backward", 
            "sparse_bsr", "sparse_csr", "spmm", "streaming_mask", "strided_mask", "sliding_window_mask",
            "topk_block_mask"]
 __all__ += ["dequantize_fp8_act"]
+__all__ += ["quantize", "w8a8_linear"]

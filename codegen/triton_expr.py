@@ -58,6 +58,17 @@ def _math(e: Expr, a: str) -> str:
     return _back(_MATH[e.op].format(_f32(a, e.dtype)), e.dtype)
 
 
+@register_lowering(B, E.ROUND)
+def _round(e: Expr, a: str) -> str:
+    # Ties to even with adds only (libdevice.rint does not run in the interpreter, and one code path serves
+    # both): |x| + 2^p lies in [2^p, 2^(p+1)), where the spacing is 1, so the FPU's round-to-nearest-even
+    # rounds it to an integer; subtracting 2^p is exact. Larger magnitudes (and inf, nan) are left as they are.
+    x = _f32(a, e.dtype)
+    big = "4503599627370496.0" if e.dtype == dt.f64 else "8388608.0"  # 2^52, 2^23
+    r = f"((tl.abs({x}) + {big}) - {big})"
+    return _back(f"tl.where(tl.abs({x}) < {big}, tl.where({x} < 0, -{r}, {r}), {x})", e.dtype)
+
+
 @register_lowering(B, E.NEG)
 def _neg(e: Expr, a: str) -> str:
     return _bf16_back(f"(-{_bf16_f32(a, e.dtype)})", e.dtype)
@@ -96,7 +107,11 @@ def _binop(e: Expr, a: str, b: str) -> str:
 @register_lowering(B, E.DIV, E.IDIV)
 def _div(e: Expr, a: str, b: str) -> str:
     if e.dtype.is_float and e.op is E.DIV:
-        return _bf16_back(f"({_bf16_f32(a, e.dtype)} / {_bf16_f32(b, e.dtype)})", e.dtype)
+        if e.dtype in (dt.f32, dt.bf16):
+            # `/` on f32 is PTX div.full.f32 (up to 2 ulp off); the reference divides correctly rounded,
+            # and a quantize's codes (round(x / scale)) must match it exactly: div.rn.f32
+            return _bf16_back(f"tl.div_rn({_bf16_f32(a, e.dtype)}, {_bf16_f32(b, e.dtype)})", e.dtype)
+        return f"({a} / {b})"
     return f"({a} // {b})"
 
 

@@ -124,6 +124,7 @@ _MATH: dict[E, Callable[[PrimExpr], PrimExpr]] = {
     E.SQRT: tirx.sqrt, E.RSQRT: lambda x: tirx.const(1.0, dtype_of(x)) / tirx.sqrt(x), E.SIN: tirx.sin,
     E.COS: tirx.cos, E.TANH: _tanh, E.SIGMOID: _sigmoid, E.ERF: tirx.erf,
     E.RECIP: lambda x: tirx.const(1.0, dtype_of(x)) / x, E.FLOOR: tirx.floor, E.CEIL: tirx.ceil,
+    E.ROUND: tirx.nearbyint,  # ties to even (llvm.nearbyint)
 }
 
 

@@ -29,6 +29,7 @@ EXAMPLE_SIZES: dict[str, dict[str, dict[str, int]]] = {
     "splat_render": {"small": {"N": 128}, "gpu": {"N": 256}},  # the 64x48 image is fixed in the attributes
     # packed sizes are parameters of their own (the text form has no size arithmetic): H8 = H/8, HG = H/128
     "w4a16_mlp": {"small": {"T": 4, "H": 256, "I": 384, "H8": 32, "I8": 48, "HG": 2, "IG": 3}, "gpu": {}},
+    "w8a8_linear": {"small": {"T": 5, "K": 256, "N": 72}, "gpu": {}},
 }
 
 

@@ -90,6 +90,7 @@ ATTRS: dict[str, dict[str, Kind]] = {
                    "scale_layout": STR, "group_size": INT_OR_INTS, "codebook": optional(NUMBERS),
                    "pack_dtype": DTYPE, "pack_axis": INT, "pack_order": INTS, "signed": BOOL, "dq_block": INT,
                    "scale_codebook": optional(NUMBERS), "zero_layout": STR, "zeros_packed": BOOL},
+    "quantize": {"out_dtype": DTYPE, "group_size": INT, "results": RESULTS},
     "sparse": {"format": STR, "shape": SHAPE, "block": SHAPE},
     "spmm": {"out_dtype": DTYPE},
     "sddmm": {"out_dtype": DTYPE},

@@ -280,6 +280,7 @@ erf = _u(E.ERF)
 recip = _u(E.RECIP)
 floor = _u(E.FLOOR)
 ceil = _u(E.CEIL)
+round_ = _u(E.ROUND)
 abs_ = _u(E.ABS)
 
 

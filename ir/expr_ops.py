@@ -34,6 +34,7 @@ class E(enum.Enum):
     RECIP = "recip"
     FLOOR = "floor"
     CEIL = "ceil"
+    ROUND = "round"  # to the nearest integer, ties to even (torch.round, numpy.rint)
     # binary
     ADD = "add"
     SUB = "sub"
@@ -62,7 +63,8 @@ class E(enum.Enum):
 
 
 UNARY = frozenset({E.NEG, E.NOT, E.ABS, E.EXP, E.EXP2, E.LOG, E.LOG2, E.LOG1P, E.SQRT, E.RSQRT, E.SIN,
-                   E.COS, E.TANH, E.SIGMOID, E.ERF, E.RECIP, E.FLOOR, E.CEIL})
+                   E.COS, E.TANH, E.SIGMOID, E.ERF, E.RECIP, E.FLOOR, E.CEIL,
+                   E.ROUND})
 FLOAT_UNARY = UNARY - {E.NEG, E.NOT, E.ABS}
 BINARY = frozenset({E.ADD, E.SUB, E.MUL, E.DIV, E.IDIV, E.MOD, E.MAX, E.MIN, E.POW, E.AND, E.OR, E.XOR,
                     E.SHL, E.SHR, E.LT, E.LE, E.GT, E.GE, E.EQ, E.NE})

@@ -28,6 +28,10 @@ class Graph:
             raise VerifyError(f"graph {self.name}: duplicate output names {names}")
         if not self.outputs:
             raise VerifyError(f"graph {self.name}: has no outputs")
+        for name, n in self.outputs:
+            if n.attr("results") is not None:
+                raise VerifyError(f"graph {self.name}: output {name} is a {n.op.value} with {len(n.attr('results'))} "
+                                  "results; output one through result(...) {index=i}")
         reachable = [n for n in self.nodes if n.op is Op.INPUT]
         declared = {id(n) for n in self.inputs}
         ordered = list(self.inputs) + [n for n in reachable if id(n) not in declared]

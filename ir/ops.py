@@ -4,6 +4,7 @@ per-op shape/dtype inference rules that make every node verified at construction
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import weakref
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class Op(enum.Enum):
     ATTENTION_BWD = "attention_bwd"  # (dq, dk, dv) of attention
     PAGED_ATTENTION = "paged_attention"  # decode against a paged KV cache
     DEQUANTIZE = "dequantize"
+    QUANTIZE = "quantize"  # dynamic absmax quantization: (codes, scales), ir/quantize_op.py
     SPARSE = "sparse"  # pack arrays into a sparse tensor (csr, bsr, 2:4)
     SPMM = "spmm"
     SDDMM = "sddmm"
@@ -166,9 +168,12 @@ def make(op: Op, srcs: Iterable[Node] = (), /, **attrs: Any) -> Node:
     if not lo <= len(srcs) <= hi:
         want = str(lo) if lo == hi else f"{lo}..{hi}"
         raise VerifyError(f"{op.value}: expected {want} operands, got {len(srcs)}")
-    for s in srcs:
+    for i, s in enumerate(srcs):
         if not isinstance(s, Node):
             raise VerifyError(f"{op.value}: operand {s!r} is not a Node")
+        if op is not Op.RESULT and s.attr("results") is not None:
+            raise VerifyError(f"{op.value}: operand {i} is a {s.op.value} with {len(s.attr('results'))} results; "
+                              "read one through result(...) {index=i}")
     given = {k: plain(_freeze(v)) for k, v in attrs.items()}
     problems = attr_problems(op.value, given)
     if problems:
@@ -361,18 +366,13 @@ def _result(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
 
 def prod(xs: Iterable[int]) -> int:
     """Product of sizes (1 for an empty shape)."""
-    p = 1
-    for x in xs:
-        p *= x
-    return p
+    return math.prod(xs)
 
 
 def results_of(n: Node) -> tuple[tuple[DType, Shape], ...]:
     """(dtype, shape) per result: one for ordinary nodes, several for multi-result ops."""
     r = n.attr("results")
-    if r is None:
-        return ((n.dtype, n.shape),)
-    return tuple((dt.dtype(d), tuple(s)) for d, s in r)
+    return ((n.dtype, n.shape),) if r is None else tuple((dt.dtype(d), tuple(s)) for d, s in r)
 
 
 def toposort(roots: Iterable[Node]) -> list[Node]:

@@ -88,6 +88,7 @@ _UNARY: dict[E, Callable[[Array], Array]] = {
     E.TANH: np.tanh, E.SIGMOID: lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),
     E.ERF: lambda x: np.vectorize(math.erf, otypes=[np.float64])(x) if np.size(x) else x,
     E.RECIP: lambda x: 1.0 / x, E.FLOOR: np.floor, E.CEIL: np.ceil,
+    E.ROUND: np.rint,
 }
 
 

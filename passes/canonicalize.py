@@ -13,6 +13,7 @@ from ..ir import expr as ex
 from ..ir.expr import E, Expr
 from ..ir.graph import Graph
 from ..ir.ops import Node, Op, broadcast_shapes, make
+from ..ir.quantize_op import primitives
 from .rewrite import Rule, pat, rewrite_expr, rewrite_graph
 
 
@@ -197,6 +198,14 @@ def _canonical_reduce(n: Node, _: Any) -> Node | None:
     return r if r.shape == n.shape else make(Op.RESHAPE, [r], shape=n.shape)
 
 
+def _quantize_primitives(n: Node, _: Any) -> Node | None:
+    """A result of `quantize` -> its reduction and pointwise ops (ir/quantize_op.py), which the row-kernel
+    family fuses like a softmax: the absmax reduction and the codes share one kernel."""
+    if n.src[0].op is not Op.QUANTIZE:
+        return None
+    return primitives(n.src[0])[n.attr("index")]
+
+
 def _trivial_reduce(n: Node, _: Any) -> Node | None:
     """A reduction over a single element is that element."""
     x = n.src[0]
@@ -206,6 +215,7 @@ def _trivial_reduce(n: Node, _: Any) -> Node | None:
 
 
 RULES: list[Rule] = [
+    (pat(Op.RESULT), _quantize_primitives),
     (pat(Op.REDUCE), _trivial_reduce),
     (pat(Op.POINTWISE), _inline_consts),
     (pat(Op.POINTWISE), _compact_operands),

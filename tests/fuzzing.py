@@ -32,7 +32,7 @@ VOCAB = ["graph", "input", "output", "pointwise", "reduce", "matmul", "reshape",
          "stops", "steps", "scale", "mask_mod", "score_mod", "results", "index", "return_lse", "true", "false",
          "none", "sum", "max", "min", "mean", "add", "sub", "mul", "div", "where", "cast", "load", "lt", "le",
          "gt", "eq", "and", "or", "not", "exp", "log", "rsqrt", "sigmoid", "tanh", "select", "bitcast", "shl",
-         "q_idx", "kv_idx", "h", "b", "score"]
+         "q_idx", "kv_idx", "h", "b", "score", "quantize", "group_size", "round"]
 CHARS = list("()[]{}%$:,=\"-+.# \n0123456789abcdefxyzT_") + ["\x00", "\t", "é", "\u00b2", "\ufeff", "\\"]
 
 _TOKEN = re.compile(r'%[\w.]+|\$\d+|-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\w+|"[^"\n]*"|\s+|.', re.S)
@@ -86,7 +86,7 @@ def _random_op(rng: random.Random, b: object, pool: list, i: int) -> object:
 
     x = rng.choice(pool)
     kinds = ["unary", "binary", "scalar", "reduce", "softmax", "matmul", "permute", "reshape", "slice", "cast",
-             "where", "norm"]
+             "where", "norm", "quantize"]
     kind = rng.choice(kinds if x.ndim else ["unary", "scalar", "cast", "where"])
     if kind == "unary":
         return rng.choice([tf.exp, tf.relu, tf.silu, tf.sigmoid, tf.tanh, tf.abs, tf.sqrt, tf.log, tf.gelu])(x)
@@ -116,6 +116,11 @@ def _random_op(rng: random.Random, b: object, pool: list, i: int) -> object:
     if kind == "slice":
         starts = [rng.randrange(d) for d in x.shape]
         return tf.slice_(x, starts, [d for d in x.shape], [rng.choice([1, 1, 2]) for _ in x.shape])
+    if kind == "quantize":
+        from tilefuse.builders import quantize
+
+        q, s = quantize(x, rng.choice(["i8", "f8e4m3"]), rng.choice([-1, -1, 2, 128]))
+        return q if rng.random() < 0.5 else s
     if kind == "cast":
         return tf.cast(x, rng.choice(_DTYPES))
     if kind == "where":

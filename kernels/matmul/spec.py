@@ -202,11 +202,15 @@ class MatmulSpec(KernelSpec):
             return max(16, min(cap, next_pow2(x)))
 
         arch = target.schedule_arch
+        # i8 operands: the same bytes per K step as f16 (a 128-byte row), so twice the elements; on sm_90 the
+        # i32 accumulator of a 128x256 tile with an epilogue spilled (255 registers), 128x128 does not
+        int8 = self.operand_dtype.is_int
         if arch >= 90:
             # wgmma works on 64-row warpgroup tiles: smaller M still gets a 64-row tile (masked).
-            bm, bn, bk, warps, stages = max(64, fit(self.M, 128)), fit(self.N, 256), fit(self.K, 64), 8, 3
+            bm, bn, bk, warps, stages = max(64, fit(self.M, 128)), fit(self.N, 128 if int8 else 256), \
+                fit(self.K, 128 if int8 else 64), 8, 3
         else:
-            bm, bn, bk, warps, stages = fit(self.M, 128), fit(self.N, 128), fit(self.K, 32), 4, 3
+            bm, bn, bk, warps, stages = fit(self.M, 128), fit(self.N, 128), fit(self.K, 64 if int8 else 32), 4, 3
             if bm * bn >= 128 * 128:
                 warps = 8
         while bm * bn // (warps * 32) > 128 and bn > 16:
@@ -329,9 +333,11 @@ class MatmulSpec(KernelSpec):
         return {k: config.int(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K")}
 
     def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
-        """Split-K partial sums `ws` [SPLIT_K, batch, M, N] f32, reduced by the finishing kernel."""
+        """Split-K partial sums `ws` [SPLIT_K, batch, M, N] in the accumulator's dtype (f32; i32 for an
+        i8 x i8 GEMM, whose sums f32 would round beyond 2^24), reduced by the finishing kernel."""
         split = config.int("SPLIT_K") if "SPLIT_K" in config else 1
-        return [Workspace("ws", (split, max(1, prod(self.batch)), self.M, self.N))] if split > 1 else []
+        acc = "i32" if self.operand_dtype.is_int else "f32"
+        return [Workspace("ws", (split, max(1, prod(self.batch)), self.M, self.N), acc)] if split > 1 else []
 
     def launches(self, config: Config, args: tuple[Arg, ...],
                  sizes: Mapping[str, int] | None = None) -> list[Launch]:

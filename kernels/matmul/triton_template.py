@@ -219,6 +219,8 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
         op_dt = dt.f32
     op_t = tl_type(op_dt)
     precision = ', input_precision="ieee"' if op_dt.name in ("f32", "f64") else ""
+    if spec.operand_dtype.is_int:  # i8 x i8 accumulates exactly in i32 (IMMA on sm_80, IGMMA on sm_90)
+        precision = ", out_dtype=tl.int32"
     L.append(f"{IND}acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
     L.append(f"{IND}for k0 in range(tl.program_id(1) * BLOCK_K, {spec.K}, BLOCK_K * SPLIT_K):")
     ind2 = IND * 2

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ...schedule.config import Config
 from ...codegen.triton_expr import TileEmitter, literal, tl_type
+from ...ir import dtypes as dt
 from ...ir.expr import E, Expr
 from ...codegen.headers import header
 
@@ -69,8 +70,10 @@ class _Body:
         name = f"ld{slot}" if self.level != "row" else f"rld{slot}"
         # Broadcast loads that vary along neither axis to the scope's tile shape.
         shape_ref = "rows" if self.level == "row" else "(rows + cols)"
+        # the interpreter cannot cast an integer 0 to fp8 (a quantize's codes read back by a copy)
+        other = "0.0" if self.spec.inputs[site.buffer].dtype in (dt.f8e4m3, dt.f8e5m2) else "0"
         self.lines.append(f"{self.indent}{name} = tl.load(in{site.buffer} + ({off}) + 0 * {shape_ref}, "
-                          f"mask={mask}, other=0)")
+                          f"mask={mask}, other={other})")
         self.loaded[slot] = name
         return name
 
