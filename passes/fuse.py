@@ -84,6 +84,11 @@ def row_shape(domain: Shape) -> Shape:
     return tuple(domain[:-1]) + (1,)
 
 
+def _same_order(a: Shape, b: Shape) -> bool:
+    """Whether a reshape between `a` and `b` only drops or adds unit axes (the elements keep their order)."""
+    return [d for d in a if d != 1] == [d for d in b if d != 1]
+
+
 def _size(groups: list[_G]) -> int:
     return sum(len(g.nodes) for g in groups)
 
@@ -213,7 +218,7 @@ class _Fuser:
             b = s.src[0] if s.op is Op.RESHAPE else s
             if self.where.get(id(b)) is not grp or id(b) not in grp.reduced or s.shape != n.shape:
                 return None
-            if s is not b and (b.shape[-1:] != (1,) or s.shape != b.shape[:-1]):
+            if s is not b and not _same_order(s.shape, b.shape):
                 return None
             axes.add(grp.reduced[id(b)])
         return axes.pop() if len(axes) == 1 else None
@@ -279,12 +284,12 @@ class _Fuser:
         return False
 
     def join_squeezed_output(self, n: Node) -> None:
-        """A graph output that drops the unit axis of a reduction its group may squeeze (and that nothing else
-        reads) is written by that group: its elements are the reduction's, in the same order."""
+        """A graph output that reshapes the unit axes of a reduction its group may squeeze (and that nothing
+        else reads) is written by that group: its elements are the reduction's, in the same order."""
         src = n.src[0] if n.src else n
         grp = self.where.get(id(src))
         if (n.op is not Op.RESHAPE or id(n) not in self.outputs or self.users[id(n)] or grp is None
-                or id(src) not in grp.squeeze or n.shape != src.shape[:-1]):
+                or id(src) not in grp.squeeze or not _same_order(n.shape, src.shape)):
             return
         grp.nodes.append(n)
         self.where[id(n)] = grp

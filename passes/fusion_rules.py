@@ -63,7 +63,7 @@ class PointwiseEpilogue:
     """A pointwise consumer of the group's domain shape (or, with `rows`, of one value per row) joins, if it
     reads group members directly (not through a view, not a prologue value) and, without `rows`, no result
     of a reduction epilogue. With `reduced`, a pointwise op of the results of reduction epilogues over one
-    axis joins instead (read directly or through the reshape that drops the reduced axis; constants aside,
+    axis joins instead (read directly or through a reshape of unit axes; constants aside,
     nothing else), computed once per result (a column norm's sqrt). `becomes` as below."""
 
     rows: bool = False
@@ -77,8 +77,8 @@ class ReductionEpilogue:
     last axis) joins; across tiles when the axis is tiled. The canonical form moves the reduced axis last
     with a permute, which this rule reads through. `becomes` is the kind the group turns into. With
     `floats_only` only reductions of floating-point values join. With `squeeze` the group also writes a
-    graph output that is the reduction's result without its kept unit axis (the canonical form's
-    reshape), instead of a copy kernel doing so."""
+    graph output that is the reduction's result reshaped by dropping or adding unit axes (the canonical
+    form's reshape), instead of a copy kernel doing so."""
 
     axes: frozenset[int]
     ops: frozenset[str] = frozenset(REDUCE_OPS)

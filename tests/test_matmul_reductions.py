@@ -11,9 +11,11 @@ import pytest
 
 import tilefuse as tf
 from tilefuse.cli import main
+from tilefuse.compiler import compile_graph
 from tilefuse.ir import expr as ex
 from tilefuse.ir.monotone import DOWN, FLAT, UP, direction
 from tilefuse.ir.reference import evaluate
+from tilefuse.ir.text import load_graph, parse_graph
 from tilefuse.kernels import fusion_rules, spec_for
 from tilefuse.passes import run_pipeline
 from tilefuse.schedule.config import Config
@@ -27,13 +29,13 @@ SMALL_TILES = Config(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=1, n
 CPU_TILES = Config(tile_m=16, tile_n=32, tile_k=32, micro_m=8, micro_n=32, vector=16, unroll=4)
 
 
-def sparton(dtype: str = "f32", op: str = "max", axis: int = 1, chain=None) -> tf.GraphBuilder:
+def sparton(dtype: str = "f32", op: str = "max", axis: int = 1, chain=None, keepdim: bool = False) -> tf.GraphBuilder:
     g = tf.GraphBuilder("sparton_head")
     h = g.input("h", (B, S, D), dtype)
     w = g.input("w", (D, V), dtype)
     b = g.input("b", (V,), dtype)
     y = (chain or (lambda y, b: tf.log1p(tf.relu(y + b))))(h @ w, b)
-    g.output("s", tf.reduce(y, op, axis=axis))
+    g.output("s", tf.reduce(y, op, axis=axis, keepdim=keepdim))
     return g
 
 
@@ -86,6 +88,11 @@ def test_sparton_head_is_one_kernel_that_writes_only_the_scores():
     assert spec.launch_plan(one).functions() == [spec.name] and not spec.launch_plan(one).workspaces
     assert spec.knob_space(get_target("sm_90"))["SPLIT_K"] == (1,)
     assert spec.family_features(SMALL_TILES)["reductions_raw"] == 1.0
+
+
+def test_keepdim_output_is_written_by_the_group():
+    (spec,) = kernels(sparton(keepdim=True))
+    assert [b.shape for b in spec.outputs] == [(B, 1, V)]
 
 
 def test_show_prints_one_kernel(capsys):
@@ -153,23 +160,28 @@ def test_interp_matches_reference(case, config):
 
 
 @pytest.mark.interp
+def test_interp_keepdim_output():
+    """[B, 1, V]: the group writes the reduction in the output's shape (no copy kernel)."""
+    check_graph(compiled(sparton(keepdim=True), "interp"), 1)
+
+
+@pytest.mark.interp
 def test_interp_f16_sparton_head():
     check_graph(compiled(sparton("f16"), "interp", SMALL_TILES), 2)
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("op", ["max", "min"])
-def test_masked_tails_do_not_contribute(op):
+@pytest.mark.parametrize("op,axis", [("max", 1), ("max", 2), ("min", 1)])
+def test_masked_tails_do_not_contribute(op, axis):
     """All logits negative (max) or positive (min): a padding row or column of zeros would win if it counted."""
     rng = np.random.default_rng(0)
     sign = -1.0 if op == "max" else 1.0
     ins = {"h": np.abs(rng.standard_normal((B, S, D))).astype(np.float32),
            "w": (sign * np.abs(rng.standard_normal((D, V)))).astype(np.float32),
            "b": np.zeros(V, np.float32)}
-    for axis in (1, 2):
-        g = sparton(op=op, axis=axis, chain=lambda y, b: y + b)
-        assert kernels(g)[0].reductions[0].raw == (axis == 1)  # the bias varies along V
-        check_inputs(compiled(g, "interp", SMALL_TILES), ins)
+    g = sparton(op=op, axis=axis, chain=lambda y, b: y + b)
+    assert kernels(g)[0].reductions[0].raw == (axis == 1)  # the bias varies along V
+    check_inputs(compiled(g, "interp", SMALL_TILES), ins)
 
 
 @pytest.mark.interp
@@ -192,3 +204,61 @@ def test_cpu_matches_reference(case, config):
 def test_cpu_dora_column_norm():
     pytest.importorskip("tvm")
     check_graph(compiled(dora(True), "cpu", CPU_TILES.replace(tile_k=16)), 4)
+
+
+# ---- AOT builds (no GPU needed): spill-free, tensor-core MMAs in the tile kernel ------------------
+def assert_builds(g, arch: str) -> None:
+    """The family default for `arch` builds every launch without spills; the tile kernel uses MMAs."""
+    cg = compile_graph(g, arch, db=None, cost_model=None)
+    (ck,) = cg.kernels
+    built = ck.binaries[arch]
+    assert set(built) == set(ck.spec.launch_plan(ck.config).functions())
+    for name, b in built.items():
+        assert not b.resources.spills, f"{name} spills on {arch} under {ck.config}: {b.resources}"
+    mma = built[ck.spec.name].resources
+    assert (mma.hgmma if arch == "sm_90" else mma.hmma) > 0, f"no tensor-core MMA on {arch}: {mma}"
+
+
+def test_sparton_head_builds_for_sm_80_without_spills():
+    pytest.importorskip("triton")
+    assert_builds(load_graph("examples/sparton_head.tf", {"S": 512, "D": 256, "V": 4096}), "sm_80")
+
+
+def _dora_f16(d: int, k: int, r: int) -> tf.GraphBuilder:
+    g = tf.GraphBuilder("dora_norm_f16")
+    v = g.input("w0", (d, k), "f16") + g.input("lora_b", (d, r), "f16") @ g.input("lora_a", (r, k), "f16")
+    g.output("norm", tf.sqrt(tf.sum((v * v).to("f32"), axis=0)))
+    return g
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("case", ["sparton_bert", "sparton_rows", "dora_4096"])
+def test_reduction_defaults_build_without_spills(case, arch):
+    pytest.importorskip("triton")
+    if case == "dora_4096":
+        g = _dora_f16(4096, 4096, 16)
+    else:
+        bert = load_graph("examples/sparton_head.tf", {"B": 32, "S": 512, "D": 768, "V": 30522})
+        # the row form: the max over V of each position
+        rows = bert.text.replace('axes=[1], keepdim=false, op="max"} : f16[32, 30522]',
+                                 'axes=[2], keepdim=false, op="max"} : f16[32, 512]')
+        g = bert if case == "sparton_bert" else parse_graph(rows)
+    assert_builds(g, arch)
+
+
+@pytest.mark.interp
+def test_quantized_matmul_takes_the_reduction_epilogue_too():
+    """x @ dequantize_awq(W): the quant_matmul family inherits the matmul's epilogues, the max over rows included."""
+    from quant_formats import awq, inputs
+
+    case = awq(128)
+    b = tf.GraphBuilder("awq_head")
+    x = b.input("x", (2, 21, 256), case.act)
+    b.output("y", tf.max(tf.relu(x @ case.weight(b, 256, 72)), axis=1))
+    kg = run_pipeline(b.build(), fusion_rules()).kernels
+    (spec,) = [spec_for(kg, k, "triton") for k in kg.kernels]
+    assert spec.family == "quant_matmul" and spec.reductions[0].raw
+    cfg = Config(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=1, SPLIT_K=1, num_warps=2, num_stages=2)
+    cg = tf.compile(b, target="interp", configs={spec.name: cfg})
+    check_inputs(cg, inputs(case, b.build(), 0))
