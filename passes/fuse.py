@@ -25,7 +25,7 @@ from ..ir.graph import Graph
 from ..ir.ops import ANCHORS, LEAF, VIEWS, Node, Op, make
 from .fusion_rules import Epilogue, FusionRules, GroupRule, PointwiseEpilogue, Prologue, ReductionEpilogue, reduce_axis
 from .rewrite import pat, rewrite_graph
-from .views import base_of, strided_view
+from .views import base_of, strided_view, unit_reshape
 
 Shape = tuple[int, ...]
 # Largest per-element expression cost that fusion recomputes in every consumer rather than materialises.
@@ -82,11 +82,6 @@ class FusedGraph:
 def row_shape(domain: Shape) -> Shape:
     """The shape of one value per row of `domain` (a last-axis reduction with keepdim)."""
     return tuple(domain[:-1]) + (1,)
-
-
-def _same_order(a: Shape, b: Shape) -> bool:
-    """Whether a reshape between `a` and `b` only drops or adds unit axes (the elements keep their order)."""
-    return [d for d in a if d != 1] == [d for d in b if d != 1]
 
 
 def _size(groups: list[_G]) -> int:
@@ -206,7 +201,13 @@ class _Fuser:
         axis = reduce_axis(n)
         src = base_of(n.src[0])
         return (src.shape == grp.domain and self.direct_member(src, grp) and id(src) not in grp.reduced
-                and (n.src[0] is src or n.src[0].src[0] is src) and axis in e.axes)
+                and (n.src[0] is src or n.src[0].src[0] is src) and axis in e.axes
+                and not (axis in e.sole_use_axes and self.read_elsewhere(src, n)))
+
+    def read_elsewhere(self, src: Node, n: Node) -> bool:
+        """Whether anything but reduction `n` (directly or through its own permute) reads `src`."""
+        return id(src) in self.outputs or any(
+            u is not n and not (u is n.src[0] and len(self.users[id(u)]) == 1) for u in self.users[id(src)])
 
     def reduced_axis(self, n: Node, grp: _G) -> int | None:
         """The axis of the reductions of `grp` that pointwise `n` reads alone (through the reshape that drops
@@ -218,7 +219,7 @@ class _Fuser:
             b = s.src[0] if s.op is Op.RESHAPE else s
             if self.where.get(id(b)) is not grp or id(b) not in grp.reduced or s.shape != n.shape:
                 return None
-            if s is not b and not _same_order(s.shape, b.shape):
+            if s is not b and not unit_reshape(s.shape, b.shape):
                 return None
             axes.add(grp.reduced[id(b)])
         return axes.pop() if len(axes) == 1 else None
@@ -289,7 +290,7 @@ class _Fuser:
         src = n.src[0] if n.src else n
         grp = self.where.get(id(src))
         if (n.op is not Op.RESHAPE or id(n) not in self.outputs or self.users[id(n)] or grp is None
-                or id(src) not in grp.squeeze or not _same_order(n.shape, src.shape)):
+                or id(src) not in grp.squeeze or not unit_reshape(n.shape, src.shape)):
             return
         grp.nodes.append(n)
         self.where[id(n)] = grp

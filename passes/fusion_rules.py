@@ -78,13 +78,16 @@ class ReductionEpilogue:
     with a permute, which this rule reads through. `becomes` is the kind the group turns into. With
     `floats_only` only reductions of floating-point values join. With `squeeze` the group also writes a
     graph output that is the reduction's result reshaped by dropping or adding unit axes (the canonical
-    form's reshape), instead of a copy kernel doing so."""
+    form's reshape), instead of a copy kernel doing so. Over an axis in `sole_use_axes` it joins only when
+    nothing else reads the value it reduces (a value written anyway is left to the kernels that read it:
+    a softmax after a matmul stays one row kernel)."""
 
     axes: frozenset[int]
     ops: frozenset[str] = frozenset(REDUCE_OPS)
     becomes: str | None = None
     floats_only: bool = False
     squeeze: bool = False
+    sole_use_axes: frozenset[int] = frozenset()
 
 
 Epilogue = PointwiseEpilogue | ReductionEpilogue

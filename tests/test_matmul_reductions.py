@@ -125,13 +125,22 @@ def test_monotone_table():
 
 
 def test_a_pointwise_of_the_tile_that_reads_a_reduction_is_not_fused():
-    """softmax(x @ w): the row max joins the matmul, the subtraction that needs it does not (it would need
-    every tile's max first); the rest is a row kernel, and the result is right."""
+    """y - max_m(y): the column max joins the matmul, the subtraction that needs it does not (it would need
+    every tile's max first) and runs in a kernel of its own; the result is right."""
+    g = tf.GraphBuilder("mm_center")
+    y = g.input("x", (S, D), "f32") @ g.input("w", (D, V), "f32")
+    g.output("y", y - tf.max(y, axis=0, keepdim=True))
+    specs = kernels(g)
+    assert [s.family for s in specs] == ["matmul", "pointwise"] and specs[0].reductions
+    check_graph(compiled(g, "interp", SMALL_TILES), 3)
+
+
+def test_a_row_reduction_of_a_value_read_elsewhere_is_left_to_the_row_kernel():
+    """softmax(x @ w) and LayerNorm(x @ w): the row kernel that reads the product reduces its rows itself."""
     g = tf.GraphBuilder("mm_softmax")
     g.output("y", tf.softmax(g.input("x", (S, D), "f32") @ g.input("w", (D, V), "f32")))
     specs = kernels(g)
-    assert [s.family for s in specs] == ["matmul", "pointwise"]
-    check_graph(compiled(g, "interp", SMALL_TILES), 3)
+    assert [s.family for s in specs] == ["matmul", "pointwise"] and not specs[0].reductions
 
 
 def test_integer_reductions_stay_separate():
@@ -156,7 +165,9 @@ CASES = {
 @pytest.mark.parametrize("config", [None, SMALL_TILES], ids=["default", "tiles"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_interp_matches_reference(case, config):
-    check_graph(compiled(sparton(**CASES[case]), "interp", config), 1)
+    g = sparton(**CASES[case])
+    assert len(kernels(g)) == 1
+    check_graph(compiled(g, "interp", config), 1)
 
 
 @pytest.mark.interp
