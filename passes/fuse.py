@@ -7,7 +7,8 @@ family declares open a group named after the op). Today's families declare:
 
 - rowwise: pointwise chains share one group; a last-axis reduction joins the group that computes
   its operand, with the pointwise ops around it (softmax, RMSNorm, LayerNorm become one row kernel);
-- matmul: pointwise consumers with the matmul's output shape become its epilogue; a cheap pointwise
+- matmul: pointwise consumers with the matmul's output shape become its epilogue, and so do reductions
+  of them over rows or columns across tiles (with pointwise ops of their results); a cheap pointwise
   group feeding only a matmul operand becomes that operand's prologue;
 - attention, its backward and paged decode: their anchors, with nothing fused.
 
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 from ..ir import expr as ex
 from ..ir.graph import Graph
 from ..ir.ops import ANCHORS, LEAF, VIEWS, Node, Op, make
-from .fusion_rules import Epilogue, FusionRules, GroupRule, PointwiseEpilogue, Prologue
+from .fusion_rules import Epilogue, FusionRules, GroupRule, PointwiseEpilogue, Prologue, ReductionEpilogue, reduce_axis
 from .rewrite import pat, rewrite_graph
-from .views import base_of, strided_view
+from .views import base_of, strided_view, unit_reshape
 
 Shape = tuple[int, ...]
 # Largest per-element expression cost that fusion recomputes in every consumer rather than materialises.
@@ -47,6 +48,8 @@ class FusionGroup:
         """A readable kernel name from the ops it fuses (stable across processes)."""
         parts: list[str] = []
         for n in self.nodes:
+            if n.op in VIEWS:  # a reshape written as a graph output names nothing
+                continue
             if n.op is Op.POINTWISE:
                 e = n.attr("expr")
                 word = e.op.value if e.op.value not in ("arg", "cast") else "cast" if e.op.value == "cast" else "copy"
@@ -85,11 +88,6 @@ def _size(groups: list[_G]) -> int:
     return sum(len(g.nodes) for g in groups)
 
 
-def _moves_one_axis_last(perm: tuple[int, ...]) -> bool:
-    """A permute that moves one axis last and keeps the others in order (the canonical reduce's)."""
-    return list(perm[:-1]) == [a for a in range(len(perm)) if a != perm[-1]]
-
-
 # ---- legalisation: views that need a copy --------------------------------------------------
 def _copy_before_reshape(n: Node, _: object) -> Node | None:
     if strided_view(n) is not None:
@@ -114,6 +112,9 @@ class _G:
     nodes: list[Node]
     prologue: list[Node] = field(default_factory=list)
     alive: bool = True
+    # results of reduction epilogues and what is computed from them: node id -> the reduced axis (negative)
+    reduced: dict[int, int] = field(default_factory=dict)
+    squeeze: set[int] = field(default_factory=set)  # reductions whose squeezed result the group may write
 
 
 class _Fuser:
@@ -188,18 +189,40 @@ class _Fuser:
         if isinstance(e, PointwiseEpilogue):
             if n.op is not Op.POINTWISE:
                 return False
+            if e.reduced:
+                return self.reduced_axis(n, grp) is not None
+            if not e.rows and any(id(base_of(s)) in grp.reduced for s in n.src):
+                return False  # a reduction across tiles is complete only after every tile
             shapes = (grp.domain, row_shape(grp.domain)) if e.rows else (grp.domain,)
             return n.shape in shapes and all(self.where.get(id(s)) is not grp or self.direct_member(s, grp)
                                              for s in n.src) and not self.reads_member_view(n, grp)
-        if n.op is not Op.REDUCE or n.attr("op") not in e.ops:
+        if n.op is not Op.REDUCE or n.attr("op") not in e.ops or (e.floats_only and not n.dtype.is_float):
             return False
-        src = n.src[0]
-        axes = n.attr("axes")
-        if src.op is Op.PERMUTE and _moves_one_axis_last(src.attr("perm")):
-            axes = tuple(src.attr("perm")[a] for a in axes)
-            src = src.src[0]
-        return (src.shape == grp.domain and self.direct_member(src, grp)
-                and {a - src.ndim for a in axes} <= e.axes)
+        axis = reduce_axis(n)
+        src = base_of(n.src[0])
+        return (src.shape == grp.domain and self.direct_member(src, grp) and id(src) not in grp.reduced
+                and (n.src[0] is src or n.src[0].src[0] is src) and axis in e.axes
+                and not (axis in e.sole_use_axes and self.read_elsewhere(src, n)))
+
+    def read_elsewhere(self, src: Node, n: Node) -> bool:
+        """Whether anything but reduction `n` (directly or through its own permute) reads `src`."""
+        return id(src) in self.outputs or any(
+            u is not n and not (u is n.src[0] and len(self.users[id(u)]) == 1) for u in self.users[id(src)])
+
+    def reduced_axis(self, n: Node, grp: _G) -> int | None:
+        """The axis of the reductions of `grp` that pointwise `n` reads alone (through the reshape that drops
+        the unit axis, or directly with its own shape), or None when it reads anything else."""
+        axes: set[int] = set()
+        for s in n.src:
+            if s.op is Op.CONST:
+                continue
+            b = s.src[0] if s.op is Op.RESHAPE else s
+            if self.where.get(id(b)) is not grp or id(b) not in grp.reduced or s.shape != n.shape:
+                return None
+            if s is not b and not unit_reshape(s.shape, b.shape):
+                return None
+            axes.add(grp.reduced[id(b)])
+        return axes.pop() if len(axes) == 1 else None
 
     def reads_member_view(self, n: Node, grp: _G) -> bool:
         """Members read through a view must be materialised: a view of a value inside the same kernel
@@ -215,6 +238,7 @@ class _Fuser:
 
     def visit(self, n: Node) -> None:
         if n.op in LEAF or n.op in VIEWS:
+            self.join_squeezed_output(n)
             return
         if self.is_inline(n):
             self.inline.add(id(n))
@@ -249,10 +273,28 @@ class _Fuser:
             if e is not None:
                 grp.nodes.append(n)
                 self.where[id(n)] = grp
+                if isinstance(e, ReductionEpilogue):
+                    grp.reduced[id(n)] = reduce_axis(n)
+                    if e.squeeze:
+                        grp.squeeze.add(id(n))
+                elif e.reduced:
+                    grp.reduced[id(n)] = self.reduced_axis(n, grp) or 0
                 if e.becomes is not None:
                     grp.kind = e.becomes
                 return True
         return False
+
+    def join_squeezed_output(self, n: Node) -> None:
+        """A graph output that reshapes the unit axes of a reduction its group may squeeze (and that nothing
+        else reads) is written by that group: its elements are the reduction's, in the same order."""
+        src = n.src[0] if n.src else n
+        grp = self.where.get(id(src))
+        if (n.op is not Op.RESHAPE or id(n) not in self.outputs or self.users[id(n)] or grp is None
+                or id(src) not in grp.squeeze or not unit_reshape(n.shape, src.shape)):
+            return
+        grp.nodes.append(n)
+        self.where[id(n)] = grp
+        grp.reduced[id(n)] = grp.reduced[id(src)]
 
     def try_prologues(self, i: int, s: Node, anchor: _G, rule: GroupRule) -> None:
         """Pull the groups computing operand `i` into the anchor's loads: of the prologue rules that fit,

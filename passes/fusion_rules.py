@@ -18,12 +18,28 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..ir import expr as ex
-from ..ir.ops import REDUCE_OPS, Node, Op
+from ..ir.ops import REDUCE_OPS, VIEWS, Node, Op
 
 
 def expr_cost(n: Node) -> int:
     """Per-element cost of a node: its expression's cost for pointwise ops, one for any other op."""
     return ex.cost(n.attr("expr")) if n.op is Op.POINTWISE else 1
+
+
+def _moves_one_axis_last(perm: tuple[int, ...]) -> bool:
+    """A permute that moves one axis last and keeps the others in order (the canonical reduce's)."""
+    return list(perm[:-1]) == [a for a in range(len(perm)) if a != perm[-1]]
+
+
+def reduce_axis(n: Node) -> int:
+    """The axis (negative) of its operand's base that a canonical reduce `n` reduces: the last one, or the
+    one the canonical form's permute moved last; 0 for a reduce of any other form."""
+    src, axes = n.src[0], n.attr("axes")
+    if len(axes) != 1:
+        return 0
+    if src.op is Op.PERMUTE and _moves_one_axis_last(src.attr("perm")):
+        return src.attr("perm")[axes[0]] - src.ndim
+    return axes[0] - src.ndim if src.op not in VIEWS else 0
 
 
 @dataclass(frozen=True)
@@ -45,21 +61,33 @@ class Prologue:
 @dataclass(frozen=True)
 class PointwiseEpilogue:
     """A pointwise consumer of the group's domain shape (or, with `rows`, of one value per row) joins, if it
-    reads group members directly (not through a view, not a prologue value). `becomes` as below."""
+    reads group members directly (not through a view, not a prologue value) and, without `rows`, no result
+    of a reduction epilogue. With `reduced`, a pointwise op of the results of reduction epilogues over one
+    axis joins instead (read directly or through a reshape of unit axes; constants aside,
+    nothing else), computed once per result (a column norm's sqrt). `becomes` as below."""
 
     rows: bool = False
     becomes: str | None = None
+    reduced: bool = False
 
 
 @dataclass(frozen=True)
 class ReductionEpilogue:
     """A reduction (`ops`) of a group member of the domain's shape over one of `axes` (negative: -1 is the
     last axis) joins; across tiles when the axis is tiled. The canonical form moves the reduced axis last
-    with a permute, which this rule reads through. `becomes` is the kind the group turns into."""
+    with a permute, which this rule reads through. `becomes` is the kind the group turns into. With
+    `floats_only` only reductions of floating-point values join. With `squeeze` the group also writes a
+    graph output that is the reduction's result reshaped by dropping or adding unit axes (the canonical
+    form's reshape), instead of a copy kernel doing so. Over an axis in `sole_use_axes` it joins only when
+    nothing else reads the value it reduces (a value written anyway is left to the kernels that read it:
+    a softmax after a matmul stays one row kernel)."""
 
     axes: frozenset[int]
     ops: frozenset[str] = frozenset(REDUCE_OPS)
     becomes: str | None = None
+    floats_only: bool = False
+    squeeze: bool = False
+    sole_use_axes: frozenset[int] = frozenset()
 
 
 Epilogue = PointwiseEpilogue | ReductionEpilogue

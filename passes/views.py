@@ -111,3 +111,8 @@ def strided_view(n: Node) -> StridedView | None:
             if v is None:
                 return None
     return v
+
+
+def unit_reshape(a: Shape, b: Shape) -> bool:
+    """Whether a reshape between `a` and `b` only drops or adds unit axes (the elements keep their order)."""
+    return [d for d in a if d != 1] == [d for d in b if d != 1]

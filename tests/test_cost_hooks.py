@@ -30,7 +30,8 @@ H100, SM90 = NOMINAL["H100"], get_target("sm_90")
 # models and stored records name them; a family may add names, never rename one.
 FAMILY_FEATURES = {
     "pointwise": {"rows", "cols", "reductions"},
-    "matmul": {"M", "N", "K", "batch", "prologue", "epilogue_outputs"},
+    "matmul": {"M", "N", "K", "batch", "prologue", "epilogue_outputs", "reductions_m", "reductions_n",
+               "reductions_raw"},
     "attention": {"B", "Hq", "Hkv", "Sq", "Sk", "D", "Dv", "density", "partial_fraction", "data_dependent",
                   "score_mod", "post_mod"},
     "decode": {"B", "HQ", "HKV", "SQ", "D", "page_size", "pages", "kv_bits", "select"},

@@ -5,6 +5,8 @@ matmul's B operand (quantized GEMM) and a reduction epilogue across tiles (the S
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import tilefuse as tf
@@ -12,7 +14,7 @@ from tilefuse.compiler import compile_graph
 from tilefuse.ir.ops import Op
 from tilefuse.kernels import fusion_rules, registry, spec_for
 from tilefuse.passes import canonicalize, fuse, run_pipeline
-from tilefuse.passes.fusion_rules import FusionRules, GroupRule, Prologue, ReductionEpilogue
+from tilefuse.passes.fusion_rules import FusionRules, GroupRule, PointwiseEpilogue, Prologue, ReductionEpilogue
 from tilefuse.report import format_report
 
 M, K, N, G = 16, 256, 64, 128
@@ -31,9 +33,17 @@ def _base() -> FusionRules:
     return FusionRules.of(r for fam in registry.families().values() if fam.name != "quant_matmul" for r in fam.fusion)
 
 
-def _with(*extra: GroupRule) -> FusionRules:
+def _with(*extra: GroupRule, base: FusionRules | None = None) -> FusionRules:
     """The registered families' rules (less quant_matmul's) plus test-only `extra` rules (merged by kind)."""
-    return FusionRules.of([*_base().groups.values(), *extra])
+    return FusionRules.of([*(base or _base()).groups.values(), *extra])
+
+
+def _no_matmul_reductions() -> FusionRules:
+    """The base rules with the matmul's reduction epilogues (and the pointwise ops of their results) taken out."""
+    groups = dict(_base().groups)
+    keep = tuple(e for e in groups["matmul"].epilogues if isinstance(e, PointwiseEpilogue) and not e.reduced)
+    groups["matmul"] = dataclasses.replace(groups["matmul"], epilogues=keep)
+    return FusionRules.of(groups.values())
 
 
 def _groups(g: tf.GraphBuilder, rules: FusionRules) -> list[tuple[str, list[str]]]:
@@ -105,19 +115,27 @@ MAX_OVER_M = GroupRule("matmul", epilogues=(ReductionEpilogue(frozenset({-2}), o
 
 
 def test_reduction_epilogue_over_m_makes_one_group():
-    assert len(_groups(_mm_relu_reduce("max", 0), fusion_rules())) == 2
+    no_reductions = _no_matmul_reductions()
+    assert len(_groups(_mm_relu_reduce("max", 0), no_reductions)) == 2
     # matmul, bias add, relu and the max over M (read through the canonical form's permute)
-    assert _groups(_mm_relu_reduce("max", 0), _with(MAX_OVER_M)) == [
+    assert _groups(_mm_relu_reduce("max", 0), _with(MAX_OVER_M, base=no_reductions)) == [
         ("matmul", ["matmul", "pointwise", "pointwise", "reduce"])]
-    fused = fuse(canonicalize(_mm_relu_reduce("max", 0).build()), _with(MAX_OVER_M))
+    fused = fuse(canonicalize(_mm_relu_reduce("max", 0).build()), _with(MAX_OVER_M, base=no_reductions))
     assert [o.op for o in fused.groups[0].outputs] == [Op.REDUCE]
     # batched: M is axis 1 of [B, M, N]
-    assert [k for k, _ in _groups(_mm_relu_reduce("max", 1, (3,)), _with(MAX_OVER_M))] == ["matmul"]
+    assert [k for k, _ in _groups(_mm_relu_reduce("max", 1, (3,)), _with(MAX_OVER_M, base=no_reductions))] == [
+        "matmul"]
+    # the matmul family declares it (kernels/matmul): the group also writes the squeezed [N] output itself
+    fused = fuse(canonicalize(_mm_relu_reduce("max", 0).build()), fusion_rules())
+    assert [(g.kind, [n.op.value for n in g.nodes]) for g in fused.groups] == [
+        ("matmul", ["matmul", "pointwise", "pointwise", "reduce", "reshape"])]
+    assert [o.op for o in fused.groups[0].outputs] == [Op.RESHAPE]
 
 
 @pytest.mark.parametrize("op,axis", [("sum", 0), ("max", 1), ("max", -1)])
 def test_reduction_that_the_rule_does_not_declare_stays_separate(op, axis):
-    assert [k for k, _ in _groups(_mm_relu_reduce(op, axis), _with(MAX_OVER_M))] == ["matmul", "reduction"]
+    rules = _with(MAX_OVER_M, base=_no_matmul_reductions())
+    assert [k for k, _ in _groups(_mm_relu_reduce(op, axis), rules)] == ["matmul", "reduction"]
 
 
 def test_fusion_rules_conflicts_are_refused():

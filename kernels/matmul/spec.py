@@ -15,12 +15,15 @@ from ...schedule.target import Target
 from ...ir import dtypes as dt
 from ...ir import expr as ex
 from ...ir.expr import E, Expr
-from ...ir.ops import Node
+from ...ir.ops import Node, Op
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
+from ...passes.views import base_of
 from ..base import BASE_REGISTERS, KernelSpec
 from ..registry import register_family
 from ..lowering import LoweringError, next_pow2, prod
+from . import reductions as red
+from .reductions import MatmulReduction
 
 ACC = "acc"
 CPU_VECTOR_REGISTERS = 32  # AVX-512 zmm registers: the micro tile's register budget
@@ -46,6 +49,7 @@ def fitted_tiles(size: int, grains: tuple[int, ...], lo: int, hi: int, count: in
 class MatmulOutput:
     index: int  # kernel output buffer
     expr: Expr  # value at (batch..., m, n); reads var "acc" (f32) and loads
+    axis: str = ""  # a reduced output: "m" or "n" (reductions.py), its value read from VARs r{i}
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,36 @@ class MatmulSpec(KernelSpec):
         def leaf(n: Node) -> Expr | None:
             return anchor_val if n is mm else None
 
-        self.outs = [MatmulOutput(i, lw.value(o, tuple(mm.shape), leaf)) for i, o in enumerate(grp.outputs)]
+        stage = red.is_reduced_stage(list(grp.nodes))
+        nodes = [m for m in grp.nodes if m.op is Op.REDUCE]
+        self.reductions: list[MatmulReduction] = [
+            red.plan(m, lw.value(base_of(m.src[0]), tuple(mm.shape), leaf), tuple(mm.shape), acc, self.loads)
+            for m in nodes]
+        self.outs = [MatmulOutput(i, lw.value(o, tuple(mm.shape), leaf)) for i, o in enumerate(grp.outputs)
+                     if id(o) not in stage]
+        self.reduced_outs = [self._reduced_output(i, o, nodes) for i, o in enumerate(grp.outputs) if id(o) in stage]
         self.has_prologue = [self.a_expr.op is not E.LOAD, self.b_expr.op is not E.LOAD]
+
+    def _reduced_output(self, index: int, o: Node, nodes: list[Node]) -> MatmulOutput:
+        """A member computed from reduction results: its value from VARs r{i} (reduction i's result)."""
+        def leaf(n: Node) -> Expr | None:
+            b = base_of(n)
+            return ex.var(f"r{nodes.index(b)}", b.dtype) if any(b is r for r in nodes) else None
+
+        e = self.lowering.value(o, tuple(o.shape), leaf)
+        used = sorted(int(v[1:]) for v in ex.vars_used(e))
+        if any(n.op is E.LOAD for n in e.toposort()) or not used:
+            raise LoweringError(f"{self.name}: output {index} reads more than reduction results")
+        return MatmulOutput(index, e, self.reductions[used[0]].axis)
+
+    def finished_axes(self, config: Config) -> list[str]:
+        """The reduced axes whose partials a finishing launch combines (those of more than one tile)."""
+        return [a for a in ("m", "n") if any(r.axis == a for r in self.reductions) and self.tiles_along(a, config) > 1]
+
+    def tiles_along(self, axis: str, config: Config) -> int:
+        """Output tiles along `axis` ("m" or "n") under a GPU config: a reduction over it combines that many."""
+        size, block = (self.M, "BLOCK_M") if axis == "m" else (self.N, "BLOCK_N")
+        return -(-size // config.int(block))
 
     def _operand(self, n: Node, domain: tuple[int, ...], trans: bool) -> Expr:
         """The operand's value at (batch..., row, col) of the logical (untransposed) operand."""
@@ -124,12 +156,16 @@ class MatmulSpec(KernelSpec):
         return None
 
     def program_description(self) -> dict[str, Any]:
-        return {
+        out = {
             "batch": list(self.batch), "M": self.M, "N": self.N, "K": self.K,
             "a": format_expr(self.a_expr), "b": format_expr(self.b_expr),
             "out_dtype": self.out_dtype.name,
             "outputs": [[o.index, format_expr(o.expr)] for o in self.outs],
         }
+        if self.reductions:
+            out["reductions"] = [r.describe() for r in self.reductions]
+            out["reduced_outputs"] = [[o.index, o.axis, format_expr(o.expr)] for o in self.reduced_outs]
+        return out
 
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
@@ -143,7 +179,9 @@ class MatmulSpec(KernelSpec):
                     "tile_k": (16, 32, 64, 128, 256, 512, 1024), "micro_m": (2, 4, 6, 8, 12),
                     "micro_n": (8, 16, 32, 48, 64), "vector": (4, 8, 16), "unroll": (1, 2, 4, 8)}
         return {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128, 256),
-                "BLOCK_K": (16, 32, 64, 128), "GROUP_M": (1, 4, 8, 16), "SPLIT_K": (1, 2, 4, 8, 16),
+                "BLOCK_K": (16, 32, 64, 128), "GROUP_M": (1, 4, 8, 16),
+                # a reduction epilogue needs the whole K sum in the tile
+                "SPLIT_K": (1,) if self.reductions else (1, 2, 4, 8, 16),
                 "num_warps": (2, 4, 8), "num_stages": (1, 2, 3, 4, 5)}
 
     def smem_bytes(self, config: Config) -> int:
@@ -260,7 +298,11 @@ class MatmulSpec(KernelSpec):
 
     def family_features(self, config: Config) -> dict[str, float]:
         out = {"M": float(self.M), "N": float(self.N), "K": float(self.K), "batch": float(prod(self.batch)),
-               "prologue": float(sum(self.has_prologue)), "epilogue_outputs": float(len(self.outs))}
+               "prologue": float(sum(self.has_prologue)), "epilogue_outputs": float(len(self.outs)),
+               # reduction epilogues over rows / columns, and those taken on raw values (f applied per result)
+               "reductions_m": float(sum(r.axis == "m" for r in self.reductions)),
+               "reductions_n": float(sum(r.axis == "n" for r in self.reductions)),
+               "reductions_raw": float(sum(r.raw for r in self.reductions))}
         if "tile_m" in config:
             out.update(self._cpu_features(config))
         return out
@@ -296,12 +338,14 @@ class MatmulSpec(KernelSpec):
 
     def tile_traffic(self, config: Config) -> tuple[float, float]:
         """Output tiles (x SPLIT_K x batch); each reads its A row panel and B column panel over its
-        share of K and writes its C tile per output (f32 partial sums under split-K)."""
+        share of K and writes its C tile per output (f32 partial sums under split-K) and a row or column of
+        partials per reduction epilogue."""
         bm, bn, _ = self._tile(config)
         split = config.int("SPLIT_K") if "SPLIT_K" in config else 1
         tiles = -(-self.M // bm) * -(-self.N // bn) * split * prod(self.batch)
         out_el = 4.0 if split > 1 else float(self.out_dtype.itemsize)
         per = (bm * self.K + self.K * bn) / split * self.operand_dtype.itemsize + bm * bn * out_el * len(self.outs)
+        per += sum((bn if r.axis == "m" else bm) * r.acc_dtype.itemsize for r in self.reductions)
         return float(tiles), float(per)
 
     def work_ratio(self, config: Config) -> float:
@@ -334,7 +378,14 @@ class MatmulSpec(KernelSpec):
 
     def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
         """Split-K partial sums `ws` [SPLIT_K, batch, M, N] in the accumulator's dtype (f32; i32 for an
-        i8 x i8 GEMM, whose sums f32 would round beyond 2^24), reduced by the finishing kernel."""
+        i8 x i8 GEMM, whose sums f32 would round beyond 2^24), reduced by the finishing kernel; or, for
+        reduction i over an axis of several tiles, its per-tile partials `rws{i}` [tiles, batch, kept]."""
+        if self.reductions:
+            if "BLOCK_M" not in config:
+                return []
+            return [Workspace(f"rws{i}", (self.tiles_along(r.axis, config), max(1, prod(self.batch)),
+                                          self.N if r.axis == "m" else self.M), r.acc_dtype.name)
+                    for i, r in enumerate(self.reductions) if self.tiles_along(r.axis, config) > 1]
         split = config.int("SPLIT_K") if "SPLIT_K" in config else 1
         acc = "i32" if self.operand_dtype.is_int else "f32"
         return [Workspace("ws", (split, max(1, prod(self.batch)), self.M, self.N), acc)] if split > 1 else []
@@ -345,6 +396,10 @@ class MatmulSpec(KernelSpec):
         sums the SPLIT_K partials and runs the epilogue."""
         tiles, split, batch = self.grid(config)
         main = self.launch(self.name, (tiles, split, batch), config, args)
+        if self.reductions:
+            return [main] + [self.launch(f"{self.name}_finish_{axis}", (self.tiles_along("n" if axis == "m" else "m",
+                                                                                       config), 1, batch), config, args)
+                             for axis in self.finished_axes(config)]
         if not self.workspaces(config, sizes):
             return [main]
         return [main, self.launch(f"{self.name}_finish", (tiles, 1, batch), config, args)]

@@ -10,18 +10,25 @@ from ...ir import dtypes as dt
 from ...ir.expr import E, Expr
 from ...codegen.headers import header
 from ..lowering import LoadSite, prod
+from .reductions import RED, identity
 
 if TYPE_CHECKING:
     from .spec import MatmulSpec, ScaledDot
 
 IND = "    "
+_REDUCE = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}
+_COMBINE = {"max": "tl.maximum", "min": "tl.minimum"}
 
 
 class _Scope:
-    """Loads and arithmetic for one tile scope: 'a' (BM x BK), 'b' (BK x BN) or 'c' (BM x BN)."""
+    """Loads and arithmetic for one tile scope: 'a' (BM x BK), 'b' (BK x BN) or 'c' (BM x BN), or the results
+    of reductions over rows 'fm' (BN, at row 0) or columns 'fn' (BM, at column 0). `bound` names the tiles of
+    VARs (the accumulator by default)."""
 
-    def __init__(self, spec: MatmulSpec, lines: list[str], indent: str, which: str, prefix: str, masks: set[str]):
+    def __init__(self, spec: MatmulSpec, lines: list[str], indent: str, which: str, prefix: str, masks: set[str],
+                 bound: dict[str, str] | None = None):
         self.spec = spec
+        self.bound = bound or {}
         self.masks = masks
         self.which = which
         self.lines = lines
@@ -36,11 +43,13 @@ class _Scope:
             # a scaled dot's per-step scales: a [BLOCK_M, 1] column and a [1, BLOCK_N] row at k0
             "sa": ("rm[:, None]", "k0", "sa_mask"),
             "sb": ("k0", "rn[None, :]", "sb_mask"),
+            "fm": ("0", "rn", "k_mask"),
+            "fn": ("rm", "0", "k_mask"),
         }[which]
 
     def leaf(self, e: Expr) -> str | None:
         if e.op is E.VAR:
-            return self.computed_var(e.arg) if e.arg in self.spec.loaders() else "acc"
+            return self.computed_var(e.arg) if e.arg in self.spec.loaders() else self.bound.get(e.arg, "acc")
         if e.op is E.LOAD:
             return self.load(e.arg)
         return None
@@ -145,6 +154,11 @@ def _prelude(spec: MatmulSpec, L: list[str]) -> None:
           f"{IND}pid_n = (pid % group) // group_m",
           f"{IND}rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
           f"{IND}rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)"]
+    _batch_indices(spec, L)
+
+
+def _batch_indices(spec: MatmulSpec, L: list[str]) -> None:
+    """Batch indices b0, b1, ... of the flat batch program id `pid_b`."""
     for d in range(len(spec.batch)):
         inner = 1
         for s in spec.batch[d + 1:]:
@@ -153,7 +167,7 @@ def _prelude(spec: MatmulSpec, L: list[str]) -> None:
         L.append(f"{IND}b{d} = {e}" + (f" % {spec.batch[d]}" if d > 0 else ""))
 
 
-def _epilogue(spec: MatmulSpec, L: list[str], masks: set[str]) -> None:
+def _epilogue(spec: MatmulSpec, L: list[str], masks: set[str], config: Config) -> None:
     L += _mask_defs(spec, masks, IND, "c")
     sc = _Scope(spec, L, IND, "c", "e", masks)
     c_off = f"rm[:, None] * {spec.N} + rn[None, :]"
@@ -166,6 +180,69 @@ def _epilogue(spec: MatmulSpec, L: list[str], masks: set[str]) -> None:
         if o.expr.op is E.CONST:
             v = f"tl.full([BLOCK_M, BLOCK_N], {literal(o.expr.arg, o.expr.dtype)}, {tl_type(o.expr.dtype)})"
         L.append(f"{IND}tl.store(out{o.index} + {c_off}, {v}.to({tl_type(buf.dtype)}){store_mask})")
+    if spec.reductions:
+        _partials(spec, L, sc, masks, config)
+
+
+def _kept(spec: MatmulSpec, axis: str) -> tuple[str, int, str]:
+    """(index vector, size, block) of the axis a reduction over `axis` keeps."""
+    return ("rn", spec.N, "BLOCK_N") if axis == "m" else ("rm", spec.M, "BLOCK_M")
+
+
+def _partials(spec: MatmulSpec, L: list[str], sc: _Scope, masks: set[str], config: Config) -> None:
+    """Each reduction over the tile's rows (columns): to its workspace row of this tile, or, when one tile
+    spans the axis, straight on to the results. Masked-off elements contribute the op's identity."""
+    finished = spec.finished_axes(config)
+    B = max(1, prod(spec.batch))
+    for i, r in enumerate(spec.reductions):
+        v = f"{sc.emit(r.value)}.to({tl_type(r.acc_dtype)})"
+        if "c_mask" in masks:
+            v = f"tl.where(c_mask, {v}, {identity(r.op)})"
+        L.append(f"{IND}p{i} = {_REDUCE[r.op]}({v}, axis={0 if r.axis == 'm' else 1})")
+        if r.axis in finished:
+            idx, kept, _ = _kept(spec, r.axis)
+            tile = "pid_m" if r.axis == "m" else "pid_n"
+            L.append(f"{IND}tl.store(rws{i} + ({tile} * {B} + pid_b) * {kept} + {idx}, p{i}, mask={idx} < {kept})")
+    for axis in ("m", "n"):
+        if axis not in finished and any(r.axis == axis for r in spec.reductions):
+            _results(spec, L, axis)
+
+
+def _results(spec: MatmulSpec, L: list[str], axis: str) -> None:
+    """The results of the reductions over `axis` from their combined values p{i}, and the outputs of them."""
+    idx, kept, block = _kept(spec, axis)
+    L.append(f"{IND}k_mask = {idx} < {kept}")
+    mine = [i for i, r in enumerate(spec.reductions) if r.axis == axis]
+    for i in mine:
+        sc = _Scope(spec, L, IND, "f" + axis, f"f{i}_", {"k_mask"}, {RED: f"p{i}"})
+        L.append(f"{IND}r{i} = {sc.emit(spec.reductions[i].post)}")
+    sc = _Scope(spec, L, IND, "f" + axis, "g", {"k_mask"}, {f"r{i}": f"r{i}" for i in mine})
+    off = f"pid_b * {kept} + {idx}" if spec.batch else idx
+    for o in spec.reduced_outs:
+        if o.axis != axis:
+            continue
+        v = sc.emit(o.expr)
+        if o.expr.op is E.CONST:
+            v = f"tl.full([{block}], {literal(o.expr.arg, o.expr.dtype)}, {tl_type(o.expr.dtype)})"
+        L.append(f"{IND}tl.store(out{o.index} + {off}, {v}.to({tl_type(spec.outputs[o.index].dtype)}), mask=k_mask)")
+
+
+def _finish(spec: MatmulSpec, L: list[str], axis: str, signature: str, config: Config) -> None:
+    """`{name}_finish_{axis}`: combines the per-tile partials of the reductions over `axis` in tile order
+    (deterministic) and writes their results."""
+    idx, kept, block = _kept(spec, axis)
+    B = max(1, prod(spec.batch))
+    L += ["", "", "@triton.jit", f"def {spec.name}_finish_{axis}({signature}):",
+          f"{IND}pid_b = tl.program_id(2)", f"{IND}{idx} = tl.program_id(0) * {block} + tl.arange(0, {block})"]
+    _batch_indices(spec, L)
+    mine = [(i, r) for i, r in enumerate(spec.reductions) if r.axis == axis]
+    for i, r in mine:
+        L.append(f"{IND}p{i} = tl.full([{block}], {identity(r.op)}, {tl_type(r.acc_dtype)})")
+    L.append(f"{IND}for t in range({spec.tiles_along(axis, config)}):")
+    for i, r in mine:
+        part = f"tl.load(rws{i} + (t * {B} + pid_b) * {kept} + {idx}, mask={idx} < {kept}, other={identity(r.op)})"
+        L.append(f"{IND * 2}p{i} = " + (f"p{i} + {part}" if r.op == "sum" else f"{_COMBINE[r.op]}(p{i}, {part})"))
+    _results(spec, L, axis)
 
 
 def _step(spec: MatmulSpec, L: list[str], masks: set[str], op_dt: dt.DType, op_t: str, precision: str) -> None:
@@ -207,7 +284,7 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
     widened to f32: exact, since bf16 products are exact in f32 accumulation."""
     masks = _masks(spec, config)
     split = config.int("SPLIT_K")
-    args = spec.arg_names() + (["ws"] if split > 1 else [])
+    args = spec.arg_names() + [w.name for w in spec.workspaces(config)]
     cexpr = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, " \
             "SPLIT_K: tl.constexpr"
     L: list[str] = [header(spec, config, "triton"), "import triton", "import triton.language as tl", "", "",
@@ -231,7 +308,9 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
     else:
         _step(spec, L, masks, op_dt, op_t, precision)
     if split == 1:
-        _epilogue(spec, L, masks)
+        _epilogue(spec, L, masks, config)
+        for axis in spec.finished_axes(config):
+            _finish(spec, L, axis, f"{', '.join(args)}, {cexpr}", config)
         return "\n".join(L) + "\n"
     # split-K: partial sums to the workspace, then a finishing kernel reduces and runs the epilogue
     B = prod(spec.batch)
@@ -244,5 +323,5 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
     L.append(f"{IND}for s in range(SPLIT_K):")
     L.append(f"{IND * 2}acc += tl.load(ws + ((s * {B} + pid_b) * {spec.M} + rm[:, None]) * {spec.N} + rn[None, :], "
              f"mask={full}, other=0)")
-    _epilogue(spec, L, masks)
+    _epilogue(spec, L, masks, config)
     return "\n".join(L) + "\n"

@@ -19,6 +19,7 @@ from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm
 from ...ir import dtypes as dt
 from ...ir.expr import E, Expr
 from ..lowering import prod
+from .reductions import RED
 
 if TYPE_CHECKING:
     import tvm
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from .spec import MatmulSpec
 
 INDEX32 = 2**31 - 1
+_REDUCERS = {"sum": te.sum, "max": te.max, "min": te.min}
+_IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
 def _ceil_to(x: int, m: int) -> int:
@@ -33,9 +36,12 @@ def _ceil_to(x: int, m: int) -> int:
 
 
 def arg_shapes(spec: MatmulSpec) -> list[tuple[int, ...]]:
-    """Shapes of the PrimFunc's buffers: flat inputs, then [batch, M, N] outputs."""
+    """Shapes of the PrimFunc's buffers: flat inputs, then [batch, M, N] outputs ([batch, N] or [batch, M]
+    for the results of reductions over M or N)."""
     nb = max(1, prod(spec.batch))
-    return [(b.numel,) for b in spec.inputs] + [(nb, spec.M, spec.N) for _ in spec.outputs]
+    shapes: dict[int, tuple[int, ...]] = {o.index: (nb, spec.M, spec.N) for o in spec.outs}
+    shapes.update({o.index: (nb, spec.N if o.axis == "m" else spec.M) for o in spec.reduced_outs})
+    return [(b.numel,) for b in spec.inputs] + [shapes[i] for i in range(len(spec.outputs))]
 
 
 class _Builder:
@@ -55,8 +61,10 @@ class _Builder:
         self.inputs = [te.placeholder((b.numel,), tvm_storage_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
                        for i, b in enumerate(spec.inputs)]
 
-    def value(self, e: Expr, b: PrimExpr, row: PrimExpr, col: PrimExpr, acc: PrimExpr | None = None) -> PrimExpr:
-        """`e` at (batch b, row, col) of its domain; loads index the flat inputs through their views."""
+    def value(self, e: Expr, b: PrimExpr, row: PrimExpr, col: PrimExpr, acc: PrimExpr | None = None,
+              red: PrimExpr | None = None) -> PrimExpr:
+        """`e` at (batch b, row, col) of its domain; loads index the flat inputs through their views; VAR
+        `acc` is `acc`, a reduction's VAR `red` is `red`."""
         nbatch = len(self.spec.batch)
 
         def leaf(n: Expr) -> PrimExpr | None:
@@ -69,6 +77,8 @@ class _Builder:
                 return self.inputs[self.spec.loads[n.arg].buffer](off)
             if n.op is E.VAR and n.arg in self.spec.loaders():
                 return self.loaded(n.arg, row, col)
+            if n.op is E.VAR and n.arg == RED and red is not None:
+                return red
             if n.op is E.VAR:
                 if acc is None:
                     raise LoweringError(f"tvm: operand expression of {self.spec.name} reads variable {n.arg}")
@@ -132,8 +142,53 @@ class _Builder:
         outs = []
         for o in spec.outs:
             d = tvm_dtype(spec.outputs[o.index].dtype, f"output {o.index}")
-            outs.append(te.compute((self.nb, spec.M, spec.N), self._epilogue(o.expr, c, d), name=f"out{o.index}"))
-        return outs
+            outs.append((o.index, te.compute((self.nb, spec.M, spec.N), self._epilogue(o.expr, c, d),
+                                             name=f"out{o.index}")))
+        return outs + self._reduced(c)
+
+    def _reduced(self, c: Any) -> list[Any]:
+        """Reduction epilogues: `part{i}` [batch, tiles, kept] reduces each cache tile along the axis (at the
+        tile once scheduled), `comb{i}` [batch, kept] combines the tiles; the reduced outputs apply each
+        reduction's `post` to those and compute what the group computes from them."""
+        finals, M, N = {}, self.spec.M, self.spec.N
+        for i, r in enumerate(self.spec.reductions):
+            size, tile, kept = (M, self.tm, N) if r.axis == "m" else (N, self.tn, M)
+            parts = te.compute((self.nb, -(-size // tile), kept), self._partial(i, c, size, tile), name=f"part{i}")
+            finals[f"r{i}"] = _combine(parts, r.op, f"comb{i}")
+        return [(o.index, self._reduced_output(o, finals)) for o in self.spec.reduced_outs]
+
+    def _partial(self, i: int, c: Any, size: int, tile: int) -> Any:
+        """The body of `part{i}`: reduction i of one tile's rows (columns) at (batch, tile, kept index)."""
+        r = self.spec.reductions[i]
+        ri = te.reduce_axis((0, tile), name=f"ri{i}")
+        ident = tirx.const(_IDENTITY[r.op], r.acc_dtype.name)
+
+        def body(b: Any, t: Any, k: Any) -> Any:
+            j = t * tile + ri
+            row, col = (j, k) if r.axis == "m" else (k, j)
+            v = self.value(r.value, b, row, col, acc=c(b, row, col))
+            v = tirx.Cast(r.acc_dtype.name, v) if dtype_of(v) != r.acc_dtype.name else v
+            # if_then_else is lazy: rows (columns) of the padding never read the epilogue's inputs
+            return _REDUCERS[r.op](tirx.if_then_else(j < size, v, ident) if size % tile else v, axis=ri)
+
+        return body
+
+    def _reduced_output(self, o: Any, finals: dict[str, Any]) -> Any:
+        d = tvm_dtype(self.spec.outputs[o.index].dtype, f"output {o.index}")
+        kept = self.spec.N if o.axis == "m" else self.spec.M
+
+        def body(b: Any, k: Any) -> Any:
+            def leaf(e: Expr) -> PrimExpr | None:
+                if e.op is E.VAR and e.arg in finals:
+                    r = self.spec.reductions[int(e.arg[1:])]
+                    row, col = (0, k) if r.axis == "m" else (k, 0)
+                    return self.value(r.post, b, row, col, red=finals[e.arg](b, k))
+                return None
+
+            v = lower_expr(o.expr, leaf)
+            return tirx.Cast(d, v) if dtype_of(v) != d else v
+
+        return te.compute((self.nb, kept), body, name=f"out{o.index}")
 
     def _epilogue(self, e: Expr, c: Any, d: str) -> Any:
         def body(b: Any, m: Any, n: Any) -> Any:
@@ -145,11 +200,18 @@ class _Builder:
         return body
 
 
+def _combine(parts: Any, op: str, name: str) -> Any:
+    """[batch, kept]: the partials [batch, tiles, kept] combined over the tiles by `op`."""
+    rt = te.reduce_axis((0, int(parts.shape[1])), name=f"rt_{name}")
+    return te.compute((parts.shape[0], parts.shape[2]), lambda b, k: _REDUCERS[op](parts(b, rt, k), axis=rt),
+                      name=name)
+
+
 def build_module(spec: MatmulSpec, config: Config) -> tvm.IRModule:
     """The unscheduled TIR module: one PrimFunc named after the kernel, (inputs..., outputs...)."""
 
     b = _Builder(spec, config)
-    return prim_module(spec.name, len(spec.outputs), b.inputs, [(o.index, t) for o, t in zip(spec.outs, b.build())])
+    return prim_module(spec.name, len(spec.outputs), b.inputs, b.build())
 
 
 def _schedule_pack(sch: s_tir.Schedule, name: str, vector: int) -> None:
@@ -193,6 +255,9 @@ def schedule(mod: tvm.IRModule, spec: MatmulSpec, config: Config) -> tvm.IRModul
         sch.reverse_compute_at(out, tile)
         if even_n:
             _vectorize_inner(sch, out, vector)
+    # Reduction epilogues: each tile's partials at the tile too, so C never holds more than a tile.
+    for i in range(len(spec.reductions)):
+        sch.reverse_compute_at(sch.get_sblock(f"part{i}"), tile)
     # The micro tile: P (micro_m x micro_n, local) accumulates one k-tile with k outermost.
     p = sch.get_sblock("P")
     sch.compute_at(p, mp)

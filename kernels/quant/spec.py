@@ -187,7 +187,8 @@ class QuantMatmulSpec(MatmulSpec):
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         space = super().knob_space(target)
         if target.kind == "cpu":
-            return {**space, "gemv": (0, 1)}
+            # the decode schedule has no reduction epilogue stages
+            return {**space, "gemv": (0,) if self.reductions else (0, 1)}
         return fp8.knobs(space, target) if self.fp8 is not None else space
 
     def _cpu_constraints(self, config: Config) -> list[str]:
@@ -239,7 +240,7 @@ class QuantMatmulSpec(MatmulSpec):
         measured on sm_80/sm_90 builds, NF4's 256-entry scale table over 32 elements per thread spills."""
         cfg = super().default_config(target)
         if target.kind == "cpu":
-            gemv = self._gemv_default(target) if self.M <= GEMV_DEFAULT_M else None
+            gemv = self._gemv_default(target) if self.M <= GEMV_DEFAULT_M and not self.reductions else None
             return gemv or cfg.replace(gemv=0)
         if self.M <= 64:
             bm = max(16, next_pow2(self.M))
@@ -247,7 +248,8 @@ class QuantMatmulSpec(MatmulSpec):
             bn = max(16, min(64, next_pow2(self.N)))
             tiles = -(-self.M // bm) * -(-self.N // bn) * max(1, prod(self.batch))
             split = 1
-            while split < 16 and tiles * split < (target.num_sms or 108) and split * 2 * bk <= self.K:
+            while (split < 16 and not self.reductions and tiles * split < (target.num_sms or 108)
+                   and split * 2 * bk <= self.K):
                 split *= 2
             cfg = cfg.replace(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=4,
                               num_stages=4 if target.schedule_arch >= 90 else 3)
