@@ -8,7 +8,8 @@ from string import Template
 from typing import Any
 
 
-def _template(name: str) -> Template:
+def template(name: str) -> Template:
+    """The template export/templates/NAME."""
     return Template(resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8"))
 
 
@@ -19,7 +20,7 @@ def byte_array(name: str, data: bytes, comment: str) -> str:
     return f"/* {comment} ({len(data)} bytes) */\nstatic const unsigned char {name}[] = {{\n{body}\n}};\n"
 
 
-def _doc_lines(tensors: list[dict[str, Any]]) -> str:
+def doc_lines(tensors: list[dict[str, Any]]) -> str:
     return "".join(f" *   [{i}] {t['name']}: {t['dtype']}[{', '.join(map(str, t['shape']))}]\n"
                    for i, t in enumerate(tensors))
 
@@ -29,8 +30,8 @@ def _fields(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "upper": name.upper(), "guard": f"{name.upper()}_H", "graph": manifest["graph"],
             "graph_key_short": manifest["graph_key"][:16], "tilefuse_version": manifest["tilefuse_version"],
             "triton_version": manifest["triton_version"], "num_inputs": len(manifest["inputs"]),
-            "num_outputs": len(manifest["outputs"]), "inputs_doc": _doc_lines(manifest["inputs"]),
-            "outputs_doc": _doc_lines(manifest["outputs"])}
+            "num_outputs": len(manifest["outputs"]), "inputs_doc": doc_lines(manifest["inputs"]),
+            "outputs_doc": doc_lines(manifest["outputs"])}
 
 
 def _launch_tables(vi: int, variant: dict[str, Any], files: dict[str, bytes]) -> tuple[list[str], list[str]]:
@@ -71,9 +72,27 @@ def c_tables(manifest: dict[str, Any], files: dict[str, bytes]) -> str:
 
 
 def render_c(manifest: dict[str, Any], files: dict[str, bytes]) -> dict[str, str]:
-    """NAME.h, NAME.c and CMakeLists.txt for `manifest`; `files` holds the bundle's cubins and PTX by name."""
+    """NAME.h and NAME.c for `manifest`'s GPU variants; `files` holds the bundle's cubins and PTX by name."""
     fields = _fields(manifest)
     name = manifest["name"]
-    return {f"{name}.h": _template("bundle.h.in").substitute(fields),
-            f"{name}.c": _template("bundle.c.in").substitute(fields, tables=c_tables(manifest, files)),
-            "CMakeLists.txt": _template("CMakeLists.txt.in").substitute(fields)}
+    return {f"{name}.h": template("bundle.h.in").substitute(fields),
+            f"{name}.c": template("bundle.c.in").substitute(fields, tables=c_tables(manifest, files))}
+
+
+def render_cmake(manifest: dict[str, Any]) -> str:
+    """CMakeLists.txt building the bundle's GPU library, CPU library, or both (static and shared each)."""
+    name = manifest["name"]
+    fields = {"name": name, "upper": name.upper(), "tilefuse_version": manifest["tilefuse_version"]}
+    parts, libraries = [], []
+    if manifest["variants"]:
+        parts.append(template("cmake_gpu.in").substitute(fields))
+        libraries.append(f"lib{name} (GPU)")
+    cpu = manifest.get("cpu")
+    if cpu is not None:
+        target = cpu["target"]
+        parts.append(template("cmake_cpu.in").substitute(
+            fields, objects=" ".join(c["object"] for c in cpu["calls"]),
+            cpu_target=f"{target['triple']} -mcpu={target['llvm'].get('mcpu', 'generic')}"))
+        libraries.append(f"lib{name}_cpu (CPU)")
+    return template("CMakeLists.txt.in").substitute(fields, parts="".join(parts),
+                                                    libraries=" and ".join(libraries))

@@ -10,7 +10,7 @@ from typing import Any
 
 from .plan import ExportError, Launch, Region
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 
 
 def sha256_bytes(data: bytes) -> str:

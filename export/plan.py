@@ -58,14 +58,15 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def workspace_layout(cg: Any) -> list[Region]:
-    """Every temporary buffer and every kernel's scratch `ws`, each at an aligned offset (no reuse)."""
+def workspace_layout(cg: Any, scratch: bool = True) -> list[Region]:
+    """Every temporary buffer and (with `scratch`: GPU launch plans) every kernel's scratch `ws`, each at
+    an aligned offset (no reuse)."""
     regions: list[Region] = []
     offset = 0
     for ck in cg.kernels:
         items = [(b.name, b.dtype, tuple(b.shape)) for b in ck.spec.outputs if b.role == "temp"]
         items += [(f"{ck.spec.name}.{w.name}", dt.dtype(w.dtype), tuple(w.shape))
-                  for w in ck.spec.launch_plan(ck.config).workspaces]
+                  for w in (ck.spec.launch_plan(ck.config).workspaces if scratch else ())]
         for what, dtype, shape in items:
             nbytes = max(1, _numel(shape)) * dtype.itemsize
             regions.append(Region(what, dtype.name, shape, offset, nbytes))
@@ -80,7 +81,7 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _where(cg: Any, regions: list[Region]) -> dict[str, tuple[str, int]]:
+def buffer_places(cg: Any, regions: list[Region]) -> dict[str, tuple[str, int]]:
     """Buffer name -> (role, index or workspace offset)."""
     where: dict[str, tuple[str, int]] = {n.attr("name"): ("input", i) for i, n in enumerate(cg.graph.inputs)}
     for j, (name, buf) in enumerate(cg.pipeline.kernels.outputs):
@@ -113,7 +114,7 @@ def launch_list(cg: Any, arch: str) -> list[Launch]:
     """The launches of `cg` (compiled for `arch`) in order, each argument resolved to an input, an output
     or a workspace offset (call check_expressible first)."""
     check_expressible(cg)
-    where = _where(cg, workspace_layout(cg))
+    where = buffer_places(cg, workspace_layout(cg))
     out: list[Launch] = []
     for ck in cg.kernels:
         spec = ck.spec

@@ -101,8 +101,8 @@ def test_scratch_needing_binary_is_refused(bundle):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     small = ["--set", "T=4", "--set", "H=64", "--set", "I=96", "--db", "none", "--costmodel", "none"]
-    for extra, message in ((["--targets", "cpu"], "not a GPU architecture"),
-                           (["--targets", "sm_80,sm_80"], "names an architecture twice"),
+    for extra, message in ((["--targets", "interp"], "is not a bundle target"),
+                           (["--targets", "sm_80,sm_80"], "names a target twice"),
                            (["--name", "my-mlp"], "a bundle name is a C identifier")):
         assert main(["export", "examples/decoder_mlp.tf", "--out", str(tmp_path), *small, *extra]) == 2
         err = capsys.readouterr().err

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
 WRITTEN_BY = "unset"  # the exporter writes its tilefuse version here
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 HERE = Path(__file__).resolve().parent
 SHARED_OPT_IN = 48 * 1024  # above this a kernel must opt in to its dynamic shared memory
 _FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
@@ -277,10 +279,43 @@ def run(*inputs: Any, **kwargs: Any) -> Any:
     return load().run(*inputs, **kwargs)
 
 
+def _part(kind: str) -> Any:
+    """The bundle's NAME_<kind>.py beside this file (checked with the manifest), imported once by path."""
+    if kind not in _PARTS:
+        path = HERE / f"{Path(__file__).stem}_{kind}.py"
+        spec = importlib.util.spec_from_file_location(f"{__name__}_{kind}", path)
+        if spec is None or spec.loader is None or not path.exists():
+            raise BundleError(f"{path}: missing; the loader must stay in its bundle directory")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _PARTS[kind] = module
+    return _PARTS[kind]
+
+
+_PARTS: dict[str, Any] = {}
+_CPU: dict[int, Any] = {}
+
+
+def load_cpu(num_threads: int = 0) -> Any:
+    """The bundle's CPU library (libNAME_cpu.so) with its own `num_threads` threads (0: one per CPU this
+    process may use), loaded once per thread count; BundleError when the bundle has no CPU build."""
+    if num_threads not in _CPU:
+        bundle = load()
+        errors = types.SimpleNamespace(BundleError=BundleError, BundleInputError=BundleInputError)
+        _CPU[num_threads] = _part("cpu").CpuBundle(bundle.root, bundle.manifest, errors, DTYPES, num_threads)
+    return _CPU[num_threads]
+
+
+def run_cpu(*inputs: Any, **kwargs: Any) -> Any:
+    """Run the CPU build on numpy arrays (or torch CPU tensors); see CpuBundle.run in NAME_cpu.py."""
+    return load_cpu().run(*inputs, **kwargs)
+
+
 def torch_op() -> Any:
     """Register (once) and return the torch custom op tilefuse_bundle::NAME, made with
-    torch.library.custom_op: a list of input tensors in, a list of output tensors out, with a fake
-    implementation so that torch.compile and torch.export trace through it."""
+    torch.library.custom_op: a list of input tensors in, a list of output tensors out (CUDA tensors run
+    the cubins, CPU tensors the CPU library, as the bundle holds them), with a fake implementation so
+    that torch.compile and torch.export trace through it."""
     import torch
 
     bundle = load()
@@ -288,15 +323,17 @@ def torch_op() -> Any:
         return _OPS[bundle.name]
 
     def impl(inputs: Any) -> Any:
-        out = bundle.run(*inputs)
+        on_cpu = bool(inputs) and inputs[0].device.type == "cpu"
+        out = load_cpu().run(*inputs) if on_cpu else bundle.run(*inputs)
         return list(out) if isinstance(out, tuple) else [out]
 
     def fake(inputs: Any) -> Any:
         like = inputs[0] if inputs else torch.empty(0)
         return [like.new_empty(o["shape"], dtype=getattr(torch, DTYPES[o["dtype"]][0])) for o in bundle.outputs]
 
+    devices = (["cuda"] if bundle.manifest["variants"] else []) + (["cpu"] if "cpu" in bundle.manifest else [])
     op = torch.library.custom_op(f"tilefuse_bundle::{bundle.name}", impl, mutates_args=(),
-                                 device_types="cuda", schema="(Tensor[] inputs) -> Tensor[]")
+                                 device_types=devices, schema="(Tensor[] inputs) -> Tensor[]")
     op.register_fake(fake)
     _OPS[bundle.name] = op
     return op
