@@ -14,7 +14,7 @@ from ..errors import TilefuseError
 from ..fileio import write_atomic
 from .csource import render_c, render_cmake
 from .manifest import BUNDLE_FORMAT, check_manifest, sha256_bytes, tensors, variant_entry
-from .plan import ExportError, check_binary, check_expressible, launch_list, workspace_layout
+from .plan import ExportError, check_binary, check_expressible, constants, launch_list, workspace_layout
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOADER_MARK = 'WRITTEN_BY = "unset"  # the exporter writes its tilefuse version here'
@@ -51,8 +51,10 @@ def _compile_variant(graph: Any, arch: str, db: Any, cost_model: Any) -> tuple[A
     launches = launch_list(cg, arch)
     for launch in launches:
         check_binary(launch, arch)
-    variant = variant_entry(cg, arch, launches, workspace_layout(cg))
+    consts = constants(cg)
+    variant = variant_entry(cg, arch, launches, workspace_layout(cg), consts)
     files: dict[str, bytes] = {k["source"]: ck.source.encode("utf-8") for k, ck in zip(variant["kernels"], cg.kernels)}
+    files.update({entry["file"]: c.data.tobytes() for entry, c in zip(variant["constants"], consts)})
     for entry, launch in zip(variant["launches"], launches):
         files[entry["cubin"]] = launch.binary.cubin
         files[entry["ptx"]] = launch.binary.ptx.encode("utf-8")

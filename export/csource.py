@@ -37,7 +37,7 @@ def _fields(manifest: dict[str, Any]) -> dict[str, Any]:
 def _launch_tables(vi: int, variant: dict[str, Any], files: dict[str, bytes]) -> tuple[list[str], list[str]]:
     """The byte arrays and argument tables of one variant, and its tf_launch initialisers."""
     parts, inits = [], []
-    roles = {"input": "TF_INPUT", "output": "TF_OUTPUT", "workspace": "TF_WORKSPACE"}
+    roles = {"input": "TF_INPUT", "output": "TF_OUTPUT", "workspace": "TF_WORKSPACE", "constant": "TF_CONSTANT"}
     for li, launch in enumerate(variant["launches"]):
         tag = f"v{vi}_l{li}"
         parts.append(byte_array(f"tf_cubin_{tag}", files[launch["cubin"]], f"{launch['function']} cubin, "
@@ -45,28 +45,49 @@ def _launch_tables(vi: int, variant: dict[str, Any], files: dict[str, bytes]) ->
         parts.append(byte_array(f"tf_ptx_{tag}", files[launch["ptx"]] + b"\0", f"{launch['function']} PTX"))
         args = ", ".join(f"{{{roles[a['role']]}, {a['index']}}}" for a in launch["args"])
         parts.append(f"static const tf_arg tf_args_{tag}[] = {{{args}}};\n")
+        zero = launch["zero_before"]
+        if zero:
+            parts.append(f"static const tf_zero tf_zero_{tag}[] = {{"
+                         + ", ".join(f"{{{o}, {n}}}" for o, n in zero) + "};\n")
         grid = ", ".join(str(g) for g in launch["grid"])
         inits.append(f'    {{"{launch["mangled_name"]}", tf_cubin_{tag}, sizeof(tf_cubin_{tag}), tf_ptx_{tag}, '
                      f'{{{grid}}}, {launch["block"][0]}, {launch["shared_mem_bytes"]}, {len(launch["args"])}, '
-                     f'tf_args_{tag}}},')
+                     f'tf_args_{tag}, {len(zero)}, {f"tf_zero_{tag}" if zero else "NULL"}}},')
     return parts, inits
+
+
+def _constant_tables(vi: int, variant: dict[str, Any], files: dict[str, bytes]) -> list[str]:
+    """The embedded constants of one variant and their table (none: a NULL table)."""
+    parts, rows = [], []
+    for ci, c in enumerate(variant["constants"]):
+        data = files[c["file"]]
+        # an empty list still gets one byte: C has no empty arrays; the recorded size stays 0
+        parts.append(byte_array(f"tf_const_v{vi}_c{ci}", data or b"\0", f"{c['kernel']}.{c['name']}: "
+                                f"{c['dtype']}{c['shape']}"))
+        rows.append(f'    {{"{c["kernel"]}.{c["name"]}", tf_const_v{vi}_c{ci}, {len(data)}}},')
+    if rows:
+        parts.append(f"static const tf_constant tf_constants_v{vi}[] = {{\n" + "\n".join(rows) + "\n};\n")
+    return parts
 
 
 def c_tables(manifest: dict[str, Any], files: dict[str, bytes]) -> str:
     """The generated part of NAME.c: embedded images, argument tables, launches and variants."""
     variants = manifest["variants"]
     most = max(len(v["launches"]) for v in variants)
+    consts = max(1, max(len(v["constants"]) for v in variants))  # 1: no zero-length array in the handle
     out = [f"#define TF_NUM_VARIANTS {len(variants)}\n#define TF_MAX_LAUNCHES {most}\n"
+           f"#define TF_MAX_CONSTANTS {consts}\n"
            f"#define TF_WORKSPACE_BYTES ((size_t){manifest['workspace_bytes']})\n"
            f'#define TF_ARCH_LIST "{", ".join(v["arch"] for v in variants)}"\n']
     rows = []
     for vi, v in enumerate(variants):
         parts, inits = _launch_tables(vi, v, files)
-        out += parts
+        out += parts + _constant_tables(vi, v, files)
         out.append(f"static const tf_launch tf_launches_v{vi}[] = {{ /* {v['arch']} in launch order */\n"
                    + "\n".join(inits) + "\n};\n")
+        table = f"tf_constants_v{vi}" if v["constants"] else "NULL"
         rows.append(f'    {{"{v["arch"]}", {v["capability"]}, {int(v["arch_specific"])}, {len(v["launches"])}, '
-                    f"tf_launches_v{vi}}},")
+                    f"tf_launches_v{vi}, {len(v['constants'])}, {table}}},")
     out.append("static const tf_variant tf_variants[TF_NUM_VARIANTS] = {\n" + "\n".join(rows) + "\n};\n")
     return "\n".join(out)
 
