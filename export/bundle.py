@@ -100,8 +100,10 @@ def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | N
         files.update(link_cpu(manifest, files))
     files["CMakeLists.txt"] = render_cmake(manifest).encode("utf-8")
     files[f"{name}.py"] = _loader_source(tilefuse.__version__)
-    if cpu_entry is not None:
-        files[f"{name}_cpu.py"] = resources.files(__package__).joinpath("templates", "loader_cpu.py").read_bytes()
+    for part, present in (("cuda", bool(variants)), ("cpu", cpu_entry is not None)):
+        if present:  # the loader's parts, NAME_cuda.py and NAME_cpu.py
+            loader_part = resources.files(__package__).joinpath("templates", f"loader_{part}.py")
+            files[f"{name}_{part}.py"] = loader_part.read_bytes()
     manifest["files"] = {k: sha256_bytes(v) for k, v in sorted(files.items())}
     check_manifest(manifest, f"bundle {name}")
     root = Path(out)

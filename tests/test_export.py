@@ -163,6 +163,19 @@ def test_loader_imports_without_tilefuse_triton_torch_and_checks_inputs(bundle):
     assert r["no_out"].startswith("BundleInputError: pass out=[...]")
 
 
+def test_loader_checks_dlpack_objects_and_devices_before_the_driver(bundle):
+    r = probe(bundle, "tilefuse,triton,torch")
+    assert r["dl_dtype"] == "BundleInputError: input 'x': expected dtype float16 (f16), got float32"
+    assert r["dl_strided"] == "BundleInputError: input 'x': expected a contiguous (row-major) tensor"
+    assert r["dl_cpu"] == "BundleInputError: input 'x': expected a CUDA tensor, got one on cpu"
+    assert r["np_cpu"] == r["dl_cpu"]  # numpy's own __dlpack__ capsule, read the same way
+    assert r["dl_devices"].startswith("BundleInputError: the tensors are on different devices (x on cuda:0, "
+                                      "norm_w on cuda:1")
+    assert r["driver_opened_by_checks"] is False  # every check above ran without the driver
+    if not HAS_DRIVER:  # valid DLPack objects pass every check and reach the driver, which is absent here
+        assert r["dl_good"].startswith("BundleError: cannot open the CUDA driver libcuda.so.1")
+
+
 def test_loader_rejects_cpu_tensors_and_registers_a_traceable_op(bundle):
     r = probe(bundle, "tilefuse,triton")
     assert r["cpu_tensor"] == "BundleInputError: input 'x': expected a CUDA tensor, got one on cpu"
