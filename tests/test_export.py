@@ -194,3 +194,17 @@ def test_loader_refuses_altered_or_foreign_bundle(bundle, tmp_path):
     ptx = b / "k0_mul_mean_rsqrt_cast.sm_80.ptx"
     ptx.write_text(ptx.read_text() + "// edited\n")
     assert "k0_mul_mean_rsqrt_cast.sm_80.ptx: sha256 differs" in probe(b, "tilefuse,triton,torch")["load"]
+
+
+def test_loader_picks_the_cubin_or_ptx_for_the_capability_and_refuses_older_gpus(bundle):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mlp_cuda_part", bundle / "mlp_cuda.py")
+    part = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(part)
+    errors = type("errors", (), {"BundleError": ExportError})
+    variants = json.loads((bundle / "manifest.json").read_text())["variants"]
+    assert [(v["arch"], ptx) for v, ptx in [part.pick_variant(variants, cc, errors) for cc in (80, 86, 90, 100)]] == [
+        ("sm_80", False), ("sm_80", False), ("sm_90", False), ("sm_80", True)]  # sm_90a PTX cannot JIT for 10.0
+    with pytest.raises(ExportError, match=r"no cubin or PTX for compute capability 7\.5 \(bundled: sm_80, sm_90\)"):
+        part.pick_variant(variants, 75, errors)

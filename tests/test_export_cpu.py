@@ -193,3 +193,22 @@ def test_cli_targets(tmp_path, capsys):
     assert main(["export", "examples/decoder_mlp.tf", "--out", str(tmp_path), "--targets", "interp", *small]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "'interp' is not a bundle target" in err and err.count("\n") == 1
+
+
+@needs_gcc
+def test_cpu_without_the_kernels_instruction_sets_is_refused_at_load(bundle, tmp_path):
+    import tilefuse.export.cpu as cpu_export
+
+    if cpu_export.cpu_target()["features"].count("avx512f"):
+        pytest.skip("this CPU has AVX-512: the refusal cannot be shown here")
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["cpu"]["target"]["features"] = ["avx2", "avx512f"]  # as if exported on an AVX-512 machine
+    files = {c["object"]: (bundle / c["object"]).read_bytes() for c in m["cpu"]["calls"]}
+    built = tmp_path / "b"
+    built.mkdir()
+    for fname, data in cpu_export.link_cpu(m, files).items():
+        (built / fname).write_bytes(data)
+    mod = loader(bundle, "mlp_loader_avx")  # mlp_cpu_load of the relinked library, through ctypes
+    with pytest.raises(mod.BundleError, match=r"mlp_cpu_load returned 801: mlp: the kernels were compiled for "
+                                              r"llvm -mcpu=\S+ and use avx512f, which this CPU lacks"):
+        mod._part("cpu").CpuBundle(built, m, mod, mod.DTYPES)

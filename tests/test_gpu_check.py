@@ -92,7 +92,7 @@ def test_gpu_check_without_a_gpu_runs_everything_under_the_interpreter(full_run)
     by_name = {c["name"]: c for c in doc["checks"]}
     examples = {f"example:{p.stem}" for p in (ROOT / "examples").glob("*.tf")}
     assert examples | set(FAMILY_CASES) | {"every family launched", "pytest -m gpu"} <= set(by_name)
-    assert {"bench gpu_matmul.py", "bench attention.py"} <= set(by_name)
+    assert {"bench gpu_matmul.py", "bench attention.py", "bench export_overhead.py"} <= set(by_name)
     assert all(c["status"] in ("ok", "skipped") for c in doc["checks"]), [c for c in doc["checks"] if c["error"]]
     for name in examples | set(FAMILY_CASES):
         outs = by_name[name]["details"]["outputs"]
