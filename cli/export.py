@@ -11,10 +11,11 @@ from .common import load_graph_arg, parse_sizes
 
 def register(subparsers: Any) -> None:
     """Add the `export` subcommand to the tilefuse argparse CLI."""
-    sp = subparsers.add_parser("export", help="write a bundle that runs the graph without tilefuse (C and Python)")
+    sp = subparsers.add_parser("export", help="write a bundle that runs the graph without tilefuse (C, Python; "
+                                               "GPU, CPU)")
     sp.add_argument("file")
-    sp.add_argument("--targets", default="sm_80,sm_90", help="GPU architectures, comma-separated (default "
-                    "sm_80,sm_90)")
+    sp.add_argument("--targets", default="sm_80,sm_90", help="GPU architectures and/or cpu, comma-separated "
+                    "(default sm_80,sm_90)")
     sp.add_argument("--out", required=True, help="bundle directory")
     sp.add_argument("--name", help="C identifier prefixing the API (default: the graph's name)")
     sp.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="override a size parameter")

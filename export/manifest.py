@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .plan import ExportError, Launch, Region
+from .plan import Constant, ExportError, Launch, Region
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -35,12 +35,21 @@ def launch_entry(launch: Launch, arch: str) -> dict[str, Any]:
             "scratch": {"global_bytes": int(meta.get("global_scratch_size", 0) or 0),
                         "profile_bytes": int(meta.get("profile_scratch_size", 0) or 0)},
             "args": [{"name": a.name, "role": a.role, "index": a.index, "buffer": a.what} for a in launch.args],
+            "zero_before": [list(z) for z in launch.zero],
             "cubin": f"{launch.function}.{arch}.cubin", "ptx": f"{launch.function}.{arch}.ptx",
             "resources": b.resources.to_dict()}
 
 
-def variant_entry(cg: Any, arch: str, launches: list[Launch], regions: list[Region]) -> dict[str, Any]:
-    """Everything the bundle runs on one architecture: kernels, configs, launches, workspace layout."""
+def constant_entry(c: Constant, arch: str) -> dict[str, Any]:
+    """A constant auxiliary tensor as a manifest entry; its file follows the kernel, name and arch."""
+    return {"kernel": c.kernel, "name": c.name, "dtype": c.dtype, "shape": list(c.data.shape),
+            "bytes": int(c.data.nbytes), "file": f"{c.kernel}.{c.name}.{arch}.bin"}
+
+
+def variant_entry(cg: Any, arch: str, launches: list[Launch], regions: list[Region],
+                  consts: list[Constant]) -> dict[str, Any]:
+    """Everything the bundle runs on one architecture: kernels, configs, launches, workspace layout and
+    the constants uploaded at load."""
     capability = int(cg.target.arch)
     ptx_target = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"  # as Triton's backend builds it
     kernels = [{"name": ck.spec.name, "family": ck.spec.family, "workload_key": ck.spec.key,
@@ -50,7 +59,8 @@ def variant_entry(cg: Any, arch: str, launches: list[Launch], regions: list[Regi
     return {"arch": arch, "capability": capability, "ptx_target": ptx_target,
             "arch_specific": ptx_target.endswith("a"), "workspace_bytes": total,
             "workspace": [{"what": r.what, "dtype": r.dtype, "shape": list(r.shape), "offset": r.offset,
-                           "bytes": r.nbytes} for r in regions],
+                           "bytes": r.nbytes, "zeroed": r.zeroed} for r in regions],
+            "constants": [constant_entry(c, arch) for c in consts],
             "kernels": kernels, "launches": [launch_entry(x, arch) for x in launches]}
 
 

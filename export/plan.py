@@ -25,9 +25,9 @@ class Arg:
     """One pointer argument: where it points (a graph input or output by index, or a workspace offset)."""
 
     name: str
-    role: str  # "input" | "output" | "workspace"
-    index: int  # input/output index; the byte offset into the workspace for role "workspace"
-    what: str  # the buffer name, or "<kernel>.ws" for a kernel's own scratch
+    role: str  # "input" | "output" | "workspace" | "constant"
+    index: int  # input/output/constant index; the byte offset into the workspace for role "workspace"
+    what: str  # the buffer name, "<kernel>.ws" for a kernel's own scratch, "<kernel>.<aux>" for a constant
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,22 @@ class Launch:
     num_warps: int
     num_stages: int
     binary: Any  # codegen.aot.TritonBinary
+    zero: tuple[tuple[int, int], ...] = ()  # (workspace offset, bytes) zero-filled before this launch
+
+
+@dataclass(frozen=True)
+class Constant:
+    """An auxiliary tensor that is a compile-time constant (attention's block lists): stored in the
+    bundle, uploaded to the device once at load."""
+
+    kernel: str
+    name: str
+    dtype: str
+    data: Any  # a C-contiguous numpy array
+
+    @property
+    def what(self) -> str:
+        return f"{self.kernel}.{self.name}"
 
 
 @dataclass(frozen=True)
@@ -52,23 +68,25 @@ class Region:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+    zeroed: bool = False  # filled with zeros before the kernel's first launch (atomic counters)
 
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def workspace_layout(cg: Any) -> list[Region]:
-    """Every temporary buffer and every kernel's scratch `ws`, each at an aligned offset (no reuse)."""
+def workspace_layout(cg: Any, scratch: bool = True) -> list[Region]:
+    """Every temporary buffer and (with `scratch`: GPU launch plans) every kernel's scratch `ws`, each at
+    an aligned offset (no reuse)."""
     regions: list[Region] = []
     offset = 0
     for ck in cg.kernels:
-        items = [(b.name, b.dtype, tuple(b.shape)) for b in ck.spec.outputs if b.role == "temp"]
-        items += [(f"{ck.spec.name}.{w.name}", dt.dtype(w.dtype), tuple(w.shape))
-                  for w in ck.spec.launch_plan(ck.config).workspaces]
-        for what, dtype, shape in items:
+        items = [(b.name, b.dtype, tuple(b.shape), False) for b in ck.spec.outputs if b.role == "temp"]
+        items += [(f"{ck.spec.name}.{w.name}", dt.dtype(w.dtype), tuple(w.shape), w.zeroed)
+                  for w in (ck.spec.launch_plan(ck.config).workspaces if scratch else ())]
+        for what, dtype, shape, zeroed in items:
             nbytes = max(1, _numel(shape)) * dtype.itemsize
-            regions.append(Region(what, dtype.name, shape, offset, nbytes))
+            regions.append(Region(what, dtype.name, shape, offset, nbytes, zeroed))
             offset += _align(nbytes)
     return regions
 
@@ -80,7 +98,7 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _where(cg: Any, regions: list[Region]) -> dict[str, tuple[str, int]]:
+def buffer_places(cg: Any, regions: list[Region]) -> dict[str, tuple[str, int]]:
     """Buffer name -> (role, index or workspace offset)."""
     where: dict[str, tuple[str, int]] = {n.attr("name"): ("input", i) for i, n in enumerate(cg.graph.inputs)}
     for j, (name, buf) in enumerate(cg.pipeline.kernels.outputs):
@@ -94,37 +112,57 @@ def _where(cg: Any, regions: list[Region]) -> dict[str, tuple[str, int]]:
 
 
 def check_expressible(cg: Any) -> None:
-    """Refuse kernels whose launch needs more than inputs, outputs and workspace offsets: tensors
-    computed at launch time (attention's block lists), host steps (a sort on the host) and workspaces
-    that must be zero-filled before the first launch."""
+    """Refuse kernels whose launch needs more than inputs, outputs, workspace offsets and constants:
+    auxiliary tensors computed at launch time from the inputs (a data-dependent attention mask) and
+    host steps (a sort on the host)."""
     for ck in cg.kernels:
         plan = ck.spec.launch_plan(ck.config)
         aux = sorted(a.name for a in plan.args if a.role == "aux")
         host = [ln.fn for ln in plan.launches if ln.host]
-        zeroed = [w.name for w in plan.workspaces if w.zeroed]
-        what = (f"auxiliary tensors {aux} computed at launch time (block lists)" if aux else
-                f"host steps {host}" if host else f"zero-filled workspaces {zeroed}" if zeroed else None)
-        if what is not None:
-            raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) needs {what}; bundles cannot express "
-                              "them yet")
+        if aux and ck.spec.constant_aux(ck.config) is None:
+            raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) computes its auxiliary tensors {aux} from "
+                              "its inputs at launch time (a data-dependent mask); a bundle stores only constant ones")
+        if host:
+            raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) has host steps {host}, which need Python; "
+                              "a bundle launches device code only")
+
+
+def constants(cg: Any) -> list[Constant]:
+    """Every kernel's compile-time auxiliary tensors, in kernel then aux_signature order."""
+    out = []
+    for ck in cg.kernels:
+        arrays = ck.spec.constant_aux(ck.config) or []
+        for (name, ty), data in zip(ck.spec.aux_signature(ck.config).items(), arrays):
+            want = {"*i32": dt.i32, "*i64": dt.i64}.get(ty)  # index lists
+            if want is None or data.dtype != dt.storage_numpy(want) or not data.flags.c_contiguous:
+                raise ExportError(f"kernel {ck.spec.name}: constant {name} is a {data.dtype} array for a {ty} "
+                                  "parameter; a bundle stores contiguous i32/i64 index lists")
+            out.append(Constant(ck.spec.name, name, want.name, data))
+    return out
 
 
 def launch_list(cg: Any, arch: str) -> list[Launch]:
-    """The launches of `cg` (compiled for `arch`) in order, each argument resolved to an input, an output
-    or a workspace offset (call check_expressible first)."""
+    """The launches of `cg` (compiled for `arch`) in order, each argument resolved to an input, an output,
+    a workspace offset or a constant (call check_expressible first); a kernel's zero-filled workspaces
+    are cleared before its first launch."""
     check_expressible(cg)
-    where = _where(cg, workspace_layout(cg))
+    regions = workspace_layout(cg)
+    where = buffer_places(cg, regions)
+    where.update({c.what: ("constant", i) for i, c in enumerate(constants(cg))})
+    zeroed = {r.what: (r.offset, r.nbytes) for r in regions if r.zeroed}
     out: list[Launch] = []
     for ck in cg.kernels:
         spec = ck.spec
         plan = spec.launch_plan(ck.config)
         buffers = {"input": [b.name for b in spec.inputs], "output": [b.name for b in spec.outputs],
-                   "workspace": [f"{spec.name}.{w.name}" for w in plan.workspaces]}
-        for ln in plan.launches:
+                   "workspace": [f"{spec.name}.{w.name}" for w in plan.workspaces],
+                   "aux": [f"{spec.name}.{n}" for n in spec.aux_signature(ck.config)]}
+        zero = tuple(zeroed[w] for w in buffers["workspace"] if w in zeroed)
+        for i, ln in enumerate(plan.launches):
             args = tuple(Arg(a.name, *where[buffers[a.role][a.index]], buffers[a.role][a.index]) for a in ln.args)
             grid = tuple(int(g) for g in ln.grid) + (1,) * (3 - len(ln.grid))
             out.append(Launch(spec.name, ln.fn, (grid[0], grid[1], grid[2]), args, ln.num_warps, ln.num_stages,
-                              ck.binaries[arch][ln.fn]))
+                              ck.binaries[arch][ln.fn], zero if i == 0 else ()))
     return out
 
 

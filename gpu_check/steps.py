@@ -225,7 +225,8 @@ def _junit_checks(path: Path, on_gpu: bool) -> list[Check]:
 
 # ---------------------------------------------------------------------------------------- benchmarks
 
-BENCHES = ("bench/gpu_matmul.py", "bench/attention.py", "bench/quant_gemm.py", "bench/sparton_gpu.py")
+BENCHES = ("bench/gpu_matmul.py", "bench/attention.py", "bench/quant_gemm.py", "bench/sparton_gpu.py",
+           "bench/export_overhead.py")
 
 
 def run_bench(script: Path, plan: Plan, on_gpu: bool, cap: float) -> Check:

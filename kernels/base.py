@@ -226,6 +226,12 @@ class KernelSpec:
         """The auxiliary tensors themselves, in aux_signature order."""
         return []
 
+    def constant_aux(self, config: Config) -> list[Any] | None:
+        """The auxiliary tensors as numpy arrays (aux_signature order) when they are compile-time
+        constants, which an export bundle stores; None when a launch computes them from its inputs.
+        A family with auxiliary tensors overrides it; with none there is nothing to store."""
+        return [] if not self.aux_signature(config) else None
+
     def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
         """Scratch buffers the kernel's launches share (e.g. split-K partial sums); none by default."""
         return []

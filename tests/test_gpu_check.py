@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tilefuse.gpu_check import report
+from tilefuse.gpu_check.steps import BENCHES
 from tilefuse.gpu_check.cases import FAMILY_CASES
 from tilefuse.gpu_check.main import child_env, target_for
 from tilefuse.gpu_check.steps import Plan, _junit_checks, family_coverage, run_cases
@@ -92,7 +93,7 @@ def test_gpu_check_without_a_gpu_runs_everything_under_the_interpreter(full_run)
     by_name = {c["name"]: c for c in doc["checks"]}
     examples = {f"example:{p.stem}" for p in (ROOT / "examples").glob("*.tf")}
     assert examples | set(FAMILY_CASES) | {"every family launched", "pytest -m gpu"} <= set(by_name)
-    assert {"bench gpu_matmul.py", "bench attention.py", "bench quant_gemm.py", "bench sparton_gpu.py"} <= set(by_name)
+    assert {f"bench {Path(b).name}" for b in BENCHES} <= set(by_name)
     assert all(c["status"] in ("ok", "skipped") for c in doc["checks"]), [c for c in doc["checks"] if c["error"]]
     for name in examples | set(FAMILY_CASES):
         outs = by_name[name]["details"]["outputs"]

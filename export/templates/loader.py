@@ -1,4 +1,5 @@
-"""Python loader of a tilefuse export bundle: the standard library alone (ctypes over libcuda.so.1).
+"""Python loader of a tilefuse export bundle: the standard library alone (ctypes over libcuda.so.1, or
+cuda-python when installed; NAME_cuda.py), numpy for the CPU build (NAME_cpu.py).
 
 It imports neither tilefuse nor Triton; torch is imported only when a torch tensor is passed (or
 `torch_op()` is called). Use it from the bundle directory it was exported into:
@@ -8,25 +9,27 @@ It imports neither tilefuse nor Triton; torch is imported only when a torch tens
     mlp = importlib.util.module_from_spec(spec); spec.loader.exec_module(mlp)
     bundle = mlp.load()        # checks manifest.json, every file's sha256, the bundle format and version
     y = bundle.run(x, norm_w, ...)  # torch CUDA tensors in, outputs allocated on the inputs' device
+    mlp.run(*dlpack_or_cai_arrays, out=[y], workspace=ws)  # any DLPack / __cuda_array_interface__ object
+    y = mlp.run_cpu(*numpy_arrays)  # the CPU build, when exported with --targets cpu,...
 
-Every check on the tensors (count, device, dtype, shape, contiguity) runs before the driver is touched.
+Every check on the tensors (count, device, dtype, shape, contiguity, one device for all) runs before the
+driver is touched; the kernels run on the tensors' device, in its primary context.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
 WRITTEN_BY = "unset"  # the exporter writes its tilefuse version here
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 HERE = Path(__file__).resolve().parent
-SHARED_OPT_IN = 48 * 1024  # above this a kernel must opt in to its dynamic shared memory
-_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-_ATTR_CC_MAJOR, _ATTR_CC_MINOR = 75, 76  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR/MINOR
 
 # tilefuse dtype -> (torch dtype name, __cuda_array_interface__ typestr)
 DTYPES = {"f64": ("float64", "<f8"), "f32": ("float32", "<f4"), "f16": ("float16", "<f2"),
@@ -67,108 +70,119 @@ def read_manifest(root: Path = HERE) -> dict[str, Any]:
     return manifest
 
 
-def _shape_of(x: Any) -> tuple[tuple[int, ...], str | None, bool, int, str]:
-    """(shape, dtype name, contiguous, device pointer, device description) of a torch tensor or a
-    __cuda_array_interface__ object; the device pointer is read but not used here."""
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):  # DLPack's DLTensor, the head of the DLManagedTensor a capsule holds
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32), ("dtype", _DLDataType),
+                ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
+                ("byte_offset", ctypes.c_uint64)]
+
+
+_DL_DTYPES = {(2, 16): "float16", (2, 32): "float32", (2, 64): "float64", (4, 16): "bfloat16", (0, 8): "int8",
+              (0, 16): "int16", (0, 32): "int32", (0, 64): "int64", (1, 8): "uint8", (6, 8): "bool"}
+_DL_DEVICES = {1: "cpu", 2: "cuda", 3: "cuda_host", 13: "cuda_managed"}  # kDLCPU, kDLCUDA, ...
+
+
+class Tensor:
+    """What the loader needs of one argument: shape, dtype name, contiguity, pointer and device (type and
+    ordinal; ordinal None when the object does not say, as with __cuda_array_interface__). A plain class:
+    dataclasses need the module in sys.modules, which a loader imported by path need not be."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: str, contiguous: bool, pointer: int, device: str,
+                 ordinal: int | None, keep: Any = None) -> None:
+        self.shape, self.dtype, self.contiguous, self.pointer = shape, dtype, contiguous, pointer
+        self.device, self.ordinal = device, ordinal
+        self.keep = keep  # a DLPack capsule, alive until the launch is queued
+
+
+def _row_major(shape: tuple[int, ...], strides: tuple[int, ...], unit: int) -> bool:
+    """Whether `strides` (in units of `unit`) are those of a C-contiguous `shape` (size-1 dims ignored)."""
+    step = unit
+    for n, st in zip(reversed(shape), reversed(strides)):
+        if n != 1 and st != step:
+            return False
+        step *= n
+    return True
+
+
+def _from_dlpack(x: Any) -> Tensor:
+    device_type, ordinal = (int(v) for v in x.__dlpack_device__())
+    capsule = x.__dlpack__()
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    try:
+        t = _DLTensor.from_address(get(capsule, b"dltensor"))
+    except ValueError:
+        raise BundleInputError(f"{type(x).__name__}.__dlpack__() did not return a DLPack capsule") from None
+    shape = tuple(int(t.shape[i]) for i in range(t.ndim))
+    contiguous = not t.strides or _row_major(shape, tuple(int(t.strides[i]) for i in range(t.ndim)), 1)
+    code = (int(t.dtype.code), int(t.dtype.bits))
+    dtype = _DL_DTYPES.get(code, f"dlpack{code}") if t.dtype.lanes == 1 else f"dlpack{code}x{t.dtype.lanes}"
+    return Tensor(shape, dtype, contiguous, int(t.data or 0) + int(t.byte_offset),
+                  _DL_DEVICES.get(device_type, f"dlpack device {device_type}"), ordinal, capsule)
+
+
+def describe(x: Any) -> Tensor:
+    """A torch tensor, a DLPack object (__dlpack__ and __dlpack_device__) or a __cuda_array_interface__ object,
+    described without touching the driver."""
     if type(x).__module__.startswith("torch"):
-        return (tuple(x.shape), str(x.dtype).removeprefix("torch."), bool(x.is_contiguous()), int(x.data_ptr()),
-                str(x.device))
+        return Tensor(tuple(x.shape), str(x.dtype).removeprefix("torch."), bool(x.is_contiguous()), int(x.data_ptr()),
+                      x.device.type, x.device.index)
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        return _from_dlpack(x)
     cai = getattr(x, "__cuda_array_interface__", None)
     if cai is None:
-        raise BundleInputError(f"{type(x).__name__} is neither a torch tensor nor an object with "
+        raise BundleInputError(f"{type(x).__name__} is neither a torch tensor nor an object with __dlpack__ or "
                                "__cuda_array_interface__")
     shape = tuple(int(s) for s in cai["shape"])
     typestr = str(cai["typestr"])
     names = {ts: name for name, (_, ts) in DTYPES.items() if ts is not None}
-    return shape, DTYPES[names[typestr]][0] if typestr in names else typestr, _cai_contiguous(cai, shape), \
-        int(cai["data"][0]), "cuda"
-
-
-def _cai_contiguous(cai: dict[str, Any], shape: tuple[int, ...]) -> bool:
     strides = cai.get("strides")
-    if strides is None:
-        return True
-    itemsize = int(str(cai["typestr"])[2:])
-    expect, step = [], itemsize
-    for s in reversed(shape):
-        expect.append(step)
-        step *= s
-    return tuple(strides) == tuple(reversed(expect))
+    contiguous = strides is None or _row_major(shape, tuple(strides), int(typestr[2:]))
+    return Tensor(shape, DTYPES[names[typestr]][0] if typestr in names else typestr, contiguous, int(cai["data"][0]),
+                  "cuda", None)
 
 
-def check_tensors(what: str, given: list[Any], specs: list[dict[str, Any]]) -> list[int]:
-    """The device pointers of `given`, after checking count, device, dtype, shape and contiguity."""
+def check_tensors(what: str, given: list[Any], specs: list[dict[str, Any]]) -> list[Tensor]:
+    """`given` described, after checking count, device type, dtype, shape and contiguity."""
     if len(given) != len(specs):
         names = ", ".join(s["name"] for s in specs)
         raise BundleInputError(f"expected {len(specs)} {what} ({names}), got {len(given)}")
-    ptrs = []
+    out = []
     for x, spec in zip(given, specs):
-        shape, dtype, contiguous, ptr, device = _shape_of(x)
+        t = describe(x)
         label = f"{what[:-1]} {spec['name']!r}"
         want_dtype = DTYPES.get(spec["dtype"], (spec["dtype"], None))[0]
-        if not device.startswith("cuda"):
-            raise BundleInputError(f"{label}: expected a CUDA tensor, got one on {device}")
-        if dtype != want_dtype:
-            raise BundleInputError(f"{label}: expected dtype {want_dtype} ({spec['dtype']}), got {dtype}")
-        if list(shape) != list(spec["shape"]):
-            raise BundleInputError(f"{label}: expected shape {list(spec['shape'])}, got {list(shape)}")
-        if not contiguous:
+        if t.device not in ("cuda", "cuda_managed"):
+            raise BundleInputError(f"{label}: expected a CUDA tensor, got one on {t.device}")
+        if t.dtype != want_dtype:
+            raise BundleInputError(f"{label}: expected dtype {want_dtype} ({spec['dtype']}), got {t.dtype}")
+        if list(t.shape) != list(spec["shape"]):
+            raise BundleInputError(f"{label}: expected shape {list(spec['shape'])}, got {list(t.shape)}")
+        if not t.contiguous:
             raise BundleInputError(f"{label}: expected a contiguous (row-major) tensor")
-        ptrs.append(ptr)
-    return ptrs
+        out.append(t)
+    return out
 
 
-class Driver:
-    """The few libcuda.so.1 entry points a bundle needs, through ctypes."""
-
-    def __init__(self) -> None:
-        try:
-            self.lib = ctypes.CDLL("libcuda.so.1")
-        except OSError as exc:
-            raise BundleError(f"cannot open the CUDA driver libcuda.so.1 ({exc})") from None
-        self.call("cuInit", ctypes.c_uint(0))
-
-    def call(self, fn: str, *args: Any) -> None:
-        """Call `fn`; BundleError naming it and the CUresult when it fails."""
-        rc = getattr(self.lib, fn)(*args)
-        if rc != 0:
-            raise BundleError(f"{fn} failed with CUresult {rc}")
-
-    def capability(self) -> int:
-        """Compute capability of the current context's device (90 for 9.0); retains device 0's
-        primary context when the thread has none."""
-        ctx = ctypes.c_void_p()
-        self.call("cuCtxGetCurrent", ctypes.byref(ctx))
-        if not ctx.value:
-            self.call("cuDevicePrimaryCtxRetain", ctypes.byref(ctx), ctypes.c_int(0))
-            self.call("cuCtxSetCurrent", ctx)
-        dev = ctypes.c_int()
-        self.call("cuCtxGetDevice", ctypes.byref(dev))
-        major, minor = ctypes.c_int(), ctypes.c_int()
-        self.call("cuDeviceGetAttribute", ctypes.byref(major), ctypes.c_int(_ATTR_CC_MAJOR), dev)
-        self.call("cuDeviceGetAttribute", ctypes.byref(minor), ctypes.c_int(_ATTR_CC_MINOR), dev)
-        return major.value * 10 + minor.value
-
-
-def pick_variant(variants: list[dict[str, Any]], cc: int) -> tuple[dict[str, Any], bool]:
-    """The variant whose cubin runs on capability `cc` (the highest), else one whose PTX JIT-compiles for
-    it (arch-specific sm_XXa PTX cannot); (variant, from_ptx)."""
-    def fits(v: dict[str, Any]) -> bool:
-        cap = v["capability"]
-        return cc == cap if v["arch_specific"] else (cc // 10 == cap // 10 and cc >= cap)
-
-    cubins = [v for v in variants if fits(v)]
-    if cubins:
-        return max(cubins, key=lambda v: v["capability"]), False
-    ptx = [v for v in variants if not v["arch_specific"] and cc >= v["capability"]]
-    if ptx:
-        return max(ptx, key=lambda v: v["capability"]), True
-    archs = ", ".join(v["arch"] for v in variants)
-    raise BundleError(f"no cubin or PTX for compute capability {cc // 10}.{cc % 10} (bundled: {archs})")
+def same_device(tensors: list[tuple[str, Tensor]]) -> int | None:
+    """The one device ordinal the named tensors are on (None when none of them says); BundleInputError
+    naming them when they are on different devices."""
+    known = [(name, t.ordinal) for name, t in tensors if t.ordinal is not None]
+    if len({o for _, o in known}) > 1:
+        where = ", ".join(f"{name} on cuda:{o}" for name, o in known)
+        raise BundleInputError(f"the tensors are on different devices ({where}); a run uses one device")
+    return known[0][1] if known else None
 
 
 class Bundle:
-    """A loaded bundle: run(*inputs) launches its kernels in order on the current CUDA stream."""
+    """A checked bundle: run(*inputs) launches its kernels in order on the inputs' device."""
 
     def __init__(self, root: Path = HERE) -> None:
         self.root = root
@@ -177,64 +191,54 @@ class Bundle:
         self.inputs = self.manifest["inputs"]
         self.outputs = self.manifest["outputs"]
         self.workspace_bytes = int(self.manifest["workspace_bytes"])
-        self._driver: Driver | None = None
-        self._functions: list[Any] = []
-        self.variant: dict[str, Any] | None = None
+        self._driver: Any = None  # NAME_cuda.GpuRuntime, made on the first launch
 
-    def _load(self) -> Driver:
-        """Open the driver and load the modules, once (on the first launch)."""
-        if self._driver is not None:
-            return self._driver
-        drv = Driver()
-        variant, from_ptx = pick_variant(self.manifest["variants"], drv.capability())
-        for launch in variant["launches"]:
-            image = (self.root / (launch["ptx"] if from_ptx else launch["cubin"])).read_bytes()
-            buf = ctypes.create_string_buffer(image + (b"\0" if from_ptx else b""))
-            module, fn = ctypes.c_void_p(), ctypes.c_void_p()
-            drv.call("cuModuleLoadData", ctypes.byref(module), buf)
-            drv.call("cuModuleGetFunction", ctypes.byref(fn), module, launch["mangled_name"].encode())
-            if launch["shared_mem_bytes"] > SHARED_OPT_IN:
-                drv.call("cuFuncSetAttribute", fn, ctypes.c_int(_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED),
-                         ctypes.c_int(launch["shared_mem_bytes"]))
-            self._functions.append(fn)
-        self.variant, self._driver = variant, drv
-        return drv
+    def runtime(self) -> Any:
+        """The GPU runtime (driver and per-device modules), made once."""
+        if self._driver is None:
+            if not self.manifest["variants"]:
+                raise BundleError(f"{self.root}: bundle {self.name} has no GPU build; export it with --targets sm_XX")
+            self._driver = _part("cuda").GpuRuntime(self.root, self.manifest, _errors())
+        return self._driver
 
-    def launch(self, inputs: list[int], outputs: list[int], workspace: int, stream: int = 0) -> None:
-        """Launch every kernel on device pointers (already checked) and a CUstream handle."""
-        drv = self._load()
-        assert self.variant is not None
-        if self.variant["workspace_bytes"] and not workspace:
+    def launch(self, ordinal: int, inputs: list[int], outputs: list[int], workspace: int, stream: int = 0) -> None:
+        """Launch every kernel on device `ordinal` on device pointers (already checked) and a CUstream."""
+        modules = self.runtime().modules(ordinal)
+        if modules.variant["workspace_bytes"] and not workspace:
             raise BundleInputError(f"{self.name} needs a workspace of {self.workspace_bytes} bytes")
-        for fn, launch in zip(self._functions, self.variant["launches"]):
-            values = []
-            for arg in launch["args"]:
-                base = {"input": inputs, "output": outputs}.get(arg["role"])
-                values.append(ctypes.c_uint64(base[arg["index"]] if base is not None else workspace + arg["index"]))
-            values += [ctypes.c_uint64(0), ctypes.c_uint64(0)]  # Triton 3.x: global and profile scratch, unused
-            params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values])
-            gx, gy, gz = launch["grid"]
-            drv.call("cuLaunchKernel", fn, ctypes.c_uint(gx), ctypes.c_uint(gy), ctypes.c_uint(gz),
-                     ctypes.c_uint(launch["block"][0]), ctypes.c_uint(1), ctypes.c_uint(1),
-                     ctypes.c_uint(launch["shared_mem_bytes"]), ctypes.c_void_p(stream), params, None)
+        modules.launch(inputs, outputs, workspace, stream)
 
     def run(self, *inputs: Any, out: list[Any] | None = None, workspace: Any = None, stream: int | None = None) -> Any:
-        """Run on torch tensors (outputs allocated unless `out`) or __cuda_array_interface__ objects
-        (`out` and, when workspace_bytes > 0, `workspace` required); returns the output(s)."""
-        in_ptrs = check_tensors("inputs", list(inputs), self.inputs)
+        """Run on torch tensors (outputs allocated unless `out`), DLPack or __cuda_array_interface__ objects
+        (`out` and, when workspace_bytes > 0, `workspace` required); returns the output(s). Every tensor must
+        be on one device; the kernels run there, in its primary context."""
+        ins = check_tensors("inputs", list(inputs), self.inputs)
         torch_in = bool(inputs) and type(inputs[0]).__module__.startswith("torch")
         if out is None:
             if not torch_in:
                 raise BundleInputError("pass out=[...] (and workspace=) when the inputs are not torch tensors")
             out = self._alloc_outputs(inputs[0])
-        out_ptrs = check_tensors("outputs", list(out), self.outputs)
+        outs = check_tensors("outputs", list(out), self.outputs)
+        named = [(s["name"], t) for s, t in zip(self.inputs + self.outputs, ins + outs)]
+        ordinal = same_device(named)
         if workspace is None and torch_in and self.workspace_bytes:
             workspace = self._torch_empty(inputs[0], self.workspace_bytes)
-        ws_ptr = 0 if workspace is None else _pointer(workspace)
+        ws = None if workspace is None else describe(workspace)
+        if ws is not None:
+            ordinal = same_device(named + [("workspace", ws)])
+        if ordinal is None:  # only __cuda_array_interface__ objects: ask the driver where they live
+            ordinal = self._device_of(named)
         if stream is None:
             stream = _torch_stream(inputs[0]) if torch_in else 0
-        self.launch(in_ptrs, out_ptrs, ws_ptr, stream)
+        self.launch(ordinal, [t.pointer for t in ins], [t.pointer for t in outs], 0 if ws is None else ws.pointer,
+                    stream)
         return out[0] if len(out) == 1 else tuple(out)
+
+    def _device_of(self, named: list[tuple[str, Tensor]]) -> int:
+        rt = self.runtime()
+        for _, t in named:
+            t.ordinal = rt.device_of(t.pointer)
+        return same_device(named) or 0
 
     def _alloc_outputs(self, like: Any) -> list[Any]:
         import torch
@@ -249,10 +253,9 @@ class Bundle:
         return torch.empty(nbytes, dtype=torch.uint8, device=like.device)
 
 
-def _pointer(x: Any) -> int:
-    if hasattr(x, "data_ptr"):
-        return int(x.data_ptr())
-    return int(x.__cuda_array_interface__["data"][0])
+def _errors() -> Any:
+    """The error classes, for the bundle's NAME_cuda.py and NAME_cpu.py."""
+    return types.SimpleNamespace(BundleError=BundleError, BundleInputError=BundleInputError)
 
 
 def _torch_stream(x: Any) -> int:
@@ -277,10 +280,42 @@ def run(*inputs: Any, **kwargs: Any) -> Any:
     return load().run(*inputs, **kwargs)
 
 
+def _part(kind: str) -> Any:
+    """The bundle's NAME_<kind>.py beside this file (checked with the manifest), imported once by path."""
+    if kind not in _PARTS:
+        path = HERE / f"{Path(__file__).stem}_{kind}.py"
+        spec = importlib.util.spec_from_file_location(f"{__name__}_{kind}", path)
+        if spec is None or spec.loader is None or not path.exists():
+            raise BundleError(f"{path}: missing; the loader must stay in its bundle directory")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _PARTS[kind] = module
+    return _PARTS[kind]
+
+
+_PARTS: dict[str, Any] = {}
+_CPU: dict[int, Any] = {}
+
+
+def load_cpu(num_threads: int = 0) -> Any:
+    """The bundle's CPU library (libNAME_cpu.so) with its own `num_threads` threads (0: one per CPU this
+    process may use), loaded once per thread count; BundleError when the bundle has no CPU build."""
+    if num_threads not in _CPU:
+        bundle = load()
+        _CPU[num_threads] = _part("cpu").CpuBundle(bundle.root, bundle.manifest, _errors(), DTYPES, num_threads)
+    return _CPU[num_threads]
+
+
+def run_cpu(*inputs: Any, **kwargs: Any) -> Any:
+    """Run the CPU build on numpy arrays (or torch CPU tensors); see CpuBundle.run in NAME_cpu.py."""
+    return load_cpu().run(*inputs, **kwargs)
+
+
 def torch_op() -> Any:
     """Register (once) and return the torch custom op tilefuse_bundle::NAME, made with
-    torch.library.custom_op: a list of input tensors in, a list of output tensors out, with a fake
-    implementation so that torch.compile and torch.export trace through it."""
+    torch.library.custom_op: a list of input tensors in, a list of output tensors out (CUDA tensors run
+    the cubins, CPU tensors the CPU library, as the bundle holds them), with a fake implementation so
+    that torch.compile and torch.export trace through it."""
     import torch
 
     bundle = load()
@@ -288,15 +323,17 @@ def torch_op() -> Any:
         return _OPS[bundle.name]
 
     def impl(inputs: Any) -> Any:
-        out = bundle.run(*inputs)
+        on_cpu = bool(inputs) and inputs[0].device.type == "cpu"
+        out = load_cpu().run(*inputs) if on_cpu else bundle.run(*inputs)
         return list(out) if isinstance(out, tuple) else [out]
 
     def fake(inputs: Any) -> Any:
         like = inputs[0] if inputs else torch.empty(0)
         return [like.new_empty(o["shape"], dtype=getattr(torch, DTYPES[o["dtype"]][0])) for o in bundle.outputs]
 
+    devices = (["cuda"] if bundle.manifest["variants"] else []) + (["cpu"] if "cpu" in bundle.manifest else [])
     op = torch.library.custom_op(f"tilefuse_bundle::{bundle.name}", impl, mutates_args=(),
-                                 device_types="cuda", schema="(Tensor[] inputs) -> Tensor[]")
+                                 device_types=devices, schema="(Tensor[] inputs) -> Tensor[]")
     op.register_fake(fake)
     _OPS[bundle.name] = op
     return op

@@ -183,6 +183,13 @@ class AttentionSpec(KernelSpec):
         self._aux[key] = out
         return out
 
+    def constant_aux(self, config: Config) -> list[Any] | None:
+        """The compile-time block lists (int32 numpy), unless a data-dependent mask rebuilds them from the
+        operands at launch (then None)."""
+        if self.runtime_lists(config.int("BLOCK_M"), config.int("BLOCK_N")):
+            return None
+        return [np.ascontiguousarray(a, dtype=np.int32) for a in self.block_lists(config).as_list()]
+
     def _host_operands(self, inputs: list[Any]) -> dict[int, np.ndarray]:
         out = {}
         for i, slot in self.extra_slot.items():
