@@ -13,6 +13,7 @@ from .builders import (AWQ_PACK_ORDER, NF4_CODEBOOK, attention, attention_backwa
                        topk_block_mask)
 from .builders import dequantize_fp8_act
 from .builders import quantize, w8a8_linear
+from .builders import project_gaussians_backward, rasterize_gaussians_backward, splat_backward
 from .ir import Graph, ParseError, VerifyError, load_graph, parse_graph
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ += ["page_summaries", "paged_attention", "paginate", "quantize_kv", "rec
 __all__ += ["attention_backward", "softmax_threshold"]
 __all__ += ["dequantize_fp8_act"]
 __all__ += ["quantize", "w8a8_linear"]
+__all__ += ["project_gaussians_backward", "rasterize_gaussians_backward", "splat_backward"]
 
 
 def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb

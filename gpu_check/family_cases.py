@@ -137,6 +137,27 @@ def splat_raster(small: bool, rng: np.random.Generator) -> tuple[Graph, dict[str
     return g.build(), ins
 
 
+def splat_backward(small: bool, rng: np.random.Generator) -> tuple[Graph, dict[str, Any]]:
+    """Projection and rasterization of a synthetic scene, then both backward ops (splat_backward) for a
+    random image gradient: the forward's final T and last contributors are computed in the graph (128
+    Gaussians under the interpreter: four kernels run, the kernel step's time cap is shared)."""
+    import tilefuse as tf
+
+    n, w, h = (128, 64, 48) if small else _size(small)
+    ins: dict[str, Any] = {**_scene(rng, n), "col": rng.random((n, 3)).astype(np.float32),
+                           "gimg": rng.standard_normal((h, w, 3)).astype(np.float32)}
+    g = tf.GraphBuilder("gc_splat_backward")
+    t = {name: g.input(name, a.shape, "f32") for name, a in ins.items()}
+    m2d, con, dep, rad = tf.project_gaussians(t["means"], t["scales"], t["quats"], t["opac"], t["view"], t["K"],
+                                              width=w, height=h)
+    raster = tf.rasterize_gaussians(m2d, con, t["col"], t["opac"], dep, rad, width=w, height=h,
+                                    last_contributor=True)
+    for name, grad in tf.splat_backward(raster, t["gimg"]).items():
+        if name in ("means3d", "scales", "quats", "colors", "opacities"):
+            g.output(f"d_{name}", grad)
+    return g.build(), ins
+
+
 CASES = {"family:quant_matmul": quant_matmul, "family:quant_matmul_fp8": quant_matmul_fp8, "family:spmm_csr": spmm_csr,
          "family:spmm_24": spmm_24, "family:sddmm": sddmm_csr, "family:splat_project": splat_project,
-         "family:splat_raster": splat_raster}
+         "family:splat_raster": splat_raster, "family:splat_backward": splat_backward}

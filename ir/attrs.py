@@ -98,6 +98,9 @@ ATTRS: dict[str, dict[str, Kind]] = {
                           "eps2d": NUMBER, "results": RESULTS},
     "rasterize_gaussians": {"width": INT, "height": INT, "tile": INT, "background": NUMBERS,
                             "pixel_center": NUMBER, "last_contributor": BOOL, "results": RESULTS},
+    "project_gaussians_bwd": {"width": INT, "height": INT, "camera": STR, "eps2d": NUMBER, "results": RESULTS},
+    "rasterize_gaussians_bwd": {"width": INT, "height": INT, "tile": INT, "background": NUMBERS,
+                                "pixel_center": NUMBER, "results": RESULTS},
 }
 
 

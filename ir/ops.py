@@ -43,12 +43,15 @@ class Op(enum.Enum):
     SDDMM = "sddmm"
     PROJECT_GAUSSIANS = "project_gaussians"
     RASTERIZE_GAUSSIANS = "rasterize_gaussians"
+    PROJECT_GAUSSIANS_BWD = "project_gaussians_bwd"  # (d_means3d, d_scales, d_quats) of the projection
+    RASTERIZE_GAUSSIANS_BWD = "rasterize_gaussians_bwd"  # (d_means2d, d_conics, d_colors, d_opacities)
 
 
 VIEWS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE})
 LEAF = frozenset({Op.INPUT, Op.CONST})
 ANCHORS = frozenset({Op.MATMUL, Op.ATTENTION, Op.ATTENTION_BWD, Op.PAGED_ATTENTION, Op.SPMM, Op.SDDMM,
-                     Op.PROJECT_GAUSSIANS, Op.RASTERIZE_GAUSSIANS})
+                     Op.PROJECT_GAUSSIANS, Op.RASTERIZE_GAUSSIANS, Op.PROJECT_GAUSSIANS_BWD,
+                     Op.RASTERIZE_GAUSSIANS_BWD})
 REDUCE_OPS = ("sum", "max", "min", "mean")
 
 
@@ -110,10 +113,7 @@ class Node:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return prod(self.shape)
 
     def __repr__(self) -> str:
         shp = ", ".join(map(str, self.shape))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .dtypes import DType
-from .ops import Node, Op, base_of
+from .ops import Node, Op, base_of, make
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -170,12 +170,46 @@ def raster_operands(rng: np.random.Generator, n: int, width: int, height: int) -
             rng.uniform(0.2, 0.95, n), rng.uniform(0.5, 8.0, n), np.ceil(3 * sig.max(1)).astype(np.int64)]
 
 
+def _forward(op: Op, arrays: list[np.ndarray], attrs: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    """The reference results of forward `op` on `arrays` (inputs standing in for its operands)."""
+    from .reference import EVALUATORS
+
+    arrays = [a.astype(np.float32).astype(np.float64) if a.dtype.kind == "f" else a for a in arrays]  # as fed
+    srcs = [make(Op.INPUT, name=f"x{i}", dtype="i32" if a.dtype.kind == "i" else "f32", shape=a.shape)
+            for i, a in enumerate(arrays)]
+    node = make(op, srcs, **attrs)
+    return tuple(EVALUATORS[op](node, arrays))
+
+
+def backward_operands(n: Node, rng: np.random.Generator) -> list[np.ndarray]:
+    """Operands of a splatting backward node that agree with each other: a scene drawn as for the forward,
+    the forward's radii (projection) or final_T and last (rasterization) computed from it by the reference,
+    and N(0, 1) gradients."""
+    keys = ("width", "height", "camera", "eps2d") if n.op is Op.PROJECT_GAUSSIANS_BWD else \
+        ("width", "height", "tile", "background", "pixel_center")
+    attrs = {k: n.attr(k) for k in keys}
+    if n.op is Op.PROJECT_GAUSSIANS_BWD:
+        fwd = projection_operands(rng, n.src[0].shape[0], n.attr("width"), n.attr("height"))
+        radii = _forward(Op.PROJECT_GAUSSIANS, fwd, attrs)[3]
+        return fwd[:3] + fwd[4:] + [radii] + [rng.standard_normal(s.shape) for s in n.src[6:]]
+    fwd = raster_operands(rng, n.src[0].shape[0], n.attr("width"), n.attr("height"))
+    if n.src[2].shape[1] != 3:  # feature splatting: C channels
+        fwd[2] = rng.random(n.src[2].shape)
+    _, final_t, last = _forward(Op.RASTERIZE_GAUSSIANS, fwd, {**attrs, "last_contributor": True})
+    return fwd + [final_t, last] + [rng.standard_normal(s.shape) for s in n.src[8:]]
+
+
 def splat_scenes(nodes: Iterable[Node], rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """id(operand node) -> a valid array for the operands of every project_gaussians (a visible scene) and
-    rasterize_gaussians (splats over the image); the first op reading an operand decides it. Operands
-    computed in the graph (a rasterizer fed by a projection) are not inputs and are left alone."""
+    """id(operand node) -> a valid array for the operands of every project_gaussians (a visible scene),
+    rasterize_gaussians (splats over the image) and their backward ops (backward_operands); the first op
+    reading an operand decides it. Operands computed in the graph (a rasterizer fed by a projection) are
+    not inputs and are left alone."""
     out: dict[int, np.ndarray] = {}
     for n in nodes:
+        if n.op in (Op.PROJECT_GAUSSIANS_BWD, Op.RASTERIZE_GAUSSIANS_BWD):
+            for src, arr in zip(n.src, backward_operands(n, rng)):
+                out.setdefault(id(src), arr)
+            continue
         if n.op is Op.PROJECT_GAUSSIANS:
             draw = projection_operands
         elif n.op is Op.RASTERIZE_GAUSSIANS:

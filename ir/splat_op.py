@@ -137,7 +137,7 @@ def _infer_rasterize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
 # ---- reference: projection ------------------------------------------------------------------------
 def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
     """[N, 3, 3] rotation matrices of (w, x, y, z) quaternions (normalised first)."""
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    q = q / np.sqrt((q * q).sum(-1, keepdims=True))  # not np.linalg.norm: complex-step safe (splat_bwd_op)
     w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
     return np.stack([
         np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),

@@ -22,8 +22,12 @@ def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
     fam = registry.family_for_kind(kernel.group.kind)
     if fam is None or backend not in fam.backends:
         n = kernel.group.anchor or kernel.group.nodes[0]
-        raise LoweringError(f"op '{n.op.value}' with dtype {n.dtype} is not supported on backend '{backend}': "
-                            "no kernel family lowers it yet (families: " + ", ".join(registry.kinds()) + ")")
+        head = f"op '{n.op.value}' with dtype {n.dtype} is not supported on backend '{backend}'"
+        if fam is None:
+            raise LoweringError(f"{head}: no kernel family lowers it yet (families: {', '.join(registry.kinds())})")
+        where = {"tvm": "target cpu", "triton": "targets interp, sm_80, sm_90"}
+        raise LoweringError(f"{head} ({where.get(backend, backend)}): its kernel family '{fam.name}' has templates "
+                            f"for " + ", ".join(f"{b} ({where.get(b, b)})" for b in sorted(fam.backends)) + " only")
     try:
         return fam.spec(kg, kernel)
     except LoweringError as err:

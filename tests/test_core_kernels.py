@@ -82,3 +82,14 @@ def test_interp_split_k_and_small_tiles():
 @pytest.mark.parametrize("kind", KINDS, ids=lambda f: f.__name__)
 def test_tvm_cpu(kind, dtype):
     check_graph(tf.compile(kind(dtype), target="cpu"), seed=hash((kind.__name__, dtype, 1)) % 1000)
+
+
+def test_narrow_pointwise_default_config_is_legal():
+    """A pointwise kernel over many rows of 3 columns (an image's RGB gradient): the default BLOCK_R was
+    1024 // 4 = 256, beyond the knob space's 128, so compiling it raised ConfigRejected."""
+    g = tf.GraphBuilder("rgb_residual")
+    a, b = g.input("a", (32, 32, 3), "f32"), g.input("b", (32, 32, 3), "f32")
+    g.output("o", (a - b) * 2.0)
+    for target in ("interp", "sm_90"):
+        ck = tf.compile(g.build(), target=target, aot=False).kernels[0]
+        assert ck.config["BLOCK_R"] == 128

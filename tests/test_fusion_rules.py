@@ -153,7 +153,8 @@ def test_registered_families_declare_their_anchors():
     rules = fusion_rules()
     assert {op for op in Op if rules.is_anchor(op)} == {Op.MATMUL, Op.ATTENTION, Op.ATTENTION_BWD,
                                                          Op.PAGED_ATTENTION, Op.SPMM, Op.SDDMM,
-                                                         Op.PROJECT_GAUSSIANS, Op.RASTERIZE_GAUSSIANS}
+                                                         Op.PROJECT_GAUSSIANS, Op.RASTERIZE_GAUSSIANS,
+                                                         Op.PROJECT_GAUSSIANS_BWD, Op.RASTERIZE_GAUSSIANS_BWD}
     assert rules.opener(Op.POINTWISE).kind == "pointwise" and rules.opener(Op.REDUCE).kind == "reduction"
 
 

@@ -148,7 +148,7 @@ class RowwiseSpec(KernelSpec):
                           unroll=0)
         cap = 2048 if self.has_reduction else 128
         bc = min(next_pow2(self.cols), cap)
-        br = max(1, min(next_pow2(self.rows), (1024 if self.has_reduction else 1024) // bc))
+        br = max(1, min(next_pow2(self.rows), 1024 // bc, 128))  # 128: the largest BLOCK_R of the knob space
         tile = br * bc
         warps = 1 if tile <= 128 else 2 if tile <= 256 else 4 if tile <= 2048 else 8
         return Config(BLOCK_R=br, BLOCK_C=bc, num_warps=warps, num_stages=1)

@@ -1,5 +1,6 @@
 """Gaussian splatting family: the projection kernel ("splat_project") and the tile-binned
-rasterizer ("splat_raster": count, scan, emit, sort, ranges and render launches of one plan).
+rasterizer ("splat_raster": count, scan, emit, sort, ranges and render launches of one plan), and their
+backward ("splat_project_bwd", "splat_raster_bwd").
 Each kernel is its anchor alone; nothing fuses into splatting yet."""
 
 from __future__ import annotations
@@ -7,12 +8,20 @@ from __future__ import annotations
 from ...ir.ops import Op
 from ...passes.fusion_rules import GroupRule
 from ..registry import register_fusion, register_template
+from .project_bwd_spec import ProjectBwdSpec
 from .project_spec import ProjectSpec
+from .raster_bwd_spec import RasterBwdSpec
 from .raster_spec import RasterSpec
 
 register_template(ProjectSpec.family, "triton", __name__ + ".project_template")
 register_template(RasterSpec.family, "triton", __name__ + ".raster_template")
 register_fusion(ProjectSpec.family, GroupRule("project_gaussians", anchors=frozenset({Op.PROJECT_GAUSSIANS})))
 register_fusion(RasterSpec.family, GroupRule("rasterize_gaussians", anchors=frozenset({Op.RASTERIZE_GAUSSIANS})))
+register_template(ProjectBwdSpec.family, "triton", __name__ + ".project_bwd_template")
+register_fusion(ProjectBwdSpec.family, GroupRule("project_gaussians_bwd",
+                                                 anchors=frozenset({Op.PROJECT_GAUSSIANS_BWD})))
+register_template(RasterBwdSpec.family, "triton", __name__ + ".raster_bwd_template")
+register_fusion(RasterBwdSpec.family, GroupRule("rasterize_gaussians_bwd",
+                                                anchors=frozenset({Op.RASTERIZE_GAUSSIANS_BWD})))
 
-__all__ = ["ProjectSpec", "RasterSpec"]
+__all__ = ["ProjectBwdSpec", "ProjectSpec", "RasterBwdSpec", "RasterSpec"]

@@ -83,7 +83,9 @@ def _camera(spec: ProjectSpec) -> tuple[list[str], list[list[str]]]:
     return lines, [["j00", "j01", "j02"], ["j10", "j11", "j12"]]
 
 
-def _project(spec: ProjectSpec) -> list[str]:
+def covariance_2d(spec: ProjectSpec) -> tuple[list[str], list[list[str]]]:
+    """Lines up to the 2D covariance (ca, cb, cc) and its determinant `det`, and the Jacobian's entries
+    (the projection backward recomputes the forward with these)."""
     cam, jac = _camera(spec)
     lines = [f"p{a} = w{i}0 * mx + w{i}1 * my + w{i}2 * mz + w{i}3" for i, a in enumerate("xyz")]
     lines += _covariance() + cam
@@ -92,8 +94,13 @@ def _project(spec: ProjectSpec) -> list[str]:
               for a in range(2) for j in range(3)]
     lines += [f"v{a}{b} = " + _dot([(f"e{a}{j}", jac[b][j]) for j in range(3)]) for a, b in ((0, 0), (0, 1), (1, 1))]
     eps = repr(float(spec.eps2d))
-    lines += [f"ca = v00 + {eps}", "cb = v01", f"cc = v11 + {eps}", "det = ca * cc - cb * cb",
-              "mid = 0.5 * (ca + cc)", "lam = mid + tl.sqrt(tl.maximum(0.1, mid * mid - det))",
+    lines += [f"ca = v00 + {eps}", "cb = v01", f"cc = v11 + {eps}", "det = ca * cc - cb * cb"]
+    return lines, jac
+
+
+def _project(spec: ProjectSpec) -> list[str]:
+    lines, _ = covariance_2d(spec)
+    lines += ["mid = 0.5 * (ca + cc)", "lam = mid + tl.sqrt(tl.maximum(0.1, mid * mid - det))",
               "rad = tl.ceil(3.0 * tl.sqrt(lam))", "idet = 1.0 / det",
               f"keep = ok & (pz >= {spec.near!r}) & (pz <= {spec.far!r}) & (det > 0)",
               "keep = keep & (tl.abs(u) < 1e30) & (tl.abs(v) < 1e30) & (rad < 1e30)",  # finite (NaN compares false)

@@ -97,23 +97,20 @@ class RasterSpec(KernelSpec):
         return {"BATCH": config.int("BATCH")}
 
     def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
+        """The binning's scratch (the backward's plan has the same: it bins again, raster_bwd_spec.py)."""
         cap = self.capacity
         return [Workspace("counts", (self.N,), "i32"), Workspace("offsets", (self.N + 1,), "i32"),
                 Workspace("keys", (cap,), "i64"), Workspace("ids", (cap,), "i32"), Workspace("sids", (cap,), "i32"),
                 Workspace("ranges", (self.tiles, 2), "i32", zeroed=True)]
 
-    def launches(self, config: Config, args: tuple[Arg, ...],
-                 sizes: Mapping[str, int] | None = None) -> list[Launch]:
-        by = {a.name: a for a in args}
-
+    def binning_launches(self, config: Config, by: Mapping[str, Arg]) -> list[Launch]:
+        """count, scan, emit, the host sort and ranges: launches 1-5 of the module docstring."""
         def pick(*names: str) -> tuple[Arg, ...]:
             return tuple(by[n] for n in names)
 
-        m2d, con, col, op, dep, rad = (self.ops[n].arg for n in OPERANDS)
+        m2d, dep, rad = (self.ops[n].arg for n in ("means2d", "depths", "radii"))
         per_g = (-(-self.N // config.int("BLOCK_G")), 1, 1)
         block_g = {"BLOCK_G": config.int("BLOCK_G")}
-        outs = tuple(by[o] for o in sorted(self.outs.values()))
-        render_in = tuple(dict.fromkeys((m2d, con, col, op)))
         return [
             self.launch(f"{self.name}_count", per_g, config, pick(*dict.fromkeys((m2d, rad)), "counts"), block_g),
             self.launch(f"{self.name}_scan", (1, 1, 1), config, pick("counts", "offsets"), {"SCAN": 1024}),
@@ -122,9 +119,16 @@ class RasterSpec(KernelSpec):
             Launch(f"{self.name}_sort", (), pick("offsets", "keys", "ids", "sids"), host=True),
             self.launch(f"{self.name}_ranges", (-(-self.capacity // 1024), 1, 1), config,
                         pick("offsets", "keys", "ranges"), {"BLOCK_R": 1024}),
-            self.launch(f"{self.name}_render", self.grid(config), config,
-                        pick(*render_in, "sids", "ranges") + outs),
         ]
+
+    def launches(self, config: Config, args: tuple[Arg, ...],
+                 sizes: Mapping[str, int] | None = None) -> list[Launch]:
+        by = {a.name: a for a in args}
+        outs = tuple(by[o] for o in sorted(self.outs.values()))
+        render_in = tuple(by[a] for a in dict.fromkeys(self.ops[n].arg for n in OPERANDS[:4]))
+        return self.binning_launches(config, by) + [
+            self.launch(f"{self.name}_render", self.grid(config), config,
+                        render_in + (by["sids"], by["ranges"]) + outs)]
 
     # -- cost hooks --
     def flops(self) -> float:
