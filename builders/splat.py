@@ -30,3 +30,9 @@ def rasterize_gaussians(means2d: Tensor, conics: Tensor, colors: Tensor, opaciti
                 width=width, height=height, tile=tile, background=bg, pixel_center=float(pixel_center), **extra)
     return results(node)
 
+
+def sh_to_color(coeffs: Tensor, means3d: Tensor, viewmat: Tensor, degree: int | None = None) -> Tensor:
+    """View-dependent RGB of spherical-harmonic `coeffs` [N, (d+1)^2, 3] seen from the camera of `viewmat`
+    (gsplat's convention: + 0.5, clamped at 0) -> colors f32 [N, 3]; `degree` defaults to the stored d."""
+    extra = {} if degree is None else {"degree": degree}
+    return Tensor(make(Op.SH_TO_COLOR, [coeffs.node, means3d.node, viewmat.node], **extra))

@@ -97,6 +97,7 @@ ATTRS: dict[str, dict[str, Kind]] = {
                           "eps2d": NUMBER, "results": RESULTS},
     "rasterize_gaussians": {"width": INT, "height": INT, "tile": INT, "background": NUMBERS,
                             "pixel_center": NUMBER, "last_contributor": BOOL, "results": RESULTS},
+    "sh_to_color": {"degree": INT},
 }
 
 

@@ -4,6 +4,7 @@ per-op shape/dtype inference rules that make every node verified at construction
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import weakref
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class Op(enum.Enum):
     SDDMM = "sddmm"
     PROJECT_GAUSSIANS = "project_gaussians"
     RASTERIZE_GAUSSIANS = "rasterize_gaussians"
+    SH_TO_COLOR = "sh_to_color"  # view-dependent colours of spherical-harmonic coefficients
 
 
 VIEWS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE})
@@ -361,10 +363,7 @@ def _result(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
 
 def prod(xs: Iterable[int]) -> int:
     """Product of sizes (1 for an empty shape)."""
-    p = 1
-    for x in xs:
-        p *= x
-    return p
+    return math.prod(xs)
 
 
 def results_of(n: Node) -> tuple[tuple[DType, Shape], ...]:
