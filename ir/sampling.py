@@ -184,6 +184,10 @@ def splat_scenes(nodes: Iterable[Node], rng: np.random.Generator) -> dict[int, n
         arrays = draw(rng, n.src[0].shape[0], n.attr("width"), n.attr("height"))
         if n.op is Op.RASTERIZE_GAUSSIANS and n.src[2].shape[1] != 3:  # feature splatting: C channels
             arrays[2] = rng.random(n.src[2].shape)
+        if n.op is Op.RASTERIZE_GAUSSIANS and len(n.src) == 8:  # sparse coefficients: K distinct rows of L
+            (count, k), rows = n.src[6].shape, n.src[7].shape[0]
+            arrays[2] = rng.random((count, k))
+            arrays += [np.argsort(rng.random((count, rows)), axis=1)[:, :k], rng.random(n.src[7].shape)]
         for src, arr in zip(n.src, arrays):
             out.setdefault(id(src), arr)
     for n in nodes:  # after the projections, whose means and view matrix an SH op shares

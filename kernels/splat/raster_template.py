@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ...codegen.headers import header
 from ...schedule.config import Config
+from . import raster_features as features
 
 if TYPE_CHECKING:
     from .raster_spec import RasterSpec
@@ -110,8 +111,10 @@ def {name}_ranges({p["ranges"]}):
 '''
 
 
-def _render_batch(spec: RasterSpec) -> list[str]:
-    """One batch: alphas of BATCH Gaussians at every pixel, composited by a cumulative product."""
+def _render_batch(spec: RasterSpec, acc: list[str] | None = None) -> list[str]:
+    """One batch: alphas of BATCH Gaussians at every pixel, composited by a cumulative product; `acc` are
+    the lines adding the batch's weights `wgt` [pixels, BATCH] times its features (one accumulator per
+    channel when not given)."""
     o = spec.ops
     lines = ["j = b + jj", "jm = j < end", "gid = tl.load(sids + j, mask=jm, other=0)",
              f"mx = tl.load({o['means2d'].at('gid', '0')}, mask=jm, other=0.0).to(tl.float32)",
@@ -130,9 +133,10 @@ def _render_batch(spec: RasterSpec) -> list[str]:
               "fs = tl.min(tl.where(stop, jj[None, :], BATCH), axis=1)",
               "add = live & (jj[None, :] < fs[:, None])",
               "wgt = tl.where(add, alpha * (T[:, None] * (cp / om)), 0.0)"]
-    for c in range(spec.C):
+    for c in range(spec.C if acc is None else 0):
         lines += [f"col{c} = tl.load({o['colors'].at('gid', str(c))}, mask=jm, other=0.0).to(tl.float32)",
                   f"acc{c} += tl.sum(wgt * col{c}[None, :], axis=1)"]
+    lines += acc or []
     lines += ["T = tl.minimum(T, tl.min(tl.where(add, tt, 2.0), axis=1))",
               "last = tl.maximum(last, tl.max(tl.where(add, j[None, :], -1), axis=1))",
               "done = done | (fs < BATCH).to(tl.int32)",
@@ -165,8 +169,19 @@ def _render(spec: RasterSpec, p: dict[str, str]) -> str:
     return f"\n\n@triton.jit\ndef {spec.name}_render({p['render']}):\n" + "\n".join(body) + "\n"
 
 
+def _render_features(spec: RasterSpec, p: dict[str, str]) -> str:
+    """The feature render (raster_features.py): the same traversal and compositing, channels as tiles."""
+    head, acc, tail = features.render_parts(spec)
+    # A counted loop with the early exit as an `if`: Triton 3.6 fails to compile (TritonGPURemoveLayout-
+    # Conversions, sm_80 and sm_90) a `while` whose loop-carried values include a tl.dot accumulator.
+    body = [f"    {ln}" for ln in head] + ["    for _ in range(0, tl.cdiv(end - b, BATCH)):", "        if alive > 0:"]
+    body += [f"            {ln}" for ln in _render_batch(spec, acc)] + [f"    {ln}" for ln in tail]
+    return f"\n\n@triton.jit\ndef {spec.name}_render({p['render']}):\n" + "\n".join(body) + "\n"
+
+
 def render(spec: RasterSpec, config: Config, interpret: bool = False) -> str:
     """The rasterizer's module: the rectangle helper and the six functions of its launch plan."""
     p = _params(spec, config)
+    draw = _render_features if spec.feature_render else _render
     return (header(spec, config, "triton") + "import triton\nimport triton.language as tl\n\n" + _rect(spec)
-            + _binning(spec, p) + _render(spec, p))
+            + _binning(spec, p) + draw(spec, p))
