@@ -43,6 +43,7 @@ from .common import Operand, SplatInputError, anchor_operands, first_bad, result
 OPERANDS = ("means2d", "conics", "colors", "opacities", "depths", "radii", "indices", "codebook")
 ROLES = ("image", "final_T", "last")
 TILES = (8, 16, 32)
+ISECT = ("ellipse", "rect")  # the binning's tile test: the rectangle's tiles the ellipse reaches, or all of them
 UNROLLED_CHANNELS = 4  # up to this many channels, one accumulator per channel; more take the chunked tl.dot path
 
 
@@ -101,7 +102,8 @@ class RasterSpec(KernelSpec):
 
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
-        space = {"BATCH": (8, 16, 32), "BLOCK_G": (64, 128, 256), "num_warps": (2, 4, 8), "num_stages": (1,)}
+        space = {"BATCH": (8, 16, 32), "BLOCK_G": (64, 128, 256), "num_warps": (2, 4, 8), "num_stages": (1,),
+                 "ISECT": ISECT}
         if self.sparse:
             return {**space, "CHUNK": (16, 32, 64), "PIX": (32, 64, 128, 256)}
         return {**space, "CHUNK": (16, 32, 64)} if self.feature_render else space
@@ -131,13 +133,16 @@ class RasterSpec(KernelSpec):
         return min(config.int("PIX"), self.tile * self.tile) if self.sparse else self.tile * self.tile
 
     def default_config(self, target: Target) -> Config:
+        base = Config(BATCH=16, BLOCK_G=128, ISECT="ellipse", num_warps=8, num_stages=1)
         if self.sparse:  # a [64, L] accumulator: 16 values per thread at L = 64
-            return Config(BATCH=16, BLOCK_G=128, CHUNK=16, PIX=min(64, self.tile * self.tile), num_warps=8,
-                          num_stages=1)
+            return base.replace(CHUNK=16, PIX=min(64, self.tile * self.tile))
         if self.feature_render:
-            return Config(BATCH=16, BLOCK_G=128, CHUNK=min(32, max(16, next_pow2(self.C))), num_warps=8,
-                          num_stages=1)
-        return Config(BATCH=16, BLOCK_G=128, num_warps=8, num_stages=1)
+            return base.replace(CHUNK=min(32, max(16, next_pow2(self.C))))
+        return base
+
+    def ellipse(self, config: Config) -> bool:
+        """Whether binning keeps only the tiles a Gaussian's ellipse reaches (raster_ellipse.py)."""
+        return config.get("ISECT") == "ellipse"
 
     def splits(self, config: Config) -> int:
         """Render programs per tile: channel chunks of dense features, pixel blocks of sparse ones, else 1."""
@@ -174,11 +179,13 @@ class RasterSpec(KernelSpec):
         block_g = {"BLOCK_G": config.int("BLOCK_G")}
         outs = tuple(by[o] for o in sorted(self.outs.values()))
         render_in = tuple(dict.fromkeys((m2d, con, col, op) + self.sparse_args()))
+        shape = (con, op) if self.ellipse(config) else ()  # the ellipse test reads conics and opacities
         return [
-            self.launch(f"{self.name}_count", per_g, config, pick(*dict.fromkeys((m2d, rad)), "counts"), block_g),
+            self.launch(f"{self.name}_count", per_g, config, pick(*dict.fromkeys((m2d, rad) + shape), "counts"),
+                        block_g),
             self.launch(f"{self.name}_scan", (1, 1, 1), config, pick("counts", "offsets"), {"SCAN": 1024}),
             self.launch(f"{self.name}_emit", per_g, config,
-                        pick(*dict.fromkeys((m2d, dep, rad)), "offsets", "keys", "ids"), block_g),
+                        pick(*dict.fromkeys((m2d, dep, rad) + shape), "offsets", "keys", "ids"), block_g),
             Launch(f"{self.name}_sort", (), pick("offsets", "keys", "ids", "sids"), host=True),
             self.launch(f"{self.name}_ranges", (-(-self.capacity // 1024), 1, 1), config,
                         pick("offsets", "keys", "ranges"), {"BLOCK_R": 1024}),
@@ -213,7 +220,7 @@ class RasterSpec(KernelSpec):
 
     def family_features(self, config: Config) -> dict[str, float]:
         out = {"gaussians": float(self.N), "channels": float(self.C), "tiles": float(self.tiles),
-               "tile": float(self.tile)}
+               "tile": float(self.tile), "ellipse_test": float(self.ellipse(config))}
         if self.sparse:
             out.update(codebook_rows=float(self.L), coefficients=float(self.K))
         return out

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ...codegen.headers import header
 from ...schedule.config import Config
+from . import raster_ellipse as tighter
 from . import raster_features as features
 
 if TYPE_CHECKING:
@@ -42,21 +43,38 @@ def _rect_{spec.name}(g, ok, {", ".join(dict.fromkeys((o["means2d"].arg, o["radi
 '''
 
 
-def _binning(spec: RasterSpec, p: dict[str, str]) -> str:
-    """count -> scan -> emit (device), then sort (a host step) and ranges: the tile binning launches."""
-    o, n, name = spec.ops, spec.N, spec.name
-    rect_args = ", ".join(dict.fromkeys((o["means2d"].arg, o["radii"].arg)))
+def _binning(spec: RasterSpec, p: dict[str, str], ellipse: bool = False) -> str:
+    """count -> scan -> emit (device), then sort (a host step) and ranges: the tile binning launches; with
+    `ellipse`, count and emit keep only the rectangle's tiles the Gaussian's ellipse reaches (raster_ellipse.py)."""
+    if ellipse:
+        count, emit = tighter.count(spec, p), tighter.emit(spec, p)
+    else:
+        count, emit = _count(spec, p), _emit(spec, p)
+    return count + _scan(spec, p) + emit + "\n" + _sort_and_ranges(spec, p)
+
+
+def _rect_args(spec: RasterSpec) -> str:
+    return ", ".join(dict.fromkeys((spec.ops["means2d"].arg, spec.ops["radii"].arg)))
+
+
+def _count(spec: RasterSpec, p: dict[str, str]) -> str:
+    name = spec.name
     return f'''
 @triton.jit
 def {name}_count({p["count"]}):
     g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    ok = g < {n}
-    x0, y0, w, cnt = _rect_{name}(g, ok, {rect_args})
+    ok = g < {spec.N}
+    x0, y0, w, cnt = _rect_{name}(g, ok, {_rect_args(spec)})
     tl.store(counts + g, cnt, mask=ok)
+'''
 
+
+def _scan(spec: RasterSpec, p: dict[str, str]) -> str:
+    n = spec.N
+    return f'''
 
 @triton.jit
-def {name}_scan({p["scan"]}):
+def {spec.name}_scan({p["scan"]}):
     carry = tl.zeros([], tl.int32)
     for start in range(0, {n}, SCAN):
         i = start + tl.arange(0, SCAN)
@@ -64,13 +82,18 @@ def {name}_scan({p["scan"]}):
         tl.store(offsets + i, carry + tl.cumsum(c, 0) - c, mask=i < {n})
         carry += tl.sum(c, 0)
     tl.store(offsets + {n}, carry)
+'''
 
+
+def _emit(spec: RasterSpec, p: dict[str, str]) -> str:
+    o, n, name = spec.ops, spec.N, spec.name
+    return f'''
 
 @triton.jit
 def {name}_emit({p["emit"]}):
     g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     ok = g < {n}
-    x0, y0, w, cnt = _rect_{name}(g, ok, {rect_args})
+    x0, y0, w, cnt = _rect_{name}(g, ok, {_rect_args(spec)})
     base = tl.load(offsets + g, mask=ok, other=0)
     d = tl.load({o["depths"].at("g")}, mask=ok, other=0.0).to(tl.float32)
     # depth >= 0 (checked on the host), so its float bits order like the floats; the low 32 bits only
@@ -81,8 +104,7 @@ def {name}_emit({p["emit"]}):
         tid = (y0 + j // ws) * {spec.gx} + x0 + j % ws
         tl.store(keys + base + j, (tid.to(tl.int64) << 32) | dbits, mask=m)
         tl.store(ids + base + j, g, mask=m)
-
-''' + _sort_and_ranges(spec, p)
+'''
 
 
 def _sort_and_ranges(spec: RasterSpec, p: dict[str, str]) -> str:
@@ -183,5 +205,6 @@ def render(spec: RasterSpec, config: Config, interpret: bool = False) -> str:
     """The rasterizer's module: the rectangle helper and the six functions of its launch plan."""
     p = _params(spec, config)
     draw = _render_features if spec.feature_render else _render
+    ellipse = spec.ellipse(config)
     return (header(spec, config, "triton") + "import triton\nimport triton.language as tl\n\n" + _rect(spec)
-            + _binning(spec, p) + draw(spec, p))
+            + (tighter.helpers(spec) if ellipse else "") + _binning(spec, p, ellipse) + draw(spec, p))
