@@ -176,3 +176,21 @@ def test_aot_projection_with_degree_3_sh_builds_without_spills(arch):
     for fn, b in ck.binaries[arch].items():
         assert b.cubin and b.resources.registers > 0
         assert not b.resources.spills, f"{fn} spills on {arch} with {ck.config.to_json()}: {b.resources}"
+
+
+def test_sibling_that_would_close_a_cycle_stays_apart():
+    """SH coefficients computed from the projection's depths: fusing the SH op into the projection would make
+    the group read its own output through another group, so it keeps a group of its own (no cycle error)."""
+    g = tf.GraphBuilder("cycle")
+    ts = {name: g.input(name, shape, "f32") for name, shape in (
+        ("means", (8, 3)), ("scales", (8, 3)), ("quats", (8, 4)), ("opac", (8,)), ("view", (4, 4)), ("K", (3, 3)),
+        ("sh", (8, 4, 3)))}
+    outs = tf.project_gaussians(ts["means"], ts["scales"], ts["quats"], ts["opac"], ts["view"], ts["K"],
+                                width=W, height=H)
+    coeffs = ts["sh"] * tf.exp(tf.reshape(outs[2], (8, 1, 1)))
+    g.output("colors", tf.sh_to_color(coeffs, ts["means"], ts["view"]))
+    g.output("radii", outs[3])
+    pr = run_pipeline(g.build(), fusion_rules())
+    groups = [(k.group.kind, {n.op.value for n in k.group.nodes}) for k in pr.kernels.kernels]
+    assert groups[0][0] == "project_gaussians" and "sh_to_color" not in groups[0][1]
+    assert groups[-1] == ("sh_to_color", {"sh_to_color"}), groups
