@@ -8,7 +8,8 @@ from .frontend import (GraphBuilder, Tensor, abs, apply, cast, cos, exp, exp2, e
 from .builders import (AWQ_PACK_ORDER, NF4_CODEBOOK, attention, attention_backward, block_mask, causal_mask,
                        dequantize, dequantize_awq, dequantize_fp8_block, dequantize_nf4, document_mask,
                        page_summaries, paged_attention, paginate, per_head_mask, project_gaussians, quantize_kv,
-                       rasterize_gaussians, recent_cache, sddmm, sliding_window_mask, softcap_score,
+                       rasterize_gaussians, rasterize_sparse_features, recent_cache, sddmm, sh_to_color,
+                       sliding_window_mask, softcap_score,
                        softmax_threshold, sparse_24, sparse_bsr, sparse_csr, spmm, streaming_mask, strided_mask,
                        topk_block_mask)
 from .builders import dequantize_fp8_act
@@ -32,6 +33,7 @@ __all__ += ["attention_backward", "softmax_threshold"]
 __all__ += ["dequantize_fp8_act"]
 __all__ += ["quantize", "w8a8_linear"]
 __all__ += ["project_gaussians_backward", "rasterize_gaussians_backward", "splat_backward"]
+__all__ += ["rasterize_sparse_features", "sh_to_color"]
 
 
 def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb

@@ -13,12 +13,14 @@ from .quant import dequantize_fp8_act
 from .sparse import sddmm, sparse_24, sparse_bsr, sparse_csr, spmm
 from .splat import (project_gaussians, project_gaussians_backward, rasterize_gaussians, rasterize_gaussians_backward,
                     splat_backward)
+from .splat import project_gaussians, rasterize_gaussians, rasterize_sparse_features, sh_to_color
 
 __all__ = ["AWQ_PACK_ORDER", "NF4_CODEBOOK", "attention", "attention_backward", "block_mask", "causal_mask",
            "dequantize", "dequantize_awq", "dequantize_fp8_block", "dequantize_nf4", "document_mask",
            "page_summaries", "paged_attention", "paginate", "per_head_mask", "project_gaussians", "quantize_kv",
            "rasterize_gaussians", "recent_cache", "sddmm", "softcap_score", "softmax_threshold", "sparse_24",
-           "sparse_bsr", "sparse_csr", "spmm", "streaming_mask", "strided_mask", "sliding_window_mask",
+           "rasterize_sparse_features",
+           "sh_to_color", "sparse_bsr", "sparse_csr", "spmm", "streaming_mask", "strided_mask", "sliding_window_mask",
            "topk_block_mask"]
 __all__ += ["dequantize_fp8_act"]
 __all__ += ["quantize", "w8a8_linear"]

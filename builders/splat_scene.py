@@ -37,6 +37,17 @@ class Scene:
     def __len__(self) -> int:
         return int(self.means.shape[0])
 
+    @property
+    def sh_degree(self) -> int:
+        """The SH degree the coefficients hold: 0 (DC only) to 3 (sh_rest of 15 bands' coefficients)."""
+        return int(round(math.sqrt(1 + self.sh_rest.shape[1]))) - 1
+
+    def sh_coeffs(self) -> np.ndarray:
+        """[N, (d+1)^2, 3] float32 SH coefficients for sh_to_color: the DC term (colors - 0.5) / C0 (a PLY's
+        f_dc_*), then sh_rest."""
+        dc = (np.asarray(self.colors, np.float64) - 0.5) / SH_C0
+        return np.concatenate([dc[:, None, :], np.asarray(self.sh_rest, np.float64)], axis=1).astype(np.float32)
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -146,8 +157,9 @@ def load_ply(path: str | Path) -> Scene:
         raise SceneError(f"{p}: properties rot_0..rot_3 are all zero at vertex {int(np.argmax(qn == 0))} "
                          "(an all-zero quaternion has no rotation)")
     rest = _rest_names(v.dtype.names or ())
-    if len(rest) % 3:
-        raise SceneError(f"{p}: {len(rest)} f_rest_* properties; expected a multiple of 3 (per colour channel)")
+    if len(rest) % 3 or len(rest) // 3 + 1 not in (1, 4, 9, 16):
+        raise SceneError(f"{p}: {len(rest)} f_rest_* properties; expected 0, 9, 24 or 45 (3 channels x the "
+                         "(d+1)^2 - 1 higher-band coefficients of SH degree d = 0..3)")
     sh_rest = (cols(*rest).reshape(len(v), 3, len(rest) // 3).transpose(0, 2, 1) if rest
                else np.zeros((len(v), 0, 3)))
     with np.errstate(over="ignore"):
@@ -183,40 +195,47 @@ def save_ply(path: str | Path, scene: Scene) -> Path:
 
 
 def render_graph(n: int, width: int, height: int, camera: str = "pinhole", tile: int = 16,
-                 background: Sequence[float] = (0.0, 0.0, 0.0)) -> Graph:
+                 background: Sequence[float] = (0.0, 0.0, 0.0), sh_degree: int | None = None) -> Graph:
     """The render pipeline as a graph: project_gaussians then rasterize_gaussians over n Gaussians; inputs
-    means, scales, quats, opacities, colors, viewmat, K (f32), outputs image [H,W,3] and T [H,W]."""
+    means, scales, quats, opacities, colors, viewmat, K (f32), outputs image [H,W,3] and T [H,W]. With
+    `sh_degree` d the colours are sh_to_color of an input sh [n, (d+1)^2, 3] instead (fused into the
+    projection kernel)."""
     from ..frontend import GraphBuilder
-    from .splat import project_gaussians, rasterize_gaussians
+    from .splat import project_gaussians, rasterize_gaussians, sh_to_color
 
-    g = GraphBuilder(f"splat_render_{camera}")
+    g = GraphBuilder(f"splat_render_{camera}" + ("" if sh_degree is None else f"_sh{sh_degree}"))
+    colors = ("colors", (n, 3)) if sh_degree is None else ("sh", (n, (sh_degree + 1) ** 2, 3))
     t = {name: g.input(name, shape, "f32") for name, shape in (
-        ("means", (n, 3)), ("scales", (n, 3)), ("quats", (n, 4)), ("opacities", (n,)), ("colors", (n, 3)),
+        ("means", (n, 3)), ("scales", (n, 3)), ("quats", (n, 4)), ("opacities", (n,)), colors,
         ("viewmat", (4, 4)), ("K", (3, 3)))}
     m2d, con, dep, rad = project_gaussians(t["means"], t["scales"], t["quats"], t["opacities"], t["viewmat"],
                                            t["K"], width=width, height=height, camera=camera)
-    img, trans = rasterize_gaussians(m2d, con, t["colors"], t["opacities"], dep, rad, width=width, height=height,
+    rgb = t["colors"] if sh_degree is None else sh_to_color(t["sh"], t["means"], t["viewmat"])
+    img, trans = rasterize_gaussians(m2d, con, rgb, t["opacities"], dep, rad, width=width, height=height,
                                      tile=tile, background=background)
     g.output("image", img)
     g.output("T", trans)
     return g.build()
 
 
-def scene_inputs(scene: Scene, cam: Camera) -> dict[str, np.ndarray]:
-    """The inputs render_graph takes, as f32 arrays."""
+def scene_inputs(scene: Scene, cam: Camera, sh: bool = False) -> dict[str, np.ndarray]:
+    """The inputs render_graph takes, as f32 arrays (with `sh`, the SH coefficients instead of colours)."""
+    colors = ("sh", scene.sh_coeffs()) if sh else ("colors", scene.colors)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (
         ("means", scene.means), ("scales", scene.scales), ("quats", scene.quats), ("opacities", scene.opacities),
-        ("colors", scene.colors), ("viewmat", cam.viewmat), ("K", cam.K))}
+        colors, ("viewmat", cam.viewmat), ("K", cam.K))}
 
 
 def render(scene: Scene, cam: Camera, target: str = "interp", camera: str = "pinhole",
            background: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
-    """Render `scene` seen by `cam` with tilefuse's kernels for `target` -> image [H, W, 3] float32."""
+    """Render `scene` seen by `cam` with tilefuse's kernels for `target` -> image [H, W, 3] float32, its
+    colours from the scene's spherical harmonics (all the degrees it holds) for the camera's viewpoint."""
     from ..compiler import compile_graph
 
-    g = render_graph(len(scene), cam.width, cam.height, camera=camera, background=background)
+    g = render_graph(len(scene), cam.width, cam.height, camera=camera, background=background,
+                     sh_degree=scene.sh_degree)
     cg = compile_graph(g, target=target, aot=False)
-    out = cg.run(scene_inputs(scene, cam))
+    out = cg.run(scene_inputs(scene, cam, sh=True))
     img = out["image"]
     return np.asarray(img.numpy() if hasattr(img, "numpy") else img, dtype=np.float32)
 

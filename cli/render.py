@@ -83,5 +83,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     scene = load_ply(args.scene)
     img = render(scene, cam, target=args.target, camera=args.model, background=bg)
     write_atomic(Path(args.out), encode_png(img))
-    print(f"rendered {len(scene)} Gaussians at {w}x{h} ({args.model}, {args.target}) to {args.out}")
+    print(f"rendered {len(scene)} Gaussians (SH degree {scene.sh_degree}) at {w}x{h} ({args.model}, {args.target}) "
+          f"to {args.out}")
     return 0

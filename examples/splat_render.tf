@@ -1,7 +1,10 @@
-# 3D Gaussian splatting, forward: EWA projection of N Gaussians (gsplat's conventions) then tile binning,
-# depth sort and front-to-back alpha compositing (the Inria rules) into a 64x48 RGB image and the final
-# transmittance. Two kernels: splat_project (one program per BLOCK Gaussians) and splat_raster (a
-# six-launch plan: count -> scan -> emit -> sort -> ranges -> render, one program per 16x16 tile).
+# 3D Gaussian splatting, forward: EWA projection of N Gaussians (gsplat's conventions), their colours from
+# degree-3 spherical harmonics seen from the camera (sh_to_color: + 0.5, clamped at 0, as gsplat), then tile
+# binning, depth sort and front-to-back alpha compositing (the Inria rules) into a 64x48 RGB image and the
+# final transmittance. Two kernels: splat_project (one program per BLOCK Gaussians; the SH colours are
+# fused into it) and splat_raster (a six-launch plan: count -> scan -> emit -> sort -> ranges -> render,
+# one program per 16x16 tile). The sh input is [N, 16, 3]: the DC term (a PLY's f_dc_*) then the 15
+# higher-band coefficients per channel (f_rest_*, which the PLY stores channel-major).
 # Inputs are activated values: scales > 0, quaternions (w, x, y, z) nonzero (normalised in the kernel),
 # opacities in (0, 1), viewmat world -> camera (OpenCV axes: x right, y down, z forward), K = [[fx, 0, cx],
 # [0, fy, cy], [0, 0, 1]] with fx, fy > 0; pixel (u, v) is sampled at its centre (u + 0.5, v + 0.5).
@@ -13,9 +16,10 @@ graph splat_render(N=256) {
   %scales = input f32[N, 3]
   %quats = input f32[N, 4]
   %opacities = input f32[N]
-  %colors = input f32[N, 3]
+  %sh = input f32[N, 16, 3]
   %viewmat = input f32[4, 4]
   %K = input f32[3, 3]
+  %colors = sh_to_color(%sh, %means, %viewmat) {degree=3}
   %proj = project_gaussians(%means, %scales, %quats, %opacities, %viewmat, %K) {camera="pinhole", width=64, height=48}
   %means2d = result(%proj) {index=0}
   %conics = result(%proj) {index=1}

@@ -11,6 +11,7 @@ from . import paged_attention_op  # noqa: E402,F401
 from . import attention_bwd_op  # noqa: E402,F401
 from . import quantize_op  # noqa: E402,F401
 from . import splat_bwd_op  # noqa: E402,F401
+from . import splat_sh_op  # noqa: E402,F401
 from . import verify_limits  # noqa: E402,F401  (the size rules of ir/limits.py, into ops.NODE_CHECKS)
 
 __all__ = ["Graph", "Node", "Op", "ParseError", "VerifyError", "dtypes", "expr", "load_graph", "make",

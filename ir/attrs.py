@@ -101,6 +101,7 @@ ATTRS: dict[str, dict[str, Kind]] = {
     "project_gaussians_bwd": {"width": INT, "height": INT, "camera": STR, "eps2d": NUMBER, "results": RESULTS},
     "rasterize_gaussians_bwd": {"width": INT, "height": INT, "tile": INT, "background": NUMBERS,
                                 "pixel_center": NUMBER, "results": RESULTS},
+    "sh_to_color": {"degree": INT},
 }
 
 

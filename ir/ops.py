@@ -45,6 +45,7 @@ class Op(enum.Enum):
     RASTERIZE_GAUSSIANS = "rasterize_gaussians"
     PROJECT_GAUSSIANS_BWD = "project_gaussians_bwd"  # (d_means3d, d_scales, d_quats) of the projection
     RASTERIZE_GAUSSIANS_BWD = "rasterize_gaussians_bwd"  # (d_means2d, d_conics, d_colors, d_opacities)
+    SH_TO_COLOR = "sh_to_color"  # view-dependent colours of spherical-harmonic coefficients
 
 
 VIEWS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE})

@@ -4,7 +4,8 @@ arrays of a sparse tensor (CSR/BSR indptr and indices, 2:4 meta) are drawn as va
 power-law row lengths (a graph's degree distribution: a few long rows, many short or empty ones),
 columns sorted within each row, two distinct increasing positions per 2:4 group. The operands of the
 Gaussian splatting ops are drawn as a visible scene: positive scales, nonzero quaternions, opacities in
-(0, 1), a rigid view matrix with most Gaussians in front of the camera, positive focal lengths."""
+(0, 1), a rigid view matrix with most Gaussians in front of the camera, positive focal lengths; SH
+coefficients whose colours lie around 0.5."""
 
 from __future__ import annotations
 
@@ -219,6 +220,22 @@ def splat_scenes(nodes: Iterable[Node], rng: np.random.Generator) -> dict[int, n
         arrays = draw(rng, n.src[0].shape[0], n.attr("width"), n.attr("height"))
         if n.op is Op.RASTERIZE_GAUSSIANS and n.src[2].shape[1] != 3:  # feature splatting: C channels
             arrays[2] = rng.random(n.src[2].shape)
+        if n.op is Op.RASTERIZE_GAUSSIANS and len(n.src) == 8:  # sparse coefficients: K distinct rows of L
+            (count, k), rows = n.src[6].shape, n.src[7].shape[0]
+            arrays[2] = rng.random((count, k))
+            arrays += [np.argsort(rng.random((count, rows)), axis=1)[:, :k], rng.random(n.src[7].shape)]
         for src, arr in zip(n.src, arrays):
             out.setdefault(id(src), arr)
+    for n in nodes:  # after the projections, whose means and view matrix an SH op shares
+        if n.op is Op.SH_TO_COLOR:
+            for src, arr in zip(n.src, sh_operands(rng, n.src[0].shape)):
+                out.setdefault(id(src), arr)
     return out
+
+
+def sh_operands(rng: np.random.Generator, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """[coeffs, means, viewmat] of an sh_to_color draw: DC terms ~ N(0, 0.8^2) (colours around 0.5, some
+    clamped at 0), higher bands ~ N(0, 0.3^2), means in a unit box and a rigid view matrix."""
+    coeffs = rng.standard_normal(shape) * 0.3
+    coeffs[:, 0] *= 0.8 / 0.3
+    return [coeffs, rng.uniform(-1.0, 1.0, (shape[0], 3)), _rigid_view(rng)]

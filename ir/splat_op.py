@@ -33,6 +33,12 @@ rasterize_gaussians(means2d [N,2], conics [N,3], colors [N,C], opacities [N], de
       if T (1 - alpha) < 1e-4: stop, without adding this Gaussian (the Inria rule)
       C += color alpha T;  T *= 1 - alpha
   image = C + T background; final_T = T (the pixel's alpha is 1 - final_T).
+
+rasterize_gaussians(means2d, conics, weights [N,K], opacities, depths, radii, indices [N,K] int,
+  codebook [L,C]) {...}: sparse-coefficient feature splatting (LangSplatV2): Gaussian g's feature is
+  sum_k weights[g,k] codebook[indices[g,k]], composited as above (background has C entries). The kernel
+  splats the weights into an L-channel accumulator per pixel and multiplies it by the codebook once, so
+  no per-Gaussian C-vector exists; by linearity the image is the same.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import numpy as np
 
 from . import dtypes as dt
 from .ops import Node, Op, VerifyError, fmt_shape, register
-from .reference import evaluator, rnd
+from .reference import ReferenceEvalError, evaluator, rnd
 
 CAMERAS = ("pinhole", "fisheye")
 
@@ -105,14 +111,29 @@ def _infer_project(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     return dt.f32, (n, 2), norm
 
 
-@register(Op.RASTERIZE_GAUSSIANS, (6, 6))
+def _sparse_features(srcs: tuple[Node, ...], what: str) -> int:
+    """The channel count C of the sparse-coefficient variant's codebook [L, C], after checking that
+    indices [N, K] is integer and codebook float."""
+    weights, idx, book = srcs[2], srcs[6], srcs[7]
+    if idx.shape != weights.shape or not idx.dtype.is_int:
+        raise VerifyError(f"{what}: indices must be an integer {fmt_shape(weights.shape)} like the weights (K "
+                          f"codebook rows per Gaussian), got {idx.dtype}{fmt_shape(idx.shape)}")
+    if book.ndim != 2 or not book.dtype.is_float:
+        raise VerifyError(f"{what}: codebook must be a float [L, C], got {book.dtype}{fmt_shape(book.shape)}")
+    return book.shape[1]
+
+
+@register(Op.RASTERIZE_GAUSSIANS, (6, 8))
 def _infer_rasterize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
-    m2d, con, col, opac, dep, rad = srcs
+    m2d, con, col, opac, dep, rad = srcs[:6]
     what = f"rasterize_gaussians of means2d {m2d.dtype}{fmt_shape(m2d.shape)}, colors {col.dtype}{fmt_shape(col.shape)}"
     if m2d.ndim != 2 or m2d.shape[1] != 2 or col.ndim != 2:
         raise VerifyError(f"{what}: means2d must be [N, 2] and colors [N, C]")
-    n, c = m2d.shape[0], col.shape[1]
-    for x, name, shape in ((m2d, "means2d", (n, 2)), (con, "conics", (n, 3)), (col, "colors", (n, c)),
+    if len(srcs) == 7:
+        raise VerifyError(f"{what}: 6 operands, or 8 for sparse-coefficient features (then indices [N, K] and "
+                          "codebook [L, C] follow, and colors holds the K weights); got 7")
+    n, c = m2d.shape[0], (col.shape[1] if len(srcs) == 6 else _sparse_features(srcs, what))
+    for x, name, shape in ((m2d, "means2d", (n, 2)), (con, "conics", (n, 3)), (col, "colors", (n, col.shape[1])),
                            (opac, "opacities", (n,)), (dep, "depths", (n,))):
         _check(x, name, shape, what)
     if rad.shape != (n,) or not rad.dtype.is_int:
@@ -225,9 +246,22 @@ def tile_rect(x: float, y: float, r: float, tile: int, grid: tuple[int, int]) ->
             clamp((x + r + tile - 1) / tile, gx), clamp((y + r + tile - 1) / tile, gy))
 
 
+def sparse_colors(weights: np.ndarray, idx: np.ndarray, book: np.ndarray) -> np.ndarray:
+    """[N, C] per-Gaussian features sum_k weights[:, k] codebook[indices[:, k]] (float64); the kernel never
+    forms them (it splats the weights into L channels, then multiplies by the codebook once per pixel)."""
+    bad = (idx < 0) | (idx >= book.shape[0])
+    if bad.any():
+        row = int(np.argwhere(bad)[0, 0])
+        raise ReferenceEvalError(f"rasterize_gaussians: indices must lie in [0, {book.shape[0]}) (codebook rows); "
+                                 f"row {row} holds {idx[row].tolist()}")
+    return np.einsum("nk,nkc->nc", weights, book[idx])
+
+
 @evaluator(Op.RASTERIZE_GAUSSIANS)
 def _eval_rasterize(n: Node, xs: list[Any]) -> tuple[np.ndarray, ...]:
     m2d, con, col, opac, dep = (np.asarray(x, dtype=np.float64) for x in xs[:5])
+    if len(xs) == 8:
+        col = sparse_colors(col, np.asarray(xs[6], dtype=np.int64), np.asarray(xs[7], dtype=np.float64))
     rad = np.asarray(xs[5], dtype=np.int64)
     w, h, tile = n.attr("width"), n.attr("height"), n.attr("tile")
     pc = n.attr("pixel_center")

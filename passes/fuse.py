@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ..ir import expr as ex
 from ..ir.graph import Graph
 from ..ir.ops import ANCHORS, LEAF, VIEWS, Node, Op, make
-from .fusion_rules import Epilogue, FusionRules, GroupRule, PointwiseEpilogue, Prologue, ReductionEpilogue, reduce_axis
+from .fusion_rules import Epilogue, FusionRules, GroupRule, PointwiseEpilogue, Prologue, ReductionEpilogue, Sibling, reduce_axis
 from .rewrite import pat, rewrite_graph
 from .views import base_of, strided_view, unit_reshape
 
@@ -254,8 +254,9 @@ class _Fuser:
             grp = self.new_group(n, rule.kind, n.shape, n)
             for i, s in enumerate(n.src):
                 self.try_prologues(i, s, grp, rule)
+            self.adopt_siblings(grp)
             return
-        if n.op not in ANCHORS and self.try_join(n):
+        if n.op not in ANCHORS and (self.try_sibling(n) or self.try_join(n)):
             return
         # a reduction iterates over its operand's shape
         domain = n.src[0].shape if n.op is Op.REDUCE else n.shape
@@ -295,6 +296,38 @@ class _Fuser:
         grp.nodes.append(n)
         self.where[id(n)] = grp
         grp.reduced[id(n)] = grp.reduced[id(src)]
+
+    def sibling_rule(self, n: Node, grp: _G) -> Sibling | None:
+        """The sibling rule of anchor group `grp` that takes `n` (it reads the anchor's operands)."""
+        rule, a = self.rules.rule(grp.kind), grp.anchor
+        if rule is None or a is None or not grp.alive:
+            return None
+        return next((s for s in rule.siblings if n.op in s.ops and all(
+            i < len(n.src) and j < len(a.src) and n.src[i] is a.src[j] for i, j in s.shared)), None)
+
+    def try_sibling(self, n: Node) -> bool:
+        """Join the latest anchor group that takes `n` as a sibling, if that creates no cycle."""
+        for grp in reversed(self.groups):
+            if self.sibling_rule(n, grp) is not None and not any(
+                    self.reaches(o, grp.id) for o in self.producers(n) - {grp.id}):
+                grp.nodes.append(n)
+                self.where[id(n)] = grp
+                return True
+        return False
+
+    def adopt_siblings(self, anchor: _G) -> None:
+        """Pull into a new anchor group the siblings visited before it (each still a group of its own, of
+        that one node), unless the anchor reads a group that reads the sibling."""
+        for grp in self.groups:
+            if not grp.alive or grp.anchor is not None or len(grp.nodes) != 1 or grp is anchor:
+                continue
+            if self.sibling_rule(grp.nodes[0], anchor) is None:
+                continue
+            if any(self.reaches(d, grp.id) for d in self.deps(anchor.id)):
+                continue
+            grp.alive = False
+            anchor.nodes.append(grp.nodes[0])
+            self.where[id(grp.nodes[0])] = anchor
 
     def try_prologues(self, i: int, s: Node, anchor: _G, rule: GroupRule) -> None:
         """Pull the groups computing operand `i` into the anchor's loads: of the prologue rules that fit,

@@ -4,7 +4,8 @@ A `GroupRule` names a fusion-group kind and says
 - which ops are its anchor (`anchors`: each opens a group of its own and never joins another) or open a
   group when they join none (`opens`: the rowwise family's pointwise ops and reductions);
 - which producer groups may be pulled into an anchor operand's loads (`Prologue`);
-- which consumers may join the group (`PointwiseEpilogue`, `ReductionEpilogue`).
+- which consumers may join the group (`PointwiseEpilogue`, `ReductionEpilogue`);
+- which ops reading the anchor's own operands join it (`Sibling`).
 
 Families declare rules (kernels/registry.py) and the pipeline receives them as explicit context:
 `run_pipeline(g, kernels.fusion_rules())`. Rules of the same kind from several families merge, so a
@@ -94,6 +95,17 @@ Epilogue = PointwiseEpilogue | ReductionEpilogue
 
 
 @dataclass(frozen=True)
+class Sibling:
+    """An op of `ops` that reads some of the anchor's own operands and joins the anchor's group, so that one
+    kernel computes both from one load (the projection evaluates the spherical-harmonic colours from the
+    means and view matrix it loads anyway): each (i, j) of `shared` says the op's operand i is the anchor's
+    operand j, the same node. Whichever of the two the topological order visits second joins the other."""
+
+    ops: frozenset[Op]
+    shared: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
 class GroupRule:
     """Everything the fuser knows about one fusion-group kind."""
 
@@ -102,6 +114,7 @@ class GroupRule:
     opens: frozenset[Op] = frozenset()
     prologues: tuple[Prologue, ...] = ()
     epilogues: tuple[Epilogue, ...] = ()
+    siblings: tuple[Sibling, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,7 @@ class FusionRules:
             old = merged.get(r.kind)
             if old is not None:
                 r = GroupRule(r.kind, old.anchors | r.anchors, old.opens | r.opens, old.prologues + r.prologues,
-                              old.epilogues + r.epilogues)
+                              old.epilogues + r.epilogues, old.siblings + r.siblings)
             merged[r.kind] = r
         by_op: dict[Op, GroupRule] = {}
         for r in merged.values():

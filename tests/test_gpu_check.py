@@ -94,6 +94,13 @@ def test_gpu_check_without_a_gpu_runs_everything_under_the_interpreter(full_run)
     examples = {f"example:{p.stem}" for p in (ROOT / "examples").glob("*.tf")}
     assert examples | set(FAMILY_CASES) | {"every family launched", "pytest -m gpu"} <= set(by_name)
     assert {f"bench {Path(b).name}" for b in BENCHES} <= set(by_name)
+    # bench/splat.py --dry-run: every stage under the interpreter, checked against the float64 reference and
+    # the torch pipeline (render with SH, dense and sparse features)
+    splat = {r["case"]: r for r in by_name["bench splat.py"]["details"]["rows"]}
+    assert set(splat) == {"render N=200 64x48 sh3", "features dense N=200 C=64 64x48",
+                          "features sparse N=200 C=64 64x48"}
+    assert splat["render N=200 64x48 sh3"]["ref_max_err"] < 1e-3
+    assert all(r["max_abs_err_vs_torch"] < 1e-3 for r in splat.values())
     assert all(c["status"] in ("ok", "skipped") for c in doc["checks"]), [c for c in doc["checks"] if c["error"]]
     for name in examples | set(FAMILY_CASES):
         outs = by_name[name]["details"]["outputs"]

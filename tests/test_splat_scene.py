@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tilefuse.builders.splat_scene import (SH_C0, Camera, encode_png, intrinsics, load_ply, look_at, render,
+from tilefuse.builders.splat_scene import (SH_C0, Camera, Scene, encode_png, intrinsics, load_ply, look_at, render,
                                            render_graph, save_ply, scene_inputs, synthetic_scene)
 from tilefuse.cli.main import main
 from tilefuse.errors import TilefuseError
@@ -103,6 +103,11 @@ def test_load_ply_activates_a_file_written_with_plyfile(tmp_path):
     # f_rest is channel-major in the file (all R coefficients, then G, then B): sh_rest[n, k, c]
     assert s.sh_rest.shape == (40, 3, 3)
     assert np.allclose(s.sh_rest[:, 1, 2], cols["f_rest_7"]) and np.allclose(s.sh_rest[:, 2, 0], cols["f_rest_2"])
+    # what sh_to_color takes: [N, 4, 3] for degree 1, the raw f_dc_* first
+    sh = s.sh_coeffs()
+    assert s.sh_degree == 1 and sh.shape == (40, 4, 3) and sh.dtype == np.float32
+    assert np.allclose(sh[:, 0], np.stack([cols[f"f_dc_{i}"] for i in range(3)], 1), atol=1e-5)
+    assert np.array_equal(sh[:, 1:], s.sh_rest)
 
 
 def test_save_ply_round_trips(tmp_path):
@@ -118,6 +123,7 @@ def test_save_ply_round_trips(tmp_path):
     ("nan", "property 'opacity' has 1 non-finite value.*vertex 7"),
     ("inf", "property 'x' has 1 non-finite value"),
     ("zero_quat", "rot_0..rot_3 are all zero at vertex 5"),
+    ("sh_count", r"6 f_rest_\* properties; expected 0, 9, 24 or 45"),
     ("garbage", "not a readable PLY"),
 ])
 def test_malformed_ply_is_refused_by_file_and_property(tmp_path, case, match):
@@ -129,6 +135,9 @@ def test_malformed_ply_is_refused_by_file_and_property(tmp_path, case, match):
         cols["opacity"][7] = np.nan
     elif case == "inf":
         cols["x"][3] = np.inf
+    elif case == "sh_count":
+        for i in range(6, 9):
+            del cols[f"f_rest_{i}"]
     elif case == "zero_quat":
         for i in range(4):
             cols[f"rot_{i}"][5] = 0.0
@@ -161,18 +170,25 @@ def test_render_matches_the_reference():
 
 @pytest.mark.interp
 def test_render_cli_writes_a_png_of_a_written_ply(tmp_path, capsys):
-    scene, cam = synthetic_scene(300, seed=2, width=64, height=48)
+    """A degree-3 SH scene through the PLY (f_rest channel-major) and `tilefuse render`: the image is the
+    reference's with the view-dependent colours, not the DC colours alone."""
+    dc_only, cam = synthetic_scene(300, seed=2, width=64, height=48)
+    rest = np.random.default_rng(4).standard_normal((300, 15, 3)).astype(np.float32) * 0.4
+    scene = Scene(dc_only.means, dc_only.scales, dc_only.quats, dc_only.opacities, dc_only.colors, rest)
     ply = save_ply(tmp_path / "scene.ply", scene)
     out = tmp_path / "img.png"
     fx, fy, cx, cy = cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]
     rc = main(["render", str(ply), "--camera", f"{fx},{fy},{cx},{cy}", "--size", "64x48", "--target", "interp",
                "--view", ",".join(repr(float(x)) for x in cam.viewmat[:3].ravel()), "--out", str(out)])
-    assert rc == 0 and "rendered 300 Gaussians" in capsys.readouterr().out
+    assert rc == 0 and "rendered 300 Gaussians (SH degree 3)" in capsys.readouterr().out
     got = decode_png(out.read_bytes())
     assert got.shape == (48, 64, 3)
     assert (got.max(-1) > 12).mean() > 0.3  # not all background (black)
-    want = evaluate(render_graph(300, 64, 48), scene_inputs(load_ply(ply), Camera(cam.viewmat, cam.K, 64, 48)))
+    cam64 = Camera(cam.viewmat, cam.K, 64, 48)
+    want = evaluate(render_graph(300, 64, 48, sh_degree=3), scene_inputs(load_ply(ply), cam64, sh=True))
     assert np.abs(got.astype(np.float64) - np.clip(want["image"], 0, 1) * 255).max() <= 1.0
+    flat = evaluate(render_graph(300, 64, 48), scene_inputs(load_ply(ply), cam64))["image"]
+    assert np.abs(np.clip(flat, 0, 1) - np.clip(want["image"], 0, 1)).max() > 0.1  # the higher bands show
 
 
 @pytest.mark.parametrize("args, match", [
@@ -200,7 +216,7 @@ def test_sampled_splat_operands_are_valid():
     ins = random_inputs(load_graph("examples/splat_render.tf", {"N": 400}), seed=7)
     assert (ins["scales"] > 0).all() and (np.linalg.norm(ins["quats"], axis=1) > 1e-3).all()
     assert ((ins["opacities"] > 0) & (ins["opacities"] < 1)).all()
-    assert ((ins["colors"] >= 0) & (ins["colors"] <= 1)).all()
+    assert ins["sh"].shape == (400, 16, 3) and np.abs(ins["sh"][:, 0]).mean() > 2 * np.abs(ins["sh"][:, 1:]).mean()
     k, v = ins["K"], ins["viewmat"].astype(np.float64)
     assert k[0, 0] > 0 and k[1, 1] > 0 and k[2, 2] == 1 and k[0, 1] == k[1, 0] == 0
     assert np.allclose(v[:3, :3] @ v[:3, :3].T, np.eye(3), atol=1e-5) and np.allclose(v[3], [0, 0, 0, 1])

@@ -61,11 +61,16 @@ def anchor_operands(spec: KernelSpec, node: Node, names: Sequence[str]) -> dict[
     return out
 
 
-def result_outputs(spec: KernelSpec, node: Node, roles: Sequence[str]) -> dict[str, str]:
-    """Result role -> the kernel output argument that holds it (roles the graph does not use are absent)."""
+def result_outputs(spec: KernelSpec, node: Node, roles: Sequence[str],
+                   members: Sequence[tuple[Node, str]] = ()) -> dict[str, str]:
+    """Result role -> the kernel output argument that holds it (roles the graph does not use are absent);
+    `members` names the roles of other group members the kernel computes (a fused sibling op)."""
     outs = {}
     for i, out in enumerate(spec.kernel.group.outputs):
-        if out.op is Op.RESULT and out.src[0] is node:
+        role = next((r for m, r in members if m is out), None)
+        if role is not None:
+            outs[role] = f"out{i}"
+        elif out.op is Op.RESULT and out.src[0] is node:
             outs[roles[out.attr("index")]] = f"out{i}"
         elif out is node:
             outs[roles[0]] = f"out{i}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...ir.ops import Op
+from ...ir.ops import Node, Op
 from ...schedule.config import Config
 from ...schedule.target import Target
 from ...passes.partition import Kernel, KernelGraph
@@ -38,12 +38,26 @@ class ProjectSpec(KernelSpec):
         self.camera = node.attr("camera")
         self.near, self.far, self.eps2d = node.attr("near"), node.attr("far"), node.attr("eps2d")
         self.ops: dict[str, Operand] = anchor_operands(self, node, OPERANDS)
-        self.outs = result_outputs(self, node, ROLES)
+        # A fused sh_to_color sibling (kernels/splat/__init__.py): its colours come out of this kernel.
+        self.sh = next((m for m in kernel.group.nodes if m.op is Op.SH_TO_COLOR), None)
+        members: tuple[tuple[Node, str], ...] = ()
+        if self.sh is not None:
+            self.ops.update(anchor_operands(self, self.sh, ("sh_coeffs",)))
+            members = ((self.sh, "colors"),)
+        self.outs = result_outputs(self, node, ROLES, members)
+
+    @property
+    def sh_count(self) -> int:
+        """Spherical-harmonic basis functions evaluated per channel ((degree + 1)^2; 0 without SH)."""
+        return 0 if self.sh is None else (self.sh.attr("degree") + 1) ** 2
 
     def program_description(self) -> dict[str, Any]:
-        return {"N": self.N, "width": self.width, "height": self.height, "camera": self.camera,
-                "near": self.near, "far": self.far, "eps2d": self.eps2d,
-                "outputs": sorted(self.outs.items())}
+        out = {"N": self.N, "width": self.width, "height": self.height, "camera": self.camera,
+               "near": self.near, "far": self.far, "eps2d": self.eps2d,
+               "outputs": sorted(self.outs.items())}
+        if self.sh is not None:  # only with SH, so projections without it keep their keys
+            out["sh_degree"] = self.sh.attr("degree")
+        return out
 
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
@@ -65,7 +79,7 @@ class ProjectSpec(KernelSpec):
 
     # -- cost hooks --
     def flops(self) -> float:
-        return float(FLOPS_PER_GAUSSIAN * self.N)
+        return float((FLOPS_PER_GAUSSIAN + (40 + 6 * self.sh_count if self.sh_count else 0)) * self.N)
 
     def mma_dtype(self) -> None:
         return None
@@ -76,15 +90,20 @@ class ProjectSpec(KernelSpec):
     def registers_per_thread(self, config: Config, target: Target) -> float:
         """About 90 live f32 values per Gaussian (the covariance chain), BLOCK / threads Gaussians each."""
         per_thread = config.int("BLOCK") / (32 * config.int("num_warps"))
-        return 32.0 + 90.0 * per_thread
+        return 32.0 + (90.0 + self.sh_count) * per_thread
 
     def family_features(self, config: Config) -> dict[str, float]:
-        return {"gaussians": float(self.N), "fisheye": float(self.camera == "fisheye")}
+        out = {"gaussians": float(self.N), "fisheye": float(self.camera == "fisheye")}
+        if self.sh is not None:
+            out["sh_bases"] = float(self.sh_count)
+        return out
 
     # -- host checks (run before the launch: SplatInputError, never a garbage image) --
     def aux_args(self, config: Config, inputs: list[Any], device: Any) -> list[Any]:
         """No auxiliary tensors; checks the input values first (see the module docstring)."""
         check_projection_inputs(self.ops, inputs)
+        if self.sh is not None:
+            check_sh_inputs(self.ops, inputs)
         return []
 
 
@@ -114,3 +133,20 @@ def check_projection_inputs(ops: dict[str, Operand], inputs: list[Any]) -> None:
     fx, fy = float(k[0, 0]), float(k[1, 1])
     if not (fx > 0 and fy > 0 and bool(torch.isfinite(k).all())):
         raise SplatInputError(f"{what}: K needs finite focal lengths fx, fy > 0, got fx={fx}, fy={fy}")
+
+
+def check_sh_inputs(ops: dict[str, Operand], inputs: list[Any]) -> None:
+    """SplatInputError for SH coefficients that are not finite, or a view matrix whose rotation part has
+    no inverse (the camera centre -R^-1 t the view directions start from)."""
+    import torch
+
+    coeffs = ops["sh_coeffs"].view_of(inputs[ops["sh_coeffs"].buffer]).to(torch.float64)
+    bad = ~torch.isfinite(coeffs).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        raise SplatInputError(f"sh_to_color: coeffs has non-finite values in {first_bad(bad)}; every "
+                              "coefficient must be finite")
+    view = ops["viewmat"].view_of(inputs[ops["viewmat"].buffer]).to(torch.float64)
+    rot = view[:3, :3]
+    if not abs(float(torch.linalg.det(rot))) > 1e-12 * float(rot.abs().max()) ** 3:
+        raise SplatInputError("sh_to_color: viewmat's rotation part viewmat[:3, :3] is singular, so the camera has "
+                              "no centre to take view directions from")

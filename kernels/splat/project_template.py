@@ -108,6 +108,44 @@ def _project(spec: ProjectSpec) -> list[str]:
     return lines
 
 
+# gsplat's SH basis (ir/splat_sh_op.py sh_basis) as (index, expression) over unit x, y, z, with the
+# helper values each band needs first.
+SH_HELPERS = ((4, ["hz2 = z * z", "hc1 = x * x - y * y", "hs1 = 2.0 * x * y"]),
+              (9, ["htc = -2.285228997322329 * hz2 + 0.4570457994644658", "htb = 1.445305721320277 * z",
+                   "hc2 = x * hc1 - y * hs1", "hs2 = x * hs1 + y * hc1"]))
+SH_BASIS = ("0.2820947917738781", "-0.48860251190292 * y", "0.48860251190292 * z", "-0.48860251190292 * x",
+            "0.5462742152960395 * hs1", "-1.092548430592079 * z * y", "0.9461746957575601 * hz2 - 0.3153915652525201",
+            "-1.092548430592079 * z * x", "0.5462742152960395 * hc1", "-0.5900435899266435 * hs2", "htb * hs1",
+            "htc * y", "z * (1.865881662950577 * hz2 - 1.119528997770346)", "htc * x", "htb * hc1",
+            "-0.5900435899266435 * hc2")
+
+
+def _sh(spec: ProjectSpec) -> list[str]:
+    """The fused sh_to_color: camera centre -R^-1 t (cofactors of the view matrix's 3x3 part), each
+    Gaussian's unit view direction, the basis up to the degree, colour = max(0, basis . coeffs + 0.5)."""
+    cof = {(0, 0): "w11 * w22 - w12 * w21", (0, 1): "w12 * w20 - w10 * w22", (0, 2): "w10 * w21 - w11 * w20",
+           (1, 0): "w02 * w21 - w01 * w22", (1, 1): "w00 * w22 - w02 * w20", (1, 2): "w01 * w20 - w00 * w21",
+           (2, 0): "w01 * w12 - w02 * w11", (2, 1): "w02 * w10 - w00 * w12", (2, 2): "w00 * w11 - w01 * w10"}
+    lines = [f"a{i}{j} = {e}" for (i, j), e in cof.items()]
+    lines += ["rdet = 1.0 / (w00 * a00 + w01 * a01 + w02 * a02)"]
+    # c = -R^-1 t, R^-1 = adj(R) / det, adj(R)_ij = cofactor_ji
+    lines += [f"cc{i} = -(a0{i} * w03 + a1{i} * w13 + a2{i} * w23) * rdet" for i in range(3)]
+    lines += ["dx = mx - cc0", "dy = my - cc1", "dz = mz - cc2",
+              "dn = 1.0 / tl.maximum(tl.sqrt(dx * dx + dy * dy + dz * dz), 1e-12)",
+              "x = dx * dn", "y = dy * dn", "z = dz * dn"]
+    count = spec.sh_count
+    for start, helpers in SH_HELPERS:
+        if count > start:
+            lines += helpers
+    lines += [f"sb{k} = {SH_BASIS[k]}" for k in range(count)]
+    sh = spec.ops["sh_coeffs"]
+    for c in range(3):
+        terms = [f"sb{k} * tl.load({sh.at('g', str(k), str(c))}, mask=ok, other=0.0).to(tl.float32)"
+                 for k in range(count)]
+        lines.append(f"rgb{c} = tl.maximum(" + " + ".join(terms) + " + 0.5, 0.0)")
+    return lines
+
+
 def _stores(spec: ProjectSpec) -> list[str]:
     out = spec.outs
     lines = []
@@ -121,6 +159,8 @@ def _stores(spec: ProjectSpec) -> list[str]:
         lines.append(f"tl.store({out['depths']} + g, pz, mask=ok)")
     if "radii" in out:
         lines.append(f"tl.store({out['radii']} + g, tl.where(keep, rad, 0.0).to(tl.int32), mask=ok)")
+    if "colors" in out:
+        lines += [f"tl.store({out['colors']} + g * 3 + {c}, rgb{c}, mask=ok)" for c in range(3)]
     return lines
 
 
@@ -128,7 +168,7 @@ def render(spec: ProjectSpec, config: Config, interpret: bool = False) -> str:
     """The projection kernel `{name}`: one program per BLOCK Gaussians."""
     args = ", ".join(a.name for a in spec.launch_plan(config).args)
     body = ["pid = tl.program_id(0)", "g = pid * BLOCK + tl.arange(0, BLOCK)", f"ok = g < {spec.N}"]
-    body += _loads(spec) + _project(spec) + _stores(spec)
+    body += _loads(spec) + _project(spec) + (_sh(spec) if spec.sh is not None else []) + _stores(spec)
     src = header(spec, config, "triton") + "import triton\nimport triton.language as tl\n\n"
     if spec.camera == "fisheye":
         src += ATAN + "\n"

@@ -15,6 +15,11 @@
    along the batch (the reference's rules: alpha <= 0.99, skip alpha < 1/255, stop before a
    Gaussian would take T below 1e-4); stops early once every pixel of the tile has stopped.
 
+Features (kernels/splat/raster_features.py): more than four channels render as [pixels, CHUNK] tiles
+with tl.dot, one program per (tile, channel chunk); the sparse-coefficient variant (8 operands: K
+weights into an [L, C] codebook) splats L coefficient channels and multiplies by the codebook per
+pixel, one program per (tile, block of PIX pixels).
+
 The tile is the op's `tile` attribute (it decides which Gaussians a pixel visits, so it is part of
 the result, not a free knob): 8, 16 or 32. Workspaces are sized for the worst case (every Gaussian
 on every tile: N x tiles intersections), which bounds scenes to what that fits; sizing them from
@@ -31,13 +36,15 @@ from ...schedule.launch import Arg, Launch, Workspace
 from ...schedule.target import Target
 from ...passes.partition import Kernel, KernelGraph
 from ..base import KernelSpec
-from ..lowering import LoweringError
+from ..lowering import LoweringError, next_pow2
 from ..registry import register_family
 from .common import Operand, SplatInputError, anchor_operands, first_bad, result_outputs
 
-OPERANDS = ("means2d", "conics", "colors", "opacities", "depths", "radii")
+OPERANDS = ("means2d", "conics", "colors", "opacities", "depths", "radii", "indices", "codebook")
 ROLES = ("image", "final_T", "last")
 TILES = (8, 16, 32)
+ISECT = ("ellipse", "rect")  # the binning's tile test: the rectangle's tiles the ellipse reaches, or all of them
+UNROLLED_CHANNELS = 4  # up to this many channels, one accumulator per channel; more take the chunked tl.dot path
 
 
 @register_family("rasterize_gaussians")
@@ -50,7 +57,11 @@ class RasterSpec(KernelSpec):
         super().__init__(kg, kernel)
         node = self.anchor_node(Op.RASTERIZE_GAUSSIANS)
         self.node = node
-        self.N, self.C = node.src[2].shape
+        self.N = node.src[0].shape[0]
+        self.C = node.shape[2]
+        # Sparse-coefficient features: K weights of L codebook rows per Gaussian (raster_features.py).
+        self.sparse = len(node.src) == 8
+        self.K, self.L = (node.src[2].shape[1], node.src[7].shape[0]) if self.sparse else (0, 0)
         self.width, self.height, self.tile = node.attr("width"), node.attr("height"), node.attr("tile")
         if self.tile not in TILES:
             raise LoweringError(f"{self.name}: rasterize_gaussians with tile={self.tile} on the triton backend: "
@@ -70,30 +81,84 @@ class RasterSpec(KernelSpec):
         """Intersection slots: every Gaussian on every tile (the worst case)."""
         return max(1, self.N * self.tiles)
 
+    @property
+    def feature_render(self) -> bool:
+        """Whether the render accumulates channels as [pixels, CHUNK] tiles with tl.dot (many channels or
+        sparse coefficients) instead of one unrolled accumulator per channel."""
+        return self.sparse or self.C > UNROLLED_CHANNELS
+
+    @property
+    def lpad(self) -> int:
+        """The sparse variant's per-pixel coefficient channels: L padded to a power of two >= 16 (tl.dot)."""
+        return max(16, next_pow2(self.L))
+
     def program_description(self) -> dict[str, Any]:
-        return {"N": self.N, "C": self.C, "width": self.width, "height": self.height, "tile": self.tile,
-                "background": list(self.background), "pixel_center": self.pixel_center,
-                "outputs": sorted(self.outs.items())}
+        out = {"N": self.N, "C": self.C, "width": self.width, "height": self.height, "tile": self.tile,
+               "background": list(self.background), "pixel_center": self.pixel_center,
+               "outputs": sorted(self.outs.items())}
+        if self.sparse:  # only then, so the dense rasterizer keeps its keys
+            out["sparse"] = {"K": self.K, "L": self.L}
+        return out
 
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
-        return {"BATCH": (8, 16, 32), "BLOCK_G": (64, 128, 256), "num_warps": (2, 4, 8), "num_stages": (1,)}
+        space = {"BATCH": (8, 16, 32), "BLOCK_G": (64, 128, 256), "num_warps": (2, 4, 8), "num_stages": (1,),
+                 "ISECT": ISECT}
+        if self.sparse:
+            return {**space, "CHUNK": (16, 32, 64), "PIX": (32, 64, 128, 256)}
+        return {**space, "CHUNK": (16, 32, 64)} if self.feature_render else space
 
     def constraints(self, config: Config, target: Target) -> list[str]:
-        pixels = self.tile * self.tile
+        pixels, threads = self.tile * self.tile, 32 * config.int("num_warps")
         if pixels * config.int("BATCH") > 32 * 32 * config.int("num_warps") * 8:
             return [f"a {pixels} x {config['BATCH']} alpha tile is over 256 values per thread with "
                     f"{config['num_warps']} warps (registers spill)"]
-        return []
+        if not self.feature_render:
+            return []
+        out = []
+        if config.int("BATCH") < 16:
+            out.append(f"BATCH={config['BATCH']} < 16: tl.dot needs a contraction of 16 or more")
+        if config.int("CHUNK") > max(16, next_pow2(self.C)):
+            out.append(f"CHUNK={config['CHUNK']} is wider than the {self.C} channels need")
+        if self.sparse and config.int("PIX") > pixels:
+            out.append(f"PIX={config['PIX']} is more than the tile's {pixels} pixels")
+        pix, width = self.render_pixels(config), self.lpad if self.sparse else config.int("CHUNK")
+        if pix * width // threads > 32:
+            out.append(f"a {pix}-pixel accumulator of {width} channels is {pix * width // threads} values per "
+                       f"thread with {config['num_warps']} warps (over 32: registers spill)")
+        return out
+
+    def render_pixels(self, config: Config) -> int:
+        """Pixels one render program composites: PIX of the sparse render, else the whole tile."""
+        return min(config.int("PIX"), self.tile * self.tile) if self.sparse else self.tile * self.tile
 
     def default_config(self, target: Target) -> Config:
-        return Config(BATCH=16, BLOCK_G=128, num_warps=8, num_stages=1)
+        base = Config(BATCH=16, BLOCK_G=128, ISECT="ellipse", num_warps=8, num_stages=1)
+        if self.sparse:  # a [64, L] accumulator: 16 values per thread at L = 64
+            return base.replace(CHUNK=16, PIX=min(64, self.tile * self.tile))
+        if self.feature_render:
+            return base.replace(CHUNK=min(32, max(16, next_pow2(self.C))))
+        return base
+
+    def ellipse(self, config: Config) -> bool:
+        """Whether binning keeps only the tiles a Gaussian's ellipse reaches (raster_ellipse.py)."""
+        return config.get("ISECT") == "ellipse"
+
+    def splits(self, config: Config) -> int:
+        """Render programs per tile: channel chunks of dense features, pixel blocks of sparse ones, else 1."""
+        if self.sparse:
+            return -(-self.tile * self.tile // self.render_pixels(config))
+        return -(-self.C // config.int("CHUNK")) if self.feature_render else 1
 
     def grid(self, config: Config) -> tuple[int, int, int]:
-        """The render launch's grid: one program per tile."""
-        return (self.tiles, 1, 1)
+        """The render launch's grid: one program per tile (x channel chunk or pixel block of features)."""
+        return (self.tiles, self.splits(config), 1)
 
     def triton_constexprs(self, config: Config) -> dict[str, Any]:
+        if self.sparse:
+            return {"BATCH": config.int("BATCH"), "CHUNK": config.int("CHUNK"), "PIX": self.render_pixels(config)}
+        if self.feature_render:
+            return {"BATCH": config.int("BATCH"), "CHUNK": config.int("CHUNK")}
         return {"BATCH": config.int("BATCH")}
 
     def workspaces(self, config: Config, sizes: Mapping[str, int] | None = None) -> list[Workspace]:
@@ -108,14 +173,16 @@ class RasterSpec(KernelSpec):
         def pick(*names: str) -> tuple[Arg, ...]:
             return tuple(by[n] for n in names)
 
-        m2d, dep, rad = (self.ops[n].arg for n in ("means2d", "depths", "radii"))
+        m2d, con, op, dep, rad = (self.ops[n].arg for n in ("means2d", "conics", "opacities", "depths", "radii"))
         per_g = (-(-self.N // config.int("BLOCK_G")), 1, 1)
         block_g = {"BLOCK_G": config.int("BLOCK_G")}
+        shape = (con, op) if self.ellipse(config) else ()  # the ellipse test reads conics and opacities
         return [
-            self.launch(f"{self.name}_count", per_g, config, pick(*dict.fromkeys((m2d, rad)), "counts"), block_g),
+            self.launch(f"{self.name}_count", per_g, config, pick(*dict.fromkeys((m2d, rad) + shape), "counts"),
+                        block_g),
             self.launch(f"{self.name}_scan", (1, 1, 1), config, pick("counts", "offsets"), {"SCAN": 1024}),
             self.launch(f"{self.name}_emit", per_g, config,
-                        pick(*dict.fromkeys((m2d, dep, rad)), "offsets", "keys", "ids"), block_g),
+                        pick(*dict.fromkeys((m2d, dep, rad) + shape), "offsets", "keys", "ids"), block_g),
             Launch(f"{self.name}_sort", (), pick("offsets", "keys", "ids", "sids"), host=True),
             self.launch(f"{self.name}_ranges", (-(-self.capacity // 1024), 1, 1), config,
                         pick("offsets", "keys", "ranges"), {"BLOCK_R": 1024}),
@@ -125,7 +192,8 @@ class RasterSpec(KernelSpec):
                  sizes: Mapping[str, int] | None = None) -> list[Launch]:
         by = {a.name: a for a in args}
         outs = tuple(by[o] for o in sorted(self.outs.values()))
-        render_in = tuple(by[a] for a in dict.fromkeys(self.ops[n].arg for n in OPERANDS[:4]))
+        render_in = tuple(by[a] for a in dict.fromkeys(
+            tuple(self.ops[n].arg for n in OPERANDS[:4]) + self.sparse_args()))
         return self.binning_launches(config, by) + [
             self.launch(f"{self.name}_render", self.grid(config), config,
                         render_in + (by["sids"], by["ranges"]) + outs)]
@@ -142,13 +210,25 @@ class RasterSpec(KernelSpec):
         return 0.0
 
     def registers_per_thread(self, config: Config, target: Target) -> float:
-        """About six live [pixels, BATCH] f32 tiles (power, alpha, the cumulative product, T x it, weights)."""
-        per_thread = self.tile * self.tile * config.int("BATCH") / (32 * config.int("num_warps"))
-        return 40.0 + 6.0 * per_thread
+        """About six live [pixels, BATCH] f32 tiles (power, alpha, the cumulative product, T x it, weights),
+        plus the [pixels, channels] accumulator of the feature render."""
+        threads = 32 * config.int("num_warps")
+        per_thread = self.render_pixels(config) * config.int("BATCH") / threads
+        acc = 0.0
+        if self.feature_render:
+            acc = self.render_pixels(config) * (self.lpad if self.sparse else config.int("CHUNK")) / threads
+        return 40.0 + 6.0 * per_thread + acc
+
+    def sparse_args(self) -> tuple[str, ...]:
+        """The sparse variant's extra render arguments (indices, codebook); none otherwise."""
+        return (self.ops["indices"].arg, self.ops["codebook"].arg) if self.sparse else ()
 
     def family_features(self, config: Config) -> dict[str, float]:
-        return {"gaussians": float(self.N), "channels": float(self.C), "tiles": float(self.tiles),
-                "tile": float(self.tile)}
+        out = {"gaussians": float(self.N), "channels": float(self.C), "tiles": float(self.tiles),
+               "tile": float(self.tile), "ellipse_test": float(self.ellipse(config))}
+        if self.sparse:
+            out.update(codebook_rows=float(self.L), coefficients=float(self.K))
+        return out
 
     def report_lines(self, config: Config) -> list[str]:
         return [f"{self.tiles} tiles of {self.tile}x{self.tile}; key sort on the host step {self.name}_sort "
@@ -157,6 +237,12 @@ class RasterSpec(KernelSpec):
     def aux_args(self, config: Config, inputs: list[Any], device: Any) -> list[Any]:
         """No auxiliary tensors; checks depths and radii first (SplatInputError)."""
         check_raster_inputs(self.ops, inputs)
+        if self.sparse:
+            idx = self.ops["indices"].view_of(inputs[self.ops["indices"].buffer])
+            bad = ((idx < 0) | (idx >= self.L)).any(dim=1)
+            if bool(bad.any()):
+                raise SplatInputError(f"rasterize_gaussians: indices must lie in [0, {self.L}) (rows of the "
+                                      f"codebook): {first_bad(bad)} hold one outside")
         return []
 
 

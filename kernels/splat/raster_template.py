@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from ...codegen.headers import header
 from ...schedule.config import Config
+from . import raster_ellipse as tighter
+from . import raster_features as features
 
 if TYPE_CHECKING:
     from .raster_spec import RasterSpec
@@ -41,21 +43,38 @@ def _rect_{spec.name}(g, ok, {", ".join(dict.fromkeys((o["means2d"].arg, o["radi
 '''
 
 
-def _binning(spec: RasterSpec, p: dict[str, str]) -> str:
-    """count -> scan -> emit (device), then sort (a host step) and ranges: the tile binning launches."""
-    o, n, name = spec.ops, spec.N, spec.name
-    rect_args = ", ".join(dict.fromkeys((o["means2d"].arg, o["radii"].arg)))
+def _binning(spec: RasterSpec, p: dict[str, str], ellipse: bool = False) -> str:
+    """count -> scan -> emit (device), then sort (a host step) and ranges: the tile binning launches; with
+    `ellipse`, count and emit keep only the rectangle's tiles the Gaussian's ellipse reaches (raster_ellipse.py)."""
+    if ellipse:
+        count, emit = tighter.count(spec, p), tighter.emit(spec, p)
+    else:
+        count, emit = _count(spec, p), _emit(spec, p)
+    return count + _scan(spec, p) + emit + "\n" + _sort_and_ranges(spec, p)
+
+
+def _rect_args(spec: RasterSpec) -> str:
+    return ", ".join(dict.fromkeys((spec.ops["means2d"].arg, spec.ops["radii"].arg)))
+
+
+def _count(spec: RasterSpec, p: dict[str, str]) -> str:
+    name = spec.name
     return f'''
 @triton.jit
 def {name}_count({p["count"]}):
     g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    ok = g < {n}
-    x0, y0, w, cnt = _rect_{name}(g, ok, {rect_args})
+    ok = g < {spec.N}
+    x0, y0, w, cnt = _rect_{name}(g, ok, {_rect_args(spec)})
     tl.store(counts + g, cnt, mask=ok)
+'''
 
+
+def _scan(spec: RasterSpec, p: dict[str, str]) -> str:
+    n = spec.N
+    return f'''
 
 @triton.jit
-def {name}_scan({p["scan"]}):
+def {spec.name}_scan({p["scan"]}):
     carry = tl.zeros([], tl.int32)
     for start in range(0, {n}, SCAN):
         i = start + tl.arange(0, SCAN)
@@ -63,13 +82,18 @@ def {name}_scan({p["scan"]}):
         tl.store(offsets + i, carry + tl.cumsum(c, 0) - c, mask=i < {n})
         carry += tl.sum(c, 0)
     tl.store(offsets + {n}, carry)
+'''
 
+
+def _emit(spec: RasterSpec, p: dict[str, str]) -> str:
+    o, n, name = spec.ops, spec.N, spec.name
+    return f'''
 
 @triton.jit
 def {name}_emit({p["emit"]}):
     g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     ok = g < {n}
-    x0, y0, w, cnt = _rect_{name}(g, ok, {rect_args})
+    x0, y0, w, cnt = _rect_{name}(g, ok, {_rect_args(spec)})
     base = tl.load(offsets + g, mask=ok, other=0)
     d = tl.load({o["depths"].at("g")}, mask=ok, other=0.0).to(tl.float32)
     # depth >= 0 (checked on the host), so its float bits order like the floats; the low 32 bits only
@@ -80,8 +104,7 @@ def {name}_emit({p["emit"]}):
         tid = (y0 + j // ws) * {spec.gx} + x0 + j % ws
         tl.store(keys + base + j, (tid.to(tl.int64) << 32) | dbits, mask=m)
         tl.store(ids + base + j, g, mask=m)
-
-''' + _sort_and_ranges(spec, p)
+'''
 
 
 def _sort_and_ranges(spec: RasterSpec, p: dict[str, str]) -> str:
@@ -110,8 +133,10 @@ def {name}_ranges({p["ranges"]}):
 '''
 
 
-def _render_batch(spec: RasterSpec) -> list[str]:
-    """One batch: alphas of BATCH Gaussians at every pixel, composited by a cumulative product."""
+def _render_batch(spec: RasterSpec, acc: list[str] | None = None) -> list[str]:
+    """One batch: alphas of BATCH Gaussians at every pixel, composited by a cumulative product; `acc` are
+    the lines adding the batch's weights `wgt` [pixels, BATCH] times its features (one accumulator per
+    channel when not given)."""
     o = spec.ops
     lines = ["j = b + jj", "jm = j < end", "gid = tl.load(sids + j, mask=jm, other=0)",
              f"mx = tl.load({o['means2d'].at('gid', '0')}, mask=jm, other=0.0).to(tl.float32)",
@@ -130,9 +155,10 @@ def _render_batch(spec: RasterSpec) -> list[str]:
               "fs = tl.min(tl.where(stop, jj[None, :], BATCH), axis=1)",
               "add = live & (jj[None, :] < fs[:, None])",
               "wgt = tl.where(add, alpha * (T[:, None] * (cp / om)), 0.0)"]
-    for c in range(spec.C):
+    for c in range(spec.C if acc is None else 0):
         lines += [f"col{c} = tl.load({o['colors'].at('gid', str(c))}, mask=jm, other=0.0).to(tl.float32)",
                   f"acc{c} += tl.sum(wgt * col{c}[None, :], axis=1)"]
+    lines += acc or []
     lines += ["T = tl.minimum(T, tl.min(tl.where(add, tt, 2.0), axis=1))",
               "last = tl.maximum(last, tl.max(tl.where(add, j[None, :], -1), axis=1))",
               "done = done | (fs < BATCH).to(tl.int32)",
@@ -165,8 +191,20 @@ def _render(spec: RasterSpec, p: dict[str, str]) -> str:
     return f"\n\n@triton.jit\ndef {spec.name}_render({p['render']}):\n" + "\n".join(body) + "\n"
 
 
+def _render_features(spec: RasterSpec, p: dict[str, str]) -> str:
+    """The feature render (raster_features.py): the same traversal and compositing, channels as tiles."""
+    head, acc, tail = features.render_parts(spec)
+    # A counted loop with the early exit as an `if`: Triton 3.6 fails to compile (TritonGPURemoveLayout-
+    # Conversions, sm_80 and sm_90) a `while` whose loop-carried values include a tl.dot accumulator.
+    body = [f"    {ln}" for ln in head] + ["    for _ in range(0, tl.cdiv(end - b, BATCH)):", "        if alive > 0:"]
+    body += [f"            {ln}" for ln in _render_batch(spec, acc)] + [f"    {ln}" for ln in tail]
+    return f"\n\n@triton.jit\ndef {spec.name}_render({p['render']}):\n" + "\n".join(body) + "\n"
+
+
 def render(spec: RasterSpec, config: Config, interpret: bool = False) -> str:
     """The rasterizer's module: the rectangle helper and the six functions of its launch plan."""
     p = _params(spec, config)
+    draw = _render_features if spec.feature_render else _render
+    ellipse = spec.ellipse(config)
     return (header(spec, config, "triton") + "import triton\nimport triton.language as tl\n\n" + _rect(spec)
-            + _binning(spec, p) + _render(spec, p))
+            + (tighter.helpers(spec) if ellipse else "") + _binning(spec, p, ellipse) + draw(spec, p))
