@@ -10,7 +10,7 @@ from .sddmm import SddmmSpec
 from .spec import SpmmSpec
 
 register_template(SpmmSpec.family, "triton", __name__ + ".triton_template")
-register_template(SpmmSpec.family, "tvm", __name__ + ".tvm_csr")
+register_template(SpmmSpec.family, "tvm", __name__ + ".tvm_template")
 # A `sparse` node opens a group named after its op (no family lowers it alone); spmm pulls it in as
 # the prologue of operand 0 when spmm is its only reader. Pointwise consumers of the [M, N] output
 # (bias, activation, residual, cast) join as the epilogue.
@@ -20,6 +20,7 @@ register_fusion(SpmmSpec.family, GroupRule(
     epilogues=(PointwiseEpilogue(),)))
 
 register_template(SddmmSpec.family, "triton", __name__ + ".triton_sddmm")
+register_template(SddmmSpec.family, "tvm", __name__ + ".tvm_sddmm")
 # The pattern's `sparse` node joins sddmm as the prologue of operand 2; pointwise consumers of the
 # [nnz] values (a scale, an exp, a cast) join as the epilogue.
 register_fusion(SddmmSpec.family, GroupRule(

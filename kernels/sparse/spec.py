@@ -1,6 +1,7 @@
 """Sparse family: SpMM `spmm(sparse(...), B)` with the sparse constructor read in the kernel's loads
 (it is a prologue, never a kernel of its own) and pointwise epilogues (bias, activation, residual,
-cast) applied to the accumulator before the store.
+cast) applied to the accumulator before the store. On CPUs (TVM, kernels/sparse/tvm_*.py) every format
+runs: CSR in nnz-balanced tasks, BSR per block row, 2:4 per row tile.
 
 CSR on the GPU: one program per (row, BLOCK_N columns), walking the row's nonzeros BLOCK_NZ at a time
 and gathering rows of B (contiguous along N, so loads are vectorised). With SWIZZLE=1 the rows are
@@ -42,6 +43,7 @@ NBINS = 32  # log2 row-length bins: bin b holds rows of length in [2^(b-1), 2^b)
 BLOCK_R = 256  # rows per program of the binning launches
 MAX_TILE = 8192  # BLOCK_NZ x BLOCK_N gathered elements of B per step (registers: see constraints)
 MAX_REGISTERS = 255  # per thread; a dot tiling estimated above it would spill
+MAX_CPU_ACC = 4096  # elements of a CPU task's accumulator tile (a stack buffer: 16 KiB in f32)
 
 
 @register_family("spmm")
@@ -85,6 +87,19 @@ class SpmmSpec(KernelSpec):
         if any(o is sp for o in kernel.group.outputs):
             raise LoweringError(f"{self.name}: a sparse tensor cannot be a kernel output")
 
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        """The [M, N] output's shape."""
+        return (self.M, self.N)
+
+    def b_index(self, k: Any, n: Any) -> list[Any]:
+        """Index of the dense operand's element (k, n) in its own domain."""
+        return [k, n]
+
+    def out_index(self, m: Any, n: Any) -> tuple[Any, Any]:
+        """Index of the product's element (m, n) in the outputs' domain."""
+        return (m, n)
+
     def structure(self) -> tuple[Expr | None, Expr | None]:
         """The structure operands check_inputs reads: (indptr, indices), or (None, meta) for 2:4."""
         return (None, self.meta) if self.meta is not None else (self.indptr, self.indices)
@@ -111,7 +126,12 @@ class SpmmSpec(KernelSpec):
 
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         if target.kind == "cpu":
-            return {"tile_n": (16, 32, 64, 128, 256, 512), "tasks": (1, 2, 4, 8, 16, 32, 64)}
+            tile_n = (16, 32, 64, 128, 256, 512)
+            if self.format == "bsr":
+                return {"tile_n": tile_n}
+            if self.format == "2:4":
+                return {"tile_m": (1, 2, 4, 8, 16), "tile_n": tile_n}
+            return {"tile_n": tile_n, "tasks": (1, 2, 4, 8, 16, 32, 64)}
         launch = {"num_warps": (1, 2, 4, 8), "num_stages": (1, 2, 3)}
         if self.format == "bsr":
             return {"BLOCK_N": (16, 32, 64, 128, 256), **launch}
@@ -126,6 +146,11 @@ class SpmmSpec(KernelSpec):
         if target.kind == "cpu":
             if config.int("tile_n") > max(16, next_pow2(self.N)):
                 out.append(f"tile_n={config['tile_n']} is larger than N={self.N}")
+            rows = config.int("tile_m") if "tile_m" in config else self.block[0]
+            if rows * config.int("tile_n") > MAX_CPU_ACC:
+                out.append(f"a {rows}x{config['tile_n']} accumulator tile exceeds {MAX_CPU_ACC} elements")
+            if "tile_m" in config and config.int("tile_m") > max(1, next_pow2(self.M)):
+                out.append(f"tile_m={config['tile_m']} is larger than M={self.M}")
             return out
         bn, warps = config.int("BLOCK_N"), config.int("num_warps")
         if bn > max(16, next_pow2(self.N)):
@@ -146,7 +171,12 @@ class SpmmSpec(KernelSpec):
 
     def default_config(self, target: Target) -> Config:
         if target.kind == "cpu":
-            return Config(tile_n=max(16, min(64, next_pow2(self.N))), tasks=8)
+            tn = max(16, min(64, next_pow2(self.N)))
+            if self.format == "bsr":
+                return Config(tile_n=max(16, min(tn, MAX_CPU_ACC // self.block[0])))
+            if self.format == "2:4":
+                return Config(tile_m=min(4, next_pow2(self.M)), tile_n=tn)
+            return Config(tile_n=tn, tasks=8)
         n16 = max(16, next_pow2(self.N))
         if self.format == "bsr":
             return Config(BLOCK_N=min(64 if self.dot_block()[0] >= 64 else 128, n16), num_warps=4, num_stages=2)
@@ -159,7 +189,12 @@ class SpmmSpec(KernelSpec):
         return Config(BLOCK_N=bn, BLOCK_NZ=bz, SWIZZLE=1, num_warps=warps, num_stages=2)
 
     def grid(self, config: Config) -> tuple[int, int, int]:
-        if "BLOCK_N" not in config:
+        if "BLOCK_N" not in config:  # cpu: the parallel tasks
+            tiles = -(-self.N // config.int("tile_n"))
+            if self.format == "bsr":
+                return (self.M // self.block[0] * tiles, 1, 1)
+            if self.format == "2:4":
+                return (-(-self.M // config.int("tile_m")) * tiles, 1, 1)
             return (config.int("tasks"), 1, 1)
         tiles_n = -(-self.N // config.int("BLOCK_N"))
         if self.format == "bsr":
