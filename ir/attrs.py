@@ -93,6 +93,7 @@ ATTRS: dict[str, dict[str, Kind]] = {
     "sparse": {"format": STR, "shape": SHAPE, "block": SHAPE},
     "spmm": {"out_dtype": DTYPE},
     "sddmm": {"out_dtype": DTYPE},
+    "sparse_softmax": {"out_dtype": DTYPE},
     "project_gaussians": {"width": INT, "height": INT, "camera": STR, "near": NUMBER, "far": NUMBER,
                           "eps2d": NUMBER, "results": RESULTS},
     "rasterize_gaussians": {"width": INT, "height": INT, "tile": INT, "background": NUMBERS,

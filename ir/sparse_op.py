@@ -1,4 +1,4 @@
-"""Sparse tensors and the ops on them: `sparse` (pack arrays), `spmm`, `sddmm`.
+"""Sparse tensors and the ops on them: `sparse` (pack arrays), `spmm`, `sddmm`, `sparse_softmax`.
 
 A sparse value is a `sparse` node whose operands are the format's arrays; its dtype is the
 values' dtype and its shape the dense logical shape [M, K]:
@@ -12,6 +12,10 @@ values' dtype and its shape the dense logical shape [M, K]:
 CSR/BSR indices need not be sorted; duplicates add up (scipy's CSR @ dense semantics).
 
     spmm(A sparse [M, K], B [K, N]) -> [M, N]   (out_dtype, default the values dtype)
+    sparse_softmax(S sparse [M, N]) -> values array shaped like S's values: per row of the dense [M, N],
+        the softmax over that row's stored entries (each stored entry counts once, duplicates included:
+        DGL's edge softmax); an empty row has nothing. Graph attention is
+        spmm(sparse(structure, sparse_softmax(sparse(structure, sddmm(q, k, pattern)))), v).
     sddmm(a [M, K], b [N, K], pattern sparse [M, N]) -> values array shaped like the pattern's values
         operand ([nnz], [nnzb, bm, bn] or [M, N/2]): (a @ b^T) at the pattern's nonzeros. Re-wrap it with
         `sparse(structure..., values)` (builders/sparse.py sddmm(..., as_sparse=True)) for a sparse tensor.
@@ -124,6 +128,20 @@ def _infer_sddmm(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     return out, _values_node(sp).shape, {"out_dtype": out}
 
 
+@register(Op.SPARSE_SOFTMAX, (1, 1))
+def _infer_sparse_softmax(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
+    (sp,) = srcs
+    what = f"sparse_softmax of {sp.dtype}{fmt_shape(sp.shape)}"
+    if sp.op is not Op.SPARSE:
+        raise VerifyError(f"{what}: the operand must be a sparse tensor (a sparse node), got {sp.op.value}")
+    if not sp.dtype.is_float:
+        raise VerifyError(f"{what}: the values must be float, got {sp.dtype}")
+    out = dt.dtype(a.get("out_dtype", sp.dtype))
+    if not out.is_float:
+        raise VerifyError(f"{what}: out_dtype must be float, got {out}")
+    return out, _values_node(sp).shape, {"out_dtype": out}
+
+
 # ---- reference ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SparseValue:
@@ -230,6 +248,20 @@ def _eval_sddmm(n: Node, xs: list[Any]) -> np.ndarray:
     r, c = sv.coords()
     vals = np.einsum("ik,ik->i", np.asarray(a, dtype=np.float64)[r], np.asarray(b, dtype=np.float64)[c])
     return rnd(vals.reshape(n.shape), n.dtype)
+
+
+@evaluator(Op.SPARSE_SOFTMAX)
+def _eval_sparse_softmax(n: Node, xs: list[Any]) -> np.ndarray:
+    (sv,) = xs
+    rows, _ = sv.coords()
+    x = np.asarray(sv.values, dtype=np.float64).reshape(-1)
+    peak = np.full(sv.shape[0], -np.inf)
+    np.maximum.at(peak, rows, x)
+    with np.errstate(invalid="ignore"):  # a row of -inf scores is nan, as a dense softmax's
+        e = np.exp(x - peak[rows])
+    total = np.zeros(sv.shape[0])
+    np.add.at(total, rows, e)
+    return rnd((e / total[rows]).reshape(n.shape), n.dtype)
 
 
 # ---- numpy builders (for tests and examples) -----------------------------------------------------

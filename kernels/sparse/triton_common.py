@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ...codegen.triton_expr import TileEmitter, literal, tl_type
@@ -19,14 +20,15 @@ class Scope:
     masked by `mask` (zero where it is false)."""
 
     def __init__(self, spec: KernelSpec, lines: list[str], indent: str, prefix: str, idx: tuple[str, ...],
-                 mask: str | None):
+                 mask: str | None, env: Mapping[str, str] | None = None):
         self.spec, self.lines, self.indent, self.prefix, self.idx, self.mask = spec, lines, indent, prefix, idx, mask
+        self.env = env or {}  # VAR leaves by name; any other VAR is the accumulator `acc`
         self.loaded: dict[int, str] = {}
         self.em = TileEmitter(lines, indent, prefix, self.leaf)
 
     def leaf(self, e: Expr) -> str | None:
         if e.op is E.VAR:
-            return "acc"
+            return self.env.get(e.arg, "acc")
         if e.op is E.LOAD:
             return self.load(e.arg)
         return None
