@@ -11,7 +11,7 @@ from .builders import (AWQ_PACK_ORDER, NF4_CODEBOOK, attention, attention_backwa
                        rasterize_gaussians, recent_cache, sddmm, sliding_window_mask, softcap_score,
                        softmax_threshold, sparse_24, sparse_bsr, sparse_csr, spmm, streaming_mask, strided_mask,
                        topk_block_mask)
-from .builders import sparse_softmax
+from .builders import sparse_linear, sparse_softmax
 from .ir import Graph, ParseError, VerifyError, load_graph, parse_graph
 
 __version__ = "0.1.0"
@@ -26,7 +26,7 @@ __all__ += ["AWQ_PACK_ORDER", "NF4_CODEBOOK", "attention", "block_mask", "causal
             "sparse_24", "sparse_bsr", "sparse_csr", "spmm", "streaming_mask", "strided_mask",
             "topk_block_mask"]
 __all__ += ["page_summaries", "paged_attention", "paginate", "quantize_kv", "recent_cache"]
-__all__ += ["attention_backward", "softmax_threshold", "sparse_softmax"]
+__all__ += ["attention_backward", "softmax_threshold", "sparse_linear", "sparse_softmax"]
 
 
 def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb

@@ -33,6 +33,12 @@ def spmm(a: Tensor, b: Tensor, out_dtype: str | None = None) -> Tensor:
     return Tensor(make(Op.SPMM, [a.node, b.node], **kw))
 
 
+def sparse_linear(x: Tensor, w: Tensor, out_dtype: str | None = None) -> Tensor:
+    """x [T, K] @ w^T for a sparse w [N, K] (torch's linear(x, w)) -> [T, N], one transposed spmm."""
+    kw = {} if out_dtype is None else {"out_dtype": dt.dtype(out_dtype)}
+    return Tensor(make(Op.SPMM, [w.node, x.node], transposed=True, **kw))
+
+
 def sddmm(a: Tensor, b: Tensor, pattern: Tensor, out_dtype: str | None = None, as_sparse: bool = False) -> Tensor:
     """(a @ b^T) at the nonzeros of `pattern`: a values array shaped like the pattern's values, or
     with as_sparse=True a sparse tensor with the pattern's structure and those values."""

@@ -153,4 +153,5 @@ def graph_attention_probs(small: bool, rng: np.random.Generator) -> tuple[Graph,
 
 CASES = {"family:quant_matmul": quant_matmul, "family:spmm_csr": spmm_csr, "family:spmm_24": spmm_24,
          "family:spmm_bsr": spmm_bsr, "family:sparse_attention": graph_attention,
-         "family:sparse_softmax": graph_attention_probs, "family:sddmm": sddmm_csr, "family:splat_project": splat_project, "family:splat_raster": splat_raster}
+         "family:sparse_softmax": graph_attention_probs, "family:sddmm": sddmm_csr,
+         "family:splat_project": splat_project, "family:splat_raster": splat_raster}

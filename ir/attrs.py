@@ -91,7 +91,7 @@ ATTRS: dict[str, dict[str, Kind]] = {
                    "pack_dtype": DTYPE, "pack_axis": INT, "pack_order": INTS, "signed": BOOL, "dq_block": INT,
                    "scale_codebook": optional(NUMBERS), "zero_layout": STR, "zeros_packed": BOOL},
     "sparse": {"format": STR, "shape": SHAPE, "block": SHAPE},
-    "spmm": {"out_dtype": DTYPE},
+    "spmm": {"out_dtype": DTYPE, "transposed": BOOL},
     "sddmm": {"out_dtype": DTYPE},
     "sparse_softmax": {"out_dtype": DTYPE},
     "project_gaussians": {"width": INT, "height": INT, "camera": STR, "near": NUMBER, "far": NUMBER,

@@ -12,6 +12,8 @@ values' dtype and its shape the dense logical shape [M, K]:
 CSR/BSR indices need not be sorted; duplicates add up (scipy's CSR @ dense semantics).
 
     spmm(A sparse [M, K], B [K, N]) -> [M, N]   (out_dtype, default the values dtype)
+    spmm(A sparse [M, K], x [T, K], transposed=true) -> x @ A^T [T, M] (torch's linear(x, A): an LLM layer
+        with pruned weights A [out, in]; canonicalize turns permute(spmm(A, permute(x)))) into it)
     sparse_softmax(S sparse [M, N]) -> values array shaped like S's values: per row of the dense [M, N],
         the softmax over that row's stored entries (each stored entry counts once, duplicates included:
         DGL's edge softmax); an empty row has nothing. Graph attention is
@@ -103,12 +105,17 @@ def _infer_spmm(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     what = f"spmm of {sp.dtype}{fmt_shape(sp.shape)} and {b.dtype}{fmt_shape(b.shape)}"
     if sp.op is not Op.SPARSE:
         raise VerifyError(f"{what}: operand 0 must be a sparse tensor (a sparse node), got {sp.op.value}")
-    if b.ndim != 2 or b.shape[0] != sp.shape[1]:
-        raise VerifyError(f"{what}: the dense operand must be [{sp.shape[1]}, N]")
+    trans = bool(a.get("transposed", False))
+    if b.ndim != 2 or b.shape[int(trans)] != sp.shape[1]:
+        want = f"[T, {sp.shape[1]}] (transposed)" if trans else f"[{sp.shape[1]}, N]"
+        raise VerifyError(f"{what}: the dense operand must be {want}")
     if not b.dtype.is_float:
         raise VerifyError(f"{what}: the dense operand must be float, got {b.dtype}")
     out = dt.dtype(a.get("out_dtype", sp.dtype))
-    return out, (sp.shape[0], b.shape[1]), {"out_dtype": out}
+    norm: dict[str, Any] = {"out_dtype": out}
+    if trans:  # only when set: the plain form's text and keys stay what they were
+        norm["transposed"] = True
+    return out, ((b.shape[0], sp.shape[0]) if trans else (sp.shape[0], b.shape[1])), norm
 
 
 @register(Op.SDDMM, (3, 3))
@@ -235,11 +242,14 @@ def _eval_sparse(n: Node, xs: list[Any]) -> SparseValue:
 @evaluator(Op.SPMM)
 def _eval_spmm(n: Node, xs: list[Any]) -> np.ndarray:
     sv, b = xs
+    b = np.asarray(b, dtype=np.float64)
+    if n.attr("transposed", False):
+        b = b.T  # x @ A^T is (A @ x^T)^T
     r, c = sv.coords()
     out = np.zeros((sv.shape[0], b.shape[1]), dtype=np.float64)
     # Row-scatter of value * B[col]: the CSR @ dense definition, independent of densifying.
-    np.add.at(out, r, sv.values.reshape(-1)[:, None].astype(np.float64) * np.asarray(b, dtype=np.float64)[c])
-    return rnd(out, n.dtype)
+    np.add.at(out, r, sv.values.reshape(-1)[:, None].astype(np.float64) * b[c])
+    return rnd(out.T if n.attr("transposed", False) else out, n.dtype)
 
 
 @evaluator(Op.SDDMM)

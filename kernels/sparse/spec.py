@@ -60,7 +60,9 @@ class SpmmSpec(KernelSpec):
         self.sparse = sp
         self.format: str = sp.attr("format")
         self.M, self.K = sp.shape
-        self.N = mm.shape[1]
+        # transposed: x @ A^T with x [T, K] read as B = x^T [K, T] and the product stored as [T, M]
+        self.transposed = bool(mm.attr("transposed", False))
+        self.N = mm.shape[0] if self.transposed else mm.shape[1]
         self.block: tuple[int, int] = tuple(sp.attr("block", (1, 1)))  # type: ignore[assignment]
         lw = self.lowering
 
@@ -89,16 +91,20 @@ class SpmmSpec(KernelSpec):
 
     @property
     def out_shape(self) -> tuple[int, int]:
-        """The [M, N] output's shape."""
-        return (self.M, self.N)
+        """The outputs' shape: [M, N], or [N, M] when transposed."""
+        return (self.N, self.M) if self.transposed else (self.M, self.N)
 
     def b_index(self, k: Any, n: Any) -> list[Any]:
-        """Index of the dense operand's element (k, n) in its own domain."""
-        return [k, n]
+        """Index of B's element (k, n) in the dense operand's own domain (x [N, K] when transposed)."""
+        return [n, k] if self.transposed else [k, n]
 
     def out_index(self, m: Any, n: Any) -> tuple[Any, Any]:
         """Index of the product's element (m, n) in the outputs' domain."""
-        return (m, n)
+        return (n, m) if self.transposed else (m, n)
+
+    def out_offset(self, m: str, n: str) -> str:
+        """Element offset (a Triton index string) of the product's element (m, n) in an output."""
+        return f"{n} * {self.M} + {m}" if self.transposed else f"{m} * {self.N} + {n}"
 
     def structure(self) -> tuple[Expr | None, Expr | None]:
         """The structure operands check_inputs reads: (indptr, indices), or (None, meta) for 2:4."""
@@ -109,7 +115,8 @@ class SpmmSpec(KernelSpec):
         check_structure(self, self.sparse, self.structure(), inputs)
 
     def program_description(self) -> dict[str, Any]:
-        base = {"format": self.format, "M": self.M, "K": self.K, "N": self.N, "nnz": self.nnz}
+        base = {"format": self.format, "M": self.M, "K": self.K, "N": self.N, "nnz": self.nnz,
+                **({"transposed": True} if self.transposed else {})}
         if self.meta is not None:
             base["meta"] = format_expr(self.meta)
         else:
