@@ -90,7 +90,7 @@ ATTRS: dict[str, dict[str, Kind]] = {
                    "scale_layout": STR, "group_size": INT_OR_INTS, "codebook": optional(NUMBERS),
                    "pack_dtype": DTYPE, "pack_axis": INT, "pack_order": INTS, "signed": BOOL, "dq_block": INT,
                    "scale_codebook": optional(NUMBERS), "zero_layout": STR, "zeros_packed": BOOL},
-    "sparse": {"format": STR, "shape": SHAPE, "block": SHAPE},
+    "sparse": {"format": STR, "shape": SHAPE, "block": SHAPE, "pattern": NUMBERS},
     "spmm": {"out_dtype": DTYPE, "transposed": BOOL},
     "sddmm": {"out_dtype": DTYPE},
     "sparse_softmax": {"out_dtype": DTYPE},

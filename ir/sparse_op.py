@@ -38,6 +38,11 @@ from .ops import Node, Op, VerifyError, fmt_shape, register
 from .reference import ReferenceEvalError, evaluator, rnd
 
 FORMATS = ("csr", "bsr", "2:4")
+# The optional `pattern` attribute: statistics of a structure known at compile time (the compiler's
+# sparse_plan writes them; kernels/sparse/pattern.py), in this order. They are cost-model features and
+# part of the workload key, so tuning records of different constant patterns stay apart.
+PATTERN_FIELDS = ("row_p50", "row_p90", "row_p99", "row_max", "empty_rows", "fill_16", "fill_32", "fill_64",
+                  "conform_24")
 INDEX_DTYPES = (dt.i32, dt.i64)
 
 
@@ -92,6 +97,11 @@ def _infer_sparse(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
             raise VerifyError(f"{what}: values must be {fmt_shape(want_vals)}, got {fmt_shape(values.shape)}")
     if values.dtype.packed or values.dtype.is_bool:
         raise VerifyError(f"{what}: values dtype {values.dtype} not supported")
+    if "pattern" in a:
+        pattern = tuple(float(x) for x in a["pattern"])
+        if len(pattern) != len(PATTERN_FIELDS):
+            raise VerifyError(f"{what}: pattern must hold {len(PATTERN_FIELDS)} numbers ({', '.join(PATTERN_FIELDS)})")
+        norm["pattern"] = pattern
     return values.dtype, shape, norm
 
 

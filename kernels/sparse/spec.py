@@ -28,6 +28,7 @@ from ...ir import dtypes as dt
 from ...ir import expr as ex
 from ...ir.expr import Expr
 from ...ir.ops import Node, Op
+from ...ir.sparse_op import PATTERN_FIELDS
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
 from ...schedule.config import Config
@@ -43,6 +44,7 @@ NBINS = 32  # log2 row-length bins: bin b holds rows of length in [2^(b-1), 2^b)
 BLOCK_R = 256  # rows per program of the binning launches
 MAX_TILE = 8192  # BLOCK_NZ x BLOCK_N gathered elements of B per step (registers: see constraints)
 MAX_REGISTERS = 255  # per thread; a dot tiling estimated above it would spill
+GATHER_COST = 2.0  # a gathered B vector load per FMA (CSR, 2:4) vs a register-blocked GEMM's reuse
 MAX_CPU_ACC = 4096  # elements of a CPU task's accumulator tile (a stack buffer: 16 KiB in f32)
 
 
@@ -116,7 +118,8 @@ class SpmmSpec(KernelSpec):
 
     def program_description(self) -> dict[str, Any]:
         base = {"format": self.format, "M": self.M, "K": self.K, "N": self.N, "nnz": self.nnz,
-                **({"transposed": True} if self.transposed else {})}
+                **({"transposed": True} if self.transposed else {}),
+                **({"pattern": list(self.sparse.attr("pattern"))} if self.sparse.attr("pattern") else {})}
         if self.meta is not None:
             base["meta"] = format_expr(self.meta)
         else:
@@ -222,9 +225,24 @@ class SpmmSpec(KernelSpec):
     def family_features(self, config: Config) -> dict[str, float]:
         swz = float(config.int("SWIZZLE")) if "SWIZZLE" in config else 0.0
         stored = self.nnz * self.block[0] * self.block[1]
+        known = self.sparse.attr("pattern")  # a constant structure's statistics (sparse_plan), else zeros
+        pattern = dict(zip(PATTERN_FIELDS, known or (0.0,) * len(PATTERN_FIELDS)))
         return {"M": float(self.M), "N": float(self.N), "K": float(self.K), "nnz": float(self.nnz),
                 "density": stored / float(max(1, self.M * self.K)), "swizzle": swz,
-                "epilogue_outputs": float(len(self.outs))}
+                "epilogue_outputs": float(len(self.outs)), "pattern_known": float(known is not None),
+                **{f"pattern_{k}": float(v) for k, v in pattern.items()}}
+
+    def work_ratio(self, config: Config) -> float:
+        """Work over useful work: the N tile's padding, BSR blocks padded to tl.dot's tile, and GATHER_COST
+        where a template gathers one row of B per stored element (CSR; 2:4 on CPUs) instead of reusing B
+        tiles from registers as a blocked GEMM does (so a nearly dense pattern ranks below dense)."""
+        tn = config.int("tile_n") if "tile_n" in config else config.int("BLOCK_N")
+        ratio = -(-self.N // tn) * tn / self.N
+        if self.format == "bsr":
+            pm, pk = self.dot_block() if "BLOCK_N" in config else self.block
+            return ratio * pm * pk / (self.block[0] * self.block[1])
+        gathers = self.format == "csr" or "tile_m" in config  # the GPU 2:4 template feeds tl.dot dense tiles
+        return ratio * (GATHER_COST if gathers else 1.0)
 
     def shared_bytes(self, config: Config) -> float:
         return 0.0
