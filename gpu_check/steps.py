@@ -225,7 +225,7 @@ def _junit_checks(path: Path, on_gpu: bool) -> list[Check]:
 
 # ---------------------------------------------------------------------------------------- benchmarks
 
-BENCHES = ("bench/gpu_matmul.py", "bench/attention.py")
+BENCHES = ("bench/gpu_matmul.py", "bench/attention.py", "bench/sparse_gpu.py")
 
 
 def run_bench(script: Path, plan: Plan, on_gpu: bool, cap: float) -> Check:

@@ -92,7 +92,11 @@ def test_gpu_check_without_a_gpu_runs_everything_under_the_interpreter(full_run)
     by_name = {c["name"]: c for c in doc["checks"]}
     examples = {f"example:{p.stem}" for p in (ROOT / "examples").glob("*.tf")}
     assert examples | set(FAMILY_CASES) | {"every family launched", "pytest -m gpu"} <= set(by_name)
-    assert {"bench gpu_matmul.py", "bench attention.py"} <= set(by_name)
+    assert {"bench gpu_matmul.py", "bench attention.py", "bench sparse_gpu.py"} <= set(by_name)
+    # bench/sparse_gpu.py --dry-run: every case of issue 14's GPU benchmark ran and matched torch
+    cases = [r["case"] for r in by_name["bench sparse_gpu.py"]["details"]["rows"]]
+    assert sum(c.startswith("csr spmm") for c in cases) == 4 and sum(c.startswith("linear") for c in cases) == 4
+    assert any(c.startswith("graph attention") for c in cases)
     assert all(c["status"] in ("ok", "skipped") for c in doc["checks"]), [c for c in doc["checks"] if c["error"]]
     for name in examples | set(FAMILY_CASES):
         outs = by_name[name]["details"]["outputs"]

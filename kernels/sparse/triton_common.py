@@ -38,7 +38,9 @@ class Scope:
             v = self.spec.loads[slot].view
             terms = [str(v.offset)] if v.offset else []
             terms += [i if s == 1 else f"{i} * {s}" for i, s in zip(self.idx, v.strides) if s]
-            if len(self.idx) > 1:  # keep the tile's shape when a dimension is broadcast (stride 0)
+            if len(self.idx) > 1 or not any(v.strides):
+                # keep the tile's shape when a dimension is broadcast (stride 0), or when no index
+                # reaches the offset at all (an array of one element: nnz = 1)
                 terms.append(f"0 * ({' + '.join(self.idx)})")
             off = " + ".join(terms) or "0"
             mask = f", mask={self.mask}, other=0" if self.mask else ""
