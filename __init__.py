@@ -15,6 +15,7 @@ from .builders import (AWQ_PACK_ORDER, NF4_CODEBOOK, attention, attention_backwa
 from .builders import dequantize_fp8_act
 from .builders import quantize, w8a8_linear
 from .builders import project_gaussians_backward, rasterize_gaussians_backward, splat_backward
+from .builders import sparse_linear, sparse_softmax
 from .ir import Graph, ParseError, VerifyError, load_graph, parse_graph
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ += ["dequantize_fp8_act"]
 __all__ += ["quantize", "w8a8_linear"]
 __all__ += ["project_gaussians_backward", "rasterize_gaussians_backward", "splat_backward"]
 __all__ += ["rasterize_sparse_features", "sh_to_color"]
+__all__ += ["sparse_linear", "sparse_softmax"]
 
 
 def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb

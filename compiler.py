@@ -62,12 +62,16 @@ def ensure_interpreter() -> None:
 class CompiledGraph:
     """A compiled graph: call it with inputs (positional in declaration order, or by name)."""
 
-    def __init__(self, graph: Graph, target: Target, pipeline: PipelineResult, kernels: list[CompiledKernel]):
+    def __init__(self, graph: Graph, target: Target, pipeline: PipelineResult, kernels: list[CompiledKernel],
+                 constants: Mapping[str, Any] | None = None, patterns: tuple[Any, ...] = ()):
         self.graph = graph
         self.target = target
         self.pipeline = pipeline
         self.kernels = kernels
-        self.input_names = [n.attr("name") for n in graph.inputs]
+        # compile-time constants (sparse_plan.py): bound at every run, never passed by the caller
+        self.constants = dict(constants or {})
+        self.patterns = patterns  # sparse_plan.PatternDecision per constant sparse operand
+        self.input_names = [n.attr("name") for n in graph.inputs if n.attr("name") not in self.constants]
         self.output_names = [name for name, _ in graph.outputs]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -93,10 +97,11 @@ class CompiledGraph:
         from .codegen import executors
         from .codegen.input_check import check_inputs
 
+        inputs = {**inputs, **self.constants}
         check_inputs(self.graph, self.target.backend, inputs)
         if self.target.backend == "triton":
             require("torch", f"running a graph compiled for target {self.target.name!r}")
-        return executors.run(self, dict(inputs), poison)
+        return executors.run(self, inputs, poison)
 
     def report(self) -> str:
         from .report import format_report
@@ -232,19 +237,28 @@ def choose_config(spec: KernelSpec, target: Target, configs: Mapping[str, Config
 
 
 def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str, Config] | None = None,
-                  aot: bool = True, db: Any = "auto", cost_model: Any = "auto") -> CompiledGraph:
+                  aot: bool = True, db: Any = "auto", cost_model: Any = "auto",
+                  constants: Mapping[str, Any] | None = None) -> CompiledGraph:
     """Compile `graph` for `target` ("cpu", "interp", "sm_80", "sm_90").
 
     Each kernel's config comes from `configs` (by kernel name), else the tuning database `db`
-    (exact device, then same arch), else `cost_model`, else the family default; see choose_config."""
+    (exact device, then same arch), else `cost_model`, else the family default; see choose_config.
+    `constants` (input name -> array) are fixed at compile time and bound at every run; a sparse operand
+    built from constants gets its format chosen from its pattern (sparse_plan.py)."""
     g = as_graph(graph)
     tgt = get_target(target)
     if tgt.kind == "interp":
         ensure_interpreter()
     require_backend(tgt)
+    sources = open_sources(tgt, db, cost_model)
+    consts: dict[str, Any] = {}
+    patterns: list[Any] = []
+    if constants:
+        from .sparse_plan import check_constants, plan
+
+        g, consts, patterns = plan(g, check_constants(g, constants), tgt, sources, _legal_candidates)
     pipeline = run_pipeline(g, fusion_rules())
     kg = pipeline.kernels
-    sources = open_sources(tgt, db, cost_model)
     compiled: list[CompiledKernel] = []
     for kernel in kg.kernels:
         spec = spec_for(kg, kernel, tgt.backend)
@@ -253,7 +267,7 @@ def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str
         ck = _build(spec, config, source, tgt, aot)
         ck.build_seconds = time.perf_counter() - t0
         compiled.append(ck)
-    return CompiledGraph(g, tgt, pipeline, compiled)
+    return CompiledGraph(g, tgt, pipeline, compiled, consts, tuple(patterns))
 
 
 def require_backend(tgt: Target) -> None:

@@ -38,6 +38,8 @@ def format_report(cg: CompiledGraph) -> str:
         lines.append(f"    build  {ck.build_seconds:.2f} s{' (cache hit)' if ck.cached else ''}")
         for bins in ck.binaries.values():
             lines.extend(_resources(bins))
+    for decision in getattr(cg, "patterns", ()):
+        lines.extend(f"  {s}" for s in decision.lines())
     lines.append("  outputs: " + ", ".join(f"{n} <- {b.name}" for n, b in kg.outputs))
     return "\n".join(lines)
 

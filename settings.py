@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
+SPARSE_CHECKS = ("device", "host", "off")
 
 
 class SettingsError(TilefuseError, ValueError):
@@ -37,6 +38,9 @@ class Settings:
     threads: int  # threads a CPU (TVM) kernel runs on; 0 = the backend's default (physical cores)
     triton_interpret: bool
     model_dir_set: bool = False  # TILEFUSE_COSTMODEL named model_dir (not the default place)
+    # how run-time sparse structures are validated before a launch (kernels/sparse/common.py):
+    # "device" (reductions where the arrays live, one scalar read back), "host" (copies), "off"
+    sparse_check: str = "device"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +55,7 @@ class Settings:
             threads=_count(env, "TILEFUSE_THREADS") if env.get("TILEFUSE_THREADS", "").strip() else 0,
             triton_interpret=_bool(env, "TRITON_INTERPRET"),
             model_dir_set=bool(env.get("TILEFUSE_COSTMODEL", "").strip()),
+            sparse_check=_choice(env, "TILEFUSE_SPARSE_CHECK", SPARSE_CHECKS),
         )
 
 
@@ -136,6 +141,14 @@ def _bool(env: Mapping[str, str], var: str) -> bool:
     if value in _FALSE:
         return False
     raise SettingsError(f"{var}={env[var]!r} is not a boolean; accepted: {', '.join(_TRUE + _FALSE[:-1])} or unset")
+
+
+def _choice(env: Mapping[str, str], var: str, accepted: tuple[str, ...]) -> str:
+    """One of `accepted` (the first when unset)."""
+    value = env.get(var, "").strip().lower() or accepted[0]
+    if value not in accepted:
+        raise SettingsError(f"{var}={env[var]!r} is invalid; accepted: {', '.join(accepted)} (default {accepted[0]})")
+    return value
 
 
 def _jobs(env: Mapping[str, str]) -> int:

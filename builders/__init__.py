@@ -10,10 +10,9 @@ from .paged import page_summaries, paged_attention, paginate, quantize_kv, recen
 from .quantize import quantize, w8a8_linear
 from .quant import AWQ_PACK_ORDER, NF4_CODEBOOK, dequantize, dequantize_awq, dequantize_fp8_block, dequantize_nf4
 from .quant import dequantize_fp8_act
-from .sparse import sddmm, sparse_24, sparse_bsr, sparse_csr, spmm
+from .sparse import sddmm, sparse_24, sparse_bsr, sparse_csr, sparse_linear, sparse_softmax, spmm
 from .splat import (project_gaussians, project_gaussians_backward, rasterize_gaussians, rasterize_gaussians_backward,
-                    splat_backward)
-from .splat import project_gaussians, rasterize_gaussians, rasterize_sparse_features, sh_to_color
+                    rasterize_sparse_features, sh_to_color, splat_backward)
 
 __all__ = ["AWQ_PACK_ORDER", "NF4_CODEBOOK", "attention", "attention_backward", "block_mask", "causal_mask",
            "dequantize", "dequantize_awq", "dequantize_fp8_block", "dequantize_nf4", "document_mask",
@@ -25,3 +24,4 @@ __all__ = ["AWQ_PACK_ORDER", "NF4_CODEBOOK", "attention", "attention_backward", 
 __all__ += ["dequantize_fp8_act"]
 __all__ += ["quantize", "w8a8_linear"]
 __all__ += ["project_gaussians_backward", "rasterize_gaussians_backward", "splat_backward"]
+__all__ += ["sparse_linear", "sparse_softmax"]

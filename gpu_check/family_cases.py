@@ -158,6 +158,42 @@ def splat_backward(small: bool, rng: np.random.Generator) -> tuple[Graph, dict[s
     return g.build(), ins
 
 
+def spmm_bsr(small: bool, rng: np.random.Generator) -> tuple[Graph, None]:
+    """BSR (32x32 blocks, f16) @ dense: one tl.dot per stored block."""
+    import tilefuse as tf
+
+    m, k, n, nnzb = (96, 64, 40, 4) if small else (4096, 4096, 128, 1600)
+    g = tf.GraphBuilder("gc_spmm_bsr")
+    w = tf.sparse_bsr(g.input("ip", (m // 32 + 1,), "i32"), g.input("ix", (nnzb,), "i32"),
+                      g.input("v", (nnzb, 32, 32), "f16"), (m, k), (32, 32))
+    g.output("y", tf.spmm(w, g.input("b", (k, n), "f16")))
+    return g.build(), None
+
+
+def graph_attention(small: bool, rng: np.random.Generator, probs: bool = False) -> tuple[Graph, None]:
+    """SDDMM -> edge softmax -> SpMM: one sparse_attention kernel, or (probs=True: the probabilities are an
+    output too) a sparse_softmax kernel with the SDDMM fused in and an SpMM."""
+    import tilefuse as tf
+
+    m, d, nnz = (30, 16, 150) if small else (16384, 64, 400000)
+    g = tf.GraphBuilder("gc_gat_probs" if probs else "gc_gat")
+    ip, ix = g.input("ip", (m + 1,), "i32"), g.input("ix", (nnz,), "i32")
+    q, k = g.input("q", (m, d), "f32"), g.input("k", (m, d), "f32")
+    scores = tf.sddmm(q, k, tf.sparse_csr(ip, ix, g.input("v", (nnz,), "f32"), (m, m))) * (1.0 / math.sqrt(d))
+    p = tf.sparse_softmax(tf.sparse_csr(ip, ix, scores, (m, m)))
+    if probs:
+        g.output("p", p)
+    g.output("y", tf.spmm(tf.sparse_csr(ip, ix, p, (m, m)), g.input("x", (m, d), "f32")))
+    return g.build(), None
+
+
+def graph_attention_probs(small: bool, rng: np.random.Generator) -> tuple[Graph, None]:
+    """graph_attention with the probabilities an output (sddmm + softmax in one kernel, then spmm)."""
+    return graph_attention(small, rng, probs=True)
+
+
 CASES = {"family:quant_matmul": quant_matmul, "family:quant_matmul_fp8": quant_matmul_fp8, "family:spmm_csr": spmm_csr,
-         "family:spmm_24": spmm_24, "family:sddmm": sddmm_csr, "family:splat_project": splat_project,
-         "family:splat_raster": splat_raster, "family:splat_backward": splat_backward}
+         "family:spmm_24": spmm_24, "family:spmm_bsr": spmm_bsr, "family:sparse_attention": graph_attention,
+         "family:sparse_softmax": graph_attention_probs, "family:sddmm": sddmm_csr,
+         "family:splat_project": splat_project, "family:splat_raster": splat_raster,
+         "family:splat_backward": splat_backward}

@@ -226,7 +226,7 @@ def _junit_checks(path: Path, on_gpu: bool) -> list[Check]:
 # ---------------------------------------------------------------------------------------- benchmarks
 
 BENCHES = ("bench/gpu_matmul.py", "bench/attention.py", "bench/quant_gemm.py", "bench/sparton_gpu.py",
-           "bench/export_overhead.py", "bench/splat.py")
+           "bench/export_overhead.py", "bench/splat.py", "bench/sparse_gpu.py")
 
 
 def run_bench(script: Path, plan: Plan, on_gpu: bool, cap: float) -> Check:

@@ -41,6 +41,7 @@ class Op(enum.Enum):
     SPARSE = "sparse"  # pack arrays into a sparse tensor (csr, bsr, 2:4)
     SPMM = "spmm"
     SDDMM = "sddmm"
+    SPARSE_SOFTMAX = "sparse_softmax"  # softmax over each row's stored entries
     PROJECT_GAUSSIANS = "project_gaussians"
     RASTERIZE_GAUSSIANS = "rasterize_gaussians"
     PROJECT_GAUSSIANS_BWD = "project_gaussians_bwd"  # (d_means3d, d_scales, d_quats) of the projection
@@ -51,7 +52,7 @@ class Op(enum.Enum):
 VIEWS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE})
 LEAF = frozenset({Op.INPUT, Op.CONST})
 ANCHORS = frozenset({Op.MATMUL, Op.ATTENTION, Op.ATTENTION_BWD, Op.PAGED_ATTENTION, Op.SPMM, Op.SDDMM,
-                     Op.PROJECT_GAUSSIANS, Op.RASTERIZE_GAUSSIANS, Op.PROJECT_GAUSSIANS_BWD,
+                     Op.SPARSE_SOFTMAX, Op.PROJECT_GAUSSIANS, Op.RASTERIZE_GAUSSIANS, Op.PROJECT_GAUSSIANS_BWD,
                      Op.RASTERIZE_GAUSSIANS_BWD})
 REDUCE_OPS = ("sum", "max", "min", "mean")
 
@@ -117,8 +118,7 @@ class Node:
         return prod(self.shape)
 
     def __repr__(self) -> str:
-        shp = ", ".join(map(str, self.shape))
-        return f"Node<{self.op.value} {self.dtype}[{shp}]>"
+        return f"Node<{self.op.value} {self.dtype}{fmt_shape(self.shape)}>"
 
 
 def _attr_key(arg: Attrs) -> Any:

@@ -1,4 +1,4 @@
-"""Sparse tensors and the ops on them: `sparse` (pack arrays), `spmm`, `sddmm`.
+"""Sparse tensors and the ops on them: `sparse` (pack arrays), `spmm`, `sddmm`, `sparse_softmax`.
 
 A sparse value is a `sparse` node whose operands are the format's arrays; its dtype is the
 values' dtype and its shape the dense logical shape [M, K]:
@@ -12,6 +12,12 @@ values' dtype and its shape the dense logical shape [M, K]:
 CSR/BSR indices need not be sorted; duplicates add up (scipy's CSR @ dense semantics).
 
     spmm(A sparse [M, K], B [K, N]) -> [M, N]   (out_dtype, default the values dtype)
+    spmm(A sparse [M, K], x [T, K], transposed=true) -> x @ A^T [T, M] (torch's linear(x, A): an LLM layer
+        with pruned weights A [out, in]; canonicalize turns permute(spmm(A, permute(x)))) into it)
+    sparse_softmax(S sparse [M, N]) -> values array shaped like S's values: per row of the dense [M, N],
+        the softmax over that row's stored entries (each stored entry counts once, duplicates included:
+        DGL's edge softmax); an empty row has nothing. Graph attention is
+        spmm(sparse(structure, sparse_softmax(sparse(structure, sddmm(q, k, pattern)))), v).
     sddmm(a [M, K], b [N, K], pattern sparse [M, N]) -> values array shaped like the pattern's values
         operand ([nnz], [nnzb, bm, bn] or [M, N/2]): (a @ b^T) at the pattern's nonzeros. Re-wrap it with
         `sparse(structure..., values)` (builders/sparse.py sddmm(..., as_sparse=True)) for a sparse tensor.
@@ -32,6 +38,11 @@ from .ops import Node, Op, VerifyError, fmt_shape, register
 from .reference import ReferenceEvalError, evaluator, rnd
 
 FORMATS = ("csr", "bsr", "2:4")
+# The optional `pattern` attribute: statistics of a structure known at compile time (the compiler's
+# sparse_plan writes them; kernels/sparse/pattern.py), in this order. They are cost-model features and
+# part of the workload key, so tuning records of different constant patterns stay apart.
+PATTERN_FIELDS = ("row_p50", "row_p90", "row_p99", "row_max", "empty_rows", "fill_16", "fill_32", "fill_64",
+                  "conform_24")
 INDEX_DTYPES = (dt.i32, dt.i64)
 
 
@@ -86,6 +97,11 @@ def _infer_sparse(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
             raise VerifyError(f"{what}: values must be {fmt_shape(want_vals)}, got {fmt_shape(values.shape)}")
     if values.dtype.packed or values.dtype.is_bool:
         raise VerifyError(f"{what}: values dtype {values.dtype} not supported")
+    if "pattern" in a:
+        pattern = tuple(float(x) for x in a["pattern"])
+        if len(pattern) != len(PATTERN_FIELDS):
+            raise VerifyError(f"{what}: pattern must hold {len(PATTERN_FIELDS)} numbers ({', '.join(PATTERN_FIELDS)})")
+        norm["pattern"] = pattern
     return values.dtype, shape, norm
 
 
@@ -99,12 +115,17 @@ def _infer_spmm(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     what = f"spmm of {sp.dtype}{fmt_shape(sp.shape)} and {b.dtype}{fmt_shape(b.shape)}"
     if sp.op is not Op.SPARSE:
         raise VerifyError(f"{what}: operand 0 must be a sparse tensor (a sparse node), got {sp.op.value}")
-    if b.ndim != 2 or b.shape[0] != sp.shape[1]:
-        raise VerifyError(f"{what}: the dense operand must be [{sp.shape[1]}, N]")
+    trans = bool(a.get("transposed", False))
+    if b.ndim != 2 or b.shape[int(trans)] != sp.shape[1]:
+        want = f"[T, {sp.shape[1]}] (transposed)" if trans else f"[{sp.shape[1]}, N]"
+        raise VerifyError(f"{what}: the dense operand must be {want}")
     if not b.dtype.is_float:
         raise VerifyError(f"{what}: the dense operand must be float, got {b.dtype}")
     out = dt.dtype(a.get("out_dtype", sp.dtype))
-    return out, (sp.shape[0], b.shape[1]), {"out_dtype": out}
+    norm: dict[str, Any] = {"out_dtype": out}
+    if trans:  # only when set: the plain form's text and keys stay what they were
+        norm["transposed"] = True
+    return out, ((b.shape[0], sp.shape[0]) if trans else (sp.shape[0], b.shape[1])), norm
 
 
 @register(Op.SDDMM, (3, 3))
@@ -121,6 +142,20 @@ def _infer_sddmm(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     if not x.dtype.is_float or not y.dtype.is_float:
         raise VerifyError(f"{what}: a and b must be float")
     out = dt.dtype(a.get("out_dtype", dt.promote(x.dtype, y.dtype)))
+    return out, _values_node(sp).shape, {"out_dtype": out}
+
+
+@register(Op.SPARSE_SOFTMAX, (1, 1))
+def _infer_sparse_softmax(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
+    (sp,) = srcs
+    what = f"sparse_softmax of {sp.dtype}{fmt_shape(sp.shape)}"
+    if sp.op is not Op.SPARSE:
+        raise VerifyError(f"{what}: the operand must be a sparse tensor (a sparse node), got {sp.op.value}")
+    if not sp.dtype.is_float:
+        raise VerifyError(f"{what}: the values must be float, got {sp.dtype}")
+    out = dt.dtype(a.get("out_dtype", sp.dtype))
+    if not out.is_float:
+        raise VerifyError(f"{what}: out_dtype must be float, got {out}")
     return out, _values_node(sp).shape, {"out_dtype": out}
 
 
@@ -217,11 +252,14 @@ def _eval_sparse(n: Node, xs: list[Any]) -> SparseValue:
 @evaluator(Op.SPMM)
 def _eval_spmm(n: Node, xs: list[Any]) -> np.ndarray:
     sv, b = xs
+    b = np.asarray(b, dtype=np.float64)
+    if n.attr("transposed", False):
+        b = b.T  # x @ A^T is (A @ x^T)^T
     r, c = sv.coords()
     out = np.zeros((sv.shape[0], b.shape[1]), dtype=np.float64)
     # Row-scatter of value * B[col]: the CSR @ dense definition, independent of densifying.
-    np.add.at(out, r, sv.values.reshape(-1)[:, None].astype(np.float64) * np.asarray(b, dtype=np.float64)[c])
-    return rnd(out, n.dtype)
+    np.add.at(out, r, sv.values.reshape(-1)[:, None].astype(np.float64) * b[c])
+    return rnd(out.T if n.attr("transposed", False) else out, n.dtype)
 
 
 @evaluator(Op.SDDMM)
@@ -230,6 +268,20 @@ def _eval_sddmm(n: Node, xs: list[Any]) -> np.ndarray:
     r, c = sv.coords()
     vals = np.einsum("ik,ik->i", np.asarray(a, dtype=np.float64)[r], np.asarray(b, dtype=np.float64)[c])
     return rnd(vals.reshape(n.shape), n.dtype)
+
+
+@evaluator(Op.SPARSE_SOFTMAX)
+def _eval_sparse_softmax(n: Node, xs: list[Any]) -> np.ndarray:
+    (sv,) = xs
+    rows, _ = sv.coords()
+    x = np.asarray(sv.values, dtype=np.float64).reshape(-1)
+    peak = np.full(sv.shape[0], -np.inf)
+    np.maximum.at(peak, rows, x)
+    with np.errstate(invalid="ignore"):  # a row of -inf scores is nan, as a dense softmax's
+        e = np.exp(x - peak[rows])
+    total = np.zeros(sv.shape[0])
+    np.add.at(total, rows, e)
+    return rnd((e / total[rows]).reshape(n.shape), n.dtype)
 
 
 # ---- numpy builders (for tests and examples) -----------------------------------------------------

@@ -214,8 +214,19 @@ def _trivial_reduce(n: Node, _: Any) -> Node | None:
     return None
 
 
+def _transposed_spmm(n: Node, _: Any) -> Node | None:
+    """permute(spmm(A, B), (1, 0)) -> spmm(A, B^T, transposed): x @ A^T as one kernel storing [T, M]
+    (B^T of a permuted x is x itself once the two permutes fold)."""
+    mm = n.src[0]
+    if mm.op is not Op.SPMM or n.attr("perm") != (1, 0) or mm.attr("transposed", False):
+        return None
+    x = make(Op.PERMUTE, [mm.src[1]], perm=(1, 0))
+    return make(Op.SPMM, [mm.src[0], x], out_dtype=mm.attr("out_dtype"), transposed=True)
+
+
 RULES: list[Rule] = [
     (pat(Op.RESULT), _quantize_primitives),
+    (pat(Op.PERMUTE), _transposed_spmm),
     (pat(Op.REDUCE), _trivial_reduce),
     (pat(Op.POINTWISE), _inline_consts),
     (pat(Op.POINTWISE), _compact_operands),

@@ -342,9 +342,10 @@ class _Fuser:
         pro, pulled = best
         for g in pulled:
             g.alive = False
-            for m in g.nodes:
+            # a pulled-in anchor group brings its own prologue along (sddmm's pattern into edge softmax)
+            for m in g.nodes + g.prologue:
                 self.where[id(m)] = anchor
-            anchor.prologue.extend(g.nodes)
+            anchor.prologue.extend(g.nodes + g.prologue)
         if pro.becomes is not None:
             anchor.kind = pro.becomes
 
@@ -358,12 +359,14 @@ class _Fuser:
         pulled = [grp] + self.feeders(grp, pro)
         if pro.needs_feeders and len(pulled) == 1:
             return None
-        members = {id(m) for g in pulled for m in g.nodes}
+        members = {id(m) for g in pulled for m in g.nodes + g.prologue}
         for g in pulled:
-            for m in g.nodes:
+            for m in g.nodes + g.prologue:
                 if m is not s and (id(m) in self.outputs or any(id(u) not in members for u in self.users[id(m)])):
                     return None
-        if sum(pro.cost(m) for g in pulled for m in g.nodes) > pro.max_cost:
+        if sum(pro.cost(m) for g in pulled for m in g.nodes + g.prologue) > pro.max_cost:
+            return None
+        if pro.accept is not None and not pro.accept([m for g in pulled for m in g.nodes + g.prologue]):
             return None
         return pulled
 

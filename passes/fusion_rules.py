@@ -48,7 +48,8 @@ class Prologue:
     """A producer group computing anchor operand `operands[i]` that the anchor's kernel recomputes in its
     loads: the group's kind is in `kinds`, it feeds nothing else, and the summed `cost` of what is pulled
     in is at most `max_cost`. Groups of a kind in `feeders` that feed only the pulled-in nodes come along
-    (a sum of two dequantized planes); with `needs_feeders` the rule applies only when one does."""
+    (a sum of two dequantized planes); with `needs_feeders` the rule applies only when one does. `accept`,
+    when given, must hold of the nodes that would be pulled in (a condition kinds and costs cannot state)."""
 
     operands: tuple[int, ...]
     kinds: frozenset[str]
@@ -57,6 +58,7 @@ class Prologue:
     cost: Callable[[Node], int] = expr_cost
     becomes: str | None = None
     needs_feeders: bool = False
+    accept: Callable[[list[Node]], bool] | None = None
 
 
 @dataclass(frozen=True)

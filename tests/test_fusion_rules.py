@@ -152,7 +152,7 @@ def test_fusion_rules_conflicts_are_refused():
 def test_registered_families_declare_their_anchors():
     rules = fusion_rules()
     assert {op for op in Op if rules.is_anchor(op)} == {Op.MATMUL, Op.ATTENTION, Op.ATTENTION_BWD,
-                                                         Op.PAGED_ATTENTION, Op.SPMM, Op.SDDMM,
+                                                         Op.PAGED_ATTENTION, Op.SPMM, Op.SDDMM, Op.SPARSE_SOFTMAX,
                                                          Op.PROJECT_GAUSSIANS, Op.RASTERIZE_GAUSSIANS,
                                                          Op.PROJECT_GAUSSIANS_BWD, Op.RASTERIZE_GAUSSIANS_BWD}
     assert rules.opener(Op.POINTWISE).kind == "pointwise" and rules.opener(Op.REDUCE).kind == "reduction"

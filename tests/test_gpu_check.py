@@ -101,6 +101,10 @@ def test_gpu_check_without_a_gpu_runs_everything_under_the_interpreter(full_run)
                           "features sparse N=200 C=64 64x48"}
     assert splat["render N=200 64x48 sh3"]["ref_max_err"] < 1e-3
     assert all(r["max_abs_err_vs_torch"] < 1e-3 for r in splat.values())
+    # bench/sparse_gpu.py --dry-run: every case of issue 14's GPU benchmark ran and matched torch
+    cases = [r["case"] for r in by_name["bench sparse_gpu.py"]["details"]["rows"]]
+    assert sum(c.startswith("csr spmm") for c in cases) == 4 and sum(c.startswith("linear") for c in cases) == 4
+    assert any(c.startswith("graph attention") for c in cases)
     assert all(c["status"] in ("ok", "skipped") for c in doc["checks"]), [c for c in doc["checks"] if c["error"]]
     for name in examples | set(FAMILY_CASES):
         outs = by_name[name]["details"]["outputs"]

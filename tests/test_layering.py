@@ -18,7 +18,7 @@ LAYERS = [
     {"kernels"},
     {"costmodel"},
     {"autotune"},
-    {"compiler", "report", "frontend", "builders", "gpu_check", "export", "__init__"},
+    {"compiler", "sparse_plan", "report", "frontend", "builders", "gpu_check", "export", "__init__"},
     {"cli", "demo"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

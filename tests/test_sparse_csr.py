@@ -124,3 +124,16 @@ def test_row_order_is_a_permutation_longest_rows_first():
     assert sorted(order.tolist()) == list(range(m))
     bits = np.array([int(x).bit_length() for x in np.diff(case[1])])[order]
     assert np.all(np.diff(bits) <= 0) and bits[0] == k.bit_length()
+
+
+@pytest.mark.interp
+def test_a_single_nonzero():
+    """Regression (found by bench/sparse_gpu.py --dry-run at 99% sparsity): with nnz = 1 the indices and
+    values are one-element arrays whose loads had no index term, a scalar pointer under a block mask."""
+    g = spmm_graph(16, 16, 16, 1)
+    rng = np.random.default_rng(4)
+    ins = {"indptr": np.array([0] * 5 + [1] * 12, np.int32), "indices": np.array([3], np.int32),
+           "values": np.array([2.0], np.float32), "b": rng.standard_normal((16, 16)).astype(np.float32),
+           "bias": rng.standard_normal(16).astype(np.float32), "res": rng.standard_normal((16, 16)).astype(np.float32)}
+    cg = tf.compile(g, target="interp", db=None, cost_model=None)
+    np.testing.assert_allclose(to_np(cg.run(ins, poison=True)["c"]), evaluate(g, ins)["c"], rtol=1e-6, atol=1e-6)

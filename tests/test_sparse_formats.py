@@ -10,7 +10,6 @@ import pytest
 from helpers import to_np
 
 import tilefuse as tf
-from tilefuse.errors import LoweringError
 from tilefuse.ir.reference import evaluate
 from tilefuse.ir.sparse_op import bsr_from_dense, prune_2to4
 from tilefuse.schedule.config import Config
@@ -107,12 +106,6 @@ def test_24_spmm_f16_with_i8_meta():
     cg = check(s24_graph(m, k, n, "f16", meta="i8"), ins, tol=2e-2)
     src = cg.kernels[0].source
     assert "tl.where(" in src and src.count("tl.dot(") == 1
-
-
-def test_bsr_and_24_have_no_cpu_template_yet():
-    pytest.importorskip("tvm")
-    with pytest.raises(LoweringError, match=r"sparse format '2:4' has no CPU \(tvm\) template yet"):
-        tf.compile(s24_graph(8, 16, 4), target="cpu", db=None, cost_model=None)
 
 
 @pytest.mark.interp

@@ -4,8 +4,9 @@ the [nnz] values (a scale, an exp, a cast).
 
 CSR on the GPU: one program per row, BLOCK_NZ of its nonzeros at a time; per BLOCK_K step it loads the
 row's slice of `a` and the BLOCK_NZ gathered rows of `b`, and reduces their products along K. (Rows
-are not yet ordered by length as spmm's SWIZZLE does.) The
-structure is validated on the host before any launch, as spmm's."""
+are not yet ordered by length as spmm's SWIZZLE does.) On CPUs (kernels/sparse/tvm_sddmm.py) tasks
+own nnz-balanced row ranges, as CSR SpMM's. The structure is validated on the host before any launch,
+as spmm's."""
 
 from __future__ import annotations
 
@@ -74,11 +75,17 @@ class SddmmSpec(KernelSpec):
 
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
+        if target.kind == "cpu":
+            return {"tile_k": (4, 8, 16, 32, 64), "tasks": (1, 2, 4, 8, 16, 32, 64)}
         return {"BLOCK_NZ": (4, 8, 16, 32, 64), "BLOCK_K": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8),
                 "num_stages": (1, 2, 3)}
 
     def constraints(self, config: Config, target: Target) -> list[str]:
         out: list[str] = []
+        if target.kind == "cpu":
+            if config.int("tile_k") > max(4, next_pow2(self.K)):
+                out.append(f"tile_k={config['tile_k']} is larger than K={self.K}")
+            return out
         bz, bk, warps = config.int("BLOCK_NZ"), config.int("BLOCK_K"), config.int("num_warps")
         if bk > max(16, next_pow2(self.K)):
             out.append(f"BLOCK_K={bk} is larger than K={self.K}")
@@ -89,10 +96,14 @@ class SddmmSpec(KernelSpec):
         return out
 
     def default_config(self, target: Target) -> Config:
+        if target.kind == "cpu":
+            return Config(tile_k=max(4, min(16, next_pow2(self.K))), tasks=8)
         bk = max(16, min(128, next_pow2(self.K)))
         return Config(BLOCK_NZ=16, BLOCK_K=bk, num_warps=4 if 16 * bk >= 1024 else 1, num_stages=2)
 
     def grid(self, config: Config) -> tuple[int, int, int]:
+        if "tasks" in config:
+            return (config.int("tasks"), 1, 1)
         return (self.M, 1, 1)
 
     # -- cost estimates --
@@ -111,6 +122,8 @@ class SddmmSpec(KernelSpec):
 
     def registers_per_thread(self, config: Config, target: Target) -> float:
         """BASE_REGISTERS plus the gathered b tile, a's slice and the accumulators, over the threads."""
+        if "BLOCK_K" not in config:
+            return float(BASE_REGISTERS)
         threads = self.threads_per_program(config) or 1
         tile = config.int("BLOCK_NZ") * (config.int("BLOCK_K") * 2 + 1) + config.int("BLOCK_K")
         return float(BASE_REGISTERS + math.ceil(tile / threads))

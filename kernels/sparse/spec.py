@@ -1,6 +1,7 @@
 """Sparse family: SpMM `spmm(sparse(...), B)` with the sparse constructor read in the kernel's loads
 (it is a prologue, never a kernel of its own) and pointwise epilogues (bias, activation, residual,
-cast) applied to the accumulator before the store.
+cast) applied to the accumulator before the store. On CPUs (TVM, kernels/sparse/tvm_*.py) every format
+runs: CSR in nnz-balanced tasks, BSR per block row, 2:4 per row tile.
 
 CSR on the GPU: one program per (row, BLOCK_N columns), walking the row's nonzeros BLOCK_NZ at a time
 and gathering rows of B (contiguous along N, so loads are vectorised). With SWIZZLE=1 the rows are
@@ -27,6 +28,7 @@ from ...ir import dtypes as dt
 from ...ir import expr as ex
 from ...ir.expr import Expr
 from ...ir.ops import Node, Op
+from ...ir.sparse_op import PATTERN_FIELDS
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
 from ...schedule.config import Config
@@ -42,6 +44,8 @@ NBINS = 32  # log2 row-length bins: bin b holds rows of length in [2^(b-1), 2^b)
 BLOCK_R = 256  # rows per program of the binning launches
 MAX_TILE = 8192  # BLOCK_NZ x BLOCK_N gathered elements of B per step (registers: see constraints)
 MAX_REGISTERS = 255  # per thread; a dot tiling estimated above it would spill
+GATHER_COST = 2.0  # a gathered B vector load per FMA (CSR, 2:4) vs a register-blocked GEMM's reuse
+MAX_CPU_ACC = 4096  # elements of a CPU task's accumulator tile (a stack buffer: 16 KiB in f32)
 
 
 @register_family("spmm")
@@ -58,7 +62,9 @@ class SpmmSpec(KernelSpec):
         self.sparse = sp
         self.format: str = sp.attr("format")
         self.M, self.K = sp.shape
-        self.N = mm.shape[1]
+        # transposed: x @ A^T with x [T, K] read as B = x^T [K, T] and the product stored as [T, M]
+        self.transposed = bool(mm.attr("transposed", False))
+        self.N = mm.shape[0] if self.transposed else mm.shape[1]
         self.block: tuple[int, int] = tuple(sp.attr("block", (1, 1)))  # type: ignore[assignment]
         lw = self.lowering
 
@@ -85,6 +91,23 @@ class SpmmSpec(KernelSpec):
         if any(o is sp for o in kernel.group.outputs):
             raise LoweringError(f"{self.name}: a sparse tensor cannot be a kernel output")
 
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        """The outputs' shape: [M, N], or [N, M] when transposed."""
+        return (self.N, self.M) if self.transposed else (self.M, self.N)
+
+    def b_index(self, k: Any, n: Any) -> list[Any]:
+        """Index of B's element (k, n) in the dense operand's own domain (x [N, K] when transposed)."""
+        return [n, k] if self.transposed else [k, n]
+
+    def out_index(self, m: Any, n: Any) -> tuple[Any, Any]:
+        """Index of the product's element (m, n) in the outputs' domain."""
+        return (n, m) if self.transposed else (m, n)
+
+    def out_offset(self, m: str, n: str) -> str:
+        """Element offset (a Triton index string) of the product's element (m, n) in an output."""
+        return f"{n} * {self.M} + {m}" if self.transposed else f"{m} * {self.N} + {n}"
+
     def structure(self) -> tuple[Expr | None, Expr | None]:
         """The structure operands check_inputs reads: (indptr, indices), or (None, meta) for 2:4."""
         return (None, self.meta) if self.meta is not None else (self.indptr, self.indices)
@@ -94,7 +117,9 @@ class SpmmSpec(KernelSpec):
         check_structure(self, self.sparse, self.structure(), inputs)
 
     def program_description(self) -> dict[str, Any]:
-        base = {"format": self.format, "M": self.M, "K": self.K, "N": self.N, "nnz": self.nnz}
+        base = {"format": self.format, "M": self.M, "K": self.K, "N": self.N, "nnz": self.nnz,
+                **({"transposed": True} if self.transposed else {}),
+                **({"pattern": list(self.sparse.attr("pattern"))} if self.sparse.attr("pattern") else {})}
         if self.meta is not None:
             base["meta"] = format_expr(self.meta)
         else:
@@ -111,7 +136,12 @@ class SpmmSpec(KernelSpec):
 
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         if target.kind == "cpu":
-            return {"tile_n": (16, 32, 64, 128, 256, 512), "tasks": (1, 2, 4, 8, 16, 32, 64)}
+            tile_n = (16, 32, 64, 128, 256, 512)
+            if self.format == "bsr":
+                return {"tile_n": tile_n}
+            if self.format == "2:4":
+                return {"tile_m": (1, 2, 4, 8, 16), "tile_n": tile_n}
+            return {"tile_n": tile_n, "tasks": (1, 2, 4, 8, 16, 32, 64)}
         launch = {"num_warps": (1, 2, 4, 8), "num_stages": (1, 2, 3)}
         if self.format == "bsr":
             return {"BLOCK_N": (16, 32, 64, 128, 256), **launch}
@@ -126,6 +156,11 @@ class SpmmSpec(KernelSpec):
         if target.kind == "cpu":
             if config.int("tile_n") > max(16, next_pow2(self.N)):
                 out.append(f"tile_n={config['tile_n']} is larger than N={self.N}")
+            rows = config.int("tile_m") if "tile_m" in config else self.block[0]
+            if rows * config.int("tile_n") > MAX_CPU_ACC:
+                out.append(f"a {rows}x{config['tile_n']} accumulator tile exceeds {MAX_CPU_ACC} elements")
+            if "tile_m" in config and config.int("tile_m") > max(1, next_pow2(self.M)):
+                out.append(f"tile_m={config['tile_m']} is larger than M={self.M}")
             return out
         bn, warps = config.int("BLOCK_N"), config.int("num_warps")
         if bn > max(16, next_pow2(self.N)):
@@ -146,7 +181,12 @@ class SpmmSpec(KernelSpec):
 
     def default_config(self, target: Target) -> Config:
         if target.kind == "cpu":
-            return Config(tile_n=max(16, min(64, next_pow2(self.N))), tasks=8)
+            tn = max(16, min(64, next_pow2(self.N)))
+            if self.format == "bsr":
+                return Config(tile_n=max(16, min(tn, MAX_CPU_ACC // self.block[0])))
+            if self.format == "2:4":
+                return Config(tile_m=min(4, next_pow2(self.M)), tile_n=tn)
+            return Config(tile_n=tn, tasks=8)
         n16 = max(16, next_pow2(self.N))
         if self.format == "bsr":
             return Config(BLOCK_N=min(64 if self.dot_block()[0] >= 64 else 128, n16), num_warps=4, num_stages=2)
@@ -159,7 +199,12 @@ class SpmmSpec(KernelSpec):
         return Config(BLOCK_N=bn, BLOCK_NZ=bz, SWIZZLE=1, num_warps=warps, num_stages=2)
 
     def grid(self, config: Config) -> tuple[int, int, int]:
-        if "BLOCK_N" not in config:
+        if "BLOCK_N" not in config:  # cpu: the parallel tasks
+            tiles = -(-self.N // config.int("tile_n"))
+            if self.format == "bsr":
+                return (self.M // self.block[0] * tiles, 1, 1)
+            if self.format == "2:4":
+                return (-(-self.M // config.int("tile_m")) * tiles, 1, 1)
             return (config.int("tasks"), 1, 1)
         tiles_n = -(-self.N // config.int("BLOCK_N"))
         if self.format == "bsr":
@@ -180,9 +225,24 @@ class SpmmSpec(KernelSpec):
     def family_features(self, config: Config) -> dict[str, float]:
         swz = float(config.int("SWIZZLE")) if "SWIZZLE" in config else 0.0
         stored = self.nnz * self.block[0] * self.block[1]
+        known = self.sparse.attr("pattern")  # a constant structure's statistics (sparse_plan), else zeros
+        pattern = dict(zip(PATTERN_FIELDS, known or (0.0,) * len(PATTERN_FIELDS)))
         return {"M": float(self.M), "N": float(self.N), "K": float(self.K), "nnz": float(self.nnz),
                 "density": stored / float(max(1, self.M * self.K)), "swizzle": swz,
-                "epilogue_outputs": float(len(self.outs))}
+                "epilogue_outputs": float(len(self.outs)), "pattern_known": float(known is not None),
+                **{f"pattern_{k}": float(v) for k, v in pattern.items()}}
+
+    def work_ratio(self, config: Config) -> float:
+        """Work over useful work: the N tile's padding, BSR blocks padded to tl.dot's tile, and GATHER_COST
+        where a template gathers one row of B per stored element (CSR; 2:4 on CPUs) instead of reusing B
+        tiles from registers as a blocked GEMM does (so a nearly dense pattern ranks below dense)."""
+        tn = config.int("tile_n") if "tile_n" in config else config.int("BLOCK_N")
+        ratio = -(-self.N // tn) * tn / self.N
+        if self.format == "bsr":
+            pm, pk = self.dot_block() if "BLOCK_N" in config else self.block
+            return ratio * pm * pk / (self.block[0] * self.block[1])
+        gathers = self.format == "csr" or "tile_m" in config  # the GPU 2:4 template feeds tl.dot dense tiles
+        return ratio * (GATHER_COST if gathers else 1.0)
 
     def shared_bytes(self, config: Config) -> float:
         return 0.0

@@ -44,10 +44,10 @@ def render(spec: SpmmSpec, config: Config, interpret: bool = False) -> str:
     v0, m0 = first.emit(spec.values), first.emit(spec.meta)
     v1, m1 = second.emit(spec.values), second.emit(spec.meta)
     L.append(f"{I2}a = tl.where({m0}.to(tl.int32) == pos, {v0}, tl.where({m1}.to(tl.int32) == pos, {v1}, 0))")
-    b = Scope(spec, L, I2, "b", ("kk[:, None]", "rn[None, :]"), "bmask").emit(spec.b)
+    b = Scope(spec, L, I2, "b", tuple(spec.b_index("kk[:, None]", "rn[None, :]")), "bmask").emit(spec.b)
     da, db, extra = dot_args(spec, "a", b)
     L += [f"{I2}acc = tl.dot({da}, {db}, acc{extra})",
           f"{IND}omask = mmask[:, None] & nmask[None, :]"]
-    store_outputs(spec, L, ("rm[:, None]", "rn[None, :]"), "omask", "[BLOCK_M, BLOCK_N]",
-                  f"rm[:, None] * {spec.N} + rn[None, :]")
+    store_outputs(spec, L, spec.out_index("rm[:, None]", "rn[None, :]"), "omask", "[BLOCK_M, BLOCK_N]",
+                  spec.out_offset("rm[:, None]", "rn[None, :]"))
     return "\n".join(L) + "\n"

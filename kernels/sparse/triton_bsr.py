@@ -37,11 +37,11 @@ def render(spec: SpmmSpec, config: Config, interpret: bool = False) -> str:
     wide = spec.K * spec.N >= 2**31 and spec.index_dtypes[1].itemsize < 8
     L.append(f"{IND * 2}k = {col}{'.to(tl.int64)' if wide else ''} * {bn} + rk")
     a = Scope(spec, L, IND * 2, "a", ("p", "rm[:, None]", "rk[None, :]"), "amask").emit(spec.values)
-    b = Scope(spec, L, IND * 2, "b", ("k[:, None]", "rn[None, :]"), "bmask").emit(spec.b)
+    b = Scope(spec, L, IND * 2, "b", tuple(spec.b_index("k[:, None]", "rn[None, :]")), "bmask").emit(spec.b)
     da, db, extra = dot_args(spec, a, b)
     L += [f"{IND * 2}acc = tl.dot({da}, {db}, acc{extra})",
           f"{IND}row = brow * {bm} + rm",
           f"{IND}omask = (rm < {bm})[:, None] & nmask[None, :]"]
-    store_outputs(spec, L, ("row[:, None]", "rn[None, :]"), "omask", f"[{pm}, BLOCK_N]",
-                  f"row[:, None] * {spec.N} + rn[None, :]")
+    store_outputs(spec, L, spec.out_index("row[:, None]", "rn[None, :]"), "omask", f"[{pm}, BLOCK_N]",
+                  spec.out_offset("row[:, None]", "rn[None, :]"))
     return "\n".join(L) + "\n"

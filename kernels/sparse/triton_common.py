@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ...codegen.triton_expr import TileEmitter, literal, tl_type
@@ -19,14 +20,15 @@ class Scope:
     masked by `mask` (zero where it is false)."""
 
     def __init__(self, spec: KernelSpec, lines: list[str], indent: str, prefix: str, idx: tuple[str, ...],
-                 mask: str | None):
+                 mask: str | None, env: Mapping[str, str] | None = None):
         self.spec, self.lines, self.indent, self.prefix, self.idx, self.mask = spec, lines, indent, prefix, idx, mask
+        self.env = env or {}  # VAR leaves by name; any other VAR is the accumulator `acc`
         self.loaded: dict[int, str] = {}
         self.em = TileEmitter(lines, indent, prefix, self.leaf)
 
     def leaf(self, e: Expr) -> str | None:
         if e.op is E.VAR:
-            return "acc"
+            return self.env.get(e.arg, "acc")
         if e.op is E.LOAD:
             return self.load(e.arg)
         return None
@@ -36,7 +38,9 @@ class Scope:
             v = self.spec.loads[slot].view
             terms = [str(v.offset)] if v.offset else []
             terms += [i if s == 1 else f"{i} * {s}" for i, s in zip(self.idx, v.strides) if s]
-            if len(self.idx) > 1:  # keep the tile's shape when a dimension is broadcast (stride 0)
+            if len(self.idx) > 1 or not any(v.strides):
+                # keep the tile's shape when a dimension is broadcast (stride 0), or when no index
+                # reaches the offset at all (an array of one element: nnz = 1)
                 terms.append(f"0 * ({' + '.join(self.idx)})")
             off = " + ".join(terms) or "0"
             mask = f", mask={self.mask}, other=0" if self.mask else ""

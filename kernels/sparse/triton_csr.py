@@ -55,7 +55,7 @@ def _row_loop(spec: SpmmSpec, L: list[str]) -> None:
         col = "col"
     val = Scope(spec, L, IND * 2, "v", ("p",), "nz").emit(spec.values)
     L.append(f"{IND * 2}bmask = nz[:, None] & nmask[None, :]")
-    bv = Scope(spec, L, IND * 2, "b", (f"{col}[:, None]", "rn[None, :]"), "bmask").emit(spec.b)
+    bv = Scope(spec, L, IND * 2, "b", tuple(spec.b_index(f"{col}[:, None]", "rn[None, :]")), "bmask").emit(spec.b)
     L.append(f"{IND * 2}acc += tl.sum({val}.to({acc_t})[:, None] * {bv}.to({acc_t}), axis=0)")
 
 
@@ -72,5 +72,5 @@ def render(spec: SpmmSpec, config: Config, interpret: bool = False) -> str:
           f"{IND}rn = tl.max_contiguous(tl.multiple_of(rn, BLOCK_N), BLOCK_N)  # vector loads of B's rows",
           f"{IND}nmask = rn < {spec.N}"]
     _row_loop(spec, L)
-    store_outputs(spec, L, ("row", "rn"), "nmask", "[BLOCK_N]", f"row * {spec.N} + rn")
+    store_outputs(spec, L, spec.out_index("row", "rn"), "nmask", "[BLOCK_N]", spec.out_offset("row", "rn"))
     return "\n".join(L) + "\n"

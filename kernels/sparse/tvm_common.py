@@ -1,0 +1,121 @@
+"""What the sparse family's TVM (CPU) templates share: flat buffers, the PrimFunc preamble, expressions
+at index PrimExprs, and the nnz-balanced split of rows into parallel tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript convention
+
+from ...codegen.lowering import LoweringError
+from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, tvm_dtype, view_offset
+from ...ir.expr import E, Expr
+
+if TYPE_CHECKING:
+    import tvm
+
+    from ..base import KernelSpec
+
+INDEX32 = 2**31 - 1
+
+
+def arg_shapes(spec: KernelSpec) -> list[tuple[int, ...]]:
+    """Flat buffers: the inputs, then the outputs."""
+    return [(b.numel,) for b in list(spec.inputs) + list(spec.outputs)]
+
+
+def check_index32(spec: KernelSpec) -> None:
+    """LoweringError when a buffer needs 64-bit element offsets (the TIR here indexes in int32)."""
+    for b in list(spec.inputs) + list(spec.outputs):
+        if b.numel > INDEX32:
+            raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "
+                                "which the tvm backend does not support yet")
+
+
+class Values:
+    """Expressions of a spec at index PrimExprs, reading the PrimFunc's flat input buffers; VAR leaves
+    take `acc` (the anchor's value) or their entry in `env` (by variable name)."""
+
+    def __init__(self, spec: KernelSpec, inputs: list[Any]):
+        self.spec, self.inputs = spec, inputs
+
+    def at(self, e: Expr, idx: list[PrimExpr], acc: PrimExpr | None = None, cast: str | None = None,
+           env: Mapping[str, PrimExpr] | None = None) -> PrimExpr:
+        def leaf(n: Expr) -> PrimExpr | None:
+            if n.op is E.LOAD:
+                site = self.spec.loads[n.arg]
+                v = site.view
+                return self.inputs[site.buffer][view_offset(v.shape, v.strides, v.offset, 0, tirx.const(0), idx)]
+            if n.op is E.VAR:
+                return env[n.arg] if env and n.arg in env else acc
+            return None
+
+        out = lower_expr(e, leaf)
+        return tirx.Cast(cast, out) if cast and dtype_of(out) != cast else out
+
+
+@contextmanager
+def prim_func(spec: KernelSpec) -> Iterator[tuple[Values, list[Any], Any]]:
+    """Open the PrimFunc `spec.name`(in0.., out0..) over flat buffers; yields (values of the inputs, the
+    output buffers, the IRBuilder, whose `get()` is the PrimFunc once the block closes)."""
+    check_index32(spec)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(spec.name)
+            T.func_attr({"tirx.noalias": True, "global_symbol": spec.name})
+            ins = [T.arg(f"in{i}", T.buffer((b.numel,), tvm_dtype(b.dtype, f"input {b.name}")))
+                   for i, b in enumerate(spec.inputs)]
+            outs = [T.arg(f"out{i}", T.buffer((b.numel,), tvm_dtype(b.dtype, f"output {b.name}")))
+                    for i, b in enumerate(spec.outputs)]
+            yield Values(spec, ins), outs, ib
+
+
+def module(spec: KernelSpec, ib: Any) -> tvm.IRModule:
+    """The IRModule holding the PrimFunc that `ib` built."""
+    import tvm
+
+    return tvm.IRModule({spec.name: ib.get()})
+
+
+def row_bounds(ip: Any, rows: int, nnz: int, t: Any, tasks: int, idx: str) -> Any:
+    """[first, end) rows of task t: the first rows whose indptr `ip(row)` reaches t/tasks and (t+1)/tasks
+    of nnz (a binary search each), so tasks split the work, not the row count."""
+    bounds = T.alloc_buffer((2,), idx, scope="local")
+    for side in range(2):
+        target = tirx.Cast(idx, t + side) * nnz // tasks
+        lo = T.alloc_buffer((2,), idx, scope="local")
+        T.buffer_store(lo, tirx.const(0, idx), [0])
+        T.buffer_store(lo, tirx.const(rows, idx), [1])
+        with T.While(lo[0] < lo[1]):
+            mid = (lo[0] + lo[1]) // 2
+            with T.If(ip(mid) < target):
+                with T.Then():
+                    T.buffer_store(lo, mid + 1, [0])
+                with T.Else():
+                    T.buffer_store(lo, mid, [1])
+        T.buffer_store(bounds, tirx.Select(t + side == tasks, tirx.const(rows, idx), lo[0]), [side])
+    return bounds
+
+
+@contextmanager
+def task_rows(ip: Any, rows: int, nnz: int, tasks: int, idx: str) -> Iterator[Any]:
+    """`tasks` parallel tasks, each visiting its nnz-balanced share of the rows; yields the row variable.
+
+    The row loop runs over all rows with a range test rather than from the task's first row: with
+    bounds read from a local buffer as the loop's start, TVM 0.27 produced wrong rows (seen in a test
+    of the CSR template; a 0-based loop with the test is correct and costs rows x tasks compares)."""
+    with T.parallel(0, tasks) as t:
+        bounds = row_bounds(ip, rows, nnz, t, tasks, idx)
+        with T.serial(0, rows) as r:
+            with T.If(tirx.And(bounds[0] <= tirx.Cast(idx, r), tirx.Cast(idx, r) < bounds[1])):
+                with T.Then():
+                    yield r
+
+
+def index_dtype(*dtypes: Any) -> str:
+    """int64 when any structure array is i64, else int32."""
+    return "int64" if "i64" in (d.name for d in dtypes) else "int32"
