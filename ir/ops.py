@@ -365,9 +365,7 @@ def _result(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     return dt.dtype(d), tuple(shape), {"index": i}
 
 
-def prod(xs: Iterable[int]) -> int:
-    """Product of sizes (1 for an empty shape)."""
-    return math.prod(xs)
+prod = math.prod  # the product of sizes (1 for an empty shape)
 
 
 def results_of(n: Node) -> tuple[tuple[DType, Shape], ...]:

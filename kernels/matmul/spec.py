@@ -24,25 +24,12 @@ from ..registry import register_family
 from ..lowering import LoweringError, next_pow2, prod
 from . import reductions as red
 from .reductions import MatmulReduction
+from .tiles import fitted_tiles, padded  # noqa: F401  (padded: re-exported for the quant family)
 
 ACC = "acc"
 CPU_VECTOR_REGISTERS = 32  # AVX-512 zmm registers: the micro tile's register budget
 CPU_TILE_M = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 CPU_TILE_N = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-
-
-def padded(size: int, tile: int) -> int:
-    """`size` rounded up to whole tiles (the CPU template pads every dimension to its tile)."""
-    return -(-size // tile) * tile
-
-
-def fitted_tiles(size: int, grains: tuple[int, ...], lo: int, hi: int, count: int = 3) -> tuple[int, ...]:
-    """Up to `count` tile sizes in [lo, hi], multiples of a grain, that pad `size` by at most 1%
-    (largest first): an odd size such as 777 gets tiles of 112 or 156 where the power-of-two list
-    would pad it to 896."""
-    found = {t for g in grains for n in range(1, 65)
-             if lo <= (t := padded(-(-size // n), g)) <= hi and padded(size, t) - size <= size // 100}
-    return tuple(sorted(found, reverse=True)[:count])
 
 
 @dataclass(frozen=True)
