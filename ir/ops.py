@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from ..errors import TilefuseError
 from . import dtypes as dt
 from .attrs import attr_problems, plain
+from .dims import Sym
 from .dtypes import DType
 from .expr import E, Expr, toposort as expr_toposort
 
@@ -108,10 +109,7 @@ class Node:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return prod(self.shape)
 
     def __repr__(self) -> str:
         shp = ", ".join(map(str, self.shape))
@@ -177,7 +175,7 @@ def make(op: Op, srcs: Iterable[Node] = (), /, **attrs: Any) -> Node:
     for check in NODE_CHECKS:
         check(op, dtype, shape, norm)
     arg = tuple(sorted(norm.items()))
-    return Node(op, dtype, tuple(int(s) for s in shape), srcs, arg)
+    return Node(op, dtype, tuple(s if isinstance(s, Sym) else int(s) for s in shape), srcs, arg)
 
 
 def fmt_shape(s: Shape) -> str:
