@@ -111,6 +111,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.strip():
         raise UsageError("--out needs a directory path, got an empty one; leave --out out to write no bundle")
     g = load_graph_arg(args.file, args.set)
+    if args.out is not None and g.is_dynamic:
+        dyn = ", ".join(f"{k}={p.text()}" for k, p in g.params.items())
+        raise UsageError(f"--out writes binaries for static sizes, and {args.file} has dynamic ones ({dyn}); "
+                         "bind them with --set")
     t0 = time.perf_counter()
     db = None if args.db == "none" else args.db
     model = None if args.costmodel == "none" else args.costmodel

@@ -184,7 +184,12 @@ class Sym(int):
     __repr__ = __str__
 
     def __format__(self, spec: str) -> str:
-        return str(self) if not spec else format(int(self), spec)
+        # f-strings build code (Triton source): a compound expression is parenthesised, so `rows // {n}`
+        # stays right when n is 4*T
+        if spec:
+            return format(int(self), spec)
+        atomic = len(self.poly) == 1 and self.poly[0][1] == 1 and len(self.poly[0][0]) == 1
+        return str(self) if atomic else f"({self})"
 
     @property
     def names(self) -> tuple[str, ...]:
