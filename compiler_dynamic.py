@@ -13,43 +13,21 @@ A call reads the sizes from its inputs, picks the bucket and runs that bucket's 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .compiled import CompiledGraph, CompiledKernel, CompileError
-from .ir.dims import DynamicSizeError, DynParam
+from .ir.buckets import Buckets, all_edges, bucket_graphs, bucket_of
+from .ir.dims import DynamicSizeError
 from .ir.graph import Graph
-from .kernels import KernelSpec, fusion_rules, spec_for
+from .kernels import KernelSpec, graph_specs
 from .kernels.base import StaticSizeRequired
-from .passes import PipelineResult, run_pipeline
 from .schedule.config import Config
 from .schedule.target import Target
 
 Choose = Callable[[KernelSpec], "tuple[Config, str]"]
 Build = Callable[[KernelSpec, Config, str], CompiledKernel]
-
-
-def bucket_edges(p: DynParam, given: Sequence[int] | None = None) -> list[int]:
-    """Upper ends of `p`'s size buckets, ascending, the last one `p.hi`: the powers of two in the range by
-    default, else the `given` sizes inside it (a DynamicSizeError names one that is not a positive int)."""
-    if given is None:
-        edges = {1 << k for k in range(p.hi.bit_length() + 1) if p.lo <= 1 << k < p.hi}
-    else:
-        bad = [b for b in given if isinstance(b, bool) or not isinstance(b, int) or b < 1]
-        if bad:
-            raise DynamicSizeError(f"buckets for {p.name}: {bad} are not positive integers")
-        edges = {b for b in given if p.lo <= b < p.hi}
-    return sorted(edges | {p.hi})
-
-
-def bucket_of(edges: Sequence[int], value: int) -> int:
-    """Index of the bucket holding `value`: the first whose upper end is at least `value`."""
-    for i, e in enumerate(edges):
-        if value <= e:
-            return i
-    return len(edges) - 1
 
 
 @dataclass
@@ -109,28 +87,6 @@ class DynamicCompiledGraph(CompiledGraph):
         return list(seen.values())
 
 
-def _bucket_graphs(g: Graph, edges: dict[str, list[int]]) -> list[tuple[tuple[tuple[str, int, int], ...], Graph]]:
-    names = sorted(edges)
-    per = []
-    for n in names:
-        lows = [g.params[n].lo] + [e + 1 for e in edges[n][:-1]]
-        per.append([(n, lo, hi) for lo, hi in zip(lows, edges[n])])
-    out = []
-    for ranges in itertools.product(*per):
-        out.append((tuple(ranges), g.at({n: hi for n, _, hi in ranges})))
-    return out
-
-
-def _pipeline(g: Graph, backend: str, ranges: tuple[tuple[str, int, int], ...] | None
-              ) -> tuple[PipelineResult, list[KernelSpec]]:
-    pipeline = run_pipeline(g, fusion_rules())
-    specs = [spec_for(pipeline.kernels, k, backend) for k in pipeline.kernels.kernels]
-    for s in specs:  # a kernel's bucket names the parameters its sizes read (none: it has no bucket)
-        own = tuple(r for r in ranges or () if r[0] in s.size_params())
-        s.bucket = own or None
-    return pipeline, specs
-
-
 def _grouping(specs: list[KernelSpec]) -> list[tuple[str, str, str]]:
     return [(s.name, s.family, s.code_key) for s in specs]
 
@@ -138,8 +94,8 @@ def _grouping(specs: list[KernelSpec]) -> list[tuple[str, str, str]]:
 def _check_grouping(g: Graph, want: list[tuple[str, str, str]], specs: list[KernelSpec], label: str) -> None:
     got = _grouping(specs)
     if got != want:
-        diff = next((f"{w[0]} ({w[1]}) vs {h[0]} ({h[1]})" for w, h in zip(want, got) if w != h),
-                    f"{len(want)} vs {len(got)} kernels")
+        diff = next((f"{w[0]}'s workload differs" if w[:2] == h[:2] else f"{w[0]} ({w[1]}) vs {h[0]} ({h[1]})"
+                     for w, h in zip(want, got) if w != h), f"{len(want)} vs {len(got)} kernels")
         raise CompileError(f"{g.name}: the kernels at {label} differ from those at the bottom of the range "
                            f"({diff}): a pass or family decided on a dynamic size's value; make the size static")
 
@@ -164,32 +120,21 @@ def _check_value_independent(lo: KernelSpec, hi: KernelSpec, config: Config, tgt
                                  f"this template needs {names} static (declare it static, or bind it with --set)")
 
 
-def _given(buckets: Sequence[int] | Mapping[str, Sequence[int]] | None, name: str) -> Sequence[int] | None:
-    if buckets is None or not isinstance(buckets, Mapping):
-        return buckets
-    return buckets.get(name)
-
-
 def compile_dynamic(g: Graph, tgt: Target, choose: Choose, build: Build,
-                    buckets: Sequence[int] | Mapping[str, Sequence[int]] | None = None) -> DynamicCompiledGraph:
+                    buckets: Buckets = None) -> DynamicCompiledGraph:
     """Compile `g` once for every value of its dynamic sizes (module docstring): `choose(spec)` gives a
     kernel's config and its source in a bucket, `build(spec, config, source)` builds it (once per
     distinct code and config). `buckets`: the upper ends of the size buckets, for every parameter or
     per parameter name (default: powers of two)."""
-    if isinstance(buckets, Mapping):
-        unknown = sorted(set(buckets) - set(g.params))
-        if unknown:
-            raise DynamicSizeError(f"buckets given for {unknown}, which are not dynamic parameters of {g.name} "
-                                   f"(those are {sorted(g.params)})")
-    edges = {n: bucket_edges(p, _given(buckets, n)) for n, p in g.params.items()}
-    _, lo_specs = _pipeline(g.at({n: p.lo for n, p in g.params.items()}), tgt.backend, None)
-    _, hi_specs = _pipeline(g.at({n: p.hi for n, p in g.params.items()}), tgt.backend, None)
+    edges = all_edges(g, buckets)
+    _, lo_specs = graph_specs(g.at({n: p.lo for n, p in g.params.items()}), tgt.backend, None)
+    _, hi_specs = graph_specs(g.at({n: p.hi for n, p in g.params.items()}), tgt.backend, None)
     want = _grouping(lo_specs)
     _check_grouping(g, want, hi_specs, "the top of the range")
     built: dict[tuple[str, str], CompiledKernel] = {}
     out = []
-    for ranges, gb in _bucket_graphs(g, edges):
-        pipeline, specs = _pipeline(gb, tgt.backend, ranges)
+    for ranges, gb in bucket_graphs(g, edges):
+        pipeline, specs = graph_specs(gb, tgt.backend, ranges)
         bucket = Bucket(ranges, CompiledGraph(gb, tgt, pipeline, []))
         _check_grouping(g, want, specs, bucket.label())
         for i, spec in enumerate(specs):

@@ -86,6 +86,7 @@ class TvmKernel:
         self.dtypes = [b.dtype for b in list(spec.inputs) + list(spec.outputs)]
         self.n_inputs = len(spec.inputs)
         self.size_names = spec.size_params()  # dynamic sizes, passed after the arrays
+        self.bound_sizes = spec.bound_sizes()  # their values when a caller gives none (a tuning measurement)
         self.key = key
         self.compiled = compiled  # False when the library came from the cache
         self.path = path
@@ -109,7 +110,8 @@ class TvmKernel:
                              f"{len(self.shapes) - self.n_inputs} outputs, got {len(inputs)} and {len(outputs)}")
         dev = tvm.cpu()
         args = []
-        shapes = [resolve(tuple(s), sizes or {}) for s in self.shapes]
+        sizes = sizes or self.bound_sizes
+        shapes = [resolve(tuple(s), sizes) for s in self.shapes]
         for i, (a, shape, d) in enumerate(zip(list(inputs) + list(outputs), shapes, self.dtypes)):
             n = int(np.prod(shape))
             if int(np.size(a)) != n:
@@ -128,7 +130,7 @@ class TvmKernel:
                                                .reshape(shape), dev))
             else:
                 args.append(tvm.runtime.empty(shape, str(want), dev))
-        return args + [int((sizes or {})[n]) for n in self.size_names]
+        return args + [int(sizes[n]) for n in self.size_names]
 
     def __call__(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
                  sizes: Mapping[str, int] | None = None) -> None:

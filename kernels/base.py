@@ -84,6 +84,16 @@ class KernelSpec:
                                      f"{names} static, or bind it at parse time with --set / sizes=)")
         return int(size)
 
+    def bound_sizes(self) -> dict[str, int]:
+        """The value each dynamic size is bound to in this spec (its bucket's upper end while compiling or
+        tuning): what a launch plan, a build or a measurement uses when no run-time sizes are given."""
+        out: dict[str, int] = {}
+        for b in self.inputs + self.outputs:
+            for d in b.shape:
+                if dims.is_dynamic(d):
+                    out.update(d.env)
+        return dict(sorted(out.items()))
+
     def size_params(self) -> list[str]:
         """The dynamic parameters this kernel's sizes read, sorted (empty for a static kernel): each is
         a run-time argument, so the code serves every value in range."""
@@ -286,7 +296,9 @@ class KernelSpec:
         """The ordered launches of this kernel under `config`, their arguments (inputs, outputs, dynamic
         sizes, aux tensors, workspaces, in that order) and the workspaces to allocate. `sizes` are the
         run-time values of the dynamic parameters: grids and workspace shapes are evaluated at them
-        (without them a dynamic kernel's plan holds its sizes at their current binding)."""
+        (without them, at the spec's own binding: bound_sizes)."""
+        if sizes is None and self.size_params():
+            sizes = self.bound_sizes()
         ws = tuple(self.workspaces(config, sizes))
         names, n_in = self.arg_names(), len(self.inputs)
         args = [Arg(name, "input", i, "*" + dt.triton_sig(b.dtype)) for i, (name, b) in
