@@ -1,6 +1,6 @@
 """The decoder MLP (examples/decoder_mlp.tf) on the CPU compiled once with a dynamic token count T vs
 compiled once per T with T static, at T in {1, 16, 128, 1024}: the run time of each (dynamic over static,
-the same inputs, family default configs on both sides: the dynamic graph's config is its bucket's
+the same inputs, timed in alternation, family default configs on both sides: the dynamic graph's config is its bucket's
 default, chosen at the bucket's upper end), and the builds and compile time each way. Builds go to a
 fresh cache directory, so every build is real. Usage:
     python bench/dynamic_cpu.py [--quick] [--h 1024] [--i 2816] [--tokens 1 16 128 1024] [--reps 10] [--json FILE]
@@ -24,15 +24,18 @@ import numpy as np
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "decoder_mlp.tf"
 
 
-def median_time(fn: Any, reps: int) -> float:
-    """Median seconds of `reps` calls after one warm-up call."""
-    fn()
-    ts = []
+def paired_medians(fa: Any, fb: Any, reps: int) -> tuple[float, float]:
+    """Median seconds of `fa` and of `fb` over `reps` rounds, each round timing one call of each back to back
+    (after a warm-up call of both), so a shared machine's slow phases slow both alike."""
+    fa()
+    fb()
+    ta, tb = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+        for fn, ts in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return float(np.median(ta)), float(np.median(tb))
 
 
 def count_builds() -> list[str]:
@@ -95,8 +98,7 @@ def run(h: int, i: int, tokens: list[int], reps: int) -> dict[str, Any]:
                             cost_model=None)
         static_compile = time.perf_counter() - t0
         static_builds = len(built) - before
-        t_dyn = median_time(lambda: dyn.run(inputs), reps)
-        t_static = median_time(lambda: static.run(inputs), reps)
+        t_dyn, t_static = paired_medians(lambda: dyn.run(inputs), lambda: static.run(inputs), reps)
         rows.append({"T": t, "dynamic_ms": t_dyn * 1e3, "static_ms": t_static * 1e3, "ratio": t_dyn / t_static,
                      "bucket": dyn.bucket({"T": t}).label(), "static_compile_s": static_compile,
                      "static_builds": static_builds})
@@ -115,16 +117,16 @@ def run(h: int, i: int, tokens: list[int], reps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="H=256, I=704, 5 repetitions")
+    ap.add_argument("--quick", action="store_true", help="H=256, I=704")
     ap.add_argument("--h", type=int, default=1024)
     ap.add_argument("--i", type=int, default=2816)
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 128, 1024])
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", help="write the results (with the machine and versions) here")
     ap.add_argument("--note", default="", help="a note stored with the results (e.g. the machine's load)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.h, args.i, args.reps = 256, 704, 5
+        args.h, args.i = 256, 704
     os.environ["TILEFUSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="tilefuse-bench-dynamic-")  # every build real
     result = {"machine": machine(), "note": args.note, **run(args.h, args.i, args.tokens, args.reps)}
     if args.json:
