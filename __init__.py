@@ -40,7 +40,7 @@ __all__ += ["sparse_linear", "sparse_softmax"]
 
 def compile(graph: Any, target: str = "cpu", **kw: Any) -> Any:  # noqa: A001 - the public verb
     """Compile a graph (or GraphBuilder) for `target` ("cpu", "interp", "sm_80", "sm_90"); keywords as
-    compiler.compile_graph (configs, aot, db, cost_model), any other is a CompileOptionError."""
+    compiler.compile_graph (configs, aot, db, cost_model, buckets), any other is a CompileOptionError."""
     from .compiler import check_compile_options, compile_graph
 
     check_compile_options(kw)

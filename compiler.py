@@ -6,43 +6,26 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .schedule.config import Config
 from .schedule.target import Target, get_target
 from .deps import available, require
 from .errors import RuntimeUnavailable, TilefuseError  # noqa: F401 - RuntimeUnavailable re-exported
-from .ir.graph import Graph, as_graph
+from .compiled import CompiledGraph, CompiledKernel, CompileError
+from .compiler_dynamic import compile_dynamic
+from .ir.graph import as_graph
 from .kernels import KernelSpec, fusion_rules, spec_for
-from .passes import PipelineResult, run_pipeline
+from .passes import run_pipeline
 
 log = logging.getLogger(__name__)
 
 
-class CompileError(TilefuseError, RuntimeError):
-    """A graph that cannot be compiled for the requested target."""
-
-
 class CompileOptionError(TilefuseError, TypeError):
     """`tilefuse.compile` called with keyword arguments it does not take (a TypeError, as Python's own)."""
-
-
-@dataclass
-class CompiledKernel:
-    """One kernel: its spec, chosen config (and where it came from), source and binaries."""
-
-    spec: KernelSpec
-    config: Config
-    # "given" | "database: this device (...)" | "database: same arch (...)" | "cost model (...)" | "default"
-    config_source: str
-    source: str
-    binaries: dict[str, Any] = field(default_factory=dict)  # arch name -> TritonBinary (AOT targets)
-    build_seconds: float = 0.0
-    cached: bool = False
-    runner: Any = None  # backend callable (TVM module / jitted Triton function)
 
 
 def ensure_interpreter() -> None:
@@ -57,56 +40,6 @@ def ensure_interpreter() -> None:
         raise CompileError("target 'interp' needs the Triton interpreter, but triton was already imported without "
                            "TRITON_INTERPRET=1; set TRITON_INTERPRET=1 in the environment (or compile for 'interp' "
                            "before importing triton)")
-
-
-class CompiledGraph:
-    """A compiled graph: call it with inputs (positional in declaration order, or by name)."""
-
-    def __init__(self, graph: Graph, target: Target, pipeline: PipelineResult, kernels: list[CompiledKernel],
-                 constants: Mapping[str, Any] | None = None, patterns: tuple[Any, ...] = ()):
-        self.graph = graph
-        self.target = target
-        self.pipeline = pipeline
-        self.kernels = kernels
-        # compile-time constants (sparse_plan.py): bound at every run, never passed by the caller
-        self.constants = dict(constants or {})
-        self.patterns = patterns  # sparse_plan.PatternDecision per constant sparse operand
-        self.input_names = [n.attr("name") for n in graph.inputs if n.attr("name") not in self.constants]
-        self.output_names = [name for name, _ in graph.outputs]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run on inputs given positionally (declaration order) or by name; one output, or a tuple."""
-        from .codegen.input_check import InputTypeError
-
-        if len(args) > len(self.input_names):
-            raise InputTypeError(f"{self.graph.name} takes {len(self.input_names)} inputs ({self.input_names}), "
-                                 f"got {len(args)}")
-        inputs = dict(zip(self.input_names, args))
-        for k, v in kwargs.items():
-            if k in inputs:
-                raise InputTypeError(f"{self.graph.name}: input {k!r} given twice (positionally and by name)")
-            inputs[k] = v
-        outs = self.run(inputs)
-        res = tuple(outs[n] for n in self.output_names)
-        return res[0] if len(res) == 1 else res
-
-    def run(self, inputs: Mapping[str, Any], poison: bool = False) -> dict[str, Any]:
-        """Run every kernel; `poison` fills outputs and temporaries with NaN / 0x7f.. first, so
-        an element a kernel fails to write cannot pass a comparison. Inputs are checked first
-        (codegen/input_check.py: InputTypeError / InputValueError name the input)."""
-        from .codegen import executors
-        from .codegen.input_check import check_inputs
-
-        inputs = {**inputs, **self.constants}
-        check_inputs(self.graph, self.target.backend, inputs)
-        if self.target.backend == "triton":
-            require("torch", f"running a graph compiled for target {self.target.name!r}")
-        return executors.run(self, inputs, poison)
-
-    def report(self) -> str:
-        from .report import format_report
-
-        return format_report(self)
 
 
 @dataclass
@@ -238,13 +171,16 @@ def choose_config(spec: KernelSpec, target: Target, configs: Mapping[str, Config
 
 def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str, Config] | None = None,
                   aot: bool = True, db: Any = "auto", cost_model: Any = "auto",
-                  constants: Mapping[str, Any] | None = None) -> CompiledGraph:
+                  constants: Mapping[str, Any] | None = None,
+                  buckets: Sequence[int] | Mapping[str, Sequence[int]] | None = None) -> CompiledGraph:
     """Compile `graph` for `target` ("cpu", "interp", "sm_80", "sm_90").
 
     Each kernel's config comes from `configs` (by kernel name), else the tuning database `db`
     (exact device, then same arch), else `cost_model`, else the family default; see choose_config.
     `constants` (input name -> array) are fixed at compile time and bound at every run; a sparse operand
-    built from constants gets its format chosen from its pattern (sparse_plan.py)."""
+    built from constants gets its format chosen from its pattern (sparse_plan.py).
+    A graph with dynamic sizes compiles once for all of them (compiler_dynamic.py), with a config per
+    size bucket: `buckets` are the buckets' upper ends (default: powers of two)."""
     g = as_graph(graph)
     tgt = get_target(target)
     if tgt.kind == "interp":
@@ -254,19 +190,29 @@ def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str
     consts: dict[str, Any] = {}
     patterns: list[Any] = []
     if constants:
+        if g.is_dynamic:
+            raise CompileOptionError(f"compile: constants= needs static sizes; {g.name} has dynamic parameters "
+                                     f"{sorted(g.params)} (bind them, e.g. with --set)")
         from .sparse_plan import check_constants, plan
 
         g, consts, patterns = plan(g, check_constants(g, constants), tgt, sources, _legal_candidates)
-    pipeline = run_pipeline(g, fusion_rules())
-    kg = pipeline.kernels
-    compiled: list[CompiledKernel] = []
-    for kernel in kg.kernels:
-        spec = spec_for(kg, kernel, tgt.backend)
-        config, source = choose_config(spec, tgt, configs, sources)
+
+    def choose(spec: KernelSpec) -> tuple[Config, str]:
+        return choose_config(spec, tgt, configs, sources)
+
+    def build(spec: KernelSpec, config: Config, source: str) -> CompiledKernel:
         t0 = time.perf_counter()
         ck = _build(spec, config, source, tgt, aot)
         ck.build_seconds = time.perf_counter() - t0
-        compiled.append(ck)
+        return ck
+
+    if g.is_dynamic:
+        return compile_dynamic(g, tgt, choose, build, buckets)
+    if buckets is not None:
+        raise CompileOptionError(f"compile: buckets= is for graphs with dynamic sizes; {g.name} has none")
+    pipeline = run_pipeline(g, fusion_rules())
+    kg = pipeline.kernels
+    compiled = [build(spec, *choose(spec)) for spec in (spec_for(kg, k, tgt.backend) for k in kg.kernels)]
     return CompiledGraph(g, tgt, pipeline, compiled, consts, tuple(patterns))
 
 
@@ -344,6 +290,7 @@ def build_aot(spec: KernelSpec, config: Config, text: str, tgt: Target) -> dict[
     for fn in plan.functions():
         ln = plan.launch_of(fn)
         sig = ln.signature()
+        pointers = tuple(k for k, t in sig.items() if t.startswith("*"))  # never a dynamic size's value
         out[fn] = build_triton(text, fn, sig, dict(ln.constexprs), arch=tgt.arch, num_warps=ln.num_warps,
-                               num_stages=ln.num_stages, divisible_by_16=tuple(sig), cache=default_cache())
+                               num_stages=ln.num_stages, divisible_by_16=pointers, cache=default_cache())
     return out

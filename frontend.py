@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Union
 from collections.abc import Sequence
 
+from .ir import dims
 from .ir import dtypes as dt
 from .ir import expr as ex
 from .ir.expr import E, Expr
@@ -221,6 +222,17 @@ class GraphBuilder:
         self.name = name
         self._inputs: list[Node] = []
         self._outputs: list[tuple[str, Node]] = []
+
+    def dyn(self, name: str, lo: int, hi: int, hint: int | None = None) -> Any:
+        """A dynamic size parameter (the text form's `name=dyn[lo..hi, hint=h]`): any value in lo..hi,
+        bound at each call from the input shapes that use it. Use it in shapes like an int."""
+        if not name.isidentifier():
+            raise VerifyError(f"graph {self.name}: dynamic parameter name {name!r} is not an identifier")
+        for v, what in ((lo, "lo"), (hi, "hi"), (hint, "hint")):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise VerifyError(f"graph {self.name}: dynamic parameter {name}: {what} must be an integer, "
+                                  f"got {v!r}")
+        return dims.param(dims.DynParam(name, lo, hi, hint))
 
     def input(self, name: str, shape: Sequence[int], dtype: dt.DType | str = "f32") -> Tensor:
         n = make(Op.INPUT, (), name=name, dtype=dt.dtype(dtype), shape=tuple(shape))

@@ -32,7 +32,8 @@ def format_report(cg: CompiledGraph) -> str:
         lines.append(f"    writes {', '.join(f'{b.name}:{b.dtype}{list(b.shape)}' for b in spec.outputs)}")
         for s in spec.summary().splitlines():
             lines.append(f"    fuses  {s}")
-        lines.append(f"    config ({ck.config_source}) {ck.config.to_json()}  grid {spec.grid(ck.config)}")
+        grid = tuple(int(g) for g in spec.grid(ck.config))  # a dynamic kernel's at its bucket's sizes
+        lines.append(f"    config ({ck.config_source}) {ck.config.to_json()}  grid {grid}")
         for s in spec.report_lines(ck.config):
             lines.append(f"    {s}")
         lines.append(f"    build  {ck.build_seconds:.2f} s{' (cache hit)' if ck.cached else ''}")
@@ -41,7 +42,32 @@ def format_report(cg: CompiledGraph) -> str:
     for decision in getattr(cg, "patterns", ()):
         lines.extend(f"  {s}" for s in decision.lines())
     lines.append("  outputs: " + ", ".join(f"{n} <- {b.name}" for n, b in kg.outputs))
+    if getattr(cg, "buckets", None):
+        lines += dispatch_lines(cg)
     return "\n".join(lines)
+
+
+def dispatch_lines(cg: Any) -> list[str]:
+    """A dynamic graph's dispatch table: per kernel, its size buckets (consecutive ones with one config
+    merged) -> config, where the config came from, and the binary (#n, shared by equal configs)."""
+    params = ", ".join(f"{k}={p.text()}" for k, p in cg.graph.params.items())
+    binaries = {id(ck): i for i, ck in enumerate(cg.distinct_kernels())}
+    lines = [f"  dynamic sizes {params}: {len(cg.buckets)} bucket(s), {len(binaries)} binaries; the kernels "
+             "above are the hint's bucket", "  dispatch table (size bucket -> config):"]
+    for k, ck0 in enumerate(cg.buckets[0].compiled.kernels):
+        lines.append(f"    {ck0.spec.name}")
+        rows: list[list[Any]] = []
+        for b in cg.buckets:
+            ck = b.compiled.kernels[k]
+            if rows and rows[-1][1] is ck:
+                rows[-1][0] = (rows[-1][0][0], b.ranges)
+            else:
+                rows.append([(b.ranges, b.ranges), ck])
+        for (first, last), ck in rows:
+            span = ", ".join(f"{n}={lo}" + (f"..{hi2}" if hi2 != lo else "")
+                             for (n, lo, _), (_, _, hi2) in zip(first, last))
+            lines.append(f"      {span:<16} #{binaries[id(ck)]:<3} {ck.config.to_json()}  ({ck.config_source})")
+    return lines
 
 
 def format_pipeline(cg_or_pipeline: Any) -> str:

@@ -130,25 +130,38 @@ def make_runner(device: Any) -> Any:
     return GpuRunner()
 
 
-def workload_groups(graph: Any, backend: str) -> dict[str, list[Any]]:
+def workload_groups(graph: Any, backend: str, buckets: Any = None) -> dict[str, list[Any]]:
     """The graph's kernel specs for `backend`, grouped by workload key (kernels with one key are
-    tuned once), in kernel order."""
+    tuned once), in kernel order. A graph with dynamic sizes has one spec per kernel and size bucket
+    (`buckets`: their upper ends, default powers of two), bound at the bucket's upper end: each is
+    tuned, and stored, under its bucket's key."""
+    from ..ir.buckets import all_edges, bucket_graphs
     from ..ir.graph import as_graph
-    from ..kernels import fusion_rules, spec_for
-    from ..passes import run_pipeline
+    from ..kernels import graph_specs
 
-    kg = run_pipeline(as_graph(graph), fusion_rules()).kernels
+    g = as_graph(graph)
+    parts = bucket_graphs(g, all_edges(g, buckets)) if g.is_dynamic else [(None, g)]
     groups: dict[str, list[Any]] = {}
-    for kernel in kg.kernels:
-        spec = spec_for(kg, kernel, backend)
-        groups.setdefault(spec.key, []).append(spec)
+    for ranges, gb in parts:
+        for spec in graph_specs(gb, backend, ranges)[1]:
+            groups.setdefault(spec.key, []).append(spec)
     return groups
+
+
+def kernel_label(spec: Any) -> str:
+    """A kernel's name, with its size bucket when it has one ("k1_matmul [T=17..32]")."""
+    if not spec.bucket:
+        return str(spec.name)
+    spans = [f"{n}={lo}" if lo == hi else f"{n}={lo}..{hi}" for n, lo, hi in spec.bucket]
+    return f"{spec.name} [{', '.join(spans)}]"
 
 
 def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: Any, time_limit: float | None = None,
                report_dir: str | Path | None = None, progress: Callable[[ProgressEvent], None] | None = None,
-               runner: Any = None, device: Any = None, patience: int | None = None, seed: int = 0) -> GraphTuneResult:
-    """Tune every kernel of `graph` on `target_name`'s device with `budget` trials per kernel."""
+               runner: Any = None, device: Any = None, patience: int | None = None, seed: int = 0,
+               buckets: Any = None) -> GraphTuneResult:
+    """Tune every kernel of `graph` on `target_name`'s device with `budget` trials per kernel (and per
+    size bucket, for a graph with dynamic sizes: see workload_groups)."""
     from ..schedule.target import get_target
     from ..ir.graph import as_graph
     from .device import device_for_target
@@ -162,7 +175,7 @@ def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: 
     dev = device if device is not None else device_for_target(target_name)
     own_runner = runner is None
     run = make_runner(dev) if own_runner else runner
-    groups = workload_groups(g, tgt.backend)
+    groups = workload_groups(g, tgt.backend, buckets)
     rows: list[KernelTuneRow] = []
     # TPE tuners sharing a server database (PostgreSQL) share one Optuna study per kernel and device.
     storage = db.url if strategy == "tpe" and getattr(db, "is_server", False) else None
@@ -175,7 +188,8 @@ def tune_graph(graph: Any, target_name: str, *, budget: int, strategy: str, db: 
             bound = roofline_bound(spec, dev)
             res = tune_kernel(spec, dev, run, db, budget=budget, strategy=strategy, time_limit=limit,
                               patience=patience, seed=seed, progress=progress, optuna_storage=storage)
-            rows.append(KernelTuneRow([s.name for s in specs], spec.family, spec.key, len(res.trials), res.previous,
+            rows.append(KernelTuneRow([kernel_label(s) for s in specs], spec.family, spec.key, len(res.trials),
+                                      res.previous,
                                       res.best_seconds, res.default_seconds, bound.seconds,
                                       dict(res.best_config) if res.best_config else None, res.stopped, res.statuses,
                                       res.history, res.elapsed, bound.limit))

@@ -25,6 +25,20 @@ def parse_sizes(items: list[str]) -> dict[str, int]:
     return out
 
 
+BUCKETS_HELP = ("upper ends of the size buckets of the graph's dynamic sizes, each with its own config "
+                "(default: powers of two); tune and compile with the same buckets")
+
+
+def parse_buckets(text: str | None) -> list[int] | None:
+    """`--buckets 1,16,128`: the upper ends of the size buckets of dynamic sizes (None: not given)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or any(re.fullmatch(r"[0-9]+", p, re.ASCII) is None or int(p) == 0 for p in parts):
+        raise UsageError(f"--buckets expects positive integers separated by commas (1,16,128), got {text!r}")
+    return [int(p) for p in parts]
+
+
 def load_graph_arg(path: str, sets: list[str]) -> Any:
     """The graph in the .tf file `path`, with `--set` sizes applied."""
     from ..ir.text import load_graph

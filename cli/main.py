@@ -13,7 +13,7 @@ from typing import Any
 from ..deps import EXTRAS, missing
 from ..errors import TilefuseError
 from ..fileio import write_atomic
-from .common import UsageError, load_graph_arg
+from .common import BUCKETS_HELP, UsageError, load_graph_arg, parse_buckets
 
 MANIFEST_SCHEMA = 1
 # Exit codes, the same for every command: 0 success; 1 `run` computed a result outside the tolerance of
@@ -32,11 +32,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_against_reference(cg: Any, seed: int = 0) -> list[tuple[str, float, float, bool]]:
+def check_against_reference(cg: Any, seed: int = 0, inputs: Any = None) -> list[tuple[str, float, float, bool]]:
     """compiler.check_against_reference (imported on use: the compiler is not needed for --help)."""
     from ..compiler import check_against_reference as check
 
-    return check(cg, seed)
+    return check(cg, seed, inputs)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -47,13 +47,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     import tilefuse
 
     g = load_graph_arg(args.file, args.set)
-    cg = tilefuse.compile(g, target=args.target)
+    cg = tilefuse.compile(g, target=args.target, **_buckets(args))
     print(cg.report())
     ok = True
     for name, err, bound, good in check_against_reference(cg, args.seed):
         ok &= good
         print(f"  {name}: max |err| vs reference {err:.3e} (bound {bound:.3e}) {'OK' if good else 'FAIL'}")
     return 0 if ok else EXIT_FAIL
+
+
+def _buckets(args: argparse.Namespace) -> dict[str, Any]:
+    """compile's `buckets=` from --buckets, when given."""
+    buckets = parse_buckets(args.buckets)
+    return {} if buckets is None else {"buckets": buckets}
 
 
 def _kernel_entry(ck: Any, backend: str) -> dict[str, Any]:
@@ -111,10 +117,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.strip():
         raise UsageError("--out needs a directory path, got an empty one; leave --out out to write no bundle")
     g = load_graph_arg(args.file, args.set)
+    if args.out is not None and g.is_dynamic:
+        dyn = ", ".join(f"{k}={p.text()}" for k, p in g.params.items())
+        raise UsageError(f"--out writes binaries for static sizes, and {args.file} has dynamic ones ({dyn}); "
+                         "bind them with --set")
     t0 = time.perf_counter()
     db = None if args.db == "none" else args.db
     model = None if args.costmodel == "none" else args.costmodel
-    cg = tilefuse.compile(g, target=args.target, db=db, cost_model=model)
+    cg = tilefuse.compile(g, target=args.target, db=db, cost_model=model, **_buckets(args))
     dt_s = time.perf_counter() - t0
     print(cg.report())
     print(f"compiled in {dt_s:.2f} s")
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if name != "show":
             sp.add_argument("--target", default="cpu" if name == "run" else "sm_90",
                             help="cpu | interp | sm_80 | sm_90")
+            sp.add_argument("--buckets", metavar="N,N,...", help=BUCKETS_HELP)
         if name == "compile":
             sp.add_argument("--out", help="directory for sources, PTX, cubins and manifest.json")
         if name == "run":

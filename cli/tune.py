@@ -9,6 +9,7 @@ import time
 from typing import Any, TextIO
 
 from ..deps import require
+from .common import BUCKETS_HELP
 
 __all__ = ["ProgressBar", "cmd_tune", "register"]
 
@@ -29,6 +30,7 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--report", metavar="DIR", help="report directory (default: tune-report-<graph>)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="override a size parameter")
+    sp.add_argument("--buckets", metavar="N,N,...", help=BUCKETS_HELP)
     sp.set_defaults(fn=cmd_tune)
 
 
@@ -89,7 +91,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Tune, print the summary table, write the report; 0 on success."""
     optuna = require("optuna", "tilefuse tune")
 
-    from .common import load_graph_arg
+    from .common import load_graph_arg, parse_buckets
     from ..autotune.database import DatabaseError, TuningDB
     from ..autotune.device import DeviceError
     from ..autotune.space import SpaceError
@@ -110,7 +112,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         with TuningDB(args.db) as db:
             res = tune_graph(g, args.target, budget=args.budget, strategy=args.strategy, db=db,
                              time_limit=args.time_limit, report_dir=report, progress=bar, patience=patience,
-                             seed=args.seed)
+                             seed=args.seed, buckets=parse_buckets(args.buckets))
     except (TuneError, DatabaseError, DeviceError, SpaceError) as err:
         bar.finish()
         print(f"error: {err}", file=sys.stderr)

@@ -3,12 +3,14 @@ kernels launched in order on the target's runtime (TVM on CPU, Triton interprete
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import RuntimeUnavailable
 from ..ir import dtypes as dt
+from ..ir.dims import resolve
 from .tvm_runtime import aligned_empty
 from ..schedule.launch import LaunchPlan, Workspace
 
@@ -28,15 +30,17 @@ def poison_value(d: dt.DType) -> Any:
     return max(info.min, min(info.max, POISON_INT))
 
 
-def run(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[str, Any]:
-    """Execute every kernel of `cg` on `inputs` (name -> array/tensor); returns named outputs."""
+def run(cg: CompiledGraph, inputs: dict[str, Any], poison: bool,
+        sizes: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Execute every kernel of `cg` on `inputs` (name -> array/tensor); returns named outputs. `sizes`
+    are the values of the graph's dynamic sizes (buffers are allocated and kernels launched for them)."""
     if cg.target.kind == "cpu":
-        return _run_numpy(cg, inputs, poison)
-    return _run_torch(cg, inputs, poison)
+        return _run_numpy(cg, inputs, poison, dict(sizes or {}))
+    return _run_torch(cg, inputs, poison, dict(sizes or {}))
 
 
 # ---- CPU (TVM) ---------------------------------------------------------------------------
-def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[str, Any]:
+def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool, sizes: dict[str, int]) -> dict[str, Any]:
     bufs: dict[str, np.ndarray] = {}
     for n in cg.graph.inputs:
         x = inputs[n.attr("name")]
@@ -48,14 +52,14 @@ def _run_numpy(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
         outs = []
         for b in ck.spec.outputs:
             # aligned, so the kernel writes it in place and the next kernel reads it without a copy
-            arr = aligned_empty(b.shape, dt.storage_numpy(b.dtype))
+            arr = aligned_empty(resolve(tuple(b.shape), sizes), dt.storage_numpy(b.dtype))
             if poison:
                 arr.fill(poison_value(b.dtype))
             bufs[b.name] = arr
             outs.append(arr)
         ins = [bufs[b.name] for b in ck.spec.inputs]
         ck.spec.check_inputs(ins)
-        ck.runner(ins, outs)
+        ck.runner(ins, outs, sizes=sizes)
     return {name: bufs[b.name] for name, b in cg.pipeline.kernels.outputs}
 
 
@@ -128,7 +132,7 @@ def _torch_device(cg: CompiledGraph) -> str:
     return "cuda"
 
 
-def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[str, Any]:
+def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool, sizes: dict[str, int]) -> dict[str, Any]:
     from .triton_runtime import load_module, plan_launcher
 
     interpret = cg.target.kind == "interp"
@@ -138,10 +142,10 @@ def _run_torch(cg: CompiledGraph, inputs: dict[str, Any], poison: bool) -> dict[
         bufs[n.attr("name")] = torch_input(n.attr("name"), inputs[n.attr("name")], n.dtype, device)
     for ck in cg.kernels:
         spec = ck.spec
-        plan = spec.launch_plan(ck.config)
+        plan = spec.launch_plan(ck.config, sizes or None)
         outs = []
         for b in spec.outputs:
-            bufs[b.name] = _alloc(b.shape, b.dtype, device, poison)
+            bufs[b.name] = _alloc(resolve(tuple(b.shape), sizes), b.dtype, device, poison)
             outs.append(bufs[b.name])
         ins = [bufs[b.name] for b in spec.inputs]
         spec.check_inputs(ins)  # before any launch: a bad sparse structure would address outside a buffer

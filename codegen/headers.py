@@ -11,5 +11,5 @@ from ..schedule.config import Config
 def header(spec: Any, config: Config, backend: str) -> str:
     """The header of `spec`'s source (anything with `name`, `family` and `key`) under `config`."""
     return (f"# tilefuse generated {backend} kernel: {spec.name}\n"
-            f"# family: {spec.family}   workload: {spec.key[:16]}\n"
+            f"# family: {spec.family}   workload: {getattr(spec, 'code_key', spec.key)[:16]}\n"
             f"# config: {config.to_json()}\n")

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import TilefuseError
 from ..ir import dtypes as dt
+from ..ir.dims import resolve
 
 
 class InputError(TilefuseError):
@@ -82,15 +83,17 @@ def _kind_of(x: Any, tensor_type: Any) -> str | None:
     return None
 
 
-def check_input(name: str, x: Any, d: dt.DType, shape: tuple[int, ...], backend: str) -> None:
+def check_input(name: str, x: Any, d: dt.DType, shape: tuple[int, ...] | None, backend: str) -> None:
     """Raise InputTypeError/InputValueError unless `x` is an array or tensor whose elements convert to
-    `d` (see the module docstring) and whose shape is `shape`; `backend` is "tvm" or "triton"."""
+    `d` (see the module docstring) and whose shape is `shape` (not checked when None); `backend` is
+    "tvm" or "triton"."""
     tensor_type = _torch_tensor_type()
     kind = _kind_of(x, tensor_type)
     if kind is None:
         given = "None" if x is None else f"a {type(x).__module__}.{type(x).__qualname__}".replace("builtins.", "")
-        raise InputTypeError(f"input {name}: expected a numpy array or torch tensor of dtype {d.name} and shape "
-                             f"{list(shape)}, got {given}")
+        what = "" if shape is None else f" and shape {list(shape)}"
+        raise InputTypeError(f"input {name}: expected a numpy array or torch tensor of dtype {d.name}{what}, "
+                             f"got {given}")
     letter, spelled = _element_kind(x, tensor_type)
     if letter not in _accepted_kinds(d):
         what = _KIND_NAMES.get(letter, spelled)
@@ -101,7 +104,7 @@ def check_input(name: str, x: Any, d: dt.DType, shape: tuple[int, ...], backend:
         if x.dtype != want:
             raise InputTypeError(f"input {name}: expected a {want} tensor for dtype {d.name}, got a {x.dtype} "
                                  "tensor (convert it with .to(...) first)")
-    if tuple(x.shape) != tuple(shape):
+    if shape is not None and tuple(x.shape) != tuple(shape):
         raise InputValueError(f"input {name}: expected shape {list(shape)}, got {list(x.shape)}")
 
 
@@ -117,8 +120,23 @@ def check_names(graph_name: str, expected: Iterable[str], given: Iterable[str]) 
         raise InputTypeError(f"{graph_name}: missing inputs {missing}; its inputs are {want}")
 
 
-def check_inputs(graph: Any, backend: str, inputs: Mapping[str, Any]) -> None:
-    """Check every input of `graph` in `inputs` (names, kinds, element kinds, shapes) before conversion."""
+def check_inputs(graph: Any, backend: str, inputs: Mapping[str, Any]) -> dict[str, int]:
+    """Check every input of `graph` in `inputs` (names, kinds, element kinds, shapes) before conversion;
+    returns the value of each dynamic size, read from the shapes (ir/graph.py Graph.sizes_of: in range,
+    the same in every input that has it; DynamicSizeError naming the parameter and inputs otherwise)."""
     check_names(graph.name, (n.attr("name") for n in graph.inputs), inputs)
+    if not graph.is_dynamic:
+        for n in graph.inputs:
+            check_input(n.attr("name"), inputs[n.attr("name")], n.dtype, n.shape, backend)
+        return {}
     for n in graph.inputs:
-        check_input(n.attr("name"), inputs[n.attr("name")], n.dtype, n.shape, backend)
+        check_input(n.attr("name"), inputs[n.attr("name")], n.dtype, None, backend)
+    sizes = graph.sizes_of({n.attr("name"): tuple(inputs[n.attr("name")].shape) for n in graph.inputs})
+    for n in graph.inputs:
+        x = inputs[n.attr("name")]
+        want = resolve(tuple(n.shape), sizes)
+        if tuple(x.shape) != want:
+            bound = ", ".join(f"{k}={v}" for k, v in sizes.items())
+            raise InputValueError(f"input {n.attr('name')}: expected shape {list(n.shape)} = {list(want)} "
+                                  f"({bound}), got {list(x.shape)}")
+    return sizes

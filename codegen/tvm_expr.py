@@ -16,6 +16,7 @@ import numpy as np
 import tvm
 from tvm import tirx
 
+from ..ir import dims
 from ..ir import dtypes as dt
 from ..ir.expr import E, Expr
 from ..ir.expr import toposort as expr_toposort
@@ -306,28 +307,63 @@ def view_offset(shape: tuple[int, ...], strides: tuple[int, ...], offset: int, l
     inner = 1
     for g, (size, stride) in reversed(list(enumerate(groups))):
         if stride:
-            idx = flat if inner == 1 else tirx.floordiv(flat, inner)
+            idx = flat if inner == 1 else tirx.floordiv(flat, prim(inner))
             if g > 0:
-                idx = tirx.floormod(idx, size)
-            terms.append(idx if stride == 1 else idx * stride)
+                idx = tirx.floormod(idx, prim(size))
+            terms.append(idx if stride == 1 else idx * prim(stride))
         inner *= size
     for d, idx in enumerate(trailing):
         stride = strides[lead + d]
         if stride and shape[lead + d] != 1:
-            terms.append(idx if stride == 1 else idx * stride)
-    total: PrimExpr | None = tirx.const(offset, "int32") if offset else None
+            terms.append(idx if stride == 1 else idx * prim(stride))
+    total: PrimExpr | None = (prim(offset) if dims.is_dynamic(offset) else tirx.const(offset, "int32")) \
+        if offset else None
     for t in reversed(terms):
         total = t if total is None else total + t
     return tirx.const(0, "int32") if total is None else total
 
 
-def prim_module(name: str, num_outputs: int, inputs: list[Any], outputs: list[tuple[int, Any]]) -> Any:
-    """An IRModule with one PrimFunc `name` taking (inputs..., outputs by buffer index...)."""
+def size_var(name: str) -> Any:
+    """The TIR variable of dynamic size `name` (int32, as every index of the tvm backend)."""
+    v = _SIZE_VARS.get(name)
+    if v is None:
+        v = _SIZE_VARS[name] = tirx.Var(name, "int32")
+    return v
+
+
+_SIZE_VARS: dict[str, Any] = {}
+
+
+def _poly(p: tuple[Any, ...]) -> PrimExpr:
+    total: PrimExpr | None = None
+    for mono, c in p:
+        term: PrimExpr | None = tirx.const(c, "int32") if c != 1 or not mono else None
+        for a in mono:
+            if isinstance(a, str):
+                v = size_var(a)
+            else:
+                v = (tirx.floordiv if a[0] == "//" else tirx.floormod)(_poly(a[1]), _poly(a[2]))
+            term = v if term is None else term * v
+        total = term if total is None else total + term
+    return tirx.const(0, "int32") if total is None else total
+
+
+def prim(x: Any) -> Any:
+    """A size as TVM takes it: a plain int, or for a dynamic size the TIR expression over its size
+    variables (a Sym passed to TVM as is would become the constant of its current value)."""
+    return _poly(x.poly) if dims.is_dynamic(x) else int(x)
+
+
+def prim_module(name: str, num_outputs: int, inputs: list[Any], outputs: list[tuple[int, Any]],
+                sizes: list[str] | tuple[str, ...] = ()) -> Any:
+    """An IRModule with one PrimFunc `name` taking (inputs..., outputs by buffer index..., sizes...),
+    the dynamic sizes as int32 scalars."""
     import tvm
     from tvm import te
 
     by_index = dict(outputs)
     if sorted(by_index) != list(range(num_outputs)):
         raise LoweringError(f"tvm: {name} does not write every output buffer")
-    func = te.create_prim_func(list(inputs) + [by_index[i] for i in range(num_outputs)])
+    params = list(inputs) + [by_index[i] for i in range(num_outputs)] + [size_var(n) for n in sizes]
+    func = te.create_prim_func(params)
     return tvm.IRModule({name: func.with_attr("global_symbol", name)})

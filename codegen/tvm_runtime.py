@@ -16,13 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..schedule.config import Config
 from ..fileio import write_atomic
 from ..ir import dtypes as dt
+from ..ir.dims import resolve
 from .cache import BuildCache
 from .headers import header
 from .lowering import LoweringError
@@ -65,7 +66,7 @@ def cache_payload(spec: KernelSpec, config: Config) -> dict[str, Any]:
 
     # The kernel's name is the library's exported symbol: equal workloads with different names
     # (k0_copy, k3_copy) are different libraries.
-    return {"kind": "tvm-llvm-library", "schema": SCHEMA_VERSION, "workload": spec.key, "symbol": spec.name,
+    return {"kind": "tvm-llvm-library", "schema": SCHEMA_VERSION, "workload": spec.code_key, "symbol": spec.name,
             "config": json.loads(config.to_json()), "tvm": str(tvm.__version__), "target": host_target()}
 
 
@@ -100,6 +101,8 @@ class TvmKernel:
         self.shapes = shapes
         self.dtypes = [b.dtype for b in list(spec.inputs) + list(spec.outputs)]
         self.n_inputs = len(spec.inputs)
+        self.size_names = spec.size_params()  # dynamic sizes, passed after the arrays
+        self.bound_sizes = spec.bound_sizes()  # their values when a caller gives none (a tuning measurement)
         self.key = key
         self.compiled = compiled  # False when the library came from the cache
         self.path = path
@@ -111,7 +114,7 @@ class TvmKernel:
         return not self.compiled
 
     def _args(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
-              alias_outputs: bool = True) -> list[Any]:
+              alias_outputs: bool = True, sizes: Mapping[str, int] | None = None) -> list[Any]:
         """TVM tensors for the packed function. An argument that is already C-contiguous, of the
         storage dtype and 64-byte aligned (what the compiled code assumes) is passed without a copy
         (DLPack); other inputs are copied into aligned tensors, and other outputs (or every output
@@ -123,7 +126,9 @@ class TvmKernel:
                              f"{len(self.shapes) - self.n_inputs} outputs, got {len(inputs)} and {len(outputs)}")
         dev = tvm.cpu()
         args = []
-        for i, (a, shape, d) in enumerate(zip(list(inputs) + list(outputs), self.shapes, self.dtypes)):
+        sizes = sizes or self.bound_sizes
+        shapes = [resolve(tuple(s), sizes) for s in self.shapes]
+        for i, (a, shape, d) in enumerate(zip(list(inputs) + list(outputs), shapes, self.dtypes)):
             n = int(np.prod(shape))
             if int(np.size(a)) != n:
                 raise ValueError(f"{self.name}: argument {i} has {np.size(a)} elements, expected {n} "
@@ -143,11 +148,13 @@ class TvmKernel:
                                                .reshape(shape), dev))
             else:
                 args.append(tvm.runtime.empty(shape, str(want), dev))
-        return args
+        return args + [int(sizes[n]) for n in self.size_names]
 
-    def __call__(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
-        """Run on numpy arrays; the results are written into `outputs` (any shape with the right size)."""
-        args = self._args(inputs, outputs)
+    def __call__(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+                 sizes: Mapping[str, int] | None = None) -> None:
+        """Run on numpy arrays; the results are written into `outputs` (any shape with the right size).
+        `sizes` gives the value of each dynamic size the kernel takes (size_names)."""
+        args = self._args(inputs, outputs, sizes=sizes)
         self.func(*args)
         self._copy_out(args, outputs)
 
@@ -158,10 +165,10 @@ class TvmKernel:
             out[...] = arg.numpy().reshape(out.shape).astype(out.dtype, copy=False)
 
     def time(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], number: int = 10,
-             repeat: int = 3) -> list[float]:
+             repeat: int = 3, sizes: Mapping[str, int] | None = None) -> list[float]:
         """Seconds per run: `repeat` samples, each the mean of `number` runs after one warm-up run
         (array conversion excluded); the results are written into `outputs`."""
-        args = self._args(inputs, outputs)
+        args = self._args(inputs, outputs, sizes=sizes)
         self.func(*args)
         samples = []
         for _ in range(repeat):

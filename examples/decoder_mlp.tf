@@ -1,6 +1,7 @@
 # A LLaMA-style decoder MLP block: RMSNorm -> gate/up GEMMs (+bias) -> SiLU(gate) * up -> down GEMM + residual.
-# T tokens, hidden H, intermediate I. Override sizes with --set, e.g. --set T=4 --set H=64 --set I=96.
-graph decoder_mlp(T=16, H=4096, I=11008) {
+# T tokens (dynamic: one compiled graph serves T = 1 .. 8192, 16 is the typical value), hidden H,
+# intermediate I. Override sizes with --set, e.g. --set T=4 --set H=64 --set I=96 (T=4 makes T static).
+graph decoder_mlp(T=dyn[1..8192, hint=16], H=4096, I=11008) {
   %x = input f16[T, H]
   %norm_w = input f16[H]
   %w_gate = input f16[H, I]

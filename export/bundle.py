@@ -75,6 +75,10 @@ def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | N
     import tilefuse
 
     name = name or graph.name
+    if getattr(graph, "is_dynamic", False):
+        dyn = ", ".join(f"{k}={p.text()}" for k, p in graph.params.items())
+        raise ExportError(f"graph {graph.name} has dynamic sizes ({dyn}); a bundle holds binaries for static sizes "
+                          "(its dispatch table is not exported yet): bind them with --set (sizes=)")
     if not _NAME.match(name):
         raise ExportError(f"--name {name!r}: a bundle name is a C identifier (letters, digits, _)")
     files: dict[str, bytes] = {}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from ..errors import TilefuseError
 from . import dtypes as dt
 from .attrs import attr_problems, plain
+from .dims import Sym
 from .dtypes import DType
 from .expr import E, Expr, toposort as expr_toposort
 
@@ -183,7 +184,7 @@ def make(op: Op, srcs: Iterable[Node] = (), /, **attrs: Any) -> Node:
     for check in NODE_CHECKS:
         check(op, dtype, shape, norm)
     arg = tuple(sorted(norm.items()))
-    return Node(op, dtype, tuple(int(s) for s in shape), srcs, arg)
+    return Node(op, dtype, tuple(s if isinstance(s, Sym) else int(s) for s in shape), srcs, arg)
 
 
 def fmt_shape(s: Shape) -> str:

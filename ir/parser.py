@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import dims
 from . import dtypes as dt
 from . import expr as ex
 from .expr import E, Expr
 from .graph import Graph
+from .parse_sizes import Params, SizeParser
 from .lexer import MAX_EXPR_DEPTH, MAX_LIST_DEPTH, ParseError, Tok, is_int_literal, lex, read_source
 from .ops import Node, Op, VerifyError, make, results_of
 
@@ -33,13 +35,14 @@ class _Open:
     args: list[Expr] = field(default_factory=list)
 
 
-class _Parser:
+class _Parser(SizeParser):
     def __init__(self, src: str, path: str, sizes: dict[str, int] | None):
         self.src_lines = src.split("\n")
         self.path = path
         self.toks = lex(src, path)
         self.i = 0
         self.overrides = dict(sizes or {})
+        self.params: Params = {}
 
     # -- helpers --
     def peek(self, ahead: int = 0) -> Tok:
@@ -172,6 +175,8 @@ class _Parser:
             return tuple(items)
         if t.text == "(" or t.kind == "arg" or (t.kind in ("num", "ident") and self.peek(1).text == ":"):
             return self.expr()
+        if (t.kind == "ident" and dims.is_dynamic(self.params.get(t.text))) or self.peek(1).text in ("*", "+"):
+            return self.size(self.params)  # a size attribute over dynamic parameters (reshape's shape)
         self.next()
         if t.kind == "num":
             return _literal(t.text)
@@ -187,19 +192,10 @@ class _Parser:
             return t.text
         raise self.error(f"expected an attribute value, got {_got(t)}", t)
 
-    def size(self, params: dict[str, int]) -> int:
-        t = self.next()
-        if t.kind == "num" and is_int_literal(t.text) and not t.text.startswith("-"):
-            return int(t.text)
-        if t.kind == "ident" and t.text in params:
-            return params[t.text]
-        known = ", ".join(params) or "none declared"
-        raise self.error(f"expected a size (an integer or a header parameter: {known}), got {_got(t)}", t)
-
-    def type_(self, params: dict[str, int]) -> tuple[dt.DType, tuple[int, ...]]:
+    def type_(self, params: Params) -> tuple[dt.DType, tuple[int, ...]]:
         d = self.dtype()
         self.expect("[", "to open the shape")
-        dims: list[int] = []
+        dims: list[Any] = []
         while not self.accept("]"):
             dims.append(self.size(params))
             if not self.accept(","):
@@ -211,7 +207,7 @@ class _Parser:
     def graph(self) -> Graph:
         self.expect("graph", "at the start of the file")
         name = self.expect_kind("ident", "a graph name").text
-        params = self._header()
+        params = self.params = self._header()
         self.expect("{", "to open the graph body")
         values: dict[str, Node] = {}
         inputs: list[Node] = []
@@ -238,22 +234,6 @@ class _Parser:
         except VerifyError as err:
             raise self.error(str(err), self.toks[0]) from None
 
-    def _header(self) -> dict[str, int]:
-        params: dict[str, int] = {}
-        if self.accept("("):
-            while not self.accept(")"):
-                p = self.expect_kind("ident", "a size parameter name")
-                self.expect("=")
-                v = self.expect_int(f"the size of {p.text}")
-                params[p.text] = self.overrides.pop(p.text, v)
-                if not self.accept(","):
-                    self.expect(")", "or ',' in the parameter list")
-                    break
-        if self.overrides:
-            raise self.error(f"size overrides {sorted(self.overrides)} name no header parameter; "
-                             f"parameters: {sorted(params) or 'none'}", self.toks[0])
-        return params
-
     def _output(self, values: dict[str, Node], inputs: list[Node], outputs: list[tuple[str, Node]]) -> None:
         self.next()
         ot = self.expect_kind("ident", "an output name")
@@ -264,11 +244,11 @@ class _Parser:
         self.expect("=")
         outputs.append((ot.text, self.ref(values)))
 
-    def _input(self, vt: Tok, opt: Tok, params: dict[str, int]) -> Node:
+    def _input(self, vt: Tok, opt: Tok, params: Params) -> Node:
         d, shape = self.type_(params)
         return self._make(Op.INPUT, (), {"name": vt.text[1:], "dtype": d, "shape": shape}, opt)
 
-    def _node(self, opt: Tok, values: dict[str, Node], params: dict[str, int]) -> Node:
+    def _node(self, opt: Tok, values: dict[str, Node], params: Params) -> Node:
         try:
             op = Op(opt.text)
         except ValueError:
@@ -306,7 +286,7 @@ class _Parser:
                     break
         return attrs
 
-    def _check_annotation(self, node: Node, params: dict[str, int]) -> None:
+    def _check_annotation(self, node: Node, params: Params) -> None:
         t = self.peek()
         res = results_of(node)
         if self.accept("("):

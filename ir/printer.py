@@ -56,7 +56,10 @@ def _type_text(n: Node) -> str:
 def format_graph(g: Graph) -> str:
     """Canonical text of a graph (inputs by name, other values numbered in topological order)."""
     names: dict[int, str] = {}
-    lines = [f"graph {g.name} {{"]
+    # Only dynamic parameters are written (static ones are substituted), so a static graph's text and
+    # key are what they always were; a dynamic graph's key covers each range, never a bound value.
+    header = ", ".join(f"{p.name}={p.text()}" for p in g.params.values())
+    lines = [f"graph {g.name}{f'({header})' if header else ''} {{"]
     for n in g.inputs:
         names[id(n)] = "%" + n.attr("name")
         lines.append(f"  %{n.attr('name')} = input {_type_text(n)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from .dims import is_dynamic, is_polynomial, upper
 from .dtypes import DType
 from .expr import E, Expr
 from .limits import INT64_MAX, INT64_MIN, MAX_DIM, MAX_ELEMENTS, LimitError, pow2_text
@@ -36,13 +37,18 @@ def int_range(d: DType) -> tuple[int, int]:
 
 def check_shape(what: str, shape: Shape) -> None:
     """Every dim at most MAX_DIM and the element count at most MAX_ELEMENTS."""
+    # A dynamic size is checked at the top of its range: every value it may take must fit.
     for i, n in enumerate(shape):
-        if n > MAX_DIM:
-            raise VerifyLimitError(f"{what}: dim {i} of {fmt_shape(shape)} is {int_text(n)}; dims are at most "
-                                   f"{pow2_text(MAX_DIM)}")
-    if prod(shape) > MAX_ELEMENTS:
-        raise VerifyLimitError(f"{what}: {fmt_shape(shape)} has {prod(shape)} elements; a tensor has at most "
-                               f"{pow2_text(MAX_ELEMENTS)}")
+        if is_dynamic(n) and not is_polynomial(n.poly):
+            raise VerifyError(f"{what}: dim {i} of {fmt_shape(shape)} divides a dynamic size; shapes are sums "
+                              "of products of sizes (write the shape out, or make the size static)")
+        if upper(n) > MAX_DIM:
+            at = f" at most (for {', '.join(f'{p.name}={p.hi}' for p in n.params)})" if is_dynamic(n) else ""
+            raise VerifyLimitError(f"{what}: dim {i} of {fmt_shape(shape)} is {int_text(upper(n))}{at}; dims are "
+                                   f"at most {pow2_text(MAX_DIM)}")
+    if upper(prod(shape)) > MAX_ELEMENTS:
+        raise VerifyLimitError(f"{what}: {fmt_shape(shape)} has {upper(prod(shape))} elements; a tensor has at "
+                               f"most {pow2_text(MAX_ELEMENTS)}")
 
 
 def check_attr(what: str, name: str, v: Any) -> None:

@@ -5,6 +5,9 @@ when its folder is imported; `fusion_rules()` is what the pass pipeline fuses by
 from __future__ import annotations
 
 from ..errors import LoweringError
+from ..ir.buckets import Ranges
+from ..ir.graph import Graph
+from ..passes import PipelineResult, run_pipeline
 from ..passes.partition import Kernel, KernelGraph
 from . import registry
 from .attention import AttentionBwdSpec, AttentionSpec, DecodeSpec
@@ -30,8 +33,19 @@ def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
                             f"for " + ", ".join(f"{b} ({where.get(b, b)})" for b in sorted(fam.backends)) + " only")
     try:
         return fam.spec(kg, kernel)
-    except LoweringError as err:
-        raise LoweringError(f"{err} (backend '{backend}')") from None
+    except LoweringError as err:  # the same class (StaticSizeRequired stays one), with the backend named
+        raise type(err)(f"{err} (backend '{backend}')") from None
+
+
+def graph_specs(g: Graph, backend: str, ranges: Ranges | None = None) -> tuple[PipelineResult, list[KernelSpec]]:
+    """The pass pipeline's result for `g` and each kernel's spec for `backend`; with `ranges` (a size
+    bucket of a dynamic graph bound inside it) each dynamic kernel's `bucket` is its part of them."""
+    pipeline = run_pipeline(g, fusion_rules())
+    specs = [spec_for(pipeline.kernels, k, backend) for k in pipeline.kernels.kernels]
+    for s in specs:  # a kernel's bucket names the parameters its sizes read (none: it has no bucket)
+        own = tuple(r for r in ranges or () if r[0] in s.size_params())
+        s.bucket = own or None
+    return pipeline, specs
 
 
 __all__ = ["AttentionBwdSpec", "AttentionSpec", "ConfigRejected", "DecodeSpec", "KernelSpec", "LoweringError",

@@ -4,9 +4,11 @@ a Config legal on a target, the launch grid, a default Config per arch, and rend
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import TilefuseError
+from ..ir import dims
 from ..ir import dtypes as dt
 from ..schedule.config import Config, sha256_json
 from ..schedule.launch import Arg, Launch, LaunchPlan, Workspace
@@ -26,10 +28,19 @@ class ConfigRejected(TilefuseError, ValueError):
     """A Config that breaks the kernel's constraints on a target; lists every violation."""
 
 
+class StaticSizeRequired(LoweringError):
+    """A dynamic size where a kernel family's template needs a static one (no fallback): names the
+    kernel, the operand or loop and the dynamic parameters."""
+
+
 class KernelSpec:
     """A fused kernel: signature, knobs, constraints, grid, features and renderers."""
 
     family = "base"  # the name the family registers under, stored in tuning records
+
+    # The size bucket ((param, lo, hi), ...) a dynamic kernel's config was chosen for: part of `key`
+    # (tuning records are per bucket), not of `code_key` (one binary serves every bucket of a config).
+    bucket: tuple[tuple[str, int, int], ...] | None = None
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         self.kg = kg
@@ -60,13 +71,41 @@ class KernelSpec:
         return self.lowering.loads
 
     def arg_names(self) -> list[str]:
-        """Kernel pointer arguments in order: inputs then outputs."""
-        return [f"in{i}" for i in range(len(self.inputs))] + [f"out{i}" for i in range(len(self.outputs))]
+        """Kernel arguments in order: input and output pointers, then the dynamic sizes by value."""
+        return [f"in{i}" for i in range(len(self.inputs))] + [f"out{i}" for i in range(len(self.outputs))] + \
+            self.size_params()
+
+    def require_static(self, size: Any, what: str, backend: str) -> int:
+        """`size` as an int, or StaticSizeRequired when it is dynamic (the template has no fallback)."""
+        if dims.is_dynamic(size):
+            names = ", ".join(size.names)
+            raise StaticSizeRequired(f"{self.name} ({self.family}, {backend}): {what} is {size}, which depends on "
+                                     f"the dynamic parameter {names}; this template needs it static (declare "
+                                     f"{names} static, or bind it at parse time with --set / sizes=)")
+        return int(size)
+
+    def bound_sizes(self) -> dict[str, int]:
+        """The value each dynamic size is bound to in this spec (its bucket's upper end while compiling or
+        tuning): what a launch plan, a build or a measurement uses when no run-time sizes are given."""
+        out: dict[str, int] = {}
+        for b in self.inputs + self.outputs:
+            for d in b.shape:
+                if dims.is_dynamic(d):
+                    out.update(d.env)
+        return dict(sorted(out.items()))
+
+    def size_params(self) -> list[str]:
+        """The dynamic parameters this kernel's sizes read, sorted (empty for a static kernel): each is
+        a run-time argument, so the code serves every value in range."""
+        shapes = [b.shape for b in self.inputs + self.outputs]
+        shapes += [ld.view.shape + ld.view.strides + (ld.view.offset,) for ld in self.loads]
+        return sorted(dims.params_of(shapes))
 
     # -- identity --
     def describe(self) -> dict[str, Any]:
-        """Everything that determines the kernel's code, as JSON data (the workload)."""
-        return {
+        """Everything that determines the kernel's code, as JSON data (the workload); a dynamic
+        kernel's sizes are expressions ("dyn:T") and its parameters' ranges are part of it."""
+        out = {
             "schema": SCHEMA_VERSION,
             "family": self.family,
             "inputs": [[b.dtype.name, list(b.shape)] for b in self.inputs],
@@ -75,14 +114,25 @@ class KernelSpec:
                       for ld in self.loads],
             "program": self.program_description(),
         }
+        params = dims.params_of(b.shape for b in self.inputs + self.outputs)
+        if params:
+            out["dynamic"] = {k: [p.lo, p.hi] for k, p in sorted(params.items())}
+        return out
 
     def program_description(self) -> dict[str, Any]:
         raise NotImplementedError
 
     @property
-    def key(self) -> str:
-        """sha256 of the canonical JSON workload description."""
+    def code_key(self) -> str:
+        """sha256 of the canonical JSON workload description: what one binary serves."""
         return sha256_json(self.describe())
+
+    @property
+    def key(self) -> str:
+        """The workload key of tuning records: `code_key`, and for a dynamic kernel also its size bucket."""
+        if self.bucket is None:
+            return self.code_key
+        return sha256_json({**self.describe(), "bucket": [list(b) for b in self.bucket]})
 
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
@@ -249,19 +299,26 @@ class KernelSpec:
         return Launch(fn, tuple(grid), tuple(args), dict(cex), opts["num_warps"], opts["num_stages"])
 
     def launch_plan(self, config: Config, sizes: Mapping[str, int] | None = None) -> LaunchPlan:
-        """The ordered launches of this kernel under `config`, their arguments (inputs, outputs, aux
-        tensors, workspaces, in that order) and the workspaces to allocate; `sizes` are run-time sizes
-        (every shape is static today, so they only pass through to the family's hooks)."""
+        """The ordered launches of this kernel under `config`, their arguments (inputs, outputs, dynamic
+        sizes, aux tensors, workspaces, in that order) and the workspaces to allocate. `sizes` are the
+        run-time values of the dynamic parameters: grids and workspace shapes are evaluated at them
+        (without them, at the spec's own binding: bound_sizes)."""
+        if sizes is None and self.size_params():
+            sizes = self.bound_sizes()
         ws = tuple(self.workspaces(config, sizes))
         names, n_in = self.arg_names(), len(self.inputs)
         args = [Arg(name, "input", i, "*" + dt.triton_sig(b.dtype)) for i, (name, b) in
                 enumerate(zip(names[:n_in], self.inputs))]
         args += [Arg(name, "output", i, "*" + dt.triton_sig(b.dtype)) for i, (name, b) in
                  enumerate(zip(names[n_in:], self.outputs))]
+        args += [Arg(name, "size", i, "i32") for i, name in enumerate(self.size_params())]
         args += [Arg(name, "aux", i, ty) for i, (name, ty) in enumerate(self.aux_signature(config).items())]
         args += [Arg(w.name, "workspace", i, w.triton_type) for i, w in enumerate(ws)]
-        return LaunchPlan(self.name, tuple(args), ws, tuple(self.launches(config, tuple(args), sizes)),
-                          dict(sizes or {}))
+        launches = self.launches(config, tuple(args), sizes)
+        if sizes:
+            ws = tuple(replace(w, shape=dims.resolve(tuple(w.shape), sizes)) for w in ws)
+            launches = [replace(ln, grid=dims.resolve(tuple(ln.grid), sizes)) for ln in launches]
+        return LaunchPlan(self.name, tuple(args), ws, tuple(launches), dict(sizes or {}))
 
     def summary(self) -> str:
         """The ops this kernel fuses, one per line, for reports."""

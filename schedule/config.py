@@ -7,6 +7,7 @@ import json
 from typing import Any, Union
 from collections.abc import Iterator, Mapping
 from ..errors import TilefuseError
+from ..ir.dims import jsonable
 
 JSONScalar = Union[bool, int, float, str, None]
 
@@ -72,8 +73,9 @@ class Config(Mapping[str, JSONScalar]):
 
 
 def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the one serialisation used for identity."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """JSON with sorted keys and no whitespace: the one serialisation used for identity (a dynamic size
+    is the string "dyn:<expression>", never the value it is bound to now)."""
+    return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def sha256_json(obj: Any) -> str:

@@ -26,7 +26,7 @@ from ..errors import TilefuseError
 from ..ir.limits import check_grid
 from ..ir import dtypes as dt
 
-ROLES = ("input", "output", "aux", "workspace")
+ROLES = ("input", "output", "size", "aux", "workspace")
 
 
 class LaunchPlanError(TilefuseError, ValueError):
@@ -42,8 +42,9 @@ def jit_kwargs(constexprs: Mapping[str, Any], options: Mapping[str, int], interp
 
 @dataclass(frozen=True)
 class Arg:
-    """One pointer argument: its parameter name in the generated source, what backs it (`role` and
-    `index`: the kernel's index-th input, output, auxiliary tensor or workspace) and its Triton type."""
+    """One argument: its parameter name in the generated source, what backs it (`role` and `index`: the
+    kernel's index-th input, output, auxiliary tensor or workspace; or, for role "size", a dynamic size
+    passed by value, named like its parameter) and its Triton type ("i32" for a size)."""
 
     name: str
     role: str
@@ -182,6 +183,12 @@ class LaunchPlan:
         pools = {"input": inputs, "output": outputs, "aux": aux, "workspace": workspaces}
         out = {}
         for a in self.args:
+            if a.role == "size":  # a dynamic size: the value the plan was made for
+                if a.name not in self.sizes:
+                    raise LaunchPlanError(f"launch plan of {self.kernel}: the dynamic size {a.name} has no value "
+                                          f"(the plan was made for sizes {dict(self.sizes)})")
+                out[a.name] = int(self.sizes[a.name])
+                continue
             pool = pools[a.role]
             if a.index >= len(pool):
                 raise LaunchPlanError(f"launch plan of {self.kernel}: argument {a.name} is {a.role} {a.index}, "

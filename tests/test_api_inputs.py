@@ -101,7 +101,7 @@ def test_compile_names_every_unknown_keyword():
     with pytest.raises(CompileOptionError) as err:
         tf.compile(_graph(), target="cpu", db=None, cost_modle=None, autotune=True)
     assert str(err.value) == ("compile: unknown keyword arguments autotune, cost_modle; accepted: target, "
-                              "configs, aot, db, cost_model, constants")
+                              "configs, aot, db, cost_model, constants, buckets")
     assert isinstance(err.value, TypeError) and isinstance(err.value, TilefuseError)
 
 

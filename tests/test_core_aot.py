@@ -9,7 +9,7 @@ from tilefuse.ir.text import load_graph
 
 @pytest.fixture(scope="module")
 def demo_graph():
-    return load_graph("examples/decoder_mlp.tf")
+    return load_graph("examples/decoder_mlp.tf", {"T": 16})  # T static: the demo's AOT builds
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -18,7 +18,8 @@ LAYERS = [
     {"kernels"},
     {"costmodel"},
     {"autotune"},
-    {"compiler", "sparse_plan", "report", "frontend", "builders", "gpu_check", "export", "__init__"},
+    {"compiler", "compiled", "compiler_dynamic", "sparse_plan", "report", "frontend", "builders", "gpu_check",
+     "export", "__init__"},
     {"cli", "demo"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -93,6 +93,9 @@ class AttentionSpec(KernelSpec):
         q, k, v = node.src[:3]
         self.B, self.Hq, self.Sq, self.D = q.shape
         self.Hkv, self.Sk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
+        for size, what in ((self.Sq, "the query length"), (self.Sk, "the key length"), (self.B, "the batch")):
+            # the block-sparsity analysis runs at compile time; no run-time fallback for dynamic sizes yet
+            self.require_static(size, f"{what} (its mask's block sparsity is analysed at compile time)", "triton")
         self.group = self.Hq // self.Hkv
         self.dtype = q.dtype
         self.scale = float(node.attr("scale"))

@@ -15,9 +15,11 @@ from tvm import s_tir, te, tirx
 
 from ...schedule.config import Config
 from ...codegen.lowering import LoweringError
-from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm_dtype, tvm_storage_dtype, view_offset
+from ...codegen.tvm_expr import (PrimExpr, dtype_of, lower_expr, prim, prim_module, tvm_dtype, tvm_storage_dtype,
+                                      view_offset)
 from ...ir import dtypes as dt
 from ...ir.expr import E, Expr
+from ...ir.dims import upper
 from ..lowering import prod
 from .reductions import RED
 
@@ -32,7 +34,8 @@ _IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
 def _ceil_to(x: int, m: int) -> int:
-    return -(-x // m) * m
+    # (x + m - 1) // m, not -(-x // m): for a dynamic x the TIR is a floordiv TVM's simplifier reads
+    return (x + m - 1) // m * m
 
 
 def arg_shapes(spec: MatmulSpec) -> list[tuple[int, ...]]:
@@ -50,15 +53,17 @@ class _Builder:
     def __init__(self, spec: MatmulSpec, config: Config):
         self.spec = spec
         for b in list(spec.inputs) + list(spec.outputs):
-            if b.numel > INDEX32:
+            if upper(b.numel) > INDEX32:
                 raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "
                                     "which the tvm backend does not support yet")
-        self.nb = max(1, prod(spec.batch))
+        self.nb = spec.require_static(max(1, prod(spec.batch)), "the batch size", "tvm")
+        self.N = spec.require_static(spec.N, "N (the output's last axis)", "tvm")
+        self.K = spec.require_static(spec.K, "K (the reduction axis)", "tvm")
         self.tm, self.tn, self.tk = config.int("tile_m"), config.int("tile_n"), config.int("tile_k")
         self.mr, self.nr = config.int("micro_m"), config.int("micro_n")
         self.Mp, self.Np, self.Kp = _ceil_to(spec.M, self.tm), _ceil_to(spec.N, self.tn), _ceil_to(spec.K, self.tk)
         self.acc = "int32" if spec.operand_dtype.is_int else "float32"
-        self.inputs = [te.placeholder((b.numel,), tvm_storage_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
+        self.inputs = [te.placeholder((prim(b.numel),), tvm_storage_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
                        for i, b in enumerate(spec.inputs)]
 
     def value(self, e: Expr, b: PrimExpr, row: PrimExpr, col: PrimExpr, acc: PrimExpr | None = None,
@@ -110,7 +115,7 @@ class _Builder:
         """Operand `e` at (b, row, col) in the accumulator dtype, zero outside its rows x cols."""
         v = self.value(e, b, row, col)
         v = tirx.Cast(self.acc, v) if dtype_of(v) != self.acc else v
-        conds = [c for c, pad in ((row < rows, rows), (col < cols, cols)) if pad]
+        conds = [c for c, pad in ((row < prim(rows), rows), (col < prim(cols), cols)) if pad]
         if not conds:
             return v
         # if_then_else is lazy: padding lanes never read the operand
@@ -126,7 +131,7 @@ class _Builder:
         def pack_b(b: Any, no: Any, k: Any, ni: Any) -> Any:
             return self._packed(spec.b_expr, b, k, no * nr + ni, spec.K if pad_k else 0, spec.N if pad_n else 0)
 
-        apack = te.compute((self.nb, self.Mp // mr, self.Kp, mr), pack_a, name="Apack")
+        apack = te.compute((self.nb, prim(self.Mp // mr), self.Kp, mr), pack_a, name="Apack")
         bpack = te.compute((self.nb, self.Np // nr, self.Kp, nr), pack_b, name="Bpack")
         tk = self.tk
         ki = te.reduce_axis((0, tk), name="ki")
@@ -136,13 +141,13 @@ class _Builder:
             return te.sum(apack(b, m // mr, k, m % mr) * bpack(b, n // nr, k, n % nr), axis=ki)
 
         # P: the product over one k-tile (a micro tile of registers once scheduled); C sums the k-tiles.
-        p = te.compute((self.nb, self.Kp // tk, self.Mp, self.Np), part, name="P")
+        p = te.compute((self.nb, self.Kp // tk, prim(self.Mp), self.Np), part, name="P")
         ko = te.reduce_axis((0, self.Kp // tk), name="ko")
-        c = te.compute((self.nb, self.Mp, self.Np), lambda b, m, n: te.sum(p(b, ko, m, n), axis=ko), name="C")
+        c = te.compute((self.nb, prim(self.Mp), self.Np), lambda b, m, n: te.sum(p(b, ko, m, n), axis=ko), name="C")
         outs = []
         for o in spec.outs:
             d = tvm_dtype(spec.outputs[o.index].dtype, f"output {o.index}")
-            outs.append((o.index, te.compute((self.nb, spec.M, spec.N), self._epilogue(o.expr, c, d),
+            outs.append((o.index, te.compute((self.nb, prim(spec.M), spec.N), self._epilogue(o.expr, c, d),
                                              name=f"out{o.index}")))
         return outs + self._reduced(c)
 
@@ -211,7 +216,7 @@ def build_module(spec: MatmulSpec, config: Config) -> tvm.IRModule:
     """The unscheduled TIR module: one PrimFunc named after the kernel, (inputs..., outputs...)."""
 
     b = _Builder(spec, config)
-    return prim_module(spec.name, len(spec.outputs), b.inputs, b.build())
+    return prim_module(spec.name, len(spec.outputs), b.inputs, b.build(), spec.size_params())
 
 
 def _schedule_pack(sch: s_tir.Schedule, name: str, vector: int) -> None:

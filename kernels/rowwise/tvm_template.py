@@ -14,8 +14,9 @@ from tvm import s_tir, te, tirx
 
 from ...schedule.config import Config
 from ...codegen.lowering import LoweringError
-from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim_module, tvm_dtype, view_offset
+from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim, prim_module, tvm_dtype, view_offset
 from ...ir import dtypes as dt
+from ...ir.dims import is_dynamic, upper
 from ...ir.expr import E, Expr
 
 if TYPE_CHECKING:
@@ -62,14 +63,23 @@ def reduction_vector(spec: RowwiseSpec, config: Config) -> int:
 class _Builder:
     """Builds the TE stages of one rowwise spec."""
 
-    def __init__(self, spec: RowwiseSpec, vector: int):
+    def __init__(self, spec: RowwiseSpec, vector: int, chunk: int):
         self.spec = spec
         self.vector = vector
+        # Dynamic rows: the row stages (reductions, row values) run over the rows rounded up to whole
+        # parallel chunks, so no chunk needs a bounds predicate (with one, TVM sizes their per-chunk
+        # buffers symbolically and its builtin lowering fails); their loads clamp the row index instead.
+        # Only the outputs stop at the last row.
+        self.rows = prim(spec.rows)
+        self.dynamic = is_dynamic(spec.rows)
+        self.row_extent = prim((spec.rows + chunk - 1) // chunk * chunk) if self.dynamic else spec.rows
+        # rows may be dynamic (a run-time argument); the vectorized column loop and its tail need the columns
+        self.cols = spec.require_static(spec.cols, "the column count (last axis of the domain)", "tvm")
         for b in list(spec.inputs) + list(spec.outputs):
-            if b.numel > INDEX32:
+            if upper(b.numel) > INDEX32:
                 raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "
                                     "which the tvm backend does not support yet")
-        self.inputs = [te.placeholder((b.numel,), tvm_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
+        self.inputs = [te.placeholder((prim(b.numel),), tvm_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
                        for i, b in enumerate(spec.inputs)]
         self.reds: list[tuple[Any, Any | None]] = []  # (main part, column tail) per reduction
         self.rowvals: list[Any] = []
@@ -81,6 +91,8 @@ class _Builder:
         if c is None and v.strides[-1] != 0 and v.shape[-1] != 1:
             raise LoweringError(f"tvm: row-level load {slot} varies along the reduced axis")
         col = c if c is not None else tirx.const(0, "int32")
+        if self.dynamic:
+            r = tirx.min(r, self.rows - 1)
         off = view_offset(v.shape, v.strides, v.offset, nd - 1, r, [col])
         return self.inputs[site.buffer](off)
 
@@ -94,7 +106,7 @@ class _Builder:
         if tail is not None:
             val = _combine(red.op, val, tail(r))
         if red.op == "mean":
-            cols = tirx.const(self.spec.cols, dtype_of(val))
+            cols = tirx.const(self.cols, dtype_of(val))
             val = val / cols if red.dtype.is_float else tirx.truncdiv(val, cols)
         return tirx.Cast(tvm_dtype(d), val) if dtype_of(val) != tvm_dtype(d) else val
 
@@ -113,10 +125,11 @@ class _Builder:
         done: set[int] = set()
         self._rowvals(done)
         for k, red in enumerate(spec.reductions):
-            main = spec.cols - spec.cols % self.vector
-            parts = [te.compute((spec.rows,), self._reduce_body(red, 0, main), name=f"red{k}")]
-            if main < spec.cols:
-                parts.append(te.compute((spec.rows,), self._reduce_body(red, main, spec.cols), name=f"red{k}_tail"))
+            main = self.cols - self.cols % self.vector
+            parts = [te.compute((self.row_extent,), self._reduce_body(red, 0, main), name=f"red{k}")]
+            if main < self.cols:
+                parts.append(te.compute((self.row_extent,), self._reduce_body(red, main, self.cols),
+                                        name=f"red{k}_tail"))
             self.reds.append((parts[0], parts[1] if len(parts) > 1 else None))
             done.add(k)
             self._rowvals(done)
@@ -124,9 +137,9 @@ class _Builder:
         for o in spec.outs:
             d = tvm_dtype(spec.outputs[o.index].dtype, f"output {o.index}")
             if o.level == "domain":
-                outs.append(te.compute((spec.rows, spec.cols), self._domain_body(o.expr, d), name=f"out{o.index}"))
+                outs.append(te.compute((self.rows, self.cols), self._domain_body(o.expr, d), name=f"out{o.index}"))
             else:
-                outs.append(te.compute((spec.rows,), self._row_body(o.expr, d), name=f"out{o.index}"))
+                outs.append(te.compute((self.rows,), self._row_body(o.expr, d), name=f"out{o.index}"))
         return outs
 
     def _reduce_body(self, red: Reduction, start: int, stop: int) -> Any:
@@ -159,14 +172,15 @@ class _Builder:
             rv = self.spec.rowvals[j]
             if not rv.deps <= done:
                 return
-            self.rowvals.append(te.compute((self.spec.rows,), self._row_body(rv.expr, None), name=f"rv{j}"))
+            self.rowvals.append(te.compute((self.row_extent,), self._row_body(rv.expr, None), name=f"rv{j}"))
 
 
 def build_module(spec: RowwiseSpec, config: Config) -> tvm.IRModule:
     """The unscheduled TIR module: one PrimFunc named after the kernel, (inputs..., outputs...)."""
 
-    b = _Builder(spec, reduction_vector(spec, config))
-    return prim_module(spec.name, len(spec.outputs), b.inputs, [(o.index, t) for o, t in zip(spec.outs, b.build())])
+    b = _Builder(spec, reduction_vector(spec, config), config.int("parallel_rows"))
+    return prim_module(spec.name, len(spec.outputs), b.inputs, [(o.index, t) for o, t in zip(spec.outs, b.build())],
+                       spec.size_params())
 
 
 def _vector_inner(sch: s_tir.Schedule, loop: Any, vector: int) -> Any:

@@ -1,0 +1,133 @@
+"""Compile once, call with any size in range: dynamic graphs on cpu (TVM, sizes as scalar arguments) and
+interp (Triton, sizes as int arguments), checked against the reference at several sizes, with the
+builds counted; and the bad inputs of the issue (out of range, inconsistent, a static size needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tilefuse as tf
+from tilefuse import compiler
+from tilefuse.codegen import tvm_runtime
+from tilefuse.compiler import check_against_reference
+from tilefuse.codegen.input_check import InputValueError
+from tilefuse.ir.buckets import bucket_edges
+from tilefuse.ir.dims import DynamicSizeError, DynParam
+from tilefuse.ir.sampling import random_inputs
+from tilefuse.ir.text import load_graph, parse_graph
+from tilefuse.kernels.base import StaticSizeRequired
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = {"H": 64, "I": 96}
+
+
+def _mlp():
+    text = (ROOT / "examples" / "decoder_mlp.tf").read_text()
+    return parse_graph(text.replace("H=4096, I=11008", "H=64, I=96"))
+
+
+def _ok(cg, g, t, seed=0):
+    rows = check_against_reference(cg, inputs=random_inputs(g.at({"T": t}), seed))
+    assert all(ok for *_, ok in rows), (t, rows)
+
+
+def _count(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def test_bucket_edges_default_to_powers_of_two():
+    assert bucket_edges(DynParam("T", 1, 100)) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert bucket_edges(DynParam("T", 3, 8)) == [4, 8]
+    assert bucket_edges(DynParam("T", 1, 8192), [16, 128, 99999]) == [16, 128, 8192]
+    with pytest.raises(DynamicSizeError, match="not positive integers"):
+        bucket_edges(DynParam("T", 1, 8), [0])
+
+
+def test_decoder_mlp_compiles_once_and_runs_any_t_on_interp(monkeypatch):
+    g = _mlp()
+    builds = _count(monkeypatch, compiler, "_build")
+    cg = tf.compile(g, target="interp", buckets=[8, 64])
+    assert [b.label() for b in cg.buckets] == ["T=1..8", "T=9..64", "T=65..8192"]
+    at_compile = len(builds)
+    assert at_compile == len(cg.distinct_kernels()) <= 3 * len(cg.kernels)
+    for t in (1, 7, 64, 65, 300):
+        _ok(cg, g, t)
+    assert len(builds) == at_compile  # no call built anything
+
+
+def test_one_binary_per_config_on_cpu(monkeypatch):
+    b = tf.GraphBuilder("rms_proj")
+    t = b.dyn("T", 1, 4096, hint=16)
+    x = b.input("x", (t, 64), "f32")
+    w = b.input("w", (64, 48), "f32")
+    h = x * tf.rsqrt(tf.mean(x * x, axis=-1, keepdim=True) + 1e-6)
+    b.output("y", tf.matmul(h, w))
+    g = b.build()
+    libs = _count(monkeypatch, tvm_runtime, "compile_library")
+    cg = tf.compile(g, target="cpu", buckets=[])
+    assert len(cg.buckets) == 1 and len(libs) == len(cg.kernels) == 2
+    for n in (1, 5, 16, 333):
+        _ok(cg, g, n, seed=n)
+    assert len(libs) == 2
+
+
+def test_out_of_range_and_inconsistent_sizes_at_call_time():
+    g = parse_graph("graph g(T=dyn[1..64]) {\n  %x = input f32[T, 8]\n  %r = input f32[T, 1]\n"
+                    "  %0 = pointwise(%x, %r) {expr=(add $0:f32 $1:f32)}\n  output y = %0\n}\n")
+    cg = tf.compile(g, target="interp", buckets=[])
+    with pytest.raises(DynamicSizeError, match=r"T=65 \(input x dim 0\) is outside its declared range 1..64"):
+        cg(np.zeros((65, 8), np.float32), np.zeros((65, 1), np.float32))
+    with pytest.raises(DynamicSizeError, match="T is 4 in input x dim 0 but 5 in input r dim 0"):
+        cg(np.zeros((4, 8), np.float32), np.zeros((5, 1), np.float32))
+    with pytest.raises(InputValueError, match=r"expected shape \[T, 8\] = \[4, 8\] \(T=4\), got \[4, 9\]"):
+        cg(np.zeros((4, 9), np.float32), np.zeros((4, 1), np.float32))
+    out = cg(np.ones((3, 8), np.float32), np.ones((3, 1), np.float32))
+    assert tuple(out.shape) == (3, 8) and np.all(out.numpy() == 2)
+
+
+def test_a_template_that_needs_a_static_size_names_it():
+    g = parse_graph("graph g(T=dyn[1..64]) {\n  %x = input f32[8, T]\n"
+                    "  %0 = reduce(%x) {op=\"sum\", axes=[1], keepdim=true}\n  output y = %0\n}\n")
+    with pytest.raises(StaticSizeRequired, match=r"column count .* is T, which depends on the dynamic parameter T"):
+        tf.compile(g, target="cpu", buckets=[])
+
+
+def test_static_graphs_compile_as_before():
+    g = load_graph(str(ROOT / "examples" / "decoder_mlp.tf"), sizes={"T": 4, **SMALL})
+    cg = tf.compile(g, target="interp")
+    assert not hasattr(cg, "buckets") and not g.is_dynamic
+    with pytest.raises(tf.compiler.CompileOptionError, match="buckets= is for graphs with dynamic sizes"):
+        tf.compile(g, target="interp", buckets=[4])
+
+
+def test_dynamic_reduction_axis_and_columns_on_interp():
+    b = tf.GraphBuilder("kdyn")
+    t = b.dyn("T", 1, 256, hint=32)
+    x, w, s = b.input("x", (16, t), "f32"), b.input("w", (t, 24), "f32"), b.input("s", (8, t), "f32")
+    b.output("y", tf.matmul(x, w))  # K dynamic: masked k tiles
+    b.output("p", tf.exp(s - tf.max(s, axis=-1, keepdim=True)))  # a row reduction over dynamic columns
+    g = b.build()
+    cg = tf.compile(g, target="interp", buckets=[16])
+    for n in (1, 5, 17, 200):
+        _ok(cg, g, n, seed=n)
+
+
+def test_attention_with_a_dynamic_sequence_length_needs_it_static():
+    b = tf.GraphBuilder("causal")
+    t = b.dyn("T", 1, 1024, hint=64)
+    q, k, v = (b.input(n, (1, 2, t, 32), "f16") for n in "qkv")
+    b.output("o", tf.attention(q, k, v, mask_mod=tf.causal_mask(t, t)))
+    with pytest.raises(StaticSizeRequired, match="the query length .* depends on the dynamic parameter T"):
+        tf.compile(b.build(), target="interp")
