@@ -1,4 +1,4 @@
-"""Lowering scalar expressions to TVM TIR expressions (one PrimExpr per distinct node, CSE by memo).
+"""Lowering scalar expressions to TVM TIR expressions (one PrimExpr per distinct node; shared ones Let-bound).
 
 Rules follow the Triton lowering: half-precision transcendental math is computed in f32 and
 rounded back, integer division and modulo truncate toward zero, float->int casts truncate.
@@ -256,16 +256,43 @@ def _check_dtypes(n: Expr) -> None:
     tvm_dtype(n.dtype, n.op.value)
 
 
+def _shared(nodes: list[Expr]) -> set[int]:
+    """Ids of the non-leaf nodes used more than once among `nodes`: each is bound once with a Let."""
+    uses: dict[int, int] = {}
+    for n in nodes:
+        for s in n.src:
+            uses[id(s)] = uses.get(id(s), 0) + 1
+    return {id(n) for n in nodes if n.src and uses.get(id(n), 0) > 1}
+
+
+def _bind(value: PrimExpr, lets: list[tuple[Any, PrimExpr]]) -> PrimExpr:
+    """A variable for `value`, appended to `lets`."""
+    var = tirx.Var(f"cse{len(lets)}", dtype_of(value))
+    lets.append((var, value))
+    return var
+
+
 def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
                memo: dict[int, PrimExpr] | None = None) -> PrimExpr:
     """The TIR expression of `e`; `leaf` binds LOAD and VAR leaves (None: not a leaf it knows).
 
-    `memo` (id(node) -> PrimExpr) is shared across calls to reuse lowered subexpressions."""
+    A subexpression used more than once is bound to a variable with `tirx.Let`: TVM's passes walk a
+    PrimExpr as a tree, so a shared DAG (`y*sigmoid(y)` chained) costs 2^depth without it (a chain of
+    three took 37 s to build, four more than 300 s). `memo` (id(node) -> PrimExpr) holds closed
+    expressions shared across calls; only `e`'s own (closed) result is added to it."""
     memo = {} if memo is None else memo
+    if id(e) in memo:
+        return memo[id(e)]
     nodes = expr_toposort([e])
     _check_depth(nodes)
+    # TVM's bf16/f16 storage legalization leaves a Let's value unvisited (a bf16 RMSNorm read raw bits):
+    # expressions touching half precision stay unbound trees
+    shared = set() if any(is_half(n.dtype) for n in nodes) else _shared(nodes)
+    local: dict[int, PrimExpr] = {}
+    lets: list[tuple[Any, PrimExpr]] = []
     for n in nodes:
         if id(n) in memo:
+            local[id(n)] = memo[id(n)]
             continue
         _check_dtypes(n)
         out = leaf(n)
@@ -275,9 +302,15 @@ def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
             elif n.op in (E.ARG, E.VAR, E.LOAD):
                 raise LoweringError(f"tvm: unbound expression leaf {n.op.value} {n.arg!r}")
             else:
-                out = rule(B, n.op)(n, *(memo[id(s)] for s in n.src))
-        memo[id(n)] = out
-    return memo[id(e)]
+                out = rule(B, n.op)(n, *(local[id(s)] for s in n.src))
+        if id(n) in shared and n is not e:
+            out = _bind(out, lets)
+        local[id(n)] = out
+    result = local[id(e)]
+    for var, value in reversed(lets):
+        result = tirx.Let(var, value, result)
+    memo[id(e)] = result
+    return result
 
 
 def tvm_version() -> str:
