@@ -279,20 +279,19 @@ def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
     A subexpression used more than once is bound to a variable with `tirx.Let`: TVM's passes walk a
     PrimExpr as a tree, so a shared DAG (`y*sigmoid(y)` chained) costs 2^depth without it (a chain of
     three took 37 s to build, four more than 300 s). `memo` (id(node) -> PrimExpr) holds closed
-    expressions shared across calls; only `e`'s own (closed) result is added to it."""
-    memo = {} if memo is None else memo
-    if id(e) in memo:
-        return memo[id(e)]
+    expressions shared across calls: a caller that passes one (and whose `leaf` reads operands from it, as
+    the matmul loaders do) gets every node lowered into it and no Let bindings, since a bound variable would
+    escape its Let through the memo."""
     nodes = expr_toposort([e])
     _check_depth(nodes)
     # TVM's bf16/f16 storage legalization leaves a Let's value unvisited (a bf16 RMSNorm read raw bits):
     # expressions touching half precision stay unbound trees
-    shared = set() if any(is_half(n.dtype) for n in nodes) else _shared(nodes)
-    local: dict[int, PrimExpr] = {}
+    shared = set() if memo is not None or any(is_half(n.dtype) for n in nodes) else _shared(nodes)
+    memo = {} if memo is None else memo
+    local = memo
     lets: list[tuple[Any, PrimExpr]] = []
     for n in nodes:
-        if id(n) in memo:
-            local[id(n)] = memo[id(n)]
+        if id(n) in local:
             continue
         _check_dtypes(n)
         out = leaf(n)
@@ -309,7 +308,6 @@ def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
     result = local[id(e)]
     for var, value in reversed(lets):
         result = tirx.Let(var, value, result)
-    memo[id(e)] = result
     return result
 
 
