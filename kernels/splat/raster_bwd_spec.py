@@ -53,6 +53,7 @@ class RasterBwdSpec(RasterSpec):
         node = self.anchor_node(Op.RASTERIZE_GAUSSIANS_BWD)
         self.node = node
         self.N, self.C = node.src[2].shape
+        self.sparse, self.K, self.L = False, 0, 0  # RasterSpec's hooks read them; the backward is dense
         self.width, self.height, self.tile = node.attr("width"), node.attr("height"), node.attr("tile")
         if self.tile not in TILES:
             raise LoweringError(f"{self.name}: rasterize_gaussians_bwd with tile={self.tile} on the triton "
@@ -71,6 +72,11 @@ class RasterBwdSpec(RasterSpec):
         return {**super().program_description(), "d_final_T": "d_final_T" in self.ops}
 
     # -- schedule --
+    def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
+        """Batch, Gaussians per binning program, warps: the binning keeps the rectangle rule (no ISECT
+        knob yet) and the gradient render has no channel chunks."""
+        return {"BATCH": (8, 16, 32), "BLOCK_G": (64, 128, 256), "num_warps": (2, 4, 8), "num_stages": (1,)}
+
     def constraints(self, config: Config, target: Target) -> list[str]:
         pixels = self.tile * self.tile
         if pixels * config.int("BATCH") > 32 * 32 * config.int("num_warps") * 4:
