@@ -35,7 +35,7 @@ from ..base import KernelSpec
 from ..lowering import LoweringError
 from ..registry import register_family
 from .common import Operand, anchor_operands, result_outputs
-from .raster_spec import TILES, RasterSpec, check_raster_inputs
+from .raster_spec import SORT_NOTE, TILES, RasterSpec, check_raster_inputs
 
 OPERANDS = ("means2d", "conics", "colors", "opacities", "depths", "radii", "final_T", "last", "d_image", "d_final_T")
 ROLES = ("d_means2d", "d_conics", "d_colors", "d_opacities")
@@ -109,8 +109,8 @@ class RasterBwdSpec(RasterSpec):
         return 48.0 + 12.0 * per_thread
 
     def report_lines(self, config: Config) -> list[str]:
-        return [f"{self.tiles} tiles of {self.tile}x{self.tile}, back to front; the binning runs again (sort on "
-                f"the host step {self.name}_sort); gradients by atomics after {self.name}_zero"]
+        return [f"{self.tiles} tiles of {self.tile}x{self.tile}, back to front; the binning runs again; gradients by "
+                f"atomics after {self.name}_zero", SORT_NOTE.format(name=self.name), self.workspace_note(config)]
 
     def aux_args(self, config: Config, inputs: list[Any], device: Any) -> list[Any]:
         """No auxiliary tensors; checks depths and radii first (SplatInputError), as the forward does."""
