@@ -161,3 +161,25 @@ def test_aot_projection_backward_with_degree_3_sh_builds_without_spills(arch):
     assert ck.spec.sh is not None
     for fn, b in ck.binaries[arch].items():
         assert b.cubin and not b.resources.spills, f"{fn} spills on {arch}: {b.resources}"
+
+
+@pytest.mark.parametrize("sh_first", [False, True])
+def test_sh_backward_fuses_into_the_projection_backward_in_either_order(sh_first):
+    """Visited after the anchor it joins as a sibling; visited before, the anchor adopts it with its results."""
+    g = tf.GraphBuilder("order")
+    t = {k: g.input(k, s, "f32") for k, s in (("means", (N, 3)), ("scales", (N, 3)), ("quats", (N, 4)),
+                                                ("sh", (N, 9, 3)), ("view", (4, 4)), ("K", (3, 3)), ("dm", (N, 2)),
+                                                ("dc", (N, 3)), ("dcol", (N, 3)))}
+
+    def sh() -> tuple:
+        return tf.sh_to_color_backward(t["sh"], t["means"], t["view"], t["dcol"])
+
+    first = sh() if sh_first else ()
+    outs = tf.project_gaussians_backward(t["means"], t["scales"], t["quats"], t["view"], t["K"],
+                                         g.input("rad", (N,), "i32"), t["dm"], t["dc"], width=W, height=H)
+    outs += first or sh()
+    for i, o in enumerate(outs):
+        g.output(f"o{i}", o)
+    (ck,) = tf.compile(g.build(), target="interp", aot=False).kernels
+    assert ck.spec.sh is not None and sorted(ck.spec.outs) == ["d_means3d", "d_quats", "d_scales", "d_sh_coeffs",
+                                                               "d_sh_means"]
