@@ -14,7 +14,7 @@ from .builders import (AWQ_PACK_ORDER, NF4_CODEBOOK, attention, attention_backwa
                        topk_block_mask)
 from .builders import dequantize_fp8_act
 from .builders import quantize, w8a8_linear
-from .builders import project_gaussians_backward, rasterize_gaussians_backward, splat_backward
+from .builders import project_gaussians_backward, rasterize_gaussians_backward, sh_to_color_backward, splat_backward
 from .builders import sparse_linear, sparse_softmax
 from .ir import Graph, ParseError, VerifyError, load_graph, parse_graph
 
@@ -34,7 +34,7 @@ __all__ += ["attention_backward", "softmax_threshold"]
 __all__ += ["dequantize_fp8_act"]
 __all__ += ["quantize", "w8a8_linear"]
 __all__ += ["project_gaussians_backward", "rasterize_gaussians_backward", "splat_backward"]
-__all__ += ["rasterize_sparse_features", "sh_to_color"]
+__all__ += ["rasterize_sparse_features", "sh_to_color", "sh_to_color_backward"]
 __all__ += ["sparse_linear", "sparse_softmax"]
 
 

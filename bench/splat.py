@@ -13,10 +13,16 @@ the peak memory one frame allocates (torch.cuda.max_memory_allocated above what 
 the image's error against the torch pipeline (checked before timing). Targets (issue 15): >= 10x the
 torch pipeline, and forward + backward >= 1.0x gsplat.
 
-The rasterizer's intersection workspaces are sized for the worst case (every Gaussian on every tile,
-kernels/splat/raster_spec.py): a case whose workspaces would not fit in 80% of the device's free memory
-is reported as skipped with the size, not run. Backward: timed only when the tree has a splatting
-backward builder (another branch builds it); otherwise each row says it is absent.
+The rasterizer's intersection workspaces (keys, ids, sorted ids: 16 B per (tile, Gaussian) pair) are sized
+from the scan's total, read back after the scan launch (kernels/splat/raster_spec.py), not for the worst
+case N x tiles. Each row prints a memory estimate first: inputs, outputs and fixed workspaces plus 16 B per
+intersection by the rectangle rule (counted with the torch projection; the ellipse test keeps fewer), next to
+the old worst case; a case whose estimate would not fit in 80% of the device's free memory is skipped.
+
+Backward ("train" rows): project + SH + rasterize + splat_backward (d_means3d with the SH view direction's
+share, d_scales, d_quats, d_opacities, d_sh_coeffs) for a random image gradient, forward + backward per
+frame, vs torch autograd of the torch pipeline and gsplat's rasterization() + backward when it imports
+(--dry-run: checked against the float64 reference). The sort is torch.sort on the device (radix sort).
 
 The torch pipeline: the projection, SH and rectangle binning vectorised; the per-pixel compositing as
 (pixel, Gaussian) pairs of groups of tiles, ordered by pixel then depth, transmittance by a segmented
@@ -26,7 +32,8 @@ cumulative sum of log(1 - alpha), early termination by a segmented running count
 --dry-run: no GPU; every
 stage under the Triton interpreter on CPU tensors at N = 200, 64x48, checked against the float64
 reference (ir/reference.py) as well as the torch pipeline; wall-clock timed (the numbers say nothing
-about speed; the run proves the script works before GPU time is spent on it).
+about speed; the run proves the script works before GPU time is spent on it), plus the full run's memory
+plan: each 100k/1M/3M case's estimate at 1080p, computed on CPU tensors.
 """
 
 from __future__ import annotations
@@ -162,17 +169,22 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     return env
 
 
-def scene_tensors(env: dict[str, Any], n: int, w: int, h: int) -> dict[str, Any]:
+def scene_tensors(env: dict[str, Any], n: int, w: int, h: int, sh_values: bool = True) -> dict[str, Any]:
     """A synthetic scene with degree-3 SH as device tensors (render_graph's inputs). Gaussians shrink as
-    n grows (scales x 0.2 (1e5 / n)^(1/3)), so that a frame's coverage stays like a real scene's."""
+    n grows (scales x 0.2 (1e5 / n)^(1/3)), so that a frame's coverage stays like a real scene's. Without
+    `sh_values` the SH tensor is left uninitialised (a memory plan needs only its size)."""
     import torch
 
     from tilefuse.builders.splat_scene import Scene, scene_inputs, synthetic_scene
 
     s, cam = synthetic_scene(n, seed=0, width=w, height=h)
-    rest = np.random.default_rng(1).standard_normal((n, 15, 3)).astype(np.float32) * 0.2
+    rest = np.random.default_rng(1).standard_normal((n, 15, 3)).astype(np.float32) * 0.2 if sh_values else None
     shrink = 0.2 * (1e5 / n) ** (1 / 3) if n > 1000 else 1.0
     s = Scene(s.means, (s.scales * shrink).astype(np.float32), s.quats, s.opacities, s.colors, rest)
+    if not sh_values:
+        arrays = scene_inputs(s, cam, sh=False)
+        del arrays["colors"]
+        return {**{k: torch.from_numpy(v) for k, v in arrays.items()}, "sh": torch.empty((n, 16, 3))}
     return {k: torch.from_numpy(v).to(env["device"]) for k, v in scene_inputs(s, cam, sh=True).items()}
 
 
@@ -180,6 +192,42 @@ def workspace_bytes(n: int, w: int, h: int) -> int:
     """The rasterizer's intersection workspaces at their worst-case size (keys, ids, sorted ids)."""
     tiles = -(-w // TILE) * -(-h // TILE)
     return n * tiles * (8 + 4 + 4) + n * 8 + tiles * 8
+
+
+def memory_estimate(ins: dict[str, Any], w: int, h: int, backward: bool = False) -> dict[str, Any]:
+    """Bytes one frame needs: inputs, the projection's outputs, the image, the fixed workspaces and 16 B per
+    intersection by the rectangle rule (the scan's total is at most this: the ellipse test keeps fewer);
+    the backward bins again and adds gradient buffers of the inputs' size."""
+    import torch
+
+    n = ins["means"].shape[0]
+    m2d, _, _, rad = torch_project(ins["means"], ins["scales"], ins["quats"], ins["viewmat"], ins["K"], w, h)
+    gx, gy = -(-w // TILE), -(-h // TILE)
+    r = rad.float()
+    span = [torch.clamp((m2d[:, i] + r + TILE - 1) / TILE, 0, g).int() - torch.clamp((m2d[:, i] - r) / TILE, 0, g).int()
+            for i, g in ((0, gx), (1, gy))]
+    pairs = int(torch.where(rad > 0, span[0].clamp(min=0) * span[1].clamp(min=0), 0).sum())
+    inputs = sum(t.numel() * t.element_size() for t in ins.values())
+    # counts and offsets, the projection's outputs, the image and T
+    fixed = n * (8 + 12 + 4 + 4 + 12) + gx * gy * 8 + h * w * 16
+    total = inputs + fixed + 16 * pairs + (inputs + h * w * 20 if backward else 0)
+    return {"intersections_rect": pairs, "estimate_bytes": total,
+            "worst_case_workspace_bytes": workspace_bytes(n, w, h)}
+
+
+def fits(env: dict[str, Any], row: dict[str, Any]) -> bool:
+    """Whether the row's memory estimate fits in 80% of the free device memory (always on CPU); prints it."""
+    print(json.dumps({"case": row["case"], **row["memory"]}), flush=True)
+    if env["device"] != "cuda":
+        return True
+    import torch
+
+    free = torch.cuda.mem_get_info()[0]
+    if row["memory"]["estimate_bytes"] <= 0.8 * free:
+        return True
+    row["skipped"] = f"estimated {row['memory']['estimate_bytes'] / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+    print(json.dumps(row), flush=True)
+    return False
 
 
 def peak_bytes(env: dict[str, Any], fn: Any) -> int | None:
@@ -194,15 +242,6 @@ def peak_bytes(env: dict[str, Any], fn: Any) -> int | None:
     fn()
     torch.cuda.synchronize()
     return int(torch.cuda.max_memory_allocated() - before)
-
-
-def backward_status() -> str:
-    """Whether this tree has a splatting backward to time (another branch builds it)."""
-    import tilefuse
-
-    found = [name for name in ("splat_backward", "rasterize_gaussians_backward", "project_gaussians_backward")
-             if hasattr(tilefuse, name)]
-    return f"present ({', '.join(found)}); not timed by this version of the script" if found else "absent in this tree"
 
 
 def gsplat_row(env: dict[str, Any], ins: dict[str, Any], w: int, h: int, image: Any) -> dict[str, Any]:
@@ -224,19 +263,15 @@ def gsplat_row(env: dict[str, Any], ins: dict[str, Any], w: int, h: int, image: 
 
 def render_row(env: dict[str, Any], n: int) -> dict[str, Any]:
     """One frame of the render pipeline at n Gaussians: tilefuse vs torch (and gsplat)."""
-    import torch
-
     import tilefuse as tf
     from tilefuse.builders.splat_scene import render_graph
 
     w, h = env["sizes"]["wh"]
-    row: dict[str, Any] = {"case": f"render N={n} {w}x{h} sh3", "backward": backward_status()}
-    need = workspace_bytes(n, w, h)
-    if env["device"] == "cuda" and need > 0.8 * torch.cuda.mem_get_info()[0]:
-        row["skipped"] = f"worst-case intersection workspaces need {need / 2**30:.1f} GiB (N x tiles x 16 B)"
-        print(json.dumps(row), flush=True)
-        return row
+    row: dict[str, Any] = {"case": f"render N={n} {w}x{h} sh3"}
     ins = scene_tensors(env, n, w, h)
+    row["memory"] = memory_estimate(ins, w, h)
+    if not fits(env, row):
+        return row
     graph = render_graph(n, w, h, sh_degree=3)
     cg = tf.compile(graph, target=env["target"], db=None, cost_model=None)
     ours = cg(**ins)[0]
@@ -258,6 +293,113 @@ def render_row(env: dict[str, Any], n: int) -> dict[str, Any]:
     row.update(gsplat_row(env, ins, w, h, ours))
     print(json.dumps(row), flush=True)
     return row
+
+
+GRADS = ("means3d", "scales", "quats", "opacities", "sh_coeffs")
+TORCH_NAMES = {"means3d": "means", "scales": "scales", "quats": "quats", "opacities": "opacities", "sh_coeffs": "sh"}
+
+
+def train_graph(n: int, w: int, h: int) -> Any:
+    """project + degree-3 SH + rasterize + splat_backward for an input image gradient `gimg`."""
+    import tilefuse as tf
+
+    g = tf.GraphBuilder("splat_train_sh3")
+    t = {k: g.input(k, s, "f32") for k, s in (("means", (n, 3)), ("scales", (n, 3)), ("quats", (n, 4)),
+                                                ("opacities", (n,)), ("sh", (n, 16, 3)), ("viewmat", (4, 4)),
+                                                ("K", (3, 3)), ("gimg", (h, w, 3)))}
+    m2d, con, dep, rad = tf.project_gaussians(t["means"], t["scales"], t["quats"], t["opacities"], t["viewmat"],
+                                              t["K"], width=w, height=h)
+    col = tf.sh_to_color(t["sh"], t["means"], t["viewmat"])
+    raster = tf.rasterize_gaussians(m2d, con, col, t["opacities"], dep, rad, width=w, height=h, last_contributor=True)
+    grads = tf.splat_backward(raster, t["gimg"])
+    g.output("image", raster[0])
+    for name in GRADS:
+        g.output(f"d_{name}", grads[name])
+    return g.build()
+
+
+def torch_train(ins: dict[str, Any], w: int, h: int) -> dict[str, Any]:
+    """Gradients of sum(image * gimg) by torch autograd through the torch pipeline."""
+    import torch
+
+    x = {k: v.detach().clone().requires_grad_(k in TORCH_NAMES.values()) for k, v in ins.items() if k != "gimg"}
+    img = torch_pipeline(x, w, h)
+    grads = torch.autograd.grad((img * ins["gimg"]).sum(), [x[TORCH_NAMES[k]] for k in GRADS])
+    return {f"d_{k}": g for k, g in zip(GRADS, grads)}
+
+
+def gsplat_train(env: dict[str, Any], ins: dict[str, Any], w: int, h: int) -> dict[str, Any]:
+    """gsplat's rasterization() forward + backward of the same loss: ms per frame."""
+    try:
+        import gsplat
+    except ImportError:
+        return {"gsplat": "not importable"}
+    if env["device"] != "cuda":
+        return {"gsplat": "needs CUDA"}
+    x = {k: ins[k].detach().clone().requires_grad_(True) for k in ("means", "quats", "scales", "opacities", "sh")}
+
+    def run() -> Any:
+        img = gsplat.rasterization(x["means"], x["quats"], x["scales"], x["opacities"], x["sh"], ins["viewmat"][None],
+                                   ins["K"][None], w, h, sh_degree=3, packed=False)[0][0]
+        (img * ins["gimg"]).sum().backward()
+
+    return {"gsplat_ms": env["bench"](run), "gsplat_peak_bytes": peak_bytes(env, run)}
+
+
+def train_row(env: dict[str, Any], n: int) -> dict[str, Any]:
+    """Forward + backward of one frame at n Gaussians: tilefuse vs torch autograd (and gsplat)."""
+    import torch
+
+    import tilefuse as tf
+
+    w, h = env["sizes"]["wh"]
+    row: dict[str, Any] = {"case": f"train N={n} {w}x{h} sh3"}
+    ins = scene_tensors(env, n, w, h)
+    ins["gimg"] = torch.randn(h, w, 3, generator=torch.Generator().manual_seed(2)).to(env["device"])
+    row["memory"] = memory_estimate(ins, w, h, backward=True)
+    if not fits(env, row):
+        return row
+    graph = train_graph(n, w, h)
+    cg = tf.compile(graph, target=env["target"], db=None, cost_model=None)
+    ours = cg.run(ins)
+    theirs = torch_train(ins, w, h)
+    row["rel_err_vs_torch"] = {k: float((ours[k] - v).abs().max() / v.abs().max().clamp(min=1e-30))
+                               for k, v in theirs.items()}
+    assert max(row["rel_err_vs_torch"].values()) < (1e-3 if env["device"] == "cpu" else 2e-2), row
+    if env["device"] == "cpu":  # the dry run checks the float64 reference too
+        from tilefuse.ir.reference import evaluate
+
+        ref = evaluate(graph, {k: v.numpy() for k, v in ins.items()})
+        row["ref_rel_err"] = {f"d_{k}": float(np.abs(ours[f"d_{k}"].numpy() - ref[f"d_{k}"]).max()
+                                              / np.abs(ref[f"d_{k}"]).max()) for k in GRADS}
+        assert max(row["ref_rel_err"].values()) < 1e-3, row
+    row.update({"tilefuse_ms": env["bench"](lambda: cg.run(ins)),
+                "torch_ms": env["bench"](lambda: torch_train(ins, w, h)),
+                "tilefuse_peak_bytes": peak_bytes(env, lambda: cg.run(ins)),
+                "torch_peak_bytes": peak_bytes(env, lambda: torch_train(ins, w, h))})
+    row["speedup_vs_torch"] = row["torch_ms"] / row["tilefuse_ms"]
+    row.update(gsplat_train(env, ins, w, h))
+    if "gsplat_ms" in row:
+        row["speedup_vs_gsplat"] = row["gsplat_ms"] / row["tilefuse_ms"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def plan_rows(env: dict[str, Any]) -> list[dict[str, Any]]:
+    """--dry-run: the GPU run's memory plan, the estimate of each full-size case (1080p, the synthetic scene
+    on CPU tensors) against the worst case the workspaces were sized for before, on an 80 GiB / 141 GiB card."""
+    rows = []
+    for n in SIZES["full"]["n"]:
+        w, h = SIZES["full"]["wh"]
+        ins = scene_tensors(env, n, w, h, sh_values=False)
+        mem = memory_estimate(ins, w, h, backward=True)
+        row = {"case": f"plan N={n} {w}x{h}", "memory": mem,
+               "fits": {f"{gib} GiB": mem["estimate_bytes"] <= 0.8 * gib * 2**30 for gib in (80, 141)},
+               "worst_case_fits": {f"{gib} GiB": mem["worst_case_workspace_bytes"] <= 0.8 * gib * 2**30
+                                   for gib in (80, 141)}}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
 
 
 def feature_rows(env: dict[str, Any]) -> list[dict[str, Any]]:
@@ -316,7 +458,8 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="no GPU: the interpreter on CPU tensors at N = 200")
     args = ap.parse_args()
     env = setup(args)
-    rows = [render_row(env, n) for n in env["sizes"]["n"]] + feature_rows(env)
+    rows = [render_row(env, n) for n in env["sizes"]["n"]] + [train_row(env, n) for n in env["sizes"]["n"]]
+    rows += feature_rows(env) + (plan_rows(env) if args.dry_run else [])
     if args.json:
         import torch
         import triton
@@ -324,7 +467,8 @@ def main() -> None:
         meta = {"device": env["name"], "target": env["target"], "torch": torch.__version__,
                 "triton": triton.__version__, "numpy": np.__version__, "date": datetime.date.today().isoformat(),
                 "host": platform.node(), "size": "dry-run" if args.dry_run else "quick" if args.quick else "full",
-                "sort": "torch.sort on the device (the plan's host step)"}
+                "sort": "torch.sort on the device (radix sort), not a tilefuse kernel (the plan's host step)",
+                "workspaces": "keys/ids/sids sized from the scan's total, read back after the scan"}
         with open(args.json, "w") as f:
             json.dump({"benchmark": "splat", "meta": meta, "rows": rows}, f, indent=2)
 

@@ -12,7 +12,7 @@ from .quant import AWQ_PACK_ORDER, NF4_CODEBOOK, dequantize, dequantize_awq, deq
 from .quant import dequantize_fp8_act
 from .sparse import sddmm, sparse_24, sparse_bsr, sparse_csr, sparse_linear, sparse_softmax, spmm
 from .splat import (project_gaussians, project_gaussians_backward, rasterize_gaussians, rasterize_gaussians_backward,
-                    rasterize_sparse_features, sh_to_color, splat_backward)
+                    rasterize_sparse_features, sh_to_color, sh_to_color_backward, splat_backward)
 
 __all__ = ["AWQ_PACK_ORDER", "NF4_CODEBOOK", "attention", "attention_backward", "block_mask", "causal_mask",
            "dequantize", "dequantize_awq", "dequantize_fp8_block", "dequantize_nf4", "document_mask",
@@ -21,7 +21,7 @@ __all__ = ["AWQ_PACK_ORDER", "NF4_CODEBOOK", "attention", "attention_backward", 
            "rasterize_sparse_features",
            "sh_to_color", "sparse_bsr", "sparse_csr", "spmm", "streaming_mask", "strided_mask", "sliding_window_mask",
            "topk_block_mask"]
-__all__ += ["dequantize_fp8_act"]
+__all__ += ["dequantize_fp8_act", "sh_to_color_backward"]
 __all__ += ["quantize", "w8a8_linear"]
 __all__ += ["project_gaussians_backward", "rasterize_gaussians_backward", "splat_backward"]
 __all__ += ["sparse_linear", "sparse_softmax"]

@@ -68,7 +68,9 @@ def splat_backward(raster: Sequence[Tensor], d_image: Tensor, d_final_t: Tensor 
     """The backward of a splatting forward, from its results: `raster` is what
     `rasterize_gaussians(..., last_contributor=True)` returned (image, final_T, last). Returns gradients by
     operand name: means2d, conics, colors, opacities, and, when means2d and conics are the results of one
-    project_gaussians, means3d, scales and quats through it."""
+    project_gaussians, means3d, scales and quats through it; when the colours are sh_to_color's, sh_coeffs
+    too, and the SH view direction's share of the means gradient is added to means3d (or, without a
+    projection of the same means, returned as means3d alone)."""
     if len(raster) != 3:
         raise VerifyError(f"splat_backward: raster must be the 3 results of rasterize_gaussians(..., "
                           f"last_contributor=True) (image, final_T, last), got {len(raster)}")
@@ -84,15 +86,34 @@ def splat_backward(raster: Sequence[Tensor], d_image: Tensor, d_final_t: Tensor 
     out = {"means2d": dm, "conics": dc, "colors": dcol, "opacities": dop}
     m2d, con = fwd.src[0], fwd.src[1]
     proj = m2d.src[0] if m2d.op is Op.RESULT and m2d.src[0].op is Op.PROJECT_GAUSSIANS else None
-    if proj is None or m2d.attr("index") != 0 or con.op is not Op.RESULT or con.src[0] is not proj \
-            or con.attr("index") != 1:
-        return out
-    p = [Tensor(s) for s in proj.src]
-    radii = Tensor(make(Op.RESULT, [proj], index=3))
-    out["means3d"], out["scales"], out["quats"] = project_gaussians_backward(
-        p[0], p[1], p[2], p[4], p[5], radii, dm, dc, width=proj.attr("width"), height=proj.attr("height"),
-        camera=proj.attr("camera"), eps2d=proj.attr("eps2d"))
+    if proj is not None and m2d.attr("index") == 0 and con.op is Op.RESULT and con.src[0] is proj \
+            and con.attr("index") == 1:
+        p = [Tensor(s) for s in proj.src]
+        radii = Tensor(make(Op.RESULT, [proj], index=3))
+        out["means3d"], out["scales"], out["quats"] = project_gaussians_backward(
+            p[0], p[1], p[2], p[4], p[5], radii, dm, dc, width=proj.attr("width"), height=proj.attr("height"),
+            camera=proj.attr("camera"), eps2d=proj.attr("eps2d"))
+    sh = fwd.src[2]
+    if sh.op is Op.SH_TO_COLOR:
+        out["sh_coeffs"], d_means = sh_to_color_backward(Tensor(sh.src[0]), Tensor(sh.src[1]), Tensor(sh.src[2]),
+                                                         dcol, degree=sh.attr("degree"))
+        if "means3d" not in out:
+            out["means3d"] = d_means
+        elif sh.src[1] is proj.src[0]:  # type: ignore[union-attr]
+            out["means3d"] = out["means3d"] + d_means
+        else:
+            out["sh_means"] = d_means
     return out
+
+
+def sh_to_color_backward(coeffs: Tensor, means3d: Tensor, viewmat: Tensor, d_colors: Tensor,
+                         degree: int | None = None) -> tuple[Tensor, Tensor]:
+    """Gradients (d_coeffs [N, K, 3], d_means3d [N, 3]) through sh_to_color (same operands and degree) given
+    the loss's gradient with respect to the colours; the means' share comes through the view direction."""
+    extra = {} if degree is None else {"degree": degree}
+    d_coeffs, d_means = results(make(Op.SH_TO_COLOR_BWD, [coeffs.node, means3d.node, viewmat.node, d_colors.node],
+                                     **extra))
+    return d_coeffs, d_means
 
 
 def sh_to_color(coeffs: Tensor, means3d: Tensor, viewmat: Tensor, degree: int | None = None) -> Tensor:

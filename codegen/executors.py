@@ -12,7 +12,7 @@ from ..errors import RuntimeUnavailable
 from ..ir import dtypes as dt
 from ..ir.dims import resolve
 from .tvm_runtime import aligned_empty
-from ..schedule.launch import LaunchPlan, Workspace
+from ..schedule.launch import LaunchPlan, Pending, Workspace
 
 if TYPE_CHECKING:
     from ..compiler import CompiledGraph
@@ -99,9 +99,14 @@ def workspace_tensor(w: Workspace, device: str, poison: bool) -> Any:
 def plan_arguments(spec: Any, config: Any, plan: LaunchPlan, inputs: list[Any], outputs: list[Any], device: str,
                    poison: bool = False) -> dict[str, Any]:
     """Argument name -> tensor for every launch of `plan`: the kernel's input and output tensors, the
-    auxiliary tensors its family builds for these inputs (spec.aux_args) and fresh workspaces."""
+    auxiliary tensors its family builds for these inputs (spec.aux_args) and fresh workspaces; a
+    workspace sized by a readback is a Pending the launcher allocates once the value is read."""
     aux = spec.aux_args(config, list(inputs), device)
-    workspaces = [workspace_tensor(w, device, poison) for w in plan.workspaces]
+
+    def make(w: Workspace) -> Any:
+        return workspace_tensor(w, device, poison)
+
+    workspaces = [Pending(w, make) if w.sized_by else make(w) for w in plan.workspaces]
     bound = plan.bind(inputs, outputs, aux, workspaces)
     return {a.name: as_declared(bound[a.name], a.triton_type) for a in plan.args}
 

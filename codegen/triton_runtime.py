@@ -14,7 +14,7 @@ from typing import Any
 
 from ..fileio import write_atomic
 from ..ir.limits import check_grid
-from ..schedule.launch import LaunchPlan, jit_kwargs
+from ..schedule.launch import LaunchPlan, Pending, jit_kwargs
 from ..settings import get_settings
 
 _LOCK = threading.Lock()
@@ -66,7 +66,10 @@ def plan_launcher(mod: ModuleType, plan: LaunchPlan, bound: Mapping[str, Any], i
     """A callable that launches every launch of `plan` in order from the kernel's loaded module `mod`
     with the arguments `bound` (name -> tensor, LaunchPlan.bind) and returns what the first launch
     returned (under the JIT, its compiled kernel). Functions, arguments and keywords are resolved
-    once, here, so a timing loop pays only for the launches. Host steps are called as plain functions."""
+    once, here, so a timing loop pays only for the launches. Host steps are called as plain functions.
+    A plan with readbacks takes _readback_launcher."""
+    if plan.readbacks:
+        return _readback_launcher(mod, plan, bound, interpret)
     calls = [(getattr(mod, ln.fn) if ln.host else getattr(mod, ln.fn)[ln.grid], ln.values(bound),
               {} if ln.host else ln.kwargs(interpret)) for ln in plan.launches]
 
@@ -76,6 +79,33 @@ def plan_launcher(mod: ModuleType, plan: LaunchPlan, bound: Mapping[str, Any], i
             k = fn(*args, **kw)
             if i == 0:
                 first = k
+        return first
+
+    return run
+
+
+def _readback_launcher(mod: ModuleType, plan: LaunchPlan, bound: Mapping[str, Any],
+                       interpret: bool) -> Callable[[], Any]:
+    """plan_launcher for a plan with readbacks (schedule/launch.py): after the launch a readback follows,
+    one element of its workspace is read to the host (int(): a 4-byte copy, the run's one synchronisation
+    per readback), then the Pending workspaces it sizes are allocated at that size and the grids it sizes
+    are computed. Each call allocates them afresh, as gsplat allocates its intersection buffers per frame."""
+    pending = {name: v for name, v in bound.items() if isinstance(v, Pending)}
+    fns = {ln.fn: getattr(mod, ln.fn) for ln in plan.launches}
+    kws = [{} if ln.host else ln.kwargs(interpret) for ln in plan.launches]
+
+    def run() -> Any:
+        vals, first = dict(bound), None
+        read: dict[str, int] = {}
+        for i, ln in enumerate(plan.launches):
+            args = ln.values(vals)
+            k = fns[ln.fn](*args) if ln.host else fns[ln.fn][ln.grid_at(read)](*args, **kws[i])
+            first = k if i == 0 else first
+            for rb in plan.readbacks:
+                if rb.after == ln.fn and rb.name not in read:
+                    read[rb.name] = int(vals[rb.source][rb.index])
+                    vals.update({name: p.make(p.workspace.at(read[rb.name])) for name, p in pending.items()
+                                 if p.workspace.sized_by == rb.name})
         return first
 
     return run

@@ -122,6 +122,12 @@ def check_expressible(cg: Any) -> None:
         if aux and ck.spec.constant_aux(ck.config) is None:
             raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) computes its auxiliary tensors {aux} from "
                               "its inputs at launch time (a data-dependent mask); a bundle stores only constant ones")
+        if plan.readbacks:
+            sized = [w.name for w in plan.workspaces if w.sized_by]
+            raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) reads {[r.name for r in plan.readbacks]} back "
+                              f"from the device to size its workspaces {sized} at run time; a bundle's workspace is "
+                              f"one fixed block (their worst case would be {plan.scratch_bytes()} bytes)"
+                              + (f", and it has host steps {host}, which need Python" if host else ""))
         if host:
             raise ExportError(f"kernel {ck.spec.name} ({ck.spec.family}) has host steps {host}, which need Python; "
                               "a bundle launches device code only")

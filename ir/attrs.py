@@ -103,6 +103,7 @@ ATTRS: dict[str, dict[str, Kind]] = {
     "rasterize_gaussians_bwd": {"width": INT, "height": INT, "tile": INT, "background": NUMBERS,
                                 "pixel_center": NUMBER, "results": RESULTS},
     "sh_to_color": {"degree": INT},
+    "sh_to_color_bwd": {"degree": INT, "results": RESULTS},
 }
 
 

@@ -43,11 +43,11 @@ class Op(enum.Enum):
     SPMM = "spmm"
     SDDMM = "sddmm"
     SPARSE_SOFTMAX = "sparse_softmax"  # softmax over each row's stored entries
-    PROJECT_GAUSSIANS = "project_gaussians"
-    RASTERIZE_GAUSSIANS = "rasterize_gaussians"
+    PROJECT_GAUSSIANS, RASTERIZE_GAUSSIANS = "project_gaussians", "rasterize_gaussians"
     PROJECT_GAUSSIANS_BWD = "project_gaussians_bwd"  # (d_means3d, d_scales, d_quats) of the projection
     RASTERIZE_GAUSSIANS_BWD = "rasterize_gaussians_bwd"  # (d_means2d, d_conics, d_colors, d_opacities)
     SH_TO_COLOR = "sh_to_color"  # view-dependent colours of spherical-harmonic coefficients
+    SH_TO_COLOR_BWD = "sh_to_color_bwd"  # (d_coeffs, d_means) of sh_to_color
 
 
 VIEWS = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE})

@@ -227,7 +227,7 @@ def splat_scenes(nodes: Iterable[Node], rng: np.random.Generator) -> dict[int, n
         for src, arr in zip(n.src, arrays):
             out.setdefault(id(src), arr)
     for n in nodes:  # after the projections, whose means and view matrix an SH op shares
-        if n.op is Op.SH_TO_COLOR:
+        if n.op in (Op.SH_TO_COLOR, Op.SH_TO_COLOR_BWD):  # the gradient d_colors is drawn as any input
             for src, arr in zip(n.src, sh_operands(rng, n.src[0].shape)):
                 out.setdefault(id(src), arr)
     return out

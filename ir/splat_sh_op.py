@@ -14,6 +14,14 @@ sh_to_color(coeffs [N, K, 3], means [N, 3], viewmat [4, 4]) {degree} -> colors f
   with the real SH basis of degree <= `degree` in the closed form of Sloan (JCGT 2013) that gsplat
   evaluates: basis_0 = 0.2820947917738781, basis_1..3 = (-0.48860251190292 y, 0.48860251190292 z,
   -0.48860251190292 x), and so on (sh_basis below).
+
+sh_to_color_bwd(coeffs, means, viewmat, d_colors [N, 3]) {degree} -> (d_coeffs f32 [N, K, 3], d_means f32 [N, 3])
+
+  The gradient through sh_to_color of a loss whose gradient with respect to its colours is d_colors:
+  d_coeffs[:, k, c] = basis_k(dir) d_colors[:, c] where the clamp passes (sum + 0.5 >= 0, torch.clamp's
+  rule), zero for k beyond the degree; d_means through the view direction (the camera centre is held
+  fixed: no gradient to viewmat). The reference takes d_means by the complex step (the basis is a
+  polynomial, the normalisation a complex-safe square root), d_coeffs in closed form.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ def _infer_sh(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
 def sh_basis(dirs: np.ndarray, count: int) -> np.ndarray:
     """[N, count] real SH basis values at unit directions `dirs` [N, 3] (count = 1, 4, 9 or 16; gsplat's
     _eval_sh_bases_fast, Sloan's closed form)."""
-    out = np.zeros((dirs.shape[0], count))
+    out = np.zeros((dirs.shape[0], count), dtype=np.result_type(dirs, np.float64))  # complex for the step
     out[:, 0] = 0.2820947917738781
     if count <= 1:
         return out
@@ -102,3 +110,42 @@ def _eval_sh(n: Node, xs: list[Any]) -> np.ndarray:
     count = SH_COUNTS[n.attr("degree")]
     col = np.einsum("nk,nkc->nc", sh_basis(d, count), coeffs[:, :count])
     return rnd(np.maximum(col + 0.5, 0.0), dt.f32)
+
+
+@register(Op.SH_TO_COLOR_BWD, (4, 4))
+def _infer_sh_bwd(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
+    _, shape, norm = _infer_sh(srcs[:3], a)
+    coeffs, d_col = srcs[0], srcs[3]
+    if d_col.shape != shape or not d_col.dtype.is_float:
+        raise VerifyError(f"sh_to_color_bwd of coeffs {coeffs.dtype}{fmt_shape(coeffs.shape)}: d_colors is "
+                          f"{d_col.dtype}{fmt_shape(d_col.shape)}; want float {fmt_shape(shape)}")
+    n, k = coeffs.shape[:2]
+    return dt.f32, (n, k, 3), {**norm, "results": ((dt.f32, (n, k, 3)), (dt.f32, (n, 3)))}
+
+
+def sh_raw(coeffs: np.ndarray, means: np.ndarray, view: np.ndarray, degree: int) -> np.ndarray:
+    """sum_k basis_k(dir) coeffs[:, k] + 0.5 before the clamp, for real or complex means (the step)."""
+    d = means - camera_center(view)
+    norm = np.sqrt((d * d).sum(axis=1, keepdims=True))
+    d = d / np.where(norm.real > 1e-12, norm, 1e-12)
+    count = SH_COUNTS[degree]
+    return np.einsum("nk,nkc->nc", sh_basis(d, count), coeffs[:, :count]) + 0.5
+
+
+@evaluator(Op.SH_TO_COLOR_BWD)
+def _eval_sh_bwd(n: Node, xs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    coeffs, means, view, d_col = (np.asarray(x, dtype=np.float64) for x in xs)
+    degree = n.attr("degree")
+    gate = np.where(sh_raw(coeffs, means, view, degree) >= 0.0, d_col, 0.0)
+    count = SH_COUNTS[degree]
+    d = means - camera_center(view)
+    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    d_coeffs = np.zeros(coeffs.shape)
+    d_coeffs[:, :count] = sh_basis(d, count)[:, :, None] * gate[:, None, :]
+    d_means = np.zeros(means.shape)
+    step = 1e-30
+    for j in range(3):
+        pert = means.astype(np.complex128)
+        pert[:, j] += 1j * step
+        d_means[:, j] = (sh_raw(coeffs, pert, view, degree).imag * gate).sum(axis=1) / step
+    return rnd(d_coeffs, dt.f32), rnd(d_means, dt.f32)

@@ -11,7 +11,7 @@ from ..errors import TilefuseError
 from ..ir import dims
 from ..ir import dtypes as dt
 from ..schedule.config import Config, sha256_json
-from ..schedule.launch import Arg, Launch, LaunchPlan, Workspace
+from ..schedule.launch import Arg, Launch, LaunchPlan, Readback, Workspace
 from ..schedule.target import Target
 from ..ir.dtypes import DType
 from ..ir.ops import Node, Op
@@ -286,6 +286,11 @@ class KernelSpec:
         """Scratch buffers the kernel's launches share (e.g. split-K partial sums); none by default."""
         return []
 
+    def readbacks(self, config: Config) -> list[Readback]:
+        """Device scalars read back between launches to size later workspaces and grids (the splatting
+        binning's intersection count, schedule/launch.py Readback); none by default."""
+        return []
+
     def launches(self, config: Config, args: tuple[Arg, ...],
                  sizes: Mapping[str, int] | None = None) -> list[Launch]:
         """The launches in order; by default one launch of `{name}` on grid(config) with every argument."""
@@ -318,7 +323,7 @@ class KernelSpec:
         if sizes:
             ws = tuple(replace(w, shape=dims.resolve(tuple(w.shape), sizes)) for w in ws)
             launches = [replace(ln, grid=dims.resolve(tuple(ln.grid), sizes)) for ln in launches]
-        return LaunchPlan(self.name, tuple(args), ws, tuple(launches), dict(sizes or {}))
+        return LaunchPlan(self.name, tuple(args), ws, tuple(launches), dict(sizes or {}), tuple(self.readbacks(config)))
 
     def summary(self) -> str:
         """The ops this kernel fuses, one per line, for reports."""

@@ -269,15 +269,18 @@ class _Fuser:
         """Pull into a new anchor group the siblings visited before it (each still a group of its own, of
         that one node), unless the anchor reads a group that reads the sibling."""
         for grp in self.groups:
-            if not grp.alive or grp.anchor is not None or len(grp.nodes) != 1 or grp is anchor:
+            # one node, with the results of a multi-result sibling (they joined its group when visited)
+            if not grp.alive or grp.anchor is not None or grp is anchor or not grp.nodes or any(
+                    m.op is not Op.RESULT or m.src[0] is not grp.nodes[0] for m in grp.nodes[1:]):
                 continue
             if self.sibling_rule(grp.nodes[0], anchor) is None:
                 continue
             if any(self.reaches(d, grp.id) for d in self.deps(anchor.id)):
                 continue
             grp.alive = False
-            anchor.nodes.append(grp.nodes[0])
-            self.where[id(grp.nodes[0])] = anchor
+            for m in grp.nodes:
+                anchor.nodes.append(m)
+                self.where[id(m)] = anchor
 
     def try_prologues(self, i: int, s: Node, anchor: _G, rule: GroupRule) -> None:
         """Pull the groups computing operand `i` into the anchor's loads: of the prologue rules that fit,

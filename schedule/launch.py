@@ -13,13 +13,21 @@ splatting rasterizer's key sort calls torch.sort). Host steps have no grid, are 
 binaries (`functions()` leaves them out) and are marked `"host": true` in the manifest: a runtime
 without Python must provide them itself.
 
+Workspaces sized at run time (`Readback`): a plan may read one device scalar back to the host after a
+launch (the splatting binning's intersection count, offsets[N] after the scan, as gsplat reads its
+cumsum's last element) and allocate the workspaces whose `sized_by` names it only then, with that many
+leading elements; launches whose `grid_by` names it get their grid from it too. The declared shape and
+grid stay the verified worst case (the bound every read value is checked against, what AOT builds and
+exports see); `LaunchPlan.at(values)` gives the plan with the run-time sizes. Until then the executors
+bind a `Pending` for each such workspace, which the launcher replaces after the readback.
+
 This module sits below codegen and kernels so that every one of them may import it; it knows nothing
 of torch (binding values to arguments takes whatever objects the caller allocated)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import TilefuseError
@@ -59,12 +67,22 @@ class Arg:
 class Workspace:
     """A scratch buffer the plan's launches share: allocated per run, never an output. `zeroed`
     ones must be filled with zeros before the first launch (atomic counters); others are written
-    before they are read, and a poisoned run fills them with garbage to prove it."""
+    before they are read, and a poisoned run fills them with garbage to prove it. With `sized_by`
+    (a Readback's name), `shape` is the worst case and the run allocates `at(value)` instead."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str = "f32"  # a tilefuse dtype name
     zeroed: bool = False
+    sized_by: str | None = None
+
+    def at(self, value: int) -> Workspace:
+        """This workspace with `value` leading elements (at least 1: a buffer is never empty), checked
+        against the declared worst case."""
+        if not 0 <= value <= int(self.shape[0]):
+            raise LaunchPlanError(f"workspace {self.name}: the read-back size {self.sized_by}={value} is outside "
+                                  f"0..{self.shape[0]} (the worst case its plan declares)")
+        return replace(self, shape=(max(1, value),) + tuple(self.shape[1:]), sized_by=None)
 
     @property
     def nbytes(self) -> int:
@@ -78,8 +96,32 @@ class Workspace:
         return "*" + dt.triton_sig(dt.dtype(self.dtype))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "zeroed": self.zeroed,
-                "bytes": self.nbytes}
+        out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "zeroed": self.zeroed,
+               "bytes": self.nbytes}
+        return {**out, "sized_by": self.sized_by} if self.sized_by else out
+
+
+@dataclass(frozen=True)
+class Readback:
+    """One scalar read back to the host after launch `after`: element `index` of workspace `source`,
+    named `name` (one small device-to-host copy, a synchronisation on a GPU)."""
+
+    name: str
+    after: str
+    source: str
+    index: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "after": self.after, "source": self.source, "index": self.index}
+
+
+@dataclass
+class Pending:
+    """Stands in the bound arguments for a workspace sized by a readback; `make` allocates it (a
+    Workspace with its run-time shape -> the buffer), called by the launcher once the value is read."""
+
+    workspace: Workspace
+    make: Callable[[Workspace], Any]
 
 
 @dataclass(frozen=True)
@@ -95,6 +137,15 @@ class Launch:
     num_warps: int = 4
     num_stages: int = 2
     host: bool = False
+    grid_by: tuple[str, int] | None = None  # (readback, elements per program): grid[0] from the value
+
+    def grid_at(self, values: Mapping[str, int]) -> tuple[int, ...]:
+        """The grid at the read-back `values`: with grid_by, ceil(value / per) programs (at least 1)
+        along x, never more than the declared worst case."""
+        if self.grid_by is None or not self.grid:
+            return self.grid
+        name, per = self.grid_by
+        return (min(int(self.grid[0]), max(1, -(-int(values[name]) // per))),) + tuple(self.grid[1:])
 
     def signature(self) -> dict[str, str]:
         """Triton types of the pointer arguments, in parameter order (for AOT builds)."""
@@ -115,6 +166,8 @@ class Launch:
     def to_json(self) -> dict[str, Any]:
         out = {"function": self.fn, "grid": list(self.grid), "args": [a.name for a in self.args],
                "constexprs": dict(self.constexprs), "num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.grid_by:
+            out["grid_by"] = list(self.grid_by)
         return {**out, "host": True} if self.host else out
 
 
@@ -129,9 +182,40 @@ class LaunchPlan:
     workspaces: tuple[Workspace, ...]
     launches: tuple[Launch, ...]
     sizes: Mapping[str, int] = field(default_factory=dict)
+    readbacks: tuple[Readback, ...] = ()
 
     def __post_init__(self) -> None:
         self.check()
+        self.check_readbacks()
+
+    def check_readbacks(self) -> None:
+        """LaunchPlanError unless every readback reads a workspace after a device launch of the plan, and
+        every workspace and grid sized by one names it and is used only after it."""
+        problems, ws = [], {w.name for w in self.workspaces}
+        order = {ln.fn: i for i, ln in reversed(list(enumerate(self.launches)))}
+        when: dict[str, int] = {}
+        for rb in self.readbacks:
+            if rb.source not in ws:
+                problems.append(f"readback {rb.name} reads {rb.source!r}, not a workspace ({sorted(ws)})")
+            if rb.after not in order or self.launches[order[rb.after]].host:
+                problems.append(f"readback {rb.name} follows {rb.after!r}, not a device launch of the plan")
+            when[rb.name] = order.get(rb.after, len(self.launches))
+        sized = {w.name: w.sized_by for w in self.workspaces if w.sized_by}
+        problems += [f"workspace {w} is sized by {r!r}, which no readback defines" for w, r in sized.items()
+                     if r not in when]
+        for i, ln in enumerate(self.launches):
+            early = [a.name for a in ln.args if a.name in sized and when.get(sized[a.name], -1) >= i]
+            problems += [f"{ln.fn} uses {early} before the readback that sizes them"] if early else []
+            if ln.grid_by and when.get(ln.grid_by[0], len(self.launches)) >= i:
+                problems.append(f"{ln.fn}: its grid comes from {ln.grid_by[0]!r}, not read back before it")
+        if problems:
+            raise LaunchPlanError(f"launch plan of {self.kernel}: " + "; ".join(problems))
+
+    def at(self, values: Mapping[str, int]) -> LaunchPlan:
+        """The plan at read-back `values` (readback name -> value): sized workspaces and grids resolved."""
+        ws = tuple(w.at(int(values[w.sized_by])) if w.sized_by else w for w in self.workspaces)
+        lns = tuple(replace(ln, grid=ln.grid_at(values), grid_by=None) for ln in self.launches)
+        return replace(self, workspaces=ws, launches=lns, readbacks=())
 
     def check(self) -> None:
         """LaunchPlanError naming every inconsistency."""
@@ -174,7 +258,8 @@ class LaunchPlan:
         raise LaunchPlanError(f"launch plan of {self.kernel} does not launch {fn!r} (it launches {self.functions()})")
 
     def scratch_bytes(self) -> int:
-        """Bytes of workspace one run needs besides the kernel's inputs and outputs."""
+        """Bytes of workspace one run needs besides the kernel's inputs and outputs (the worst case
+        where workspaces are sized at run time: see `at`)."""
         return sum(w.nbytes for w in self.workspaces)
 
     def bind(self, inputs: Sequence[Any], outputs: Sequence[Any], aux: Sequence[Any],
@@ -198,5 +283,6 @@ class LaunchPlan:
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON data (the bundle manifest's `arguments`, `workspaces` and `launches`)."""
-        return {"arguments": [a.to_json() for a in self.args], "workspaces": [w.to_json() for w in self.workspaces],
-                "launches": [ln.to_json() for ln in self.launches]}
+        out = {"arguments": [a.to_json() for a in self.args], "workspaces": [w.to_json() for w in self.workspaces],
+               "launches": [ln.to_json() for ln in self.launches]}
+        return {**out, "readbacks": [r.to_json() for r in self.readbacks]} if self.readbacks else out

@@ -97,10 +97,15 @@ def test_gpu_check_without_a_gpu_runs_everything_under_the_interpreter(full_run)
     # bench/splat.py --dry-run: every stage under the interpreter, checked against the float64 reference and
     # the torch pipeline (render with SH, dense and sparse features)
     splat = {r["case"]: r for r in by_name["bench splat.py"]["details"]["rows"]}
-    assert set(splat) == {"render N=200 64x48 sh3", "features dense N=200 C=64 64x48",
-                          "features sparse N=200 C=64 64x48"}
+    assert set(splat) == {"render N=200 64x48 sh3", "train N=200 64x48 sh3", "features dense N=200 C=64 64x48",
+                          "features sparse N=200 C=64 64x48"} | {f"plan N={n} 1920x1080" for n in (100000, 1000000,
+                                                                                                  3000000)}
     assert splat["render N=200 64x48 sh3"]["ref_max_err"] < 1e-3
-    assert all(r["max_abs_err_vs_torch"] < 1e-3 for r in splat.values())
+    assert all(r["max_abs_err_vs_torch"] < 1e-3 for c, r in splat.items() if c.startswith(("render", "features")))
+    # the backward (with d_sh_coeffs) against the float64 reference; 1M and 3M fit once sized from the scan
+    assert max(splat["train N=200 64x48 sh3"]["ref_rel_err"].values()) < 1e-3
+    assert all(splat[f"plan N={n} 1920x1080"]["fits"]["80 GiB"] for n in (1000000, 3000000))
+    assert not splat["plan N=3000000 1920x1080"]["worst_case_fits"]["141 GiB"]
     # bench/sparse_gpu.py --dry-run: every case of issue 14's GPU benchmark ran and matched torch
     cases = [r["case"] for r in by_name["bench sparse_gpu.py"]["details"]["rows"]]
     assert sum(c.startswith("csr spmm") for c in cases) == 4 and sum(c.startswith("linear") for c in cases) == 4

@@ -22,8 +22,12 @@ register_fusion(ProjectSpec.family, GroupRule("project_gaussians", anchors=froze
                                               siblings=(SH_SIBLING,)))
 register_fusion(RasterSpec.family, GroupRule("rasterize_gaussians", anchors=frozenset({Op.RASTERIZE_GAUSSIANS})))
 register_template(ProjectBwdSpec.family, "triton", __name__ + ".project_bwd_template")
+# sh_to_color_bwd(coeffs, means, viewmat, d_colors) on the projection backward's means3d (0) and viewmat (3)
+# joins it the same way: the SH gradients come out of the projection backward's kernel.
+SH_BWD_SIBLING = Sibling(frozenset({Op.SH_TO_COLOR_BWD}), shared=((1, 0), (2, 3)))
 register_fusion(ProjectBwdSpec.family, GroupRule("project_gaussians_bwd",
-                                                 anchors=frozenset({Op.PROJECT_GAUSSIANS_BWD})))
+                                                 anchors=frozenset({Op.PROJECT_GAUSSIANS_BWD}),
+                                                 siblings=(SH_BWD_SIBLING,)))
 register_template(RasterBwdSpec.family, "triton", __name__ + ".raster_bwd_template")
 register_fusion(RasterBwdSpec.family, GroupRule("rasterize_gaussians_bwd",
                                                 anchors=frozenset({Op.RASTERIZE_GAUSSIANS_BWD})))

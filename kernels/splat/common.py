@@ -62,12 +62,15 @@ def anchor_operands(spec: KernelSpec, node: Node, names: Sequence[str]) -> dict[
 
 
 def result_outputs(spec: KernelSpec, node: Node, roles: Sequence[str],
-                   members: Sequence[tuple[Node, str]] = ()) -> dict[str, str]:
+                   members: Sequence[tuple[Node, str | tuple[str, ...]]] = ()) -> dict[str, str]:
     """Result role -> the kernel output argument that holds it (roles the graph does not use are absent);
-    `members` names the roles of other group members the kernel computes (a fused sibling op)."""
+    `members` names the roles of other group members the kernel computes (a fused sibling op: one role, or
+    one per result of a multi-result sibling)."""
     outs = {}
     for i, out in enumerate(spec.kernel.group.outputs):
-        role = next((r for m, r in members if m is out), None)
+        role = next((r for m, r in members if m is out and isinstance(r, str)), None)
+        role = role or next((r[out.attr("index")] for m, r in members if isinstance(r, tuple)
+                             and out.op is Op.RESULT and out.src[0] is m), None)
         if role is not None:
             outs[role] = f"out{i}"
         elif out.op is Op.RESULT and out.src[0] is node:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ...codegen.headers import header
 from ...schedule.config import Config
 from .common import ATAN
-from .project_template import SERIES, _loads, _sym, covariance_2d
+from .project_template import SERIES, _loads, _sym, covariance_2d, sh_basis_lines
 
 if TYPE_CHECKING:
     from .project_bwd_spec import ProjectBwdSpec
@@ -93,6 +93,47 @@ def _fisheye_back() -> list[str]:
     return lines
 
 
+# d basis_k / d (x, y, z) of project_template.SH_BASIS (differentiated with sympy), '0' for none
+SH_GRAD = (("0", "0", "0"), ("0", "-0.48860251190292", "0"), ("0", "0", "0.48860251190292"),
+           ("-0.48860251190292", "0", "0"), ("1.092548430592079 * y", "1.092548430592079 * x", "0"),
+           ("0", "-1.092548430592079 * z", "-1.092548430592079 * y"), ("0", "0", "1.89234939151512 * z"),
+           ("-1.092548430592079 * z", "0", "-1.092548430592079 * x"),
+           ("1.092548430592079 * x", "-1.092548430592079 * y", "0"),
+           ("-3.540261539559861 * x * y", "1.770130769779931 * (y * y - x * x)", "0"),
+           ("2.890611442640554 * y * z", "2.890611442640554 * x * z", "2.890611442640554 * x * y"),
+           ("0", "0.4570457994644658 - 2.285228997322329 * z * z", "-4.570457994644658 * y * z"),
+           ("0", "0", "5.597644988851731 * z * z - 1.119528997770346"),
+           ("0.4570457994644658 - 2.285228997322329 * z * z", "0", "-4.570457994644658 * x * z"),
+           ("2.890611442640554 * x * z", "-2.890611442640554 * y * z", "1.445305721320277 * (x * x - y * y)"),
+           ("1.770130769779931 * (y * y - x * x)", "3.540261539559861 * x * y", "0"))
+
+
+def _sh_back(spec: ProjectBwdSpec) -> list[str]:
+    """The fused sh_to_color_bwd: basis at the view direction, d_coeffs = basis x d_colors where the clamp
+    passes (stored, zeros past the degree), then d basis -> d direction -> d means (off the direction, / distance)."""
+    count, o, out = spec.sh_count, spec.ops, spec.outs
+    k_all = spec.sh.src[0].shape[1] if spec.sh is not None else count
+    lines = sh_basis_lines(spec)
+    for c in range(3):
+        lines += [f"co{k}_{c} = tl.load({o['sh_coeffs'].at('g', str(k), str(c))}, mask=ok, other=0.0).to(tl.float32)"
+                  for k in range(count)]
+        lines.append(f"raw{c} = " + " + ".join(f"sb{k} * co{k}_{c}" for k in range(count)) + " + 0.5")
+        lines.append(f"gc{c} = tl.where(raw{c} >= 0.0, tl.load({o['d_colors'].at('g', str(c))}, mask=ok, "
+                     "other=0.0).to(tl.float32), 0.0)")
+    if "d_sh_coeffs" in out:
+        lines += [f"tl.store({out['d_sh_coeffs']} + g * {3 * k_all} + {3 * k + c}, "
+                  + (f"sb{k} * gc{c}" if k < count else "tl.zeros_like(gc0)") + ", mask=ok)"
+                  for k in range(k_all) for c in range(3)]
+    if "d_sh_means" in out:
+        lines += [f"dsb{k} = co{k}_0 * gc0 + co{k}_1 * gc1 + co{k}_2 * gc2" for k in range(1, count)]
+        lines += [f"dd{a} = " + _sum([f"dsb{k} * ({SH_GRAD[k][i]})" for k in range(1, count) if SH_GRAD[k][i] != "0"])
+                  for i, a in enumerate("xyz")]
+        lines.append("ddot = x * ddx + y * ddy + z * ddz")
+        lines += [f"tl.store({out['d_sh_means']} + g * 3 + {i}, (dd{a} - {a} * ddot) * dn, mask=ok)"
+                  for i, a in enumerate("xyz")]
+    return lines
+
+
 def _loads_bwd(spec: ProjectBwdSpec) -> list[str]:
     o = spec.ops
     lines = [f"rad = tl.load({o['radii'].at('g')}, mask=ok, other=0)", "keep = ok & (rad > 0)"]
@@ -108,6 +149,8 @@ def _stores(spec: ProjectBwdSpec) -> list[str]:
             "d_scales": [f"dsc{k}" for k in range(3)], "d_quats": [f"dq{c}" for c in range(4)]}
     lines = []
     for role, out in sorted(spec.outs.items()):
+        if role not in vals:  # the SH sibling's (_sh_back)
+            continue
         n = len(vals[role])
         lines += [f"tl.store({out} + g * {n} + {i}, tl.where(keep, {v}, 0.0), mask=ok)"
                   for i, v in enumerate(vals[role])]
@@ -121,6 +164,7 @@ def render(spec: ProjectBwdSpec, config: Config, interpret: bool = False) -> str
     cam = _pinhole_back(spec) if spec.camera == "pinhole" else _fisheye_back()
     body = ["pid = tl.program_id(0)", "g = pid * BLOCK + tl.arange(0, BLOCK)", f"ok = g < {spec.N}"]
     body += _loads(spec) + _loads_bwd(spec) + fwd + _conic_back(jac) + _covariance_back() + cam + _stores(spec)
+    body += _sh_back(spec) if spec.sh is not None else []
     src = header(spec, config, "triton") + "import triton\nimport triton.language as tl\n\n"
     if spec.camera == "fisheye":
         src += ATAN + "\n"

@@ -120,9 +120,9 @@ SH_BASIS = ("0.2820947917738781", "-0.48860251190292 * y", "0.48860251190292 * z
             "-0.5900435899266435 * hc2")
 
 
-def _sh(spec: ProjectSpec) -> list[str]:
-    """The fused sh_to_color: camera centre -R^-1 t (cofactors of the view matrix's 3x3 part), each
-    Gaussian's unit view direction, the basis up to the degree, colour = max(0, basis . coeffs + 0.5)."""
+def sh_basis_lines(spec: ProjectSpec) -> list[str]:
+    """Camera centre -R^-1 t (cofactors of the view matrix's 3x3 part), each Gaussian's unit view
+    direction (x, y, z; dn = 1 / distance) and the basis sb0.. up to the degree (the backward's too)."""
     cof = {(0, 0): "w11 * w22 - w12 * w21", (0, 1): "w12 * w20 - w10 * w22", (0, 2): "w10 * w21 - w11 * w20",
            (1, 0): "w02 * w21 - w01 * w22", (1, 1): "w00 * w22 - w02 * w20", (1, 2): "w01 * w20 - w00 * w21",
            (2, 0): "w01 * w12 - w02 * w11", (2, 1): "w02 * w10 - w00 * w12", (2, 2): "w00 * w11 - w01 * w10"}
@@ -138,6 +138,12 @@ def _sh(spec: ProjectSpec) -> list[str]:
         if count > start:
             lines += helpers
     lines += [f"sb{k} = {SH_BASIS[k]}" for k in range(count)]
+    return lines
+
+
+def _sh(spec: ProjectSpec) -> list[str]:
+    """The fused sh_to_color: the basis at each view direction, colour = max(0, basis . coeffs + 0.5)."""
+    lines, count = sh_basis_lines(spec), spec.sh_count
     sh = spec.ops["sh_coeffs"]
     for c in range(3):
         terms = [f"sb{k} * tl.load({sh.at('g', str(k), str(c))}, mask=ok, other=0.0).to(tl.float32)"

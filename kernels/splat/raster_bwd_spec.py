@@ -35,7 +35,7 @@ from ..base import KernelSpec
 from ..lowering import LoweringError
 from ..registry import register_family
 from .common import Operand, anchor_operands, result_outputs
-from .raster_spec import TILES, RasterSpec, check_raster_inputs
+from .raster_spec import SORT_NOTE, TILES, RasterSpec, check_raster_inputs
 
 OPERANDS = ("means2d", "conics", "colors", "opacities", "depths", "radii", "final_T", "last", "d_image", "d_final_T")
 ROLES = ("d_means2d", "d_conics", "d_colors", "d_opacities")
@@ -53,7 +53,7 @@ class RasterBwdSpec(RasterSpec):
         node = self.anchor_node(Op.RASTERIZE_GAUSSIANS_BWD)
         self.node = node
         self.N, self.C = node.src[2].shape
-        self.sparse, self.K, self.L = False, 0, 0  # the backward is of the dense (colours/features) forward
+        self.sparse, self.K, self.L = False, 0, 0  # RasterSpec's hooks read them; the backward is dense
         self.width, self.height, self.tile = node.attr("width"), node.attr("height"), node.attr("tile")
         if self.tile not in TILES:
             raise LoweringError(f"{self.name}: rasterize_gaussians_bwd with tile={self.tile} on the triton "
@@ -73,12 +73,12 @@ class RasterBwdSpec(RasterSpec):
 
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
-        """The forward's dense knobs without ISECT, CHUNK and PIX: the backward bins with the rectangle test
-        (the same image: the ellipse test only drops tiles a Gaussian adds nothing to) and walks every
-        channel in one program."""
+        """Batch, Gaussians per binning program, warps: the binning keeps the rectangle rule (no ISECT
+        knob yet) and the gradient render has no channel chunks."""
         return {"BATCH": (8, 16, 32), "BLOCK_G": (64, 128, 256), "num_warps": (2, 4, 8), "num_stages": (1,)}
 
     def grid(self, config: Config) -> tuple[int, int, int]:
+        """One program per tile, every channel in it (the forward's channel chunks do not apply)."""
         return (self.tiles, 1, 1)
 
     def constraints(self, config: Config, target: Target) -> list[str]:
@@ -113,8 +113,8 @@ class RasterBwdSpec(RasterSpec):
         return 48.0 + 12.0 * per_thread
 
     def report_lines(self, config: Config) -> list[str]:
-        return [f"{self.tiles} tiles of {self.tile}x{self.tile}, back to front; the binning runs again (sort on "
-                f"the host step {self.name}_sort); gradients by atomics after {self.name}_zero"]
+        return [f"{self.tiles} tiles of {self.tile}x{self.tile}, back to front; the binning runs again; gradients by "
+                f"atomics after {self.name}_zero", SORT_NOTE.format(name=self.name), self.workspace_note(config)]
 
     def aux_args(self, config: Config, inputs: list[Any], device: Any) -> list[Any]:
         """No auxiliary tensors; checks depths and radii first (SplatInputError), as the forward does."""

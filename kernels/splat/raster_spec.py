@@ -21,18 +21,22 @@ weights into an [L, C] codebook) splats L coefficient channels and multiplies by
 pixel, one program per (tile, block of PIX pixels).
 
 The tile is the op's `tile` attribute (it decides which Gaussians a pixel visits, so it is part of
-the result, not a free knob): 8, 16 or 32. Workspaces are sized for the worst case (every Gaussian
-on every tile: N x tiles intersections), which bounds scenes to what that fits; sizing them from
-offsets[N] needs a plan step that allocates after the scan."""
+the result, not a free knob): 8, 16 or 32. The intersection workspaces keys, ids and sids are sized from
+the scan: the plan reads offsets[N] back to the host after `{name}_scan` (a Readback, schedule/launch.py:
+one 4-byte device-to-host copy, as gsplat reads its cumsum's last element) and allocates them with that
+many elements; the ranges launch's grid comes from the same value. Their declared shape, every Gaussian
+on every tile (N x tiles), is the worst case each read value is checked against and what AOT builds see
+(an export refuses the plan: a bundle has no Python to read back and allocate, export/plan.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ...ir.ops import Op
 from ...schedule.config import Config
-from ...schedule.launch import Arg, Launch, Workspace
+from ...schedule.launch import Arg, Launch, Readback, Workspace
 from ...schedule.target import Target
 from ...passes.partition import Kernel, KernelGraph
 from ..base import KernelSpec
@@ -44,6 +48,8 @@ OPERANDS = ("means2d", "conics", "colors", "opacities", "depths", "radii", "indi
 ROLES = ("image", "final_T", "last")
 TILES = (8, 16, 32)
 ISECT = ("ellipse", "rect")  # the binning's tile test: the rectangle's tiles the ellipse reaches, or all of them
+SORT_NOTE = ("sort: torch.sort on the device (radix sort), not a tilefuse kernel: the host step {name}_sort "
+             "calls it on the keys where they live (no copy to the host)")
 UNROLLED_CHANNELS = 4  # up to this many channels, one accumulator per channel; more take the chunked tl.dot path
 
 
@@ -165,8 +171,27 @@ class RasterSpec(KernelSpec):
         """The binning's scratch (the backward's plan has the same: it bins again, raster_bwd_spec.py)."""
         cap = self.capacity
         return [Workspace("counts", (self.N,), "i32"), Workspace("offsets", (self.N + 1,), "i32"),
-                Workspace("keys", (cap,), "i64"), Workspace("ids", (cap,), "i32"), Workspace("sids", (cap,), "i32"),
+                Workspace("keys", (cap,), "i64", sized_by="total"), Workspace("ids", (cap,), "i32", sized_by="total"),
+                Workspace("sids", (cap,), "i32", sized_by="total"),
                 Workspace("ranges", (self.tiles, 2), "i32", zeroed=True)]
+
+    def readbacks(self, config: Config) -> list[Readback]:
+        """offsets[N], the number of (tile, Gaussian) intersections, read after the scan: it sizes keys, ids
+        and sids and the ranges launch's grid."""
+        return [Readback("total", f"{self.name}_scan", "offsets", self.N)]
+
+    def scratch_bytes_at(self, config: Config, total: int) -> int:
+        """Workspace bytes of one run with `total` intersections (the plan's readback value)."""
+        return self.launch_plan(config).at({"total": total}).scratch_bytes()
+
+    def workspace_note(self, config: Config) -> str:
+        """The report's line on the workspaces: which are sized from the scan, the bytes, the worst case."""
+        plan = self.launch_plan(config)
+        fixed = sum(w.nbytes for w in plan.workspaces if not w.sized_by)
+        per = sum(w.nbytes // int(w.shape[0]) for w in plan.workspaces if w.sized_by)
+        return (f"workspaces: keys, ids, sids sized from the scan's total (offsets[{self.N}], read back after "
+                f"{self.name}_scan): {fixed} bytes + {per} per intersection; worst case (N x tiles) "
+                f"{plan.scratch_bytes()} bytes")
 
     def binning_launches(self, config: Config, by: Mapping[str, Arg]) -> list[Launch]:
         """count, scan, emit, the host sort and ranges: launches 1-5 of the module docstring."""
@@ -184,8 +209,8 @@ class RasterSpec(KernelSpec):
             self.launch(f"{self.name}_emit", per_g, config,
                         pick(*dict.fromkeys((m2d, dep, rad) + shape), "offsets", "keys", "ids"), block_g),
             Launch(f"{self.name}_sort", (), pick("offsets", "keys", "ids", "sids"), host=True),
-            self.launch(f"{self.name}_ranges", (-(-self.capacity // 1024), 1, 1), config,
-                        pick("offsets", "keys", "ranges"), {"BLOCK_R": 1024}),
+            replace(self.launch(f"{self.name}_ranges", (-(-self.capacity // 1024), 1, 1), config,
+                                pick("offsets", "keys", "ranges"), {"BLOCK_R": 1024}), grid_by=("total", 1024)),
         ]
 
     def launches(self, config: Config, args: tuple[Arg, ...],
@@ -231,8 +256,8 @@ class RasterSpec(KernelSpec):
         return out
 
     def report_lines(self, config: Config) -> list[str]:
-        return [f"{self.tiles} tiles of {self.tile}x{self.tile}; key sort on the host step {self.name}_sort "
-                f"(torch.sort); workspaces {sum(w.nbytes for w in self.workspaces(config))} bytes"]
+        return [f"{self.tiles} tiles of {self.tile}x{self.tile}; " + SORT_NOTE.format(name=self.name),
+                self.workspace_note(config)]
 
     def aux_args(self, config: Config, inputs: list[Any], device: Any) -> list[Any]:
         """No auxiliary tensors; checks depths and radii first (SplatInputError)."""
