@@ -121,11 +121,19 @@ def run(h: int, i: int, tokens: list[int], reps: int, tune: int = 0) -> dict[str
         rows.append({"T": t, "dynamic_ms": t_dyn * 1e3, "static_ms": t_static * 1e3, "ratio": t_dyn / t_static,
                      "bucket": dyn.bucket({"T": t}).label(), "static_compile_s": static_compile,
                      "static_builds": static_builds, "static_tune_s": static_tune,
-                     "dynamic_configs": [ck.config_source for ck in dyn.bucket({"T": t}).compiled.kernels],
-                     "static_configs": [ck.config_source for ck in static.kernels]})
+                     "dynamic_configs": [dict(ck.config) for ck in dyn.bucket({"T": t}).compiled.kernels],
+                     "static_configs": [dict(ck.config) for ck in static.kernels]})
         print(f"T={t:<5} dynamic {t_dyn * 1e3:9.3f} ms  static {t_static * 1e3:9.3f} ms  dynamic/static "
               f"{t_dyn / t_static:5.2f}  (bucket {rows[-1]['bucket']}; static compile {static_compile:.1f} s, "
               f"{static_builds} builds)", flush=True)
+        if tune:  # the same configs on both sides: what being dynamic costs, apart from what each tune found
+            same = tf.compile(gs, target="cpu", cost_model=None,
+                              configs={ck.spec.name: ck.config for ck in dyn.bucket({"T": t}).compiled.kernels})
+            t_dyn2, t_same = paired_medians(lambda: dyn.run(inputs), lambda: same.run(inputs), reps)
+            rows[-1].update({"dynamic_ms_2": t_dyn2 * 1e3, "static_same_configs_ms": t_same * 1e3,
+                             "ratio_same_configs": t_dyn2 / t_same})
+            print(f"        dynamic {t_dyn2 * 1e3:9.3f} ms  static with the bucket's configs {t_same * 1e3:9.3f} ms  "
+                  f"dynamic/static {t_dyn2 / t_same:5.2f}", flush=True)
     if not tune:  # tuning builds too, between the compiles
         assert len(built) == dyn_builds + sum(r["static_builds"] for r in rows), "a dynamic call built something"
     per_t = sum(r["static_compile_s"] for r in rows)
