@@ -36,17 +36,21 @@ class SpecError(TilefuseError, RuntimeError):
 
 @dataclass(frozen=True)
 class SpecRef:
-    """A picklable handle on a KernelSpec: its canonical graph text, kernel name and backend.
+    """A picklable handle on a KernelSpec: its canonical graph text, kernel name and backend, and for a
+    dynamic kernel its size bucket and the sizes it is bound to (the text holds only the ranges).
     (Specs hold hash-consed IR nodes, which do not pickle; the pipeline is deterministic.)"""
 
     graph_text: str
     kernel: str
     backend: str
     key: str
+    bucket: tuple[tuple[str, int, int], ...] | None = None
+    sizes: tuple[tuple[str, int], ...] = ()
 
     @staticmethod
     def of(spec: KernelSpec, backend: str) -> SpecRef:
-        return SpecRef(spec.kg.graph.text, spec.name, backend, spec.key)
+        return SpecRef(spec.kg.graph.text, spec.name, backend, spec.key, spec.bucket,
+                       tuple(spec.bound_sizes().items()))
 
 
 @functools.lru_cache(maxsize=32)
@@ -56,10 +60,12 @@ def resolve(ref: SpecRef) -> KernelSpec:
     from ..kernels import fusion_rules, spec_for
     from ..passes import run_pipeline
 
-    kg = run_pipeline(parse_graph(ref.graph_text), fusion_rules()).kernels
+    g = parse_graph(ref.graph_text)
+    kg = run_pipeline(g.at(dict(ref.sizes)) if ref.sizes else g, fusion_rules()).kernels
     for k in kg.kernels:
         if k.name == ref.kernel:
             spec = spec_for(kg, k, ref.backend)
+            spec.bucket = ref.bucket
             if spec.key != ref.key:
                 raise SpecError(f"kernel {ref.kernel}: rebuilt workload key {spec.key[:12]} differs from "
                                 f"{ref.key[:12]}; the pass pipeline is not deterministic for this graph")

@@ -54,11 +54,12 @@ def _cpu_state(spec: Any, req: dict[str, Any]) -> _CpuState:
         def run_default() -> list[np.ndarray]:
             kern = tvm_runtime.build(spec, spec.default_config(get_target(req["arch"])), default_cache())
             args = kern._args(inputs, poison, alias_outputs=False)
-            for a, p in zip(args[len(inputs):], poison):
+            outs = args[len(inputs):len(inputs) + len(poison)]  # the dynamic sizes' ints follow the outputs
+            for a, p in zip(outs, poison):
                 a.copyfrom(p.reshape(a.shape))
             kern.func(*args)
             ref["run"] = lambda: kern.func(*args)
-            return [a.numpy() for a in args[len(inputs):]]
+            return [a.numpy() for a in outs]
 
         expected = expected_outputs(spec, inputs, run_default)
         st = _CpuState(inputs, poison, expected, CacheFlusher(req["flush_bytes"]),
@@ -84,7 +85,7 @@ def cpu_measure(req: dict[str, Any]) -> Measurement:
     hook: Callable[[Config, list[np.ndarray]], None] | None = req.get("hook")
     # TvmKernel's own argument marshalling; the timed loop calls the packed function directly.
     args = kern._args(st.inputs, st.poison, alias_outputs=False)
-    outs = args[len(st.inputs):]
+    outs = args[len(st.inputs):len(st.inputs) + len(st.poison)]  # the dynamic sizes' ints follow the outputs
 
     def poison() -> None:
         for a, p in zip(outs, st.poison):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..frontend import Tensor
+from ..ir import dims
 from ..ir import dtypes as dt
 from ..ir import expr as ex
 from ..ir.expr import Expr, ExprLike
@@ -24,6 +25,9 @@ def _v(name: str) -> Expr:
 
 def _q_abs(sq: int, sk: int) -> Expr:
     """The key position of query row q_idx under bottom-right alignment."""
+    if dims.is_dynamic(sk - sq):  # a mask's constants are numbers: the offset would freeze at one value
+        raise VerifyError(f"mask: the query offset Sk - Sq = {sk - sq!s} depends on a dynamic size; masks with "
+                          "dynamic sizes need Sq == Sk (the same parameter) or both static")
     return _v("q_idx") + (sk - sq) if sk != sq else _v("q_idx")
 
 

@@ -189,7 +189,7 @@ class Sym(int):
         if spec:
             return format(int(self), spec)
         atomic = len(self.poly) == 1 and self.poly[0][1] == 1 and len(self.poly[0][0]) == 1
-        return str(self) if atomic else f"({self})"
+        return str(self) if atomic else f"({self!s})"
 
     @property
     def names(self) -> tuple[str, ...]:

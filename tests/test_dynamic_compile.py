@@ -124,10 +124,3 @@ def test_dynamic_reduction_axis_and_columns_on_interp():
         _ok(cg, g, n, seed=n)
 
 
-def test_attention_with_a_dynamic_sequence_length_needs_it_static():
-    b = tf.GraphBuilder("causal")
-    t = b.dyn("T", 1, 1024, hint=64)
-    q, k, v = (b.input(n, (1, 2, t, 32), "f16") for n in "qkv")
-    b.output("o", tf.attention(q, k, v, mask_mod=tf.causal_mask(t, t)))
-    with pytest.raises(StaticSizeRequired, match="the query length .* depends on the dynamic parameter T"):
-        tf.compile(b.build(), target="interp")

@@ -73,3 +73,15 @@ def test_report_shows_the_dispatch_table(target):
     assert "dispatch table (size bucket -> config):" in text
     for span in ("T=1..4", "T=5..16", "T=17..64"):
         assert span in text
+
+
+def test_real_measurements_of_a_dynamic_kernel_per_bucket(tmp_path: Path):
+    # The worker rebuilds the spec from the graph text: it must get the bucket (the record's key) and the
+    # bucket's sizes back, and a TVM kernel's size arguments follow its outputs (both once failed every trial).
+    g = _graph()
+    with TuningDB(f"sqlite:///{tmp_path / 't.db'}") as db:
+        res = tune_graph(g, "cpu", budget=2, strategy="random", db=db, buckets=[4], patience=None)
+        assert [r.statuses for r in res.rows] == [{"ok": 2}, {"ok": 2}]
+        cg = tf.compile(g, target="cpu", db=db, cost_model=None, buckets=[4])
+        assert all(ck.config_source.startswith("database: this device") for b in cg.buckets
+                   for ck in b.compiled.kernels)

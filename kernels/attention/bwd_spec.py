@@ -92,6 +92,8 @@ class AttentionBwdSpec(AttentionSpec):
         q, k, v, o, do, lse = node.src[:6]
         self.B, self.Hq, self.Sq, self.D = q.shape
         self.Hkv, self.Sk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
+        for size, what in ((self.B, "the batch"), (self.Sq, "the query length"), (self.Sk, "the key length")):
+            self.require_static(size, what, "triton")  # no run-time block lists in the backward yet
         self.group = self.Hq // self.Hkv
         self.dtype = q.dtype
         self.scale = float(node.attr("scale"))
@@ -119,7 +121,8 @@ class AttentionBwdSpec(AttentionSpec):
                 self.outs.append((i, ROLES[out.attr("index")]))
             else:
                 raise LoweringError(f"{self.name}: output {out!r} is not a result of the attention_bwd")
-        self._sparsity: dict[tuple[int, int], BlockSparsity] = {}
+        self._sparsity: dict[tuple[int, ...], BlockSparsity] = {}
+        self.dynamic_sizes = False  # required static above
         self._aux: dict[Any, list[Any]] = {}
         self._describe: dict[str, Any] | None = None
 
@@ -137,7 +140,7 @@ class AttentionBwdSpec(AttentionSpec):
         return self.out_index("dq") is not None
 
     def block_lists(self, config: Config, operands: dict[int, np.ndarray] | None = None,
-                    device: Any = None) -> BwdLists:
+                    device: Any = None, sizes: Mapping[str, int] | None = None) -> BwdLists:
         """CSR lists (forward and transposed) for `config`, numpy or built on `device` (see the forward);
         `operands` refines data-dependent masks."""
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")

@@ -19,14 +19,14 @@ post_mod and accumulates P' V; no score matrix is materialised.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ...schedule.config import Config
 from ...schedule.target import Target
+from ...ir import dims
 from ...ir.dtypes import DType
 from ...ir.expr import E, Expr
 from ...ir.expr import toposort as expr_toposort
@@ -38,45 +38,11 @@ from ..base import KernelSpec
 from ..registry import register_family
 from .block_sparsity import BlockLists, BlockSparsity, analyze, analyze_runtime, block_aligned_loads
 from ..lowering import LoweringError, next_pow2
+from .dyn_sizes import concrete, remember, sizes_from_inputs
+from .registers import FWD_REGISTERS, RegisterModel  # noqa: F401  (re-exported)
 
 AUX_NAMES = ("kv_ptr", "kv_nfull", "kv_idx", "head_pat")
 REF_BLOCK = (128, 64)  # block sizes of the structure recorded in the workload key and flops()
-
-
-@dataclass(frozen=True)
-class RegisterModel:
-    """Coefficients of the forward's register estimate (32-bit registers per thread) on one arch:
-    (BLOCK_M x Dv accumulator + score x BLOCK_M x BLOCK_N + kv x BLOCK_N x (D + Dv)) / threads <= limit.
-    `score` counts f32 score-sized tiles live at once; the k/v fraction `kv` depends on pipelining: with
-    num_stages 1 the k and v tiles pass through registers on their way to shared memory (no cp.async),
-    and every stage beyond two keeps another set of copies in flight."""
-
-    score: float
-    score_post: float  # more score tiles in a post_mod kernel (p, post_mod's value, the keep mask)
-    kv: float
-    kv_unpipelined: float  # added at num_stages 1
-    kv_unpipelined_post: float  # added at num_stages 1 in a post_mod kernel
-    kv_per_stage: float  # added per stage beyond two
-    limit: int
-
-    def estimate(self, bm: int, bn: int, d: int, dv: int, warps: int, stages: int, post: bool) -> int:
-        """Registers per thread of a BLOCK_M x BLOCK_N tile at head dims d / dv (padded)."""
-        kv = self.kv + self.kv_per_stage * max(0, stages - 2)
-        if stages == 1:
-            kv += self.kv_unpipelined + (self.kv_unpipelined_post if post else 0.0)
-        score = self.score + (self.score_post if post else 0.0)
-        return math.ceil((bm * dv + score * bm * bn + kv * bn * (d + dv)) / (warps * 32))
-
-
-# Fitted to AOT builds of causal f16 attention with and without a post_mod: BLOCK_M and BLOCK_N in 32 / 64 / 128,
-# 4 / 8 warps, 1-3 stages at hdim 64 and 128, and BLOCK_N 16 / 32 / 64 with 1-2 stages at hdim 256. The
-# defaults must pass; how many accepted builds still spill is in constraints().
-FWD_REGISTERS = {
-    80: RegisterModel(score=1.5, score_post=1.0, kv=0.0, kv_unpipelined=0.125, kv_unpipelined_post=0.25,
-                      kv_per_stage=0.125, limit=168),
-    90: RegisterModel(score=1.0, score_post=0.0, kv=0.125, kv_unpipelined=0.25, kv_unpipelined_post=0.25,
-                      kv_per_stage=0.0, limit=200),
-}
 
 
 @register_family("attention")
@@ -93,9 +59,9 @@ class AttentionSpec(KernelSpec):
         q, k, v = node.src[:3]
         self.B, self.Hq, self.Sq, self.D = q.shape
         self.Hkv, self.Sk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
-        for size, what in ((self.Sq, "the query length"), (self.Sk, "the key length"), (self.B, "the batch")):
-            # the block-sparsity analysis runs at compile time; no run-time fallback for dynamic sizes yet
-            self.require_static(size, f"{what} (its mask's block sparsity is analysed at compile time)", "triton")
+        for size, what in ((self.Hq, "the query heads"), (self.Hkv, "the kv heads"), (self.D, "the head dim"),
+                           (self.Dv, "the value head dim")):
+            self.require_static(size, what, "triton")  # dynamic B, Sq, Sk: block lists at run time (dyn_sizes.py)
         self.group = self.Hq // self.Hkv
         self.dtype = q.dtype
         self.scale = float(node.attr("scale"))
@@ -113,6 +79,15 @@ class AttentionSpec(KernelSpec):
                 raise LoweringError(f"{self.name}: mask/score operand {i} ({x!r}) must be a tensor or a view "
                                           "of one; materialise computed operands first")
             self.extra_slot[i] = e.arg
+        self.dynamic_sizes = any(dims.is_dynamic(x) for x in (self.B, self.Sq, self.Sk))
+        if self.dynamic_sizes and max(dims.upper(h * s * d) for h, s in ((self.Hq, self.Sq), (self.Hkv, self.Sk))
+                                      for d in (self.D, self.Dv)) >= 2**31:  # the kernel's offsets: int32 sizes
+            raise LoweringError(f"{self.name}: a batch entry of q, k, v or out exceeds 2^31 - 1 elements at the top of "
+                                "the dynamic size's range; lower the range's top")
+        if self.dynamic_sizes and self.dynamic:
+            self.require_static(next(x for x in (self.Sq, self.Sk, self.B) if dims.is_dynamic(x)),
+                                "a size of an attention whose mask reads operands (their block shapes follow it)",
+                                "triton")
         self.outs: list[tuple[int, str]] = []
         for i, o in enumerate(kernel.group.outputs):
             if o is node:
@@ -122,7 +97,7 @@ class AttentionSpec(KernelSpec):
             else:
                 raise LoweringError(f"{self.name}: output {o!r} is not a result of the attention")
             self.outs.append((i, role))
-        self._sparsity: dict[tuple[int, int], BlockSparsity] = {}
+        self._sparsity: dict[tuple[int, ...], BlockSparsity] = {}
         self._aux: dict[Any, list[Any]] = {}
         self._describe: dict[str, Any] | None = None
 
@@ -132,23 +107,25 @@ class AttentionSpec(KernelSpec):
         """Whether the mask reads operands (its block classes then depend on data)."""
         return self.mask is not None and any(n.op is E.LOAD for n in expr_toposort([self.mask]))
 
-    def sparsity(self, bm: int, bn: int) -> BlockSparsity:
-        """Compile-time block classes at BLOCK_M x BLOCK_N (cached)."""
-        key = (bm, bn)
-        if key not in self._sparsity:
-            self._sparsity[key] = analyze(self.mask, self.B, self.Hq, self.Sq, self.Sk, bm, bn)
-        return self._sparsity[key]
+    def sparsity(self, bm: int, bn: int, sizes: Mapping[str, int] | None = None) -> BlockSparsity:
+        """Block classes at BLOCK_M x BLOCK_N (cached): at compile time, or for dynamic sizes at `sizes`
+        (default: the spec's binding)."""
+        b, sq, sk = concrete((self.B, self.Sq, self.Sk), sizes)
+        key = (bm, bn, b, sq, sk)
+        hit = self._sparsity.get(key)
+        return hit if hit is not None else remember(self._sparsity, key, analyze(self.mask, b, self.Hq, sq, sk, bm, bn))
 
     def runtime_lists(self, bm: int, bn: int) -> bool:
         """Whether block lists are rebuilt from the operands at run time (block-aligned loads)."""
-        return self.mask is not None and self.dynamic and block_aligned_loads(self.mask, self.Sq, self.Sk, bm, bn)
+        return self.mask is not None and self.dynamic and \
+            block_aligned_loads(self.mask, int(self.Sq), int(self.Sk), bm, bn)
 
     def block_lists(self, config: Config, operands: dict[int, np.ndarray] | None = None,
-                    device: Any = None) -> BlockLists:
-        """CSR lists for `config`: numpy, or torch tensors built on `device` by the mask_compact kernel;
-        `operands` (attention operand index -> array) refines data-dependent masks."""
+                    device: Any = None, sizes: Mapping[str, int] | None = None) -> BlockLists:
+        """CSR lists for `config` (at `sizes` for dynamic ones): numpy, or torch tensors built on `device`
+        by the mask_compact kernel; `operands` (attention operand index -> array) refines data-dependent masks."""
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
-        sp = self.sparsity(bm, bn)
+        sp = self.sparsity(bm, bn, sizes)
         if operands is not None and self.mask is not None and self.runtime_lists(bm, bn):
             from ...ir.attention_op import make_loader
 
@@ -166,7 +143,8 @@ class AttentionSpec(KernelSpec):
         """The block-list tensors for a launch on `inputs` (the kernel's input tensors)."""
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         runtime = self.runtime_lists(bm, bn)
-        key: tuple[Any, ...] = (bm, bn, str(device))
+        sizes = sizes_from_inputs(self.inputs, inputs) if self.dynamic_sizes else None
+        key: tuple[Any, ...] = (bm, bn, str(device), *concrete((self.B, self.Sq, self.Sk), sizes))
         if runtime:
             key += tuple((t.data_ptr(), t._version, tuple(t.shape))
                          for t in (inputs[self.loads[s].buffer] for s in self.extra_slot.values()))
@@ -177,19 +155,20 @@ class AttentionSpec(KernelSpec):
             # Data-dependent: classes from the operands, compacted on the launch's device by the
             # generated mask_compact kernel; one such entry is kept.
             out = self.block_lists(config, self._host_operands(inputs), device).as_list()
-            self._aux = {k: v for k, v in self._aux.items() if len(k) == 3}
+            self._aux = {k: v for k, v in self._aux.items() if len(k) == 6}
         else:
-            # Static: the compile-time lists, compacted on the host once per block size and device.
+            # Static: the compile-time lists (or with dynamic sizes those of this call's sizes), compacted on
+            # the host once per block size, sizes and device.
             import torch
 
-            out = [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in self.block_lists(config).as_list()]
-        self._aux[key] = out
-        return out
+            out = [torch.from_numpy(np.ascontiguousarray(a)).to(device)
+                   for a in self.block_lists(config, sizes=sizes).as_list()]
+        return remember(self._aux, key, out)
 
     def constant_aux(self, config: Config) -> list[Any] | None:
         """The compile-time block lists (int32 numpy), unless a data-dependent mask rebuilds them from the
-        operands at launch (then None)."""
-        if self.runtime_lists(config.int("BLOCK_M"), config.int("BLOCK_N")):
+        operands at launch, or the sizes are dynamic (then None)."""
+        if self.dynamic_sizes or self.runtime_lists(config.int("BLOCK_M"), config.int("BLOCK_N")):
             return None
         return [np.ascontiguousarray(a, dtype=np.int32) for a in self.block_lists(config).as_list()]
 
@@ -216,7 +195,8 @@ class AttentionSpec(KernelSpec):
                 "score_mod": format_expr(self.score_mod) if self.score_mod is not None else None,
                 "extra_slots": sorted(self.extra_slot.items()),
                 "outputs": [[i, r] for i, r in self.outs],
-                "block_structure": ref.describe(),
+                # dynamic sizes: the structure depends on them, so the key records where it comes from
+                "block_structure": "run time (dynamic sizes)" if self.dynamic_sizes else ref.describe(),
             }
             if self.post_mod is not None:  # only when present: keys of kernels without one stay as they were
                 self._describe["post_mod"] = format_expr(self.post_mod)
@@ -330,7 +310,8 @@ class AttentionSpec(KernelSpec):
         return cfg
 
     def grid(self, config: Config) -> tuple[int, int, int]:
-        return (-(-self.Sq // config.int("BLOCK_M")), self.B * self.Hq, 1)
+        bm = config.int("BLOCK_M")
+        return ((self.Sq + bm - 1) // bm, self.B * self.Hq, 1)
 
     def flops(self) -> float:
         """Matmul flops of the visited blocks (dense flops times the block density at 128x64); a
@@ -378,6 +359,10 @@ class AttentionSpec(KernelSpec):
         """The block-sparsity summary at the chosen block sizes (for the compile report)."""
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
         lines = self.sparsity(bm, bn).summary()
+        if self.dynamic_sizes:
+            at = ", ".join(f"{k}={v}" for k, v in self.bound_sizes().items())
+            lines.append(f"  dynamic sizes: the compile-time block analysis falls back to run time (the table above is "
+                         f"at {at}); block lists are analysed on the host for each call's sizes and cached")
         if self.runtime_lists(bm, bn):
             lines.append("  data-dependent mask: block lists rebuilt from the operands at run time")
         elif self.dynamic:

@@ -21,6 +21,7 @@ from ...ir import dtypes as dt
 from ...ir.expr import E, Expr
 from ...codegen.headers import header
 from ..lowering import LoadSite
+from .dyn_sizes import cdiv_text
 
 if TYPE_CHECKING:
     from .spec import AttentionSpec
@@ -267,7 +268,7 @@ def render(spec: AttentionSpec, config: Config, interpret: bool = False) -> str:
           f"{IND}m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)",
           f"{IND}l_i = tl.zeros([BLOCK_M], dtype=tl.float32)",
           f"{IND}acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)",
-          f"{IND}row = tl.load(head_pat + pid_bh) * {-(-sq // bm)} + pid_m",
+          f"{IND}row = tl.load(head_pat + pid_bh) * {cdiv_text(sq, bm)} + pid_m",
           f"{IND}start = tl.load(kv_ptr + row)",
           f"{IND}mid = start + tl.load(kv_nfull + row)",
           f"{IND}end = tl.load(kv_ptr + row + 1)"]
