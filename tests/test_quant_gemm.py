@@ -63,7 +63,7 @@ def test_split_k_batched_and_group_m_apply_unchanged() -> None:
     g = graph(case, 3, K, N, batch=(2,))
     probe = compile_graph(g, "interp", db=None, cost_model=None, aot=False)
     name = probe.kernels[0].spec.name
-    cfg = Config(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=4, SPLIT_K=2, num_warps=2, num_stages=2)
+    cfg = Config(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=4, SPLIT_K=2, num_warps=2, num_stages=2, I4_F16=0)
     cg = compile_graph(g, "interp", configs={name: cfg}, db=None, cost_model=None)
     assert cg.kernels[0].config == cfg
     check(cg, case, seed=13)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...schedule.config import Config
@@ -132,10 +132,17 @@ class MatmulSpec(KernelSpec):
         return None
 
     def loaders(self) -> dict[str, Expr]:
-        """VAR name -> the value a loader computes for it: an expression of the operand's row and column
-        (i32 VARs `r`, `c`) and of LOADs of kernel inputs at explicit flat indices. The templates render it
-        wherever an operand expression reads the VAR."""
+        """VAR name -> the value a loader computes for it: an expression of the operand's row and column (i32
+        VARs `r`, `c`) and LOADs at explicit flat indices, rendered wherever an operand reads the VAR."""
         return {}
+
+    def specialized(self, config: Config) -> MatmulSpec:
+        """This spec as the templates render it under `config` (a copy when loaders depend on knobs)."""
+        return self
+
+    def loader_text(self, e: Expr, name: Callable[[Expr], str]) -> str | None:
+        """Triton text for loader node `e` rendered by the family itself (inline asm), else None."""
+        return None
 
     def scaled_dot(self, config: Config) -> ScaledDot | None:
         """The operand tiles and per-step scales when this kernel applies scales after each dot (the

@@ -97,7 +97,13 @@ class _Scope:
         if e.op is E.VAR:
             return {"r": self.row, "c": self.col}[e.arg]
         if e.op is not E.LOAD:
-            return None
+            text = self.spec.loader_text(e, lambda s: em.memo[id(s)])
+            if text is None:
+                return None
+            name = f"{em.prefix}x{em.count}"
+            em.count += 1
+            self.lines.append(f"{self.indent}{name} = {text}")
+            return name
         name = f"{em.prefix}ld{em.count}"
         em.count += 1
         # an fp8 pointer takes a float `other` (the interpreter cannot cast an int tile to fp8e4nv)
@@ -282,6 +288,7 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
 
     The Triton interpreter computes bf16 dots wrongly (triton 3.6), so for it bf16 operands are
     widened to f32: exact, since bf16 products are exact in f32 accumulation."""
+    spec = spec.specialized(config)
     masks = _masks(spec, config)
     split = config.int("SPLIT_K")
     args = spec.arg_names() + [w.name for w in spec.workspaces(config)]

@@ -5,8 +5,9 @@ dequantizing loader into the matmul templates' operand-loader hook (MatmulSpec.o
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +25,7 @@ from ...schedule.target import Target
 from ..lowering import LoweringError, next_pow2, prod
 from ..matmul.spec import CPU_TILE_N, MatmulSpec, ScaledDot, padded
 from ..registry import register_family
-from . import fp8
+from . import fp8, magic
 from .dequant import Operand, dequant_value
 
 
@@ -54,6 +55,10 @@ class QuantMatmulSpec(MatmulSpec):
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         self.planes: list[Plane] = []
+        # the I4_F16 knob (kernels/quant/magic.py): planes' magic-number values, the f16 subtractions
+        self._magic: dict[str, Expr] = {}
+        self._subs: set[Expr] = set()
+        self._asm = False
         self._kg, self._kernel = kg, kernel
         super().__init__(kg, kernel)
         if not self.planes:
@@ -85,10 +90,24 @@ class QuantMatmulSpec(MatmulSpec):
         ops = [self._operand_of(s) for s in n.src]
         plane = Plane(f"dq{len(self.planes)}", n, dequant_value(n, ops))
         self.planes.append(plane)
+        if magic.applies(n):
+            self._magic[plane.var], sub = magic.value(n, ops)
+            self._subs.add(sub)
         return ex.var(plane.var, n.dtype)
 
     def loaders(self) -> dict[str, Expr]:
         return getattr(self, "_loaders", {p.var: p.value for p in self.planes})
+
+    def specialized(self, config: Config) -> QuantMatmulSpec:
+        if not (self._magic and magic.KNOB in config and config.int(magic.KNOB)):
+            return self
+        out = copy.copy(self)
+        out._loaders = {**self._loaders, **self._magic}
+        out._asm = config.int(magic.KNOB) == 2
+        return out
+
+    def loader_text(self, e: Expr, name: Callable[[Expr], str]) -> str | None:
+        return magic.asm_text(e, name) if self._asm and e in self._subs else None
 
     def _operand_of(self, s: Node) -> Operand:
         """Dequantize operand `s` as this kernel reads it: its input buffer and strided view."""
@@ -153,6 +172,8 @@ class QuantMatmulSpec(MatmulSpec):
         return self.fp8.a.code.dtype if self.fp8 is not None else super().mma_dtype()
 
     def report_lines(self, config: Config) -> list[str]:
+        if magic.KNOB in config:
+            return [magic.report_line(config)]
         if self.fp8 is None or "BLOCK_K" not in config:
             return []
         how = "native e4m3 tensor-core dots" if fp8.native(config) else "bytes decoded to f16, f16 dots"
@@ -162,7 +183,8 @@ class QuantMatmulSpec(MatmulSpec):
     def check_problems(self, config: Config, target: Target) -> list[str]:
         problems = super().check_problems(config, target)
         why = fp8.reasons(config, target) if self.fp8 is not None and target.kind != "cpu" else []
-        return why + [p for p in problems if not p.startswith(("BLOCK_K=", "FP8_MMA="))] if why else problems
+        why += magic.reasons(config, target) if self._magic else []
+        return why + [p for p in problems if not p.startswith(("BLOCK_K=", "FP8_MMA=", "I4_F16="))] if why else problems
 
     def launch_plan(self, config: Config, sizes: Mapping[str, int] | None = None) -> LaunchPlan:
         """The matmul's plan; fp8 codes are u8 pointers unless the config takes native fp8 dots (sm_80 refuses
@@ -189,6 +211,8 @@ class QuantMatmulSpec(MatmulSpec):
         if target.kind == "cpu":
             # the decode schedule has no reduction epilogue stages
             return {**space, "gemv": (0,) if self.reductions else (0, 1)}
+        if self._magic and self.fp8 is None:
+            return {**space, magic.KNOB: magic.knob_values(target)}
         return fp8.knobs(space, target) if self.fp8 is not None else space
 
     def _cpu_constraints(self, config: Config) -> list[str]:
@@ -257,6 +281,8 @@ class QuantMatmulSpec(MatmulSpec):
             # sm_90's 128x256 prefill tile: its accumulator and a dequantized 64x256 B tile spill (AWQ build)
             cfg = cfg.replace(BLOCK_N=128)
         cfg = fp8.default(cfg, target, self.M) if self.fp8 is not None else self._fit_dequant(cfg)
+        if magic.KNOB in self.knob_space(target):
+            cfg = cfg.replace(**{magic.KNOB: 0})
         while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
             cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
         return cfg
