@@ -15,7 +15,7 @@ from ...ir import dtypes as dt
 from ...ir import expr as ex
 from ...ir.expr import E, Expr
 from ...ir.ops import Node, Op
-from ...ir.quant_op import CONTAINERS, FP8, unit
+from ...ir.quant_op import CONTAINERS, FP8, grid_block, unit
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
 from ...passes.views import base_of, strided_view
@@ -149,6 +149,14 @@ class QuantMatmulSpec(MatmulSpec):
         B tile costs in registers."""
         return sum(len(ex.toposort([p.value])) for p in self.planes)
 
+    def packed_zero_group(self) -> int:
+        """The shortest K run sharing one packed zero point (a large number without packed zeros). A decode
+        k-step spans at most one: int2 G=64 with packed zeros at BLOCK_K=128 (two zero rows unpacked per
+        column and step) spilled 8 B on sm_90 (M=1, 4 stages; 128 registers); at BLOCK_K=64, 96 registers."""
+        runs = [grid_block(p.node.attr("zero_layout"), p.node.attr("group_size"), tuple(p.node.attr("shape")))[0]
+                for p in self.planes if p.node.attr("zeros_packed")]
+        return min(runs, default=1 << 30)
+
     def pack_units(self) -> tuple[int, int]:
         """(ek, en): codes per packing unit along K and along N (lcm over the planes; 1 when unpacked)."""
         ek = en = 1
@@ -268,7 +276,7 @@ class QuantMatmulSpec(MatmulSpec):
             return gemv or cfg.replace(gemv=0)
         if self.M <= 64:
             bm = max(16, next_pow2(self.M))
-            bk = max(16, min(128, next_pow2(self.K)))
+            bk = max(16, min(128, next_pow2(self.K), self.packed_zero_group()))
             bn = max(16, min(64, next_pow2(self.N)))
             tiles = -(-self.M // bm) * -(-self.N // bn) * max(1, prod(self.batch))
             split = 1
