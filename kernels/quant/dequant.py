@@ -162,8 +162,9 @@ def fp8_parts(n: Node, ops: list[Operand]) -> tuple[Expr, Expr]:
     return ops[0].at(R, C), scales(n, ops, tuple(n.attr("shape")))
 
 
-def dequant_value(n: Node, ops: list[Operand]) -> Expr:
-    """Element (r, c) of dequantize node `n` in its out dtype; `ops` are its operands as the kernel reads them."""
+def dequant_value(n: Node, ops: list[Operand], scale: Expr | None = None) -> Expr:
+    """Element (r, c) of dequantize node `n` in its out dtype; `ops` are its operands as the kernel reads them;
+    `scale` stands for its f32 scale when given (a tile computed once per scale block)."""
     shape = tuple(n.attr("shape"))
     bits = n.attr("bits")
     p = n.src[0]
@@ -175,7 +176,7 @@ def dequant_value(n: Node, ops: list[Operand]) -> Expr:
         code = ex.where(code.ge(1 << (bits - 1)), code - (1 << bits), code)
     codebook = n.attr("codebook")
     val = _table(code, codebook, dt.f32) if codebook is not None else ex.cast(code, dt.f32)
-    s = scales(n, ops, shape)
+    s = scales(n, ops, shape) if scale is None else scale
     if n.attr("symmetric"):
         z0 = 1 << (bits - 1) if codebook is None and not n.attr("signed") else 0
         w = (val - float(z0)) * s if z0 else val * s

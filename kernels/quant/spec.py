@@ -26,7 +26,7 @@ from ..lowering import LoweringError, next_pow2, prod
 from ..matmul.spec import CPU_TILE_N, MatmulSpec, ScaledDot, padded
 from ..registry import register_family
 from . import fp8, magic
-from .dequant import Operand, dequant_value
+from .dequant import Operand, dequant_value, scales
 
 
 # Expression nodes x B elements one thread may dequantize per k-step (sm_80/sm_90 builds: AWQ's ~40 nodes
@@ -36,6 +36,8 @@ DEQUANT_BUDGET = 4096
 GEMV_DEFAULT_M = 4
 GEMV_MAX_M = 32
 GEMV_ACC_FLOATS = 256
+# 1: a scale shared by a run of columns (NF4's absmax per 64) computed once per B-tile row, not per element
+ROW_KNOB = "BLOCK_SCALE"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,11 @@ class QuantMatmulSpec(MatmulSpec):
         self._magic: dict[str, Expr] = {}
         self._subs: set[Expr] = set()
         self._asm = False
+        # the BLOCK_SCALE knob: planes whose scale is constant over `_run` columns, their scale once per tile row
+        self._row: dict[str, Expr] = {}
+        self._row_scaled: dict[str, Expr] = {}
+        self._row_active: dict[str, Expr] = {}
+        self._run = 1 << 30
         self._kg, self._kernel = kg, kernel
         super().__init__(kg, kernel)
         if not self.planes:
@@ -93,18 +100,39 @@ class QuantMatmulSpec(MatmulSpec):
         if magic.applies(n):
             self._magic[plane.var], sub = magic.value(n, ops)
             self._subs.add(sub)
+        elif n.attr("symmetric") and n.src[0].dtype not in FP8:
+            run = grid_block(n.attr("scale_layout"), n.attr("group_size"), tuple(n.attr("shape")))[1]
+            if run >= 16 and run < self.N:
+                sv = f"{plane.var}_s"
+                self._row[sv] = scales(n, ops, tuple(n.attr("shape")))
+                self._row_scaled[plane.var] = dequant_value(n, ops, ex.var(sv, dt.f32))
+                self._run = min(self._run, run)
         return ex.var(plane.var, n.dtype)
 
     def loaders(self) -> dict[str, Expr]:
         return getattr(self, "_loaders", {p.var: p.value for p in self.planes})
 
     def specialized(self, config: Config) -> QuantMatmulSpec:
-        if not (self._magic and magic.KNOB in config and config.int(magic.KNOB)):
+        use_magic = bool(self._magic) and magic.KNOB in config and config.int(magic.KNOB) > 0
+        row = bool(self._row) and ROW_KNOB in config and config.int(ROW_KNOB) == 1
+        if not (use_magic or row):
             return self
         out = copy.copy(self)
-        out._loaders = {**self._loaders, **self._magic}
-        out._asm = config.int(magic.KNOB) == 2
+        out._loaders = {**self._loaders, **(self._magic if use_magic else {}), **(self._row_scaled if row else {})}
+        out._asm = use_magic and config.int(magic.KNOB) == 2
+        out._row_active = self._row if row else {}
         return out
+
+    def row_loaders(self) -> dict[str, Expr]:
+        return self._row_active
+
+    def _row_problems(self, config: Config) -> list[str]:
+        if not (ROW_KNOB in config and config.int(ROW_KNOB) == 1 and "BLOCK_N" in config):
+            return []
+        if self._run % config.int("BLOCK_N"):
+            return [f"{ROW_KNOB}=1 needs BLOCK_N to divide the {self._run} columns that share a scale, "
+                    f"got BLOCK_N={config['BLOCK_N']}"]
+        return []
 
     def loader_text(self, e: Expr, name: Callable[[Expr], str]) -> str | None:
         return magic.asm_text(e, name) if self._asm and e in self._subs else None
@@ -144,10 +172,10 @@ class QuantMatmulSpec(MatmulSpec):
     def features(self, config: Config) -> dict[str, float]:
         return {**super().features(config), **self.format_features()}
 
-    def dequant_work(self) -> int:
+    def dequant_work(self, row: bool = False) -> int:
         """Expression nodes evaluated per dequantized B element (all planes): what a thread's share of the
-        B tile costs in registers."""
-        return sum(len(ex.toposort([p.value])) for p in self.planes)
+        B tile costs in registers; `row`: with the block scales computed once per tile row (BLOCK_SCALE=1)."""
+        return sum(len(ex.toposort([self._row_scaled.get(p.var, p.value) if row else p.value])) for p in self.planes)
 
     def packed_zero_group(self) -> int:
         """The shortest K run sharing one packed zero point (a large number without packed zeros). A decode
@@ -180,6 +208,9 @@ class QuantMatmulSpec(MatmulSpec):
         return self.fp8.a.code.dtype if self.fp8 is not None else super().mma_dtype()
 
     def report_lines(self, config: Config) -> list[str]:
+        if ROW_KNOB in config:
+            how = "once per B-tile row" if config.int(ROW_KNOB) else "per element"
+            return [f"block scales (one per {self._run} columns): {ROW_KNOB}={config.int(ROW_KNOB)} ({how})"]
         if magic.KNOB in config:
             return [magic.report_line(config)]
         if self.fp8 is None or "BLOCK_K" not in config:
@@ -192,6 +223,7 @@ class QuantMatmulSpec(MatmulSpec):
         problems = super().check_problems(config, target)
         why = fp8.reasons(config, target) if self.fp8 is not None and target.kind != "cpu" else []
         why += magic.reasons(config, target) if self._magic else []
+        problems += self._row_problems(config) if target.kind != "cpu" else []
         return why + [p for p in problems if not p.startswith(("BLOCK_K=", "FP8_MMA=", "I4_F16="))] if why else problems
 
     def launch_plan(self, config: Config, sizes: Mapping[str, int] | None = None) -> LaunchPlan:
@@ -219,6 +251,8 @@ class QuantMatmulSpec(MatmulSpec):
         if target.kind == "cpu":
             # the decode schedule has no reduction epilogue stages
             return {**space, "gemv": (0,) if self.reductions else (0, 1)}
+        if self._row:
+            space = {**space, ROW_KNOB: (0, 1)}
         if self._magic and self.fp8 is None:
             return {**space, magic.KNOB: magic.knob_values(target)}
         return fp8.knobs(space, target) if self.fp8 is not None else space
@@ -291,15 +325,19 @@ class QuantMatmulSpec(MatmulSpec):
         cfg = fp8.default(cfg, target, self.M) if self.fp8 is not None else self._fit_dequant(cfg)
         if magic.KNOB in self.knob_space(target):
             cfg = cfg.replace(**{magic.KNOB: 0})
+        if self._row:
+            # the scale per tile row is the same arithmetic (bit-identical), once per row instead of per element
+            cfg = cfg.replace(**{ROW_KNOB: int(self._run % cfg.int("BLOCK_N") == 0)})
         while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
             cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
         return cfg
 
     def _fit_dequant(self, cfg: Config) -> Config:
-        work = self.dequant_work()
+        work, row_work = self.dequant_work(), self.dequant_work(row=True)
 
         def per_thread(c: Config) -> int:
-            return c.int("BLOCK_K") * c.int("BLOCK_N") // (32 * c.int("num_warps")) * work
+            row = bool(self._row) and self._run % c.int("BLOCK_N") == 0
+            return c.int("BLOCK_K") * c.int("BLOCK_N") // (32 * c.int("num_warps")) * (row_work if row else work)
 
         while per_thread(cfg) > DEQUANT_BUDGET:
             bm, bn, warps = cfg.int("BLOCK_M"), cfg.int("BLOCK_N"), cfg.int("num_warps")
