@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("triton")
 
 from tilefuse.compiler import compile_graph  # noqa: E402
+from tilefuse.schedule.target import get_target  # noqa: E402
 
 from quant_formats import Case, awq, gptq, graph, int2_asym, int8_per_channel, nf4, sym_int4  # noqa: E402
 
@@ -22,9 +23,12 @@ def assert_default_builds(case: Case, arch: str, m: int, k: int, n: int) -> None
     cg = compile_graph(graph(case, m, k, n, epilogue=True), arch, db=None, cost_model=None)
     assert [ck.spec.family for ck in cg.kernels] == ["quant_matmul"]
     ck = cg.kernels[0]
+    cap = get_target(arch).max_shared_bytes
     for name, b in ck.binaries[arch].items():
         r = b.resources
         assert not r.spills, f"{case.name} M={m} {name} spills on {arch} under {ck.config}: {r}"
+        # more shared memory than the arch has would build but never launch
+        assert r.shared_bytes <= cap, f"{case.name} M={m} {name} on {arch} under {ck.config}: {r.shared_bytes} B"
         if name != ck.spec.name:  # the split-K finishing kernel sums partials: no MMA
             continue
         mma = r.hmma + r.hgmma if arch == "sm_90" else r.hmma

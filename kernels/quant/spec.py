@@ -199,10 +199,21 @@ class QuantMatmulSpec(MatmulSpec):
 
     # -- block-scaled FP8 (kernels/quant/fp8.py): BLOCK_K = 128, the FP8_MMA knob, fp8 bytes as u8 --
     def smem_bytes(self, config: Config) -> int:
-        if self.fp8 is None:
-            return super().smem_bytes(config)
+        """Shared memory of the pipelined tiles. What Triton stages for B are the loader's loads, not the
+        dequantized tile: every LOAD of the B loaders as a [BLOCK_K, BLOCK_N] tile of its dtype (a row loader's
+        as [BLOCK_K, 1]). Counting only f16 operand tiles let defaults past the limit: AWQ at M=1 built with
+        292 KB on sm_90 (the cap is 227 KB), GPTQ int3 374 KB."""
         bm, bn, bk = config.int("BLOCK_M"), config.int("BLOCK_N"), config.int("BLOCK_K")
-        return config.int("num_stages") * (bm * bk + bk * bn)  # the fp8 bytes are what is staged
+        if self.fp8 is not None:
+            return config.int("num_stages") * (bm * bk + bk * bn)  # the fp8 bytes are what is staged
+        sp = self.specialized(config)
+        used = ex.vars_used(self.b_expr)
+        tiles = [v for k, v in sp.loaders().items() if k in used]
+        rows = set(sp.row_loaders().values())
+        b_bytes = sum(bk * bn * e.dtype.itemsize for e in ex.toposort(tiles) if e.op is E.LOAD)
+        b_bytes += sum(bk * e.dtype.itemsize for e in ex.toposort(list(rows)) if e.op is E.LOAD)
+        a_bytes = bm * bk * self.operand_dtype.itemsize
+        return config.int("num_stages") * (a_bytes + (b_bytes or bk * bn * self.operand_dtype.itemsize))
 
     def mma_dtype(self) -> dt.DType | None:
         return self.fp8.a.code.dtype if self.fp8 is not None else super().mma_dtype()
@@ -319,9 +330,10 @@ class QuantMatmulSpec(MatmulSpec):
                 split *= 2
             cfg = cfg.replace(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=4,
                               num_stages=4 if target.schedule_arch >= 90 else 3)
-        elif cfg.int("BLOCK_N") > 128:
-            # sm_90's 128x256 prefill tile: its accumulator and a dequantized 64x256 B tile spill (AWQ build)
-            cfg = cfg.replace(BLOCK_N=128)
+        else:
+            # sm_90's 128x256 prefill tile: its accumulator and a dequantized 64x256 B tile spill (AWQ build);
+            # the stages start again from the matmul's 3 (it cut them for the wider tile's staged loads)
+            cfg = cfg.replace(BLOCK_N=min(128, cfg.int("BLOCK_N")), num_stages=3)
         cfg = fp8.default(cfg, target, self.M) if self.fp8 is not None else self._fit_dequant(cfg)
         if magic.KNOB in self.knob_space(target):
             cfg = cfg.replace(**{magic.KNOB: 0})
