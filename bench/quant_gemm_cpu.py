@@ -98,14 +98,16 @@ def main() -> None:
                 t_tf = median_time(lambda: cg(x, qw, s), args.reps)
                 th = torch_int4(x, wf, args.k, n) if kind == "int4" else None
                 t_th = median_time(th, args.reps) if th is not None else None
-                row = {"kind": kind, "M": m, "K": args.k, "N": n, "tilefuse_ms": t_tf * 1e3, "numpy_f32_ms": t_np * 1e3,
+                row = {"kind": kind, "M": m, "K": args.k, "N": n, "load_1min": os.getloadavg()[0],
+                       "tilefuse_ms": t_tf * 1e3, "numpy_f32_ms": t_np * 1e3,
                        "torch_int4_ms": None if t_th is None else t_th * 1e3, "vs_numpy": t_np / t_tf,
                        "vs_torch_int4": None if t_th is None else t_th / t_tf, "rel_err": err,
                        "config": cg.kernels[0].config.to_json()}
                 rows.append(row)
                 torch_txt = "" if t_th is None else f"  torch int4 {t_th * 1e3:7.2f} ms ({t_th / t_tf:.2f}x)"
                 print(f"{kind} M={m:3d} K={args.k} N={n:6d}  tilefuse {t_tf * 1e3:7.2f} ms  numpy f32 "
-                      f"{t_np * 1e3:7.2f} ms ({t_np / t_tf:.2f}x){torch_txt}  rel err {err:.1e}", flush=True)
+                      f"{t_np * 1e3:7.2f} ms ({t_np / t_tf:.2f}x){torch_txt}  rel err {err:.1e}  "
+                      f"load {row['load_1min']:.1f}", flush=True)
     if args.json:
         import datetime
         import platform
@@ -120,8 +122,13 @@ def main() -> None:
             torch_v = torch.__version__
         except ImportError:
             torch_v = None
+        import subprocess
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
         meta = {"cpu": cpu, "cores": os.cpu_count(), "numpy": np.__version__, "tvm": tvm.__version__,
-                "torch": torch_v, "date": datetime.date.today().isoformat(),
+                "torch": torch_v, "python": platform.python_version(), "commit": commit,
+                "reps": args.reps, "load_1min_end": os.getloadavg()[0], "date": datetime.date.today().isoformat(),
                 "config_source": "family default (untuned)", "note": "shared, loaded machine"}
         with open(args.json, "w") as f:
             json.dump({"benchmark": "quant_gemm_cpu", "meta": meta, "rows": rows}, f, indent=2)

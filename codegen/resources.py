@@ -25,7 +25,7 @@ __all__ = ["TRACKED_OPCODES", "ResourceReport", "ToolNotFoundError", "ToolError"
 
 logger = logging.getLogger(__name__)
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2  # 2: igmma (int8 wgmma) counted
 TOOL_TIMEOUT_S = 60.0
 # SASS base opcodes counted into the instruction mix (the part before the first '.').
 TRACKED_OPCODES = ("HGMMA", "HMMA", "IMMA", "QGMMA", "LDGSTS", "UTMALDG", "LDL", "STL", "FFMA")
@@ -59,6 +59,7 @@ class ResourceReport:
     hmma: int
     imma: int
     qgmma: int
+    igmma: int
     ldgsts: int
     utmaldg: int
     ldl: int
@@ -78,13 +79,13 @@ class ResourceReport:
 
     @property
     def uses_hgmma(self) -> bool:
-        """Whether the kernel issues Hopper warpgroup MMA (wgmma) instructions."""
-        return self.hgmma > 0 or self.qgmma > 0
+        """Whether the kernel issues Hopper warpgroup MMA (wgmma) instructions: f16/bf16, fp8 or int8."""
+        return self.hgmma > 0 or self.qgmma > 0 or self.igmma > 0
 
     @property
     def uses_tensor_cores(self) -> bool:
-        """Whether the kernel issues any tensor-core MMA instruction."""
-        return self.hgmma + self.hmma + self.imma + self.qgmma > 0
+        """Whether the kernel issues any tensor-core MMA instruction (HMMA/IMMA, HGMMA/QGMMA/IGMMA)."""
+        return self.hgmma + self.hmma + self.imma + self.qgmma + self.igmma > 0
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a dict of JSON scalars, with a schema version."""
@@ -198,6 +199,7 @@ def report_from_cubin(cubin: bytes, dynamic_shared: int) -> ResourceReport:
         hmma=counts["HMMA"],
         imma=counts["IMMA"],
         qgmma=counts["QGMMA"],
+        igmma=counts["IGMMA"],
         ldgsts=counts["LDGSTS"],
         utmaldg=counts["UTMALDG"],
         ldl=counts["LDL"],

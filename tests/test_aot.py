@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -232,6 +233,21 @@ def test_parsers_on_canned_output() -> None:
     )
     counts, total = parse_sass_mix(sass)
     assert (counts["HGMMA"], counts["STL"], counts["LDL"], total) == (1, 1, 1, 3)
+
+
+@pytest.mark.parametrize("op, field", [("IGMMA.64x64x32.S8.S8", "igmma"), ("QGMMA.64x64x32.F32.E4M3.E4M3", "qgmma"),
+                                       ("IMMA.16816.S8.S8", "imma"), ("HMMA.16816.F32", "hmma")])
+def test_every_mma_kind_counts_as_tensor_cores(op: str, field: str) -> None:
+    """int8 and fp8 kernels on sm_90 issue IGMMA/QGMMA, not HGMMA: they use tensor cores all the same."""
+    zeros = {f.name: 0 for f in dataclasses.fields(ResourceReport)}
+    counts, _ = parse_sass_mix(f"        /*0100*/                   {op} R24, gdesc[UR4], RZ ;\n")
+    r = ResourceReport(**{**zeros, field: counts[op.split(".")[0]]})
+    assert getattr(r, field) == 1 and r.uses_tensor_cores
+    assert r.uses_hgmma == field.endswith("gmma")
+    assert not ResourceReport(**zeros).uses_tensor_cores
+    assert ResourceReport.from_json(r.to_json()) == r and r.to_dict()["schema"] == 2
+    with pytest.raises(ValueError, match="schema 1"):
+        ResourceReport.from_dict({**r.to_dict(), "schema": 1})  # a report cached before igmma was counted
 
 
 # ---- attention register estimates (constraints()) against real builds ------------------------------------

@@ -416,8 +416,8 @@ def test_featurize_with_resource_report(matmul_spec):
     from tilefuse.schedule.target import get_target
     from tilefuse.codegen.resources import ResourceReport
 
-    fields = dict.fromkeys(("stack_bytes", "local_bytes", "spill_stores", "spill_loads", "imma", "qgmma", "utmaldg",
-                            "ldl", "stl"), 0)
+    fields = dict.fromkeys(("stack_bytes", "local_bytes", "spill_stores", "spill_loads", "imma", "qgmma", "igmma",
+                            "utmaldg", "ldl", "stl"), 0)
     rep = ResourceReport(registers=168, static_shared_bytes=0, dynamic_shared_bytes=98304, hgmma=32, hmma=0,
                          ldgsts=0, ffma=40, total_instructions=900, **fields)
     cfg = matmul_spec.default_config(get_target("sm_90"))

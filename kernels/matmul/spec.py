@@ -1,12 +1,11 @@
-"""Matmul family: C = A @ B with f32 accumulation, operand prologues fused into the tile loads
-and pointwise epilogues fused into the tile store. Batched (broadcast batch dims), either
-operand transposed (through strided loads), GROUP_M swizzle and split-K."""
+"""Matmul family: C = A @ B with f32 accumulation, operand prologues fused into the tile loads and pointwise
+epilogues into the tile store. Batched, either operand transposed (strided loads), GROUP_M swizzle, split-K."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...schedule.config import Config
@@ -41,10 +40,9 @@ class MatmulOutput:
 
 @dataclass(frozen=True)
 class ScaledDot:
-    """Operands whose scales are applied after each K step's dot (block-scaled FP8):
-    `acc += dot(a, b) * a_scale * b_scale`. `a` and `b` are loader expressions (MatmulSpec.loaders) of
-    the operand tiles in `dtype`; `a_scale` is f32 of (r = A's row, c = the step's first k), `b_scale`
-    of (r = the step's first k, c = B's column): constant within a step of BLOCK_K."""
+    """Operands whose scales are applied after each K step's dot (block-scaled FP8): `acc += dot(a, b) *
+    a_scale * b_scale`. `a`, `b`: loader expressions (MatmulSpec.loaders) of the operand tiles in `dtype`;
+    f32 `a_scale` of (r = A's row, c = the step's first k), `b_scale` of (r = that k, c = B's column)."""
 
     a: Expr
     b: Expr
@@ -132,23 +130,31 @@ class MatmulSpec(KernelSpec):
         return None
 
     def loaders(self) -> dict[str, Expr]:
-        """VAR name -> the value a loader computes for it: an expression of the operand's row and column
-        (i32 VARs `r`, `c`) and of LOADs of kernel inputs at explicit flat indices. The templates render it
-        wherever an operand expression reads the VAR."""
+        """VAR name -> its loader's value: an expression of the operand's row and column (i32 VARs `r`, `c`)
+        and LOADs at explicit flat indices, rendered wherever an operand reads the VAR. row_loaders: the
+        VARs constant along a B tile's columns, rendered as [BLOCK_K, 1] tiles at its first column."""
         return {}
 
+    def row_loaders(self) -> dict[str, Expr]:
+        """The loaders constant along a B tile's columns (see `loaders`)."""
+        return {}
+
+    def specialized(self, config: Config) -> MatmulSpec:
+        """This spec as the templates render it under `config` (a copy when loaders depend on knobs)."""
+        return self
+
+    def loader_text(self, e: Expr, name: Callable[[Expr], str]) -> str | None:
+        """Triton text for loader node `e` rendered by the family itself (inline asm), else None."""
+        return None
+
     def scaled_dot(self, config: Config) -> ScaledDot | None:
-        """The operand tiles and per-step scales when this kernel applies scales after each dot (the
-        Triton template renders them instead of the operand expressions), else None."""
+        """The operand tiles and per-step scales when scales are applied after each dot, else None."""
         return None
 
     def program_description(self) -> dict[str, Any]:
-        out = {
-            "batch": list(self.batch), "M": self.M, "N": self.N, "K": self.K,
-            "a": format_expr(self.a_expr), "b": format_expr(self.b_expr),
-            "out_dtype": self.out_dtype.name,
-            "outputs": [[o.index, format_expr(o.expr)] for o in self.outs],
-        }
+        out = {"batch": list(self.batch), "M": self.M, "N": self.N, "K": self.K,
+               "a": format_expr(self.a_expr), "b": format_expr(self.b_expr), "out_dtype": self.out_dtype.name,
+               "outputs": [[o.index, format_expr(o.expr)] for o in self.outs]}
         if self.reductions:
             out["reductions"] = [r.describe() for r in self.reductions]
             out["reduced_outputs"] = [[o.index, o.axis, format_expr(o.expr)] for o in self.reduced_outs]

@@ -43,13 +43,17 @@ class _Scope:
             # a scaled dot's per-step scales: a [BLOCK_M, 1] column and a [1, BLOCK_N] row at k0
             "sa": ("rm[:, None]", "k0", "sa_mask"),
             "sb": ("k0", "rn[None, :]", "sb_mask"),
+            # a B loader constant along the tile's columns (MatmulSpec.row_loaders): [BLOCK_K, 1] at its first
+            "bs": ("kk[:, None]", "pid_n * BLOCK_N", "bs_mask"),
             "fm": ("0", "rn", "k_mask"),
             "fn": ("rm", "0", "k_mask"),
         }[which]
 
     def leaf(self, e: Expr) -> str | None:
         if e.op is E.VAR:
-            return self.computed_var(e.arg) if e.arg in self.spec.loaders() else self.bound.get(e.arg, "acc")
+            if e.arg in self.spec.loaders() or e.arg in self.spec.row_loaders():
+                return self.computed_var(e.arg)
+            return self.bound.get(e.arg, "acc")
         if e.op is E.LOAD:
             return self.load(e.arg)
         return None
@@ -83,6 +87,11 @@ class _Scope:
     # -- the operand-loader hook: VARs whose tiles a loader computes (MatmulSpec.loaders) --
     def computed_var(self, name: str) -> str:
         """The tile of loader VAR `name`, emitted once per scope."""
+        if name not in self.computed and name in self.spec.row_loaders():
+            masks = {"bs_mask"} if self.mask in self.masks else set()
+            self.lines += [f"{self.indent}bs_mask = kk[:, None] < {self.spec.K}"] if masks else []
+            row = _Scope(self.spec, self.lines, self.indent, "bs", "", masks)
+            self.computed[name] = row.emit_loader(self.spec.row_loaders()[name], f"{self.which}_{name}_")
         if name not in self.computed:
             self.computed[name] = self.emit_loader(self.spec.loaders()[name], f"{self.which}_{name}_")
         return self.computed[name]
@@ -95,9 +104,17 @@ class _Scope:
     def indexed(self, e: Expr, em: TileEmitter) -> str | None:
         """Leaves of a loader's expression: the tile's row and column, and loads at explicit flat indices."""
         if e.op is E.VAR:
+            if e.arg in self.spec.row_loaders():
+                return self.computed_var(e.arg)
             return {"r": self.row, "c": self.col}[e.arg]
         if e.op is not E.LOAD:
-            return None
+            text = self.spec.loader_text(e, lambda s: em.memo[id(s)])
+            if text is None:
+                return None
+            name = f"{em.prefix}x{em.count}"
+            em.count += 1
+            self.lines.append(f"{self.indent}{name} = {text}")
+            return name
         name = f"{em.prefix}ld{em.count}"
         em.count += 1
         # an fp8 pointer takes a float `other` (the interpreter cannot cast an int tile to fp8e4nv)
@@ -282,6 +299,7 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
 
     The Triton interpreter computes bf16 dots wrongly (triton 3.6), so for it bf16 operands are
     widened to f32: exact, since bf16 products are exact in f32 accumulation."""
+    spec = spec.specialized(config)
     masks = _masks(spec, config)
     split = config.int("SPLIT_K")
     args = spec.arg_names() + [w.name for w in spec.workspaces(config)]

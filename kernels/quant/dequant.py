@@ -115,17 +115,19 @@ def unpack_codes(op: Operand, logical: tuple[int, int], bits: int, axis: int, or
     return ex.cast(shr(both, ex.cast(off, dt.i64)) & mask, dt.i32)
 
 
-def _grid_index(layout: str, gs: Any, shape: tuple[int, int]) -> tuple[Expr | int, Expr | int]:
+def grid_index(layout: str, gs: Any, shape: tuple[int, int]) -> tuple[Expr | int, Expr | int]:
+    """The (row, column) of the scale/zero grid cell of element (r, c)."""
     bk, bn = grid_block(layout, gs, shape)
     gr = 0 if bk >= shape[0] else R if bk == 1 else R // bk
     gc = 0 if bn >= shape[1] else C if bn == 1 else C // bn
     return gr, gc
 
 
-def _scales(n: Node, ops: list[Operand], shape: tuple[int, int]) -> Expr:
+def scales(n: Node, ops: list[Operand], shape: tuple[int, int]) -> Expr:
+    """The f32 scale of element (r, c) of `n` (double-quantized absmax decoded)."""
     layout, gs = n.attr("scale_layout"), n.attr("group_size")
     grid = grid_shape(layout, gs, shape)
-    gr, gc = _grid_index(layout, gs, shape)
+    gr, gc = grid_index(layout, gs, shape)
     s = ops[1]
     if not n.attr("double_quant"):
         return ex.cast(s.on_grid(grid, gr, gc), dt.f32)
@@ -157,11 +159,12 @@ def fp8_decode(v: Expr) -> Expr:
 def fp8_parts(n: Node, ops: list[Operand]) -> tuple[Expr, Expr]:
     """(code, scale) of fp8 dequantize node `n` at (r, c): the fp8 LOAD and its f32 scale, for kernels
     that apply the scale after the dot (kernels/quant/spec.py: block-scaled FP8)."""
-    return ops[0].at(R, C), _scales(n, ops, tuple(n.attr("shape")))
+    return ops[0].at(R, C), scales(n, ops, tuple(n.attr("shape")))
 
 
-def dequant_value(n: Node, ops: list[Operand]) -> Expr:
-    """Element (r, c) of dequantize node `n` in its out dtype; `ops` are its operands as the kernel reads them."""
+def dequant_value(n: Node, ops: list[Operand], scale: Expr | None = None) -> Expr:
+    """Element (r, c) of dequantize node `n` in its out dtype; `ops` are its operands as the kernel reads them;
+    `scale` stands for its f32 scale when given (a tile computed once per scale block)."""
     shape = tuple(n.attr("shape"))
     bits = n.attr("bits")
     p = n.src[0]
@@ -173,14 +176,14 @@ def dequant_value(n: Node, ops: list[Operand]) -> Expr:
         code = ex.where(code.ge(1 << (bits - 1)), code - (1 << bits), code)
     codebook = n.attr("codebook")
     val = _table(code, codebook, dt.f32) if codebook is not None else ex.cast(code, dt.f32)
-    s = _scales(n, ops, shape)
+    s = scales(n, ops, shape) if scale is None else scale
     if n.attr("symmetric"):
         z0 = 1 << (bits - 1) if codebook is None and not n.attr("signed") else 0
         w = (val - float(z0)) * s if z0 else val * s
     else:
         zl, gs = n.attr("zero_layout"), n.attr("group_size")
         zgrid = grid_shape(zl, gs, shape)
-        zr, zc = _grid_index(zl, gs, shape)
+        zr, zc = grid_index(zl, gs, shape)
         if n.attr("zeros_packed"):
             z = ex.cast(unpack_codes(ops[2], zgrid, bits, n.attr("pack_axis"), n.attr("pack_order"), zr, zc),
                         dt.f32)

@@ -5,8 +5,9 @@ dequantizing loader into the matmul templates' operand-loader hook (MatmulSpec.o
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,7 +15,7 @@ from ...ir import dtypes as dt
 from ...ir import expr as ex
 from ...ir.expr import E, Expr
 from ...ir.ops import Node, Op
-from ...ir.quant_op import CONTAINERS, FP8, unit
+from ...ir.quant_op import CONTAINERS, FP8, grid_block, unit
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
 from ...passes.views import base_of, strided_view
@@ -24,8 +25,8 @@ from ...schedule.target import Target
 from ..lowering import LoweringError, next_pow2, prod
 from ..matmul.spec import CPU_TILE_N, MatmulSpec, ScaledDot, padded
 from ..registry import register_family
-from . import fp8
-from .dequant import Operand, dequant_value
+from . import fp8, magic
+from .dequant import Operand, dequant_value, scales
 
 
 # Expression nodes x B elements one thread may dequantize per k-step (sm_80/sm_90 builds: AWQ's ~40 nodes
@@ -35,6 +36,8 @@ DEQUANT_BUDGET = 4096
 GEMV_DEFAULT_M = 4
 GEMV_MAX_M = 32
 GEMV_ACC_FLOATS = 256
+# 1: a scale shared by a run of columns (NF4's absmax per 64) computed once per B-tile row, not per element
+ROW_KNOB = "BLOCK_SCALE"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,15 @@ class QuantMatmulSpec(MatmulSpec):
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         self.planes: list[Plane] = []
+        # the I4_F16 knob (kernels/quant/magic.py): planes' magic-number values, the f16 subtractions
+        self._magic: dict[str, Expr] = {}
+        self._subs: set[Expr] = set()
+        self._asm = False
+        # the BLOCK_SCALE knob: planes whose scale is constant over `_run` columns, their scale once per tile row
+        self._row: dict[str, Expr] = {}
+        self._row_scaled: dict[str, Expr] = {}
+        self._row_active: dict[str, Expr] = {}
+        self._run = 1 << 30
         self._kg, self._kernel = kg, kernel
         super().__init__(kg, kernel)
         if not self.planes:
@@ -85,10 +97,45 @@ class QuantMatmulSpec(MatmulSpec):
         ops = [self._operand_of(s) for s in n.src]
         plane = Plane(f"dq{len(self.planes)}", n, dequant_value(n, ops))
         self.planes.append(plane)
+        if magic.applies(n):
+            self._magic[plane.var], sub = magic.value(n, ops)
+            self._subs.add(sub)
+        elif n.attr("symmetric") and n.src[0].dtype not in FP8:
+            run = grid_block(n.attr("scale_layout"), n.attr("group_size"), tuple(n.attr("shape")))[1]
+            if run >= 16 and run < self.N:
+                sv = f"{plane.var}_s"
+                self._row[sv] = scales(n, ops, tuple(n.attr("shape")))
+                self._row_scaled[plane.var] = dequant_value(n, ops, ex.var(sv, dt.f32))
+                self._run = min(self._run, run)
         return ex.var(plane.var, n.dtype)
 
     def loaders(self) -> dict[str, Expr]:
         return getattr(self, "_loaders", {p.var: p.value for p in self.planes})
+
+    def specialized(self, config: Config) -> QuantMatmulSpec:
+        use_magic = bool(self._magic) and magic.KNOB in config and config.int(magic.KNOB) > 0
+        row = bool(self._row) and ROW_KNOB in config and config.int(ROW_KNOB) == 1
+        if not (use_magic or row):
+            return self
+        out = copy.copy(self)
+        out._loaders = {**self._loaders, **(self._magic if use_magic else {}), **(self._row_scaled if row else {})}
+        out._asm = use_magic and config.int(magic.KNOB) == 2
+        out._row_active = self._row if row else {}
+        return out
+
+    def row_loaders(self) -> dict[str, Expr]:
+        return self._row_active
+
+    def _row_problems(self, config: Config) -> list[str]:
+        if not (ROW_KNOB in config and config.int(ROW_KNOB) == 1 and "BLOCK_N" in config):
+            return []
+        if self._run % config.int("BLOCK_N"):
+            return [f"{ROW_KNOB}=1 needs BLOCK_N to divide the {self._run} columns that share a scale, "
+                    f"got BLOCK_N={config['BLOCK_N']}"]
+        return []
+
+    def loader_text(self, e: Expr, name: Callable[[Expr], str]) -> str | None:
+        return magic.asm_text(e, name) if self._asm and e in self._subs else None
 
     def _operand_of(self, s: Node) -> Operand:
         """Dequantize operand `s` as this kernel reads it: its input buffer and strided view."""
@@ -125,10 +172,18 @@ class QuantMatmulSpec(MatmulSpec):
     def features(self, config: Config) -> dict[str, float]:
         return {**super().features(config), **self.format_features()}
 
-    def dequant_work(self) -> int:
+    def dequant_work(self, row: bool = False) -> int:
         """Expression nodes evaluated per dequantized B element (all planes): what a thread's share of the
-        B tile costs in registers."""
-        return sum(len(ex.toposort([p.value])) for p in self.planes)
+        B tile costs in registers; `row`: with the block scales computed once per tile row (BLOCK_SCALE=1)."""
+        return sum(len(ex.toposort([self._row_scaled.get(p.var, p.value) if row else p.value])) for p in self.planes)
+
+    def packed_zero_group(self) -> int:
+        """The shortest K run sharing one packed zero point (a large number without packed zeros). A decode
+        k-step spans at most one: int2 G=64 with packed zeros at BLOCK_K=128 (two zero rows unpacked per
+        column and step) spilled 8 B on sm_90 (M=1, 4 stages; 128 registers); at BLOCK_K=64, 96 registers."""
+        runs = [grid_block(p.node.attr("zero_layout"), p.node.attr("group_size"), tuple(p.node.attr("shape")))[0]
+                for p in self.planes if p.node.attr("zeros_packed")]
+        return min(runs, default=1 << 30)
 
     def pack_units(self) -> tuple[int, int]:
         """(ek, en): codes per packing unit along K and along N (lcm over the planes; 1 when unpacked)."""
@@ -144,15 +199,31 @@ class QuantMatmulSpec(MatmulSpec):
 
     # -- block-scaled FP8 (kernels/quant/fp8.py): BLOCK_K = 128, the FP8_MMA knob, fp8 bytes as u8 --
     def smem_bytes(self, config: Config) -> int:
-        if self.fp8 is None:
-            return super().smem_bytes(config)
+        """Shared memory of the pipelined tiles. What Triton stages for B are the loader's loads, not the
+        dequantized tile: every LOAD of the B loaders as a [BLOCK_K, BLOCK_N] tile of its dtype (a row loader's
+        as [BLOCK_K, 1]). Counting only f16 operand tiles let defaults past the limit: AWQ at M=1 built with
+        292 KB on sm_90 (the cap is 227 KB), GPTQ int3 374 KB."""
         bm, bn, bk = config.int("BLOCK_M"), config.int("BLOCK_N"), config.int("BLOCK_K")
-        return config.int("num_stages") * (bm * bk + bk * bn)  # the fp8 bytes are what is staged
+        if self.fp8 is not None:
+            return config.int("num_stages") * (bm * bk + bk * bn)  # the fp8 bytes are what is staged
+        sp = self.specialized(config)
+        used = ex.vars_used(self.b_expr)
+        tiles = [v for k, v in sp.loaders().items() if k in used]
+        rows = set(sp.row_loaders().values())
+        b_bytes = sum(bk * bn * e.dtype.itemsize for e in ex.toposort(tiles) if e.op is E.LOAD)
+        b_bytes += sum(bk * e.dtype.itemsize for e in ex.toposort(list(rows)) if e.op is E.LOAD)
+        a_bytes = bm * bk * self.operand_dtype.itemsize
+        return config.int("num_stages") * (a_bytes + (b_bytes or bk * bn * self.operand_dtype.itemsize))
 
     def mma_dtype(self) -> dt.DType | None:
         return self.fp8.a.code.dtype if self.fp8 is not None else super().mma_dtype()
 
     def report_lines(self, config: Config) -> list[str]:
+        if ROW_KNOB in config:
+            how = "once per B-tile row" if config.int(ROW_KNOB) else "per element"
+            return [f"block scales (one per {self._run} columns): {ROW_KNOB}={config.int(ROW_KNOB)} ({how})"]
+        if magic.KNOB in config:
+            return [magic.report_line(config)]
         if self.fp8 is None or "BLOCK_K" not in config:
             return []
         how = "native e4m3 tensor-core dots" if fp8.native(config) else "bytes decoded to f16, f16 dots"
@@ -162,7 +233,9 @@ class QuantMatmulSpec(MatmulSpec):
     def check_problems(self, config: Config, target: Target) -> list[str]:
         problems = super().check_problems(config, target)
         why = fp8.reasons(config, target) if self.fp8 is not None and target.kind != "cpu" else []
-        return why + [p for p in problems if not p.startswith(("BLOCK_K=", "FP8_MMA="))] if why else problems
+        why += magic.reasons(config, target) if self._magic else []
+        problems += self._row_problems(config) if target.kind != "cpu" else []
+        return why + [p for p in problems if not p.startswith(("BLOCK_K=", "FP8_MMA=", "I4_F16="))] if why else problems
 
     def launch_plan(self, config: Config, sizes: Mapping[str, int] | None = None) -> LaunchPlan:
         """The matmul's plan; fp8 codes are u8 pointers unless the config takes native fp8 dots (sm_80 refuses
@@ -189,6 +262,10 @@ class QuantMatmulSpec(MatmulSpec):
         if target.kind == "cpu":
             # the decode schedule has no reduction epilogue stages
             return {**space, "gemv": (0,) if self.reductions else (0, 1)}
+        if self._row:
+            space = {**space, ROW_KNOB: (0, 1)}
+        if self._magic and self.fp8 is None:
+            return {**space, magic.KNOB: magic.knob_values(target)}
         return fp8.knobs(space, target) if self.fp8 is not None else space
 
     def _cpu_constraints(self, config: Config) -> list[str]:
@@ -244,7 +321,7 @@ class QuantMatmulSpec(MatmulSpec):
             return gemv or cfg.replace(gemv=0)
         if self.M <= 64:
             bm = max(16, next_pow2(self.M))
-            bk = max(16, min(128, next_pow2(self.K)))
+            bk = max(16, min(128, next_pow2(self.K), self.packed_zero_group()))
             bn = max(16, min(64, next_pow2(self.N)))
             tiles = -(-self.M // bm) * -(-self.N // bn) * max(1, prod(self.batch))
             split = 1
@@ -253,19 +330,26 @@ class QuantMatmulSpec(MatmulSpec):
                 split *= 2
             cfg = cfg.replace(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=4,
                               num_stages=4 if target.schedule_arch >= 90 else 3)
-        elif cfg.int("BLOCK_N") > 128:
-            # sm_90's 128x256 prefill tile: its accumulator and a dequantized 64x256 B tile spill (AWQ build)
-            cfg = cfg.replace(BLOCK_N=128)
+        else:
+            # sm_90's 128x256 prefill tile: its accumulator and a dequantized 64x256 B tile spill (AWQ build);
+            # the stages start again from the matmul's 3 (it cut them for the wider tile's staged loads)
+            cfg = cfg.replace(BLOCK_N=min(128, cfg.int("BLOCK_N")), num_stages=3)
         cfg = fp8.default(cfg, target, self.M) if self.fp8 is not None else self._fit_dequant(cfg)
+        if magic.KNOB in self.knob_space(target):
+            cfg = cfg.replace(**{magic.KNOB: 0})
+        if self._row:
+            # the scale per tile row is the same arithmetic (bit-identical), once per row instead of per element
+            cfg = cfg.replace(**{ROW_KNOB: int(self._run % cfg.int("BLOCK_N") == 0)})
         while self.constraints(cfg, target) and cfg.int("num_stages") > 1:
             cfg = cfg.replace(num_stages=cfg.int("num_stages") - 1)
         return cfg
 
     def _fit_dequant(self, cfg: Config) -> Config:
-        work = self.dequant_work()
+        work, row_work = self.dequant_work(), self.dequant_work(row=True)
 
         def per_thread(c: Config) -> int:
-            return c.int("BLOCK_K") * c.int("BLOCK_N") // (32 * c.int("num_warps")) * work
+            row = bool(self._row) and self._run % c.int("BLOCK_N") == 0
+            return c.int("BLOCK_K") * c.int("BLOCK_N") // (32 * c.int("num_warps")) * (row_work if row else work)
 
         while per_thread(cfg) > DEQUANT_BUDGET:
             bm, bn, warps = cfg.int("BLOCK_M"), cfg.int("BLOCK_N"), cfg.int("num_warps")
