@@ -270,6 +270,6 @@ def test_quantized_matmul_takes_the_reduction_epilogue_too():
     kg = run_pipeline(b.build(), fusion_rules()).kernels
     (spec,) = [spec_for(kg, k, "triton") for k in kg.kernels]
     assert spec.family == "quant_matmul" and spec.reductions[0].raw
-    cfg = Config(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=1, SPLIT_K=1, num_warps=2, num_stages=2)
+    cfg = Config(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=1, SPLIT_K=1, num_warps=2, num_stages=2, I4_F16=0)
     cg = tf.compile(b, target="interp", configs={spec.name: cfg})
     check_inputs(cg, inputs(case, b.build(), 0))
