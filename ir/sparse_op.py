@@ -217,7 +217,8 @@ def validate_arrays(fmt: str, shape: tuple[int, int], block: tuple[int, int], ar
             raise SparseStructureError(f"{name}: row {r} group {g} names column {meta[r, 2 * g]} twice; "
                                        "the two positions of a group must differ")
         return
-    indptr, indices = np.asarray(arrays[0]).astype(np.int64), np.asarray(arrays[1]).astype(np.int64)
+    # indices keep their dtype (no int64 copy of nnz elements on every call); min/max widen the two scalars
+    indptr, indices = np.asarray(arrays[0]).astype(np.int64), np.asarray(arrays[1])
     nnz = len(indices)
     cols = shape[1] // block[1]
     if indptr[0] != 0 or indptr[-1] != nnz:
@@ -227,7 +228,7 @@ def validate_arrays(fmt: str, shape: tuple[int, int], block: tuple[int, int], ar
                                    "it must be non-decreasing")
     if len(arrays) > 2 and np.shape(arrays[2])[:1] != (nnz,):
         raise SparseStructureError(f"{name}: {np.shape(arrays[2])[0]} values for nnz={nnz} indices")
-    if indices.size and (indices.min() < 0 or indices.max() >= cols):
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= cols):
         raise SparseStructureError(f"{name}: column indices span {indices.min()}..{indices.max()}, "
                                    f"outside 0..{cols - 1}")
 
