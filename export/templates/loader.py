@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 WRITTEN_BY = "unset"  # the exporter writes its tilefuse version here
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3
 HERE = Path(__file__).resolve().parent
 
 # tilefuse dtype -> (torch dtype name, __cuda_array_interface__ typestr)
