@@ -120,8 +120,9 @@ def build_cpu(graph: Any, name: str, db: Any, cost_model: Any,
     target = cpu_target()
     dynamic = getattr(cg, "buckets", None)
     top = dynamic[-1].compiled if dynamic else cg
-    regions = workspace_layout(top, scratch=False, sizes={n: p.hi for n, p in graph.params.items()} if dynamic else None)
-    kernels = cg.distinct_kernels() if dynamic else cg.kernels
+    tops = {n: p.hi for n, p in graph.params.items()} if dynamic else None
+    regions = workspace_layout(top, scratch=False, sizes=tops)
+    kernels = cg.distinct_kernels() if dynamic else cg.kernels  # type: ignore[attr-defined]
     calls = cpu_calls(top, name, regions, kernels if dynamic else None)
     files: dict[str, bytes] = {}
     for ck, call in zip(kernels, calls):

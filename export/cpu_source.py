@@ -23,8 +23,9 @@ def _shape_fill(calls: list[dict[str, Any]], names: list[str]) -> str:
 
     lines = [f"  s[{ci}][{ai}][{d}] = {c_expr(v, names)};" for ci, call in enumerate(calls)
              for ai, a in enumerate(call["args"]) for d, v in enumerate(a["shape"])]
-    return ("static void tf_shapes(const int64_t* sz, int64_t s[TF_CPU_NUM_CALLS][TF_CPU_MAX_ARGS][TF_CPU_MAX_NDIM]) {\n"
-            "  (void)sz;\n" + "\n".join(lines) + "\n}\n")
+    return ("static void tf_shapes(const int64_t* sz,\n"
+            "                      int64_t s[TF_CPU_NUM_CALLS][TF_CPU_MAX_ARGS][TF_CPU_MAX_NDIM]) {\n  (void)sz;\n"
+            + "\n".join(lines) + "\n}\n")
 
 
 def _buckets(manifest: dict[str, Any], names: list[str]) -> str:
@@ -93,7 +94,8 @@ def render_cpu_c(manifest: dict[str, Any]) -> dict[str, str]:
               f"{target.get('mcpu', 'generic')}", "num_inputs": len(manifest["inputs"]),
               "num_outputs": len(manifest["outputs"]), "inputs_doc": doc_lines(manifest["inputs"]),
               "outputs_doc": doc_lines(manifest["outputs"]), "num_sizes": len(params),
-              "sizes_doc": "".join(f" *   sizes[{i}] = {p['name']}, in {p['lo']}..{p['hi']}\n" for i, p in enumerate(params))
+              "sizes_doc": "".join(f" *   sizes[{i}] = {p['name']}, in {p['lo']}..{p['hi']}\n"
+                                   for i, p in enumerate(params))
               or " *   (none: every size is static; sizes may be NULL)\n",
               "size_names": ", ".join(p["name"] for p in params)}
     return {f"{name}_cpu.h": template("cpu.h.in").substitute(fields),

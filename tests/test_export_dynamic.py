@@ -112,3 +112,57 @@ def test_c_program_runs_the_dynamic_bundle_at_any_size(bundle, tmp_path, t):
     assert "size T=1073741824 is outside its range 1..8192" in r["above_message"]
     got = np.fromfile(tmp_path / "y.out", dtype=np.float16).reshape(t, 64)
     assert_close(got, ref["y"], "f16")
+
+
+def loader(bundle: Path, tag: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(tag, bundle / "mlp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_python_loader_reads_the_size_from_the_shapes_and_runs_each_bucket(bundle):
+    mod = loader(bundle, "mlp_dyn_loader")
+    m = json.loads((bundle / "manifest.json").read_text())
+    for t in (1, 3, 7):  # one size per bucket
+        ins, ref = case(t, seed=t)
+        y = mod.run_cpu(*[storage(ins[s["name"]], s["dtype"]) for s in m["inputs"]])
+        assert y.shape == (t, 64)
+        assert_close(y, ref["y"], "f16")
+
+
+def test_python_loader_checks_range_and_consistency_before_running(bundle):
+    mod = loader(bundle, "mlp_dyn_loader_bad")
+    m = json.loads((bundle / "manifest.json").read_text())
+    ins, _ = case(7)
+    arrays = [storage(ins[s["name"]], s["dtype"]) for s in m["inputs"]]
+    manifest = {**m, "inputs": [m["inputs"][0], {**m["inputs"][1], "shape": [["T"]]}]}
+    cases = {
+        r"input 'x': dynamic size T=0 is outside its range 1\.\.8192": lambda: mod.run_cpu(
+            np.zeros((0, 64), np.float16), *arrays[1:]),
+        r"input 'x': dynamic size T=9000 is outside its range 1\.\.8192": lambda: mod.run_cpu(
+            np.zeros((9000, 64), np.float16), *arrays[1:]),
+        r"input 'x': expected shape \[7, 64\], got \[7, 32\]": lambda: mod.run_cpu(arrays[0][:, :32].copy(),
+                                                                                    *arrays[1:]),
+        r"output 'y': expected shape \[7, 64\], got \[4, 64\]": lambda: mod.run_cpu(
+            *arrays, out=[mod._part("cpu").aligned_empty([4, 64], np.float16)]),
+        # the same size in two inputs must agree (a manifest where norm_w is [T])
+        r"input 'norm_w': dimension 0 is the dynamic size T, which input 'x' gives as 7, but it is 64": lambda:
+            mod.bind_sizes(manifest, [(7, 64), (64,)]),
+    }
+    for message, call in cases.items():
+        with pytest.raises(mod.BundleInputError, match=message):
+            call()
+    assert mod.bind_sizes(manifest, [(7, 64), (7,)]) == ({"T": 7}, [[7, 64], [7]], [[7, 64]])
+
+
+def test_old_format_manifest_is_refused_by_the_loader(bundle, tmp_path):
+    copy = tmp_path / "old"
+    shutil.copytree(bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**m, "bundle_format": 2}))
+    mod = loader(copy, "mlp_dyn_loader_old")
+    with pytest.raises(mod.BundleError, match="bundle format 2; this loader reads format 3"):
+        mod.read_manifest(copy)
