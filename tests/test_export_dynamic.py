@@ -166,3 +166,16 @@ def test_old_format_manifest_is_refused_by_the_loader(bundle, tmp_path):
     mod = loader(copy, "mlp_dyn_loader_old")
     with pytest.raises(mod.BundleError, match="bundle format 2; this loader reads format 3"):
         mod.read_manifest(copy)
+
+
+def test_cli_export_takes_buckets(tmp_path, capsys):
+    from tilefuse.cli import main
+
+    small = ["--set", "H=64", "--set", "I=96", "--db", "none", "--costmodel", "none"]
+    args = ["export", "examples/decoder_mlp.tf", "--out", str(tmp_path), "--targets", "cpu", *small]
+    assert main([*args, "--buckets", "1,x"]) == 2
+    assert "--buckets expects positive integers" in capsys.readouterr().err
+    assert main([*args, "--targets", "sm_80"]) == 2  # the GPU refusal, one error line
+    err = capsys.readouterr().err
+    assert err.startswith("error: graph decoder_mlp has dynamic sizes") and err.count("\n") == 1
+    assert not (tmp_path / "manifest.json").exists()
