@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import load_graph_arg, parse_sizes
+from .common import BUCKETS_HELP, load_graph_arg, parse_buckets, parse_sizes
 
 
 def register(subparsers: Any) -> None:
@@ -19,6 +19,7 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--out", required=True, help="bundle directory")
     sp.add_argument("--name", help="C identifier prefixing the API (default: the graph's name)")
     sp.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="override a size parameter")
+    sp.add_argument("--buckets", metavar="N,N,...", help=BUCKETS_HELP + " (cpu bundles)")
     sp.add_argument("--db", default="auto", help="tuning database URL ('none' to ignore it)")
     sp.add_argument("--costmodel", default="auto", help="cost model directory ('none' to ignore it)")
     sp.set_defaults(fn=cmd_export)
@@ -32,6 +33,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     g = load_graph_arg(args.file, args.set)
     path = export_bundle(g, targets, Path(args.out), name=args.name, db=None if args.db == "none" else args.db,
                          cost_model=None if args.costmodel == "none" else args.costmodel,
-                         sizes=parse_sizes(args.set))
+                         sizes=parse_sizes(args.set), buckets=parse_buckets(args.buckets))
     print(f"wrote {path} ({', '.join(targets)})")
     return 0

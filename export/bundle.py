@@ -69,16 +69,18 @@ def _loader_source(tilefuse_version: str) -> bytes:
 
 
 def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | None = None, db: Any = "auto",
-                  cost_model: Any = "auto", sizes: dict[str, int] | None = None) -> Path:
+                  cost_model: Any = "auto", sizes: dict[str, int] | None = None, buckets: Any = None) -> Path:
     """Write the bundle of `graph` for `targets` (GPU architectures and/or cpu) into `out`; returns the
-    manifest's path. Nothing is written unless every target builds."""
+    manifest's path. Nothing is written unless every target builds. A graph with dynamic sizes (cpu only,
+    for now) is compiled once per size bucket (`buckets`: as compile_graph takes them) and its bundle
+    takes the sizes at run time."""
     import tilefuse
 
     name = name or graph.name
-    if getattr(graph, "is_dynamic", False):
+    if getattr(graph, "is_dynamic", False) and set(targets) != {"cpu"}:
         dyn = ", ".join(f"{k}={p.text()}" for k, p in graph.params.items())
-        raise ExportError(f"graph {graph.name} has dynamic sizes ({dyn}); a bundle holds binaries for static sizes "
-                          "(its dispatch table is not exported yet): bind them with --set (sizes=)")
+        raise ExportError(f"graph {graph.name} has dynamic sizes ({dyn}); GPU bundles do not carry a dispatch table "
+                          "yet (--targets cpu does): bind the sizes with --set (sizes=)")
     if not _NAME.match(name):
         raise ExportError(f"--name {name!r}: a bundle name is a C identifier (letters, digits, _)")
     files: dict[str, bytes] = {}
@@ -87,7 +89,7 @@ def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | N
     if "cpu" in targets:
         from .cpu import build_cpu
 
-        cg, cpu_entry, added = build_cpu(graph, name, db, cost_model)
+        cg, cpu_entry, added = build_cpu(graph, name, db, cost_model, buckets)
         compiled.append(cg)
         files.update(added)
     for arch in (t for t in targets if t != "cpu"):
@@ -132,4 +134,8 @@ def _manifest(cg: Any, name: str, variants: list[dict[str, Any]], cpu: dict[str,
         "files": {}}
     if cpu is not None:
         manifest["cpu"] = cpu
+    if getattr(cg, "buckets", None):
+        from .dyn import dynamic_entry
+
+        manifest["dynamic"] = dynamic_entry(cg)
     return manifest

@@ -79,44 +79,64 @@ def dl_dtype(d: dt.DType) -> list[int]:
     return [codes[storage.kind], storage.itemsize * 8]
 
 
-def cpu_calls(cg: Any, name: str, regions: list[Region]) -> list[dict[str, Any]]:
-    """One manifest entry per kernel call: its symbol, object, source and arguments resolved to inputs,
-    outputs or workspace offsets, with the shapes and dtypes the compiled function checks."""
+def cpu_calls(cg: Any, name: str, regions: list[Region], kernels: list[Any] | None = None) -> list[dict[str, Any]]:
+    """One manifest entry per kernel call (`kernels`: the distinct kernels of a dynamic graph, default
+    cg's): its symbol, object, source, arguments resolved to inputs, outputs or workspace offsets with the
+    shapes and dtypes the compiled function checks (a dynamic size as a program, see dyn.py), and the
+    dynamic sizes it takes after the tensors."""
+    from .dyn import size_value
+
     where = buffer_places(cg, regions)
-    calls = []
-    for ck in cg.kernels:
+    calls: list[dict[str, Any]] = []
+    for ck in cg.kernels if kernels is None else kernels:
         spec = ck.spec
         shapes = spec.template("tvm").arg_shapes(spec)
         buffers = list(spec.inputs) + list(spec.outputs)
-        args = [{"role": where[b.name][0], "index": where[b.name][1], "buffer": b.name, "dtype": b.dtype.name,
-                 "dl_dtype": dl_dtype(b.dtype), "shape": [int(s) for s in shape]}
+        args = [{"role": where[b.name][0], "index": int(where[b.name][1]), "buffer": b.name, "dtype": b.dtype.name,
+                 "dl_dtype": dl_dtype(b.dtype), "shape": [size_value(s) for s in shape]}
                 for b, shape in zip(buffers, shapes)]
-        calls.append({"kernel": spec.name, "family": spec.family, "workload_key": spec.key,
-                      "config": dict(ck.config), "config_source": ck.config_source,
-                      "symbol": f"{name}__{spec.name}", "object": f"{spec.name}.cpu.o",
-                      "source": f"{spec.name}.cpu.tir.py", "args": args})
+        tag = spec.name
+        if kernels is not None:  # one object per distinct config of a kernel
+            tag = f"{spec.name}__v{sum(c['kernel'] == spec.name for c in calls)}"
+        call = {"kernel": spec.name, "family": spec.family, "workload_key": spec.key,
+                "config": dict(ck.config), "config_source": ck.config_source,
+                "symbol": f"{name}__{tag}", "object": f"{tag}.cpu.o", "source": f"{tag}.cpu.tir.py", "args": args}
+        if kernels is not None:
+            call["sizes"] = spec.size_params()
+        calls.append(call)
     return calls
 
 
-def build_cpu(graph: Any, name: str, db: Any, cost_model: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
+def build_cpu(graph: Any, name: str, db: Any, cost_model: Any,
+              buckets: Any = None) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
     """Compile `graph` for the CPU: the compiled graph, the manifest's `cpu` entry and its object and
-    source files (the library is linked later, with the rendered C)."""
+    source files (the library is linked later, with the rendered C). A dynamic graph's workspace layout
+    is the one at the top of its range (it serves every smaller size), and its entry lists each bucket's
+    calls."""
     from ..codegen.tvm_expr import tvm_version
     from ..compiler import compile_graph
 
-    cg = compile_graph(graph, target="cpu", db=db, cost_model=cost_model)
+    cg = compile_graph(graph, target="cpu", db=db, cost_model=cost_model, buckets=buckets)
     target = cpu_target()
-    regions = workspace_layout(cg, scratch=False)
-    calls = cpu_calls(cg, name, regions)
+    dynamic = getattr(cg, "buckets", None)
+    top = dynamic[-1].compiled if dynamic else cg
+    tops = {n: p.hi for n, p in graph.params.items()} if dynamic else None
+    regions = workspace_layout(top, scratch=False, sizes=tops)
+    kernels = cg.distinct_kernels() if dynamic else cg.kernels  # type: ignore[attr-defined]
+    calls = cpu_calls(top, name, regions, kernels if dynamic else None)
     files: dict[str, bytes] = {}
-    for ck, call in zip(cg.kernels, calls):
+    for ck, call in zip(kernels, calls):
         files[call["object"]] = kernel_object(ck.spec, ck.config, call["symbol"], target["llvm"])
         files[call["source"]] = ck.source.encode("utf-8") if isinstance(ck.source, str) else b""
     entry = {"library": f"lib{name}_cpu.so", "tvm_version": tvm_version(), "target": target,
-             "workspace_bytes": max((r.offset + r.nbytes for r in regions), default=0),
-             "workspace": [{"what": r.what, "dtype": r.dtype, "shape": list(r.shape), "offset": r.offset,
-                            "bytes": r.nbytes} for r in regions],
+             "workspace_bytes": int(max((r.offset + r.nbytes for r in regions), default=0)),
+             "workspace": [{"what": r.what, "dtype": r.dtype, "shape": [int(s) for s in r.shape],
+                            "offset": int(r.offset), "bytes": int(r.nbytes)} for r in regions],
              "calls": calls}
+    if dynamic:
+        index = {id(ck): i for i, ck in enumerate(kernels)}
+        entry["buckets"] = [{"ranges": [[n, lo, hi] for n, lo, hi in b.ranges],
+                             "calls": [index[id(ck)] for ck in b.compiled.kernels]} for b in dynamic]
     return cg, entry, files
 
 

@@ -21,7 +21,9 @@ def byte_array(name: str, data: bytes, comment: str) -> str:
 
 
 def doc_lines(tensors: list[dict[str, Any]]) -> str:
-    return "".join(f" *   [{i}] {t['name']}: {t['dtype']}[{', '.join(map(str, t['shape']))}]\n"
+    from .dyn import size_text
+
+    return "".join(f" *   [{i}] {t['name']}: {t['dtype']}[{', '.join(size_text(s) for s in t['shape'])}]\n"
                    for i, t in enumerate(tensors))
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from .plan import Constant, ExportError, Launch, Region
 
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3  # 3: dynamic sizes (size programs, buckets); older loaders refuse it
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -19,9 +19,13 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def tensors(cg: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The graph's inputs and outputs as manifest entries (name, dtype, shape)."""
-    ins = [{"name": n.attr("name"), "dtype": n.dtype.name, "shape": list(n.shape)} for n in cg.graph.inputs]
-    outs = [{"name": name, "dtype": b.dtype.name, "shape": list(b.shape)} for name, b in cg.pipeline.kernels.outputs]
+    """The graph's inputs and outputs as manifest entries (name, dtype, shape; a dynamic size as a program)."""
+    from .dyn import size_value
+
+    ins = [{"name": n.attr("name"), "dtype": n.dtype.name, "shape": [size_value(s) for s in n.shape]}
+           for n in cg.graph.inputs]
+    outs = [{"name": name, "dtype": b.dtype.name, "shape": [size_value(s) for s in b.shape]}
+            for name, b in cg.pipeline.kernels.outputs]
     return ins, outs
 
 

@@ -75,9 +75,12 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def workspace_layout(cg: Any, scratch: bool = True) -> list[Region]:
+def workspace_layout(cg: Any, scratch: bool = True, sizes: dict[str, int] | None = None) -> list[Region]:
     """Every temporary buffer and (with `scratch`: GPU launch plans) every kernel's scratch `ws`, each at
-    an aligned offset (no reuse)."""
+    an aligned offset (no reuse); dynamic sizes are taken at `sizes` (a layout for the largest serves
+    every smaller one)."""
+    from ..ir.dims import resolve
+
     regions: list[Region] = []
     offset = 0
     for ck in cg.kernels:
@@ -85,6 +88,7 @@ def workspace_layout(cg: Any, scratch: bool = True) -> list[Region]:
         items += [(f"{ck.spec.name}.{w.name}", dt.dtype(w.dtype), tuple(w.shape), w.zeroed)
                   for w in (ck.spec.launch_plan(ck.config).workspaces if scratch else ())]
         for what, dtype, shape, zeroed in items:
+            shape = resolve(shape, sizes) if sizes else shape
             nbytes = max(1, _numel(shape)) * dtype.itemsize
             regions.append(Region(what, dtype.name, shape, offset, nbytes, zeroed))
             offset += _align(nbytes)

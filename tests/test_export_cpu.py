@@ -70,7 +70,8 @@ def test_library_exports_the_api_alone(bundle):
     names = subprocess.run(["nm", "-D", "--defined-only", str(bundle / "libmlp_cpu.so")], capture_output=True,
                            text=True, check=True).stdout.split()
     exported = sorted(n for n in names if n.startswith(("mlp", "__tvm", "TVM", "k0")))
-    assert exported == ["mlp_cpu_error", "mlp_cpu_load", "mlp_cpu_num_threads", "mlp_cpu_run", "mlp_cpu_unload",
+    assert exported == ["mlp_cpu_error", "mlp_cpu_load", "mlp_cpu_num_threads", "mlp_cpu_run", "mlp_cpu_run_dyn",
+                        "mlp_cpu_unload",
                         "mlp_cpu_workspace_bytes"]
 
 

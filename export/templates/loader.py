@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 WRITTEN_BY = "unset"  # the exporter writes its tilefuse version here
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3
 HERE = Path(__file__).resolve().parent
 
 # tilefuse dtype -> (torch dtype name, __cuda_array_interface__ typestr)
@@ -68,6 +68,46 @@ def read_manifest(root: Path = HERE) -> dict[str, Any]:
         if hashlib.sha256(data).hexdigest() != digest:
             raise BundleError(f"{root / name}: sha256 differs from the manifest's; the file was altered after export")
     return manifest
+
+
+def size_at(dim: Any, sizes: dict[str, int]) -> int:
+    """A manifest size at `sizes`: an int, or a postfix program over the dynamic sizes (+ - * // %)."""
+    if isinstance(dim, int):
+        return dim
+    stack: list[int] = []
+    for tok in dim:
+        if isinstance(tok, int) or tok not in ("+", "-", "*", "//", "%"):
+            stack.append(tok if isinstance(tok, int) else sizes[tok])
+            continue
+        b, a = stack.pop(), stack.pop()
+        stack.append(a + b if tok == "+" else a - b if tok == "-" else a * b if tok == "*" else a // b if tok == "//"
+                     else a % b)
+    return stack[0]
+
+
+def bind_sizes(manifest: dict[str, Any], shapes: list[Any]) -> tuple[dict[str, int], list[list[int]], list[list[int]]]:
+    """The dynamic sizes read from the inputs' `shapes` (checked against their ranges and between inputs), and
+    every input's and output's shape at them; BundleInputError naming the size and the input otherwise."""
+    sizes: dict[str, int] = {}
+    source: dict[str, str] = {}
+    for spec, shape in zip(manifest["inputs"], shapes):
+        for dim, got in zip(spec["shape"], shape if len(shape) == len(spec["shape"]) else ()):
+            if isinstance(dim, list) and len(dim) == 1 and dim[0] not in sizes:
+                sizes[dim[0]], source[dim[0]] = int(got), spec["name"]
+    for p in manifest.get("dynamic", {}).get("params", []):
+        if p["name"] not in sizes:
+            raise BundleInputError(f"no input gives the dynamic size {p['name']} (expected "
+                                   f"{len(manifest['inputs'])} inputs with their shapes)")
+        if not p["lo"] <= sizes[p["name"]] <= p["hi"]:
+            raise BundleInputError(f"input {source[p['name']]!r}: dynamic size {p['name']}={sizes[p['name']]} is "
+                                   f"outside its range {p['lo']}..{p['hi']}")
+    for spec, shape in zip(manifest["inputs"], shapes):
+        for i, (dim, got) in enumerate(zip(spec["shape"], shape if len(shape) == len(spec["shape"]) else ())):
+            if isinstance(dim, list) and len(dim) == 1 and int(got) != sizes[dim[0]]:
+                raise BundleInputError(f"input {spec['name']!r}: dimension {i} is the dynamic size {dim[0]}, which "
+                                       f"input {source[dim[0]]!r} gives as {sizes[dim[0]]}, but it is {got}")
+    ins = [[size_at(d, sizes) for d in t["shape"]] for t in manifest["inputs"]]
+    return sizes, ins, [[size_at(d, sizes) for d in t["shape"]] for t in manifest["outputs"]]
 
 
 class _DLDevice(ctypes.Structure):
@@ -254,8 +294,8 @@ class Bundle:
 
 
 def _errors() -> Any:
-    """The error classes, for the bundle's NAME_cuda.py and NAME_cpu.py."""
-    return types.SimpleNamespace(BundleError=BundleError, BundleInputError=BundleInputError)
+    """The error classes and the size binding, for the bundle's NAME_cuda.py and NAME_cpu.py."""
+    return types.SimpleNamespace(BundleError=BundleError, BundleInputError=BundleInputError, bind_sizes=bind_sizes)
 
 
 def _torch_stream(x: Any) -> int:

@@ -44,9 +44,10 @@ class CpuBundle:
             lib = ctypes.CDLL(str(root / cpu["library"]))
         except OSError as exc:
             raise errors.BundleError(f"{root / cpu['library']}: cannot be loaded ({exc})") from None
-        api = {f: getattr(lib, f"{self.name}_cpu_{f}") for f in ("load", "run", "error", "unload", "num_threads")}
+        api = {f: getattr(lib, f"{self.name}_cpu_{f}") for f in ("load", "run_dyn", "error", "unload", "num_threads")}
+        self.manifest, self.params = manifest, [p["name"] for p in manifest.get("dynamic", {}).get("params", [])]
         api["load"].argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
-        api["run"].argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        api["run_dyn"].argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         api["error"].argtypes = [ctypes.c_void_p]
         api["error"].restype = ctypes.c_char_p
         api["unload"].argtypes = [ctypes.c_void_p]
@@ -91,16 +92,21 @@ class CpuBundle:
         if len(inputs) != len(self.inputs):
             names = ", ".join(s["name"] for s in self.inputs)
             raise self.errors.BundleInputError(f"expected {len(self.inputs)} inputs ({names}), got {len(inputs)}")
-        ins = [self._array(x, s, f"input {s['name']!r}", False) for x, s in zip(inputs, self.inputs)]
+        sizes, in_shapes, out_shapes = self.errors.bind_sizes(self.manifest, [getattr(x, "shape", ()) for x in inputs])
+        ins = [self._array(x, {**s, "shape": shape}, f"input {s['name']!r}", False)
+               for x, s, shape in zip(inputs, self.inputs, in_shapes)]
         torch_in = bool(inputs) and type(inputs[0]).__module__.startswith("torch")
         if out is None:
-            out = [aligned_empty(s["shape"], self.np_dtypes.get(s["dtype"], s["dtype"])) for s in self.outputs]
+            out = [aligned_empty(shape, self.np_dtypes.get(s["dtype"], s["dtype"]))
+                   for s, shape in zip(self.outputs, out_shapes)]
         elif len(out) != len(self.outputs):
             raise self.errors.BundleInputError(f"expected {len(self.outputs)} outputs, got {len(out)}")
-        outs = [self._array(x, s, f"output {s['name']!r}", True) for x, s in zip(out, self.outputs)]
+        outs = [self._array(x, {**s, "shape": shape}, f"output {s['name']!r}", True)
+                for x, s, shape in zip(out, self.outputs, out_shapes)]
         in_ptrs = (ctypes.c_void_p * len(ins))(*[a.ctypes.data for a in ins])
         out_ptrs = (ctypes.c_void_p * len(outs))(*[a.ctypes.data for a in outs])
-        rc = self.api["run"](self.handle, in_ptrs, out_ptrs, None)
+        size_arr = (ctypes.c_int64 * max(1, len(self.params)))(*[sizes[n] for n in self.params])
+        rc = self.api["run_dyn"](self.handle, size_arr if self.params else None, in_ptrs, out_ptrs, None)
         if rc != 0:
             message = (self.api["error"](self.handle) or b"").decode(errors="replace")
             raise self.errors.BundleError(f"{self.name}_cpu_run returned {rc}: {message}")
