@@ -8,6 +8,7 @@ from ...schedule.config import Config
 from ...codegen.triton_expr import TileEmitter, literal, tl_type
 from ...ir import dtypes as dt
 from ...ir.expr import E, Expr
+from ...ir.fp8_encode import soft_fp8_casts
 from ...codegen.headers import header
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ class _Body:
     """Emits the loads and arithmetic of one scope (a column chunk or the row scope)."""
 
     def __init__(self, spec: RowwiseSpec, lines: list[str], indent: str, prefix: str, level: str,
-                 bound: dict[str, str]):
+                 bound: dict[str, str], soft_fp8: bool = False):
         self.spec = spec
+        self.soft_fp8 = soft_fp8
         self.level = level
         self.bound = bound  # var name -> python name already computed in an outer scope
         self.em = TileEmitter(lines, indent, prefix, self.leaf)
@@ -78,7 +80,9 @@ class _Body:
         return name
 
     def emit(self, e: Expr) -> str:
-        return self.em.emit(e)
+        # the interpreter's f32 -> e4m3 conversion drops the rounding carry and rounds ties away: encode in
+        # software (integer bit ops, ir/fp8_encode.py) and bitcast the byte
+        return self.em.emit(soft_fp8_casts(e) if self.soft_fp8 else e)
 
 
 def _tile(value: str, e: Expr, level: str) -> str:
@@ -95,8 +99,9 @@ class _Writer:
 
     IND = "    "
 
-    def __init__(self, spec: RowwiseSpec, config: Config):
+    def __init__(self, spec: RowwiseSpec, config: Config, soft_fp8: bool = False):
         self.spec = spec
+        self.soft_fp8 = soft_fp8
         self.bound: dict[str, str] = {}
         args = ", ".join(spec.arg_names())
         self.lines: list[str] = [header(spec, config, "triton"), "import triton", "import triton.language as tl",
@@ -133,7 +138,7 @@ class _Writer:
         return self.IND * 2
 
     def store_domain(self, indent: str) -> None:
-        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound)
+        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound, self.soft_fp8)
         for o in self.spec.outs:
             if o.level != "domain":
                 continue
@@ -144,7 +149,7 @@ class _Writer:
 
     def row_scope(self, done: set[int]) -> None:
         """Bind the row values whose reductions are all done."""
-        body = _Body(self.spec, self.lines, self.IND, "w", "row", self.bound)
+        body = _Body(self.spec, self.lines, self.IND, "w", "row", self.bound, self.soft_fp8)
         for j, rv in enumerate(self.spec.rowvals):
             if f"v{j}" not in self.bound and rv.deps <= done:
                 self.add(f"v{j} = {_tile(body.emit(rv.expr), rv.expr, 'row')}")
@@ -155,7 +160,7 @@ class _Writer:
         self.add(f"# pass {k}: {r.op} over the columns")
         self.add(f"acc{k} = tl.full([BLOCK_R, BLOCK_C], {init}, {acc_t})")
         indent = self.column_loop()
-        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound)
+        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound, self.soft_fp8)
         v = f"{body.emit(r.expr)}.to({acc_t})"
         if r.op in ("sum", "mean"):
             self.lines.append(f"{indent}acc{k} += tl.where(mask, {v}, 0)")
@@ -170,7 +175,7 @@ class _Writer:
         self.bound[f"r{k}"] = f"r{k}"
 
     def row_outputs(self) -> None:
-        body = _Body(self.spec, self.lines, self.IND, "u", "row", self.bound)
+        body = _Body(self.spec, self.lines, self.IND, "u", "row", self.bound, self.soft_fp8)
         for o in self.spec.outs:
             if o.level == "row":
                 v = body.emit(o.expr)
@@ -184,7 +189,7 @@ class _Writer:
 
 def render(spec: RowwiseSpec, config: Config, interpret: bool = False) -> str:
     """Readable, deterministic Triton source for a rowwise kernel."""
-    w = _Writer(spec, config)
+    w = _Writer(spec, config, soft_fp8=interpret)
     w.row_indices()
     if not spec.has_reduction:
         w.add("cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")
