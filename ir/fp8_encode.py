@@ -50,12 +50,13 @@ def encode_e4m3(x: Expr) -> Expr:
     return cast(mag | sign, dt.u8)
 
 
-def soft_fp8_casts(e: Expr) -> Expr:
-    """`e` with every cast to f8e4m3 replaced by the software encoder's byte bitcast to f8e4m3; `e` itself
-    (the same object) when it has none."""
+def soft_fp8_casts(e: Expr, byte: bool = False) -> Expr:
+    """`e` with every cast to f8e4m3 replaced by the software encoder's byte bitcast to f8e4m3 (`byte`: the
+    u8 byte itself, for kernels that hold fp8 buffers as bytes); `e` itself (the same object) when it has none."""
     def fn(n: Expr) -> Expr | None:
         if n.op is E.CAST and n.dtype == dt.f8e4m3 and n.src[0].dtype.is_float:
-            return bitcast(encode_e4m3(n.src[0]), dt.f8e4m3)
+            code = encode_e4m3(n.src[0])
+            return code if byte else bitcast(code, dt.f8e4m3)
         return None
 
     if not any(n.op is E.CAST and n.dtype == dt.f8e4m3 for n in e.toposort()):

@@ -106,3 +106,32 @@ def test_fp8_quantize_is_byte_equal_to_the_reference(target, m):
     import ml_dtypes
 
     assert np.array_equal(got["q"][-1].astype(ml_dtypes.float8_e4m3fn).view(np.uint8), codes)
+
+
+def test_fp8_bytes_knob_is_forced_on_sm_80_and_off_by_default_on_sm_90():
+    from tilefuse.schedule.target import get_target
+
+    g = quant_graph((5, 256), "f32", "f8e4m3", 128)
+    spec = compile_graph(g, "interp", db=None, cost_model=None, aot=False).kernels[0].spec
+    assert spec.knob_space(get_target("sm_80"))["FP8_BYTES"] == (1,)
+    assert spec.default_config(get_target("sm_80")).int("FP8_BYTES") == 1
+    assert spec.default_config(get_target("sm_90")).int("FP8_BYTES") == 0
+    plain = compile_graph(quant_graph((5, 256)), "interp", db=None, cost_model=None, aot=False).kernels[0].spec
+    assert "FP8_BYTES" not in plain.knob_space(get_target("sm_80"))  # no fp8 buffer: no knob
+
+
+@pytest.mark.interp
+def test_fp8_quantize_with_bytes_on_the_interpreter_is_byte_equal_to_the_reference():
+    """sm_80's form (u8 pointers, the encoder's byte stored as is, the copies moving bytes) run by the interpreter."""
+    m, k = 7, 256
+    g = quant_graph((m, k), "f32", "f8e4m3", 128)
+    kernels = compile_graph(g, "interp", db=None, cost_model=None, aot=False).kernels
+    configs = {ck.spec.name: ck.config.replace(FP8_BYTES=1) for ck in kernels if "FP8_BYTES" in ck.config}
+    assert len(configs) == 2  # the quantize and the copy of its grouped codes
+    cg = compile_graph(g, "interp", configs=configs, db=None, cost_model=None)
+    src = "".join(ck.source for ck in cg.kernels)
+    assert "float8" not in src and "tl.uint8" in src
+    x = edge_rows(m, k)
+    got = {name: to_np(v) for name, v in cg.run({"x": x}, poison=True).items()}
+    want = evaluate(g, {"x": x})
+    assert np.array_equal(got["q"], want["q"]) and np.array_equal(got["s"], want["s"])
