@@ -50,6 +50,8 @@ def test_saturates_inf_and_keeps_nan_sign():
     x = np.asarray([np.inf, -np.inf, 1e30, 470.0, np.nan, -np.nan], np.float32)
     got = eval_expr(encode_e4m3(ex.arg(0, dt.f32)), [x]).astype(np.uint8)
     assert list(got) == [0x7E, 0xFE, 0x7E, 0x7E, 0x7F, 0xFF]
+    ref = dt.round_to(x.astype(np.float64), dt.f8e4m3)  # the reference saturates inf too, as cvt.rn.satfinite
+    assert list(ref[:4]) == [448.0, -448.0, 448.0, 448.0] and np.isnan(ref[4:]).all()
 
 
 def test_tvm_lowering_matches_torch_on_a_dense_f32_sweep():
