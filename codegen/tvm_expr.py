@@ -20,6 +20,7 @@ from ..ir import dims
 from ..ir import dtypes as dt
 from ..ir.expr import E, Expr
 from ..ir.expr import toposort as expr_toposort
+from ..ir.fp8_encode import soft_fp8_casts
 from .lowering import LoweringError, register_lowering, rule
 
 B = "tvm"
@@ -116,14 +117,10 @@ def _sigmoid(x: PrimExpr) -> PrimExpr:
     return one / (one + _exp(-x))
 
 
-def _tanh(x: PrimExpr) -> PrimExpr:
-    return tirx.tanh(x)
-
-
 _MATH: dict[E, Callable[[PrimExpr], PrimExpr]] = {
     E.EXP: _exp, E.EXP2: tirx.exp2, E.LOG: tirx.log, E.LOG2: tirx.log2, E.LOG1P: tirx.log1p,
     E.SQRT: tirx.sqrt, E.RSQRT: lambda x: tirx.const(1.0, dtype_of(x)) / tirx.sqrt(x), E.SIN: tirx.sin,
-    E.COS: tirx.cos, E.TANH: _tanh, E.SIGMOID: _sigmoid, E.ERF: tirx.erf,
+    E.COS: tirx.cos, E.TANH: tirx.tanh, E.SIGMOID: _sigmoid, E.ERF: tirx.erf,
     E.RECIP: lambda x: tirx.const(1.0, dtype_of(x)) / x, E.FLOOR: tirx.floor, E.CEIL: tirx.ceil,
     E.ROUND: tirx.nearbyint,  # ties to even (llvm.nearbyint)
 }
@@ -231,8 +228,8 @@ def _cast(e: Expr, a: PrimExpr) -> PrimExpr:
 
 @register_lowering(B, E.BITCAST)
 def _bitcast(e: Expr, a: PrimExpr) -> PrimExpr:
-    if e.src[0].dtype in _FP8 and e.dtype == dt.u8:
-        return a  # an fp8 buffer's element is its byte already (tvm_storage_dtype)
+    if (e.src[0].dtype in _FP8 and e.dtype == dt.u8) or (e.src[0].dtype == dt.u8 and e.dtype in _FP8):
+        return a  # an fp8 value is its byte (tvm_storage_dtype): loaded, or encoded by ir/fp8_encode.py
     return tirx.reinterpret(tvm_dtype(e.dtype, "bitcast"), a)
 
 
@@ -247,12 +244,13 @@ def _check_depth(nodes: list[Expr]) -> None:
 
 
 def _check_dtypes(n: Expr) -> None:
-    """LoweringError unless TVM can compute `n`: an fp8 value is only ever loaded (its byte) and bitcast to u8."""
-    if n.op is E.LOAD and n.dtype in _FP8:
+    """LoweringError unless TVM can compute `n`: an fp8 value is only ever a byte, loaded or encoded in software
+    (a cast to f8e4m3, soft_fp8_casts), and bitcast to u8 or stored."""
+    if (n.op is E.LOAD and n.dtype in _FP8) or (n.op is E.BITCAST and n.src[0].dtype == dt.u8):
         return
     if any(s.dtype in _FP8 for s in n.src) and not (n.op is E.BITCAST and n.dtype == dt.u8):
         raise LoweringError(f"tvm: {n.op.value} of an {n.src[0].dtype} value is not supported by the tvm backend "
-                            "(it reads fp8 bytes for the dequantize decode only)")
+                            "(fp8 values are bytes there: decoded by a dequantize, encoded by a cast to f8e4m3)")
     tvm_dtype(n.dtype, n.op.value)
 
 
@@ -282,6 +280,7 @@ def lower_expr(e: Expr, leaf: Callable[[Expr], PrimExpr | None],
     expressions shared across calls: a caller that passes one (and whose `leaf` reads operands from it, as
     the matmul loaders do) gets every node lowered into it and no Let bindings, since a bound variable would
     escape its Let through the memo."""
+    e = soft_fp8_casts(e)  # TVM has no f8 type: the cast is integer bit ops producing the byte
     nodes = expr_toposort([e])
     _check_depth(nodes)
     # TVM's bf16/f16 storage legalization leaves a Let's value unvisited (a bf16 RMSNorm read raw bits):

@@ -90,6 +90,13 @@ def fp8_bytes(a: Any, d: dt.DType) -> np.ndarray:
     return np.ascontiguousarray(a if a.dtype == enc else a.astype(np.float32).astype(enc)).view(np.uint8)
 
 
+def fp8_values(b: np.ndarray, d: dt.DType) -> np.ndarray:
+    """The values of fp8 bytes `b` (u8), as ml_dtypes fp8."""
+    import ml_dtypes
+
+    return np.ascontiguousarray(b).view(ml_dtypes.float8_e4m3fn if d == dt.f8e4m3 else ml_dtypes.float8_e5m2)
+
+
 class TvmKernel:
     """A built kernel: call it on numpy arrays (inputs, outputs), or time it."""
 
@@ -159,10 +166,13 @@ class TvmKernel:
         self._copy_out(args, outputs)
 
     def _copy_out(self, args: list[Any], outputs: Sequence[np.ndarray]) -> None:
-        for out, arg in zip(outputs, args[self.n_inputs:]):
+        for out, arg, d in zip(outputs, args[self.n_inputs:], self.dtypes[self.n_inputs:]):
             if isinstance(out, np.ndarray) and arg.data_ptr() == out.ctypes.data:
                 continue  # written in place
-            out[...] = arg.numpy().reshape(out.shape).astype(out.dtype, copy=False)
+            got = arg.numpy()
+            if d in FP8 and np.dtype(out.dtype) != np.uint8:
+                got = fp8_values(got, d)  # the kernel wrote bytes; a float or ml_dtypes array gets the values
+            out[...] = got.reshape(out.shape).astype(out.dtype, copy=False)
 
     def time(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], number: int = 10,
              repeat: int = 3, sizes: Mapping[str, int] | None = None) -> list[float]:

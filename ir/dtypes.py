@@ -175,7 +175,7 @@ def _round_bf16(x32: np.ndarray) -> np.ndarray:
 
 def _round_fp8(x: np.ndarray, d: DType) -> np.ndarray:
     man, emin, maxv = (3, -6, 448.0) if d == f8e4m3 else (2, -14, 57344.0)
-    ax = np.abs(x)
+    ax = np.minimum(np.abs(x), 2 * maxv)  # inf saturates like any value past the largest (NaN stays NaN)
     with np.errstate(divide="ignore", invalid="ignore"):
         e = np.floor(np.log2(np.where(ax > 0, ax, 1.0)))
     e = np.maximum(e, emin)

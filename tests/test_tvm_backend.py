@@ -292,8 +292,8 @@ def test_unsupported_dtype_names_op_dtype_and_backend() -> None:
 
     from tilefuse.codegen import tvm_expr
 
-    e = ex.cast(ex.var("x", "f32"), "f8e4m3")
-    with pytest.raises(LoweringError, match=r"tvm.*f8e4m3"):
+    e = ex.cast(ex.var("x", "f32"), "f8e5m2")
+    with pytest.raises(LoweringError, match=r"tvm.*f8e5m2"):
         tvm_expr.lower_expr(e, lambda n: tirx.Var("x", "float32") if n.op is ex.E.VAR else None)
 
 

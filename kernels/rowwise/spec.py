@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+from collections.abc import Mapping
 
 from ...schedule.config import Config
+from ...schedule.launch import LaunchPlan
 from ...schedule.target import Target
 from ...ir import expr as ex
 from ...ir.dtypes import DType
@@ -21,6 +23,7 @@ from ...passes.partition import Kernel, KernelGraph
 from ..base import BASE_REGISTERS, KernelSpec
 from ..registry import register_family
 from ..lowering import LoweringError, next_pow2, prod
+from . import fp8_bytes
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,11 @@ class RowwiseSpec(KernelSpec):
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         if target.kind == "cpu":
             return {"vector": (1, 2, 4, 8, 16, 32), "parallel_rows": (1, 4, 16, 64), "unroll": (0, 1)}
-        return {"BLOCK_R": (1, 2, 4, 8, 16, 32, 64, 128), "BLOCK_C": tuple(1 << i for i in range(0, 14)),
-                "num_warps": (1, 2, 4, 8, 16), "num_stages": (1, 2, 3)}
+        space = {"BLOCK_R": (1, 2, 4, 8, 16, 32, 64, 128), "BLOCK_C": tuple(1 << i for i in range(0, 14)),
+                 "num_warps": (1, 2, 4, 8, 16), "num_stages": (1, 2, 3)}
+        if fp8_bytes.touches_fp8(list(self.inputs) + list(self.outputs)):
+            space[fp8_bytes.KNOB] = fp8_bytes.knob_values(target)
+        return space
 
     def constraints(self, config: Config, target: Target) -> list[str]:
         if target.kind == "cpu":
@@ -151,7 +157,15 @@ class RowwiseSpec(KernelSpec):
         br = max(1, min(next_pow2(self.rows), 1024 // bc, 128))  # 128: the largest BLOCK_R of the knob space
         tile = br * bc
         warps = 1 if tile <= 128 else 2 if tile <= 256 else 4 if tile <= 2048 else 8
-        return Config(BLOCK_R=br, BLOCK_C=bc, num_warps=warps, num_stages=1)
+        cfg = Config(BLOCK_R=br, BLOCK_C=bc, num_warps=warps, num_stages=1)
+        if fp8_bytes.touches_fp8(list(self.inputs) + list(self.outputs)):
+            cfg = cfg.replace(**{fp8_bytes.KNOB: fp8_bytes.default(target)})
+        return cfg
+
+    def launch_plan(self, config: Config, sizes: Mapping[str, int] | None = None) -> LaunchPlan:
+        """The family's plan; fp8 pointers declared u8 under FP8_BYTES=1 (kernels/rowwise/fp8_bytes.py)."""
+        plan = super().launch_plan(config, sizes)
+        return fp8_bytes.byte_plan(plan) if fp8_bytes.as_bytes(config) else plan
 
     def grid(self, config: Config) -> tuple[int, int, int]:
         if "BLOCK_R" not in config:

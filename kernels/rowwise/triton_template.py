@@ -8,6 +8,8 @@ from ...schedule.config import Config
 from ...codegen.triton_expr import TileEmitter, literal, tl_type
 from ...ir import dtypes as dt
 from ...ir.expr import E, Expr
+from ...ir.fp8_encode import soft_fp8_casts
+from .fp8_bytes import FP8, as_bytes, byte_expr
 from ...codegen.headers import header
 
 if TYPE_CHECKING:
@@ -33,8 +35,9 @@ class _Body:
     """Emits the loads and arithmetic of one scope (a column chunk or the row scope)."""
 
     def __init__(self, spec: RowwiseSpec, lines: list[str], indent: str, prefix: str, level: str,
-                 bound: dict[str, str]):
+                 bound: dict[str, str], fp8_mode: str = "native"):
         self.spec = spec
+        self.fp8_mode = fp8_mode
         self.level = level
         self.bound = bound  # var name -> python name already computed in an outer scope
         self.em = TileEmitter(lines, indent, prefix, self.leaf)
@@ -78,7 +81,17 @@ class _Body:
         return name
 
     def emit(self, e: Expr) -> str:
-        return self.em.emit(e)
+        # "soft": the interpreter's f32 -> e4m3 conversion drops the rounding carry and rounds ties away:
+        # encode in software (integer bit ops, ir/fp8_encode.py) and bitcast the byte; "bytes": sm_80 has no
+        # fp8 type at all, the byte itself is stored through a u8 pointer (fp8_bytes.py)
+        if self.fp8_mode == "bytes":
+            return self.em.emit(byte_expr(e))
+        return self.em.emit(soft_fp8_casts(e) if self.fp8_mode == "soft" else e)
+
+
+def w_type(d: dt.DType, fp8_mode: str) -> str:
+    """The tl type an output of dtype `d` is stored as: fp8 as its byte in "bytes" mode."""
+    return "tl.uint8" if fp8_mode == "bytes" and d in FP8 else tl_type(d)
 
 
 def _tile(value: str, e: Expr, level: str) -> str:
@@ -95,8 +108,9 @@ class _Writer:
 
     IND = "    "
 
-    def __init__(self, spec: RowwiseSpec, config: Config):
+    def __init__(self, spec: RowwiseSpec, config: Config, fp8_mode: str = "native"):
         self.spec = spec
+        self.fp8_mode = fp8_mode
         self.bound: dict[str, str] = {}
         args = ", ".join(spec.arg_names())
         self.lines: list[str] = [header(spec, config, "triton"), "import triton", "import triton.language as tl",
@@ -133,18 +147,18 @@ class _Writer:
         return self.IND * 2
 
     def store_domain(self, indent: str) -> None:
-        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound)
+        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound, self.fp8_mode)
         for o in self.spec.outs:
             if o.level != "domain":
                 continue
             v = body.emit(o.expr)
             buf = self.spec.outputs[o.index]
             self.lines.append(f"{indent}tl.store(out{o.index} + rows * COLS + cols, "
-                              f"{_tile(v, o.expr, 'domain')}.to({tl_type(buf.dtype)}), mask=mask)")
+                              f"{_tile(v, o.expr, 'domain')}.to({w_type(buf.dtype, self.fp8_mode)}), mask=mask)")
 
     def row_scope(self, done: set[int]) -> None:
         """Bind the row values whose reductions are all done."""
-        body = _Body(self.spec, self.lines, self.IND, "w", "row", self.bound)
+        body = _Body(self.spec, self.lines, self.IND, "w", "row", self.bound, self.fp8_mode)
         for j, rv in enumerate(self.spec.rowvals):
             if f"v{j}" not in self.bound and rv.deps <= done:
                 self.add(f"v{j} = {_tile(body.emit(rv.expr), rv.expr, 'row')}")
@@ -155,7 +169,7 @@ class _Writer:
         self.add(f"# pass {k}: {r.op} over the columns")
         self.add(f"acc{k} = tl.full([BLOCK_R, BLOCK_C], {init}, {acc_t})")
         indent = self.column_loop()
-        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound)
+        body = _Body(self.spec, self.lines, indent, "t", "domain", self.bound, self.fp8_mode)
         v = f"{body.emit(r.expr)}.to({acc_t})"
         if r.op in ("sum", "mean"):
             self.lines.append(f"{indent}acc{k} += tl.where(mask, {v}, 0)")
@@ -170,12 +184,13 @@ class _Writer:
         self.bound[f"r{k}"] = f"r{k}"
 
     def row_outputs(self) -> None:
-        body = _Body(self.spec, self.lines, self.IND, "u", "row", self.bound)
+        body = _Body(self.spec, self.lines, self.IND, "u", "row", self.bound, self.fp8_mode)
         for o in self.spec.outs:
             if o.level == "row":
                 v = body.emit(o.expr)
                 buf = self.spec.outputs[o.index]
-                self.add(f"tl.store(out{o.index} + rows, {_tile(v, o.expr, 'row')}.to({tl_type(buf.dtype)}), "
+                ty = w_type(buf.dtype, self.fp8_mode)
+                self.add(f"tl.store(out{o.index} + rows, {_tile(v, o.expr, 'row')}.to({ty}), "
                          "mask=rmask)")
 
     def source(self) -> str:
@@ -184,7 +199,7 @@ class _Writer:
 
 def render(spec: RowwiseSpec, config: Config, interpret: bool = False) -> str:
     """Readable, deterministic Triton source for a rowwise kernel."""
-    w = _Writer(spec, config)
+    w = _Writer(spec, config, "bytes" if as_bytes(config) else "soft" if interpret else "native")
     w.row_indices()
     if not spec.has_reduction:
         w.add("cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]")

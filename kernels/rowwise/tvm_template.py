@@ -14,7 +14,8 @@ from tvm import s_tir, te, tirx
 
 from ...schedule.config import Config
 from ...codegen.lowering import LoweringError
-from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim, prim_module, tvm_dtype, view_offset
+from ...codegen.tvm_expr import (PrimExpr, dtype_of, lower_expr, prim, prim_module, tvm_dtype, tvm_storage_dtype,
+                                 view_offset)
 from ...ir import dtypes as dt
 from ...ir.dims import is_dynamic, upper
 from ...ir.expr import E, Expr
@@ -79,7 +80,7 @@ class _Builder:
             if upper(b.numel) > INDEX32:
                 raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "
                                     "which the tvm backend does not support yet")
-        self.inputs = [te.placeholder((prim(b.numel),), tvm_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
+        self.inputs = [te.placeholder((prim(b.numel),), tvm_storage_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
                        for i, b in enumerate(spec.inputs)]
         self.reds: list[tuple[Any, Any | None]] = []  # (main part, column tail) per reduction
         self.rowvals: list[Any] = []
@@ -135,7 +136,7 @@ class _Builder:
             self._rowvals(done)
         outs = []
         for o in spec.outs:
-            d = tvm_dtype(spec.outputs[o.index].dtype, f"output {o.index}")
+            d = tvm_storage_dtype(spec.outputs[o.index].dtype, f"output {o.index}")
             if o.level == "domain":
                 outs.append(te.compute((self.rows, self.cols), self._domain_body(o.expr, d), name=f"out{o.index}"))
             else:
