@@ -124,3 +124,11 @@ def test_dynamic_reduction_axis_and_columns_on_interp():
         _ok(cg, g, n, seed=n)
 
 
+
+
+def test_constants_with_dynamic_sizes_are_refused_naming_the_parameters():
+    """Compile-time constants (sparse patterns) are planned at fixed sizes: with a dynamic graph that is a
+    clear option error naming the dynamic parameters, not a plan made at one size."""
+    g = _mlp()
+    with pytest.raises(compiler.CompileOptionError, match=r"constants= needs static sizes.*\['T'\]"):
+        tf.compile(g, target="cpu", constants={"norm_w": np.ones(64, np.float16)})
