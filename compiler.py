@@ -207,13 +207,27 @@ def compile_graph(graph: Any, target: str | Target = "cpu", configs: Mapping[str
         return ck
 
     if g.is_dynamic:
-        return compile_dynamic(g, tgt, choose, build, buckets)
+        dyn = compile_dynamic(g, tgt, choose, build, buckets)
+        check_config_names(configs, {k.spec.name for b in dyn.buckets for k in b.compiled.kernels}, g.name)
+        return dyn
     if buckets is not None:
         raise CompileOptionError(f"compile: buckets= is for graphs with dynamic sizes; {g.name} has none")
     pipeline = run_pipeline(g, fusion_rules())
     kg = pipeline.kernels
-    compiled = [build(spec, *choose(spec)) for spec in (spec_for(kg, k, tgt.backend) for k in kg.kernels)]
+    specs = [spec_for(kg, k, tgt.backend) for k in kg.kernels]
+    check_config_names(configs, {spec.name for spec in specs}, g.name)
+    compiled = [build(spec, *choose(spec)) for spec in specs]
     return CompiledGraph(g, tgt, pipeline, compiled, consts, tuple(patterns))
+
+
+def check_config_names(configs: Mapping[str, Config] | None, names: set[str], graph: str) -> None:
+    """CompileOptionError when `configs` names a kernel the graph does not have: a misspelt name would
+    otherwise leave that kernel on its default config without a word."""
+    unknown = sorted(set(configs or {}) - names)
+    if unknown:
+        raise CompileOptionError(f"compile: configs= names kernel{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(unknown)}, which {graph} does not have; its kernels: "
+                                 f"{', '.join(sorted(names))}")
 
 
 def require_backend(tgt: Target) -> None:

@@ -122,3 +122,16 @@ def test_ml_dtypes_arrays_count_as_floats():
     check_input("w", np.zeros(SHAPE, dtype=ml_dtypes.bfloat16), dt.bf16, SHAPE, "tvm")
     with pytest.raises(InputTypeError, match="got a bfloat16 array [(]float elements[)]$"):
         check_input("w", np.zeros(SHAPE, dtype=ml_dtypes.bfloat16), dt.i8, SHAPE, "tvm")
+
+
+def test_configs_for_a_kernel_the_graph_does_not_have_are_refused():
+    """A misspelt kernel name in configs= used to leave that kernel on its default without a word."""
+    from tilefuse.compiler import CompileOptionError
+    from tilefuse.schedule.config import Config
+
+    g = tf.GraphBuilder("cfg_names")
+    x = g.input("x", (4, 8), "f32")
+    g.output("y", tf.exp(x))
+    with pytest.raises(CompileOptionError, match=r"configs= names kernel k9_nope, which cfg_names does not "
+                                                 r"have; its kernels: k0_exp"):
+        tf.compile(g, target="cpu", configs={"k9_nope": Config(parallel_rows=1)})

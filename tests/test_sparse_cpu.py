@@ -23,7 +23,7 @@ def test_cpu_csr_spmm_matches_reference(index, kind, n, cfg):
     m, k = 61, 47
     case = csr_case(m, k, 0.15, seed=n, kind=kind)
     g = spmm_graph(m, k, n, len(case[2]), index=index)
-    configs = {"k0_sparse_spmm_add_max_add": cfg} if cfg else None
+    configs = {"k0_sparse_spmm_add_max": cfg} if cfg else None
     cg = tf.compile(g, target="cpu", configs=configs, db=None, cost_model=None)
     ins = spmm_inputs(case, k, n, n, index)
     got = cg.run(ins, poison=True)["c"]
@@ -40,7 +40,7 @@ def test_cpu_more_tasks_than_rows_with_nonzeros():
     from tilefuse.ir.sparse_op import csr_from_dense
     ip, ix, v = csr_from_dense(a)
     g = spmm_graph(m, k, n, len(ix))
-    cg = tf.compile(g, target="cpu", configs={"k0_sparse_spmm_add_max_add": Config(tile_n=16, tasks=64)},
+    cg = tf.compile(g, target="cpu", configs={"k0_sparse_spmm_add_max": Config(tile_n=16, tasks=64)},
                     db=None, cost_model=None)
     ins = spmm_inputs((a, ip, ix, v.astype(np.float32)), k, n, 0)
     np.testing.assert_allclose(cg.run(ins, poison=True)["c"], evaluate(g, ins)["c"], rtol=1e-5, atol=1e-4)

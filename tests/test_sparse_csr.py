@@ -55,7 +55,7 @@ def test_constraints_refuse_tiles_that_spill_or_overhang():
 
 
 def _run(g, ins, config):
-    cg = tf.compile(g, target="interp", configs={"k0_sparse_spmm_add_max_add": config} if config else None,
+    cg = tf.compile(g, target="interp", configs={"k0_sparse_spmm_add_max": config} if config else None,
                     db=None, cost_model=None)
     return to_np(cg.run(ins, poison=True)["c"]), cg
 
