@@ -36,6 +36,18 @@ def structure_exprs(spec: KernelSpec, sp: Node, exprs: Sequence[Expr | None]) ->
                                 f"inputs (or views of them), got a computed {e.op.value}")
 
 
+def plain_value(spec: KernelSpec, n: Node) -> Expr:
+    """The kernel's expression of graph value `n` over its own shape, nothing substituted."""
+    return spec.lowering.value(n, tuple(n.shape), lambda _: None)
+
+
+def csr_structure(spec: KernelSpec, sp: Node) -> tuple[Expr, Expr, int]:
+    """(indptr, indices, nnz) of the CSR operand `sp`, its structure arrays checked to be kernel inputs."""
+    indptr, indices = plain_value(spec, sp.src[0]), plain_value(spec, sp.src[1])
+    structure_exprs(spec, sp, (indptr, indices))
+    return indptr, indices, sp.src[1].shape[0]
+
+
 def host(x: Any) -> np.ndarray:
     """A numpy copy of an input array or torch tensor (any device)."""
     if hasattr(x, "detach"):

@@ -30,7 +30,7 @@ from ...schedule.target import Target
 from ..base import BASE_REGISTERS, KernelSpec
 from ..lowering import LoweringError, next_pow2
 from ..registry import register_family
-from .common import check_structure, sparse_operand, structure_exprs
+from .common import check_structure, csr_structure, plain_value, sparse_operand
 
 MAX_TILE = 8192  # BLOCK_NZ x BLOCK_K (scores) or BLOCK_NZ x BLOCK_N (aggregation) gathered elements
 MAX_CPU_ROW = 8192  # the CPU attention kernel holds one output row of this many features in a stack buffer
@@ -51,13 +51,7 @@ class _EdgeSoftmaxBase(KernelSpec):
         self.sparse, self.softmax = sp, sm
         self.M, self.N = sp.shape
         lw = self.lowering
-
-        def value(n: Node) -> Expr:
-            return lw.value(n, tuple(n.shape), lambda _: None)
-
-        self.indptr, self.indices = value(sp.src[0]), value(sp.src[1])
-        self.nnz = sp.src[1].shape[0]
-        structure_exprs(self, sp, (self.indptr, self.indices))
+        self.indptr, self.indices, self.nnz = csr_structure(self, sp)
         sd = next((m for m in self.kernel.group.nodes if m.op is Op.SDDMM), None)
         self.sddmm = sd
         self.K = 0
@@ -67,7 +61,7 @@ class _EdgeSoftmaxBase(KernelSpec):
             if pattern.src[0] is not sp.src[0] or pattern.src[1] is not sp.src[1]:
                 raise LoweringError(f"{self.name}: the sddmm's pattern and the softmax's operand must share "
                                     "indptr and indices (build the scores with sddmm(..., as_sparse=True))")
-            self.a, self.b = value(sd.src[0]), value(sd.src[1])
+            self.a, self.b = plain_value(self, sd.src[0]), plain_value(self, sd.src[1])
             self.K = sd.src[0].shape[1]
             wide = wide or dt.f64 in (self.a.dtype, self.b.dtype)
         self.acc_dtype = dt.f64 if wide else dt.f32

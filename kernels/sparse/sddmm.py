@@ -16,7 +16,6 @@ from typing import Any
 
 from ...ir import dtypes as dt
 from ...ir import expr as ex
-from ...ir.expr import Expr
 from ...ir.ops import Node, Op
 from ...ir.text import format_expr
 from ...passes.partition import Kernel, KernelGraph
@@ -25,7 +24,7 @@ from ...schedule.target import Target
 from ..base import BASE_REGISTERS, KernelSpec
 from ..lowering import LoweringError, next_pow2
 from ..registry import register_family
-from .common import check_structure, sparse_operand, structure_exprs
+from .common import check_structure, csr_structure, plain_value, sparse_operand
 
 ACC = "acc"
 MAX_TILE = 8192  # BLOCK_NZ x BLOCK_K gathered elements of b per step
@@ -50,14 +49,8 @@ class SddmmSpec(KernelSpec):
         self.M, self.N = sp.shape
         self.K = sd.src[0].shape[1]
         lw = self.lowering
-
-        def value(n: Node) -> Expr:
-            return lw.value(n, tuple(n.shape), lambda _: None)
-
-        self.indptr, self.indices = value(sp.src[0]), value(sp.src[1])
-        self.nnz = sp.src[1].shape[0]
-        structure_exprs(self, sp, (self.indptr, self.indices))
-        self.a, self.b = value(sd.src[0]), value(sd.src[1])
+        self.indptr, self.indices, self.nnz = csr_structure(self, sp)
+        self.a, self.b = plain_value(self, sd.src[0]), plain_value(self, sd.src[1])
         self.acc_dtype = dt.f64 if dt.f64 in (self.a.dtype, self.b.dtype) else dt.f32
         anchor_val = ex.cast(ex.var(ACC, self.acc_dtype), sd.dtype)
         self.outs = [(i, lw.value(o, tuple(sd.shape), lambda n: anchor_val if n is sd else None))
