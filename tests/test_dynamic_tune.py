@@ -85,3 +85,28 @@ def test_real_measurements_of_a_dynamic_kernel_per_bucket(tmp_path: Path):
         cg = tf.compile(g, target="cpu", db=db, cost_model=None, buckets=[4])
         assert all(ck.config_source.startswith("database: this device") for b in cg.buckets
                    for ck in b.compiled.kernels)
+
+
+def test_cost_model_trained_on_some_buckets_picks_configs_for_untuned_ones(tmp_path: Path):
+    # Issue 17: "the cost model predicts buckets that were not tuned". Records of every config in the buckets T=1..8 and
+    # T=9..64 train a real XGBoost ranker; a compile with other buckets (none of them in the database) asks
+    # the model, which must carry the fast config over to the new bucket sizes.
+    from tilefuse.costmodel.models import XGBRankModel
+
+    g = _graph()
+    dev = cpu_device()
+    with TuningDB(f"sqlite:///{tmp_path / 't.db'}") as db:
+        tune_graph(g, "cpu", budget=48, strategy="grid", db=db, runner=FakeRunner(_fast), device=dev, buckets=[8])
+        model = XGBRankModel(num_boost_round=30)
+        model.fit(db.records())
+    tgt = get_target("cpu")
+    sources = ConfigSources(model=model, device=dev)
+    edges = all_edges(g, [3, 20])
+    picked = {}
+    for ranges, gb in bucket_graphs(g, edges):
+        (spec,) = graph_specs(gb, "tvm", ranges)[1]
+        config, source = choose_config(spec, tgt, None, sources)
+        assert source == "cost model (xgb)"
+        picked[ranges] = (config.get("parallel_rows"), config.get("vector"))
+    assert sorted(picked) == [(("T", 1, 3),), (("T", 4, 20),), (("T", 21, 64),)]
+    assert set(picked.values()) == {(4, 8)}
