@@ -132,3 +132,19 @@ def test_constants_with_dynamic_sizes_are_refused_naming_the_parameters():
     g = _mlp()
     with pytest.raises(compiler.CompileOptionError, match=r"constants= needs static sizes.*\['T'\]"):
         tf.compile(g, target="cpu", constants={"norm_w": np.ones(64, np.float16)})
+
+
+def test_matmul_offsets_are_int64_when_the_range_reaches_past_int32():
+    # T up to 2^26 rows of 64: x can hold 2^32 elements, so `rm * 64` would wrap in int32 at the range's top.
+    b = tf.GraphBuilder("wide")
+    t = b.dyn("T", 1, 2**26, hint=8)
+    x = b.input("x", (t, 64), "f32")
+    b.output("y", tf.relu(x @ b.input("w", (64, 48), "f32")))
+    g = b.build()
+    cg = tf.compile(g, target="interp", buckets=[8])
+    src = cg.kernels[0].source
+    assert "rm = rm.to(tl.int64)" in src and "kk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)" in src
+    for n in (1, 5, 37):
+        _ok(cg, g, n)
+    narrow = tf.compile(g.freeze({"T": 37}), target="interp")  # 2368 elements: int32 offsets stay
+    assert "int64" not in narrow.kernels[0].source

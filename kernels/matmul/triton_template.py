@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ...schedule.config import Config
 from ...codegen.triton_expr import TileEmitter, literal, tl_type
 from ...ir import dtypes as dt
+from ...ir.dims import upper
 from ...ir.expr import E, Expr
 from ...codegen.headers import header
 from ..lowering import LoadSite, prod
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from .spec import MatmulSpec, ScaledDot
 
 IND = "    "
+INDEX32 = 2**31 - 1
 _REDUCE = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}
 _COMBINE = {"max": "tl.maximum", "min": "tl.minimum"}
 
@@ -157,8 +159,16 @@ def _mask_defs(spec: MatmulSpec, masks: set[str], indent: str, which: str) -> li
     return lines
 
 
-def _prelude(spec: MatmulSpec, L: list[str]) -> None:
-    """Program ids -> (pid_m, pid_n) with GROUP_M swizzling, batch indices, row/col ranges."""
+def wide(spec: MatmulSpec, config: Config) -> bool:
+    """Whether an element offset can pass 2^31 - 1 (at the top of every dynamic range): then the row, column,
+    k and batch indices are int64, as a product like `rm * K` in int32 would wrap silently."""
+    sizes = [upper(b.numel) for b in list(spec.inputs) + list(spec.outputs)]
+    sizes.append(config.int("SPLIT_K") * upper(prod(spec.batch)) * upper(spec.M) * upper(spec.N))  # workspace
+    return max(sizes) > INDEX32
+
+
+def _prelude(spec: MatmulSpec, L: list[str], wide: bool = False) -> None:
+    """Program ids -> (pid_m, pid_n) with GROUP_M swizzling, batch indices, row/col ranges (int64 if `wide`)."""
     M, N = spec.M, spec.N
     L += [f"{IND}pid = tl.program_id(0)",
           f"{IND}pid_b = tl.program_id(2)",
@@ -171,6 +181,8 @@ def _prelude(spec: MatmulSpec, L: list[str]) -> None:
           f"{IND}pid_n = (pid % group) // group_m",
           f"{IND}rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
           f"{IND}rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)"]
+    if wide:
+        L += [f"{IND}pid_b = pid_b.to(tl.int64)", f"{IND}rm = rm.to(tl.int64)", f"{IND}rn = rn.to(tl.int64)"]
     _batch_indices(spec, L)
 
 
@@ -307,7 +319,8 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
             "SPLIT_K: tl.constexpr"
     L: list[str] = [header(spec, config, "triton"), "import triton", "import triton.language as tl", "", "",
                     "@triton.jit", f"def {spec.name}({', '.join(args)}, {cexpr}):"]
-    _prelude(spec, L)
+    big = wide(spec, config)
+    _prelude(spec, L, big)
     acc_t = "tl.int32" if spec.operand_dtype.is_int else "tl.float32"
     op_dt = spec.operand_dtype
     if interpret and op_dt.name == "bf16":
@@ -319,7 +332,7 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
     L.append(f"{IND}acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
     L.append(f"{IND}for k0 in range(tl.program_id(1) * BLOCK_K, {spec.K}, BLOCK_K * SPLIT_K):")
     ind2 = IND * 2
-    L.append(f"{ind2}kk = k0 + tl.arange(0, BLOCK_K)")
+    L.append(f"{ind2}kk = k0 + tl.arange(0, BLOCK_K)" + (".to(tl.int64)" if big else ""))
     scaled = spec.scaled_dot(config)
     if scaled is not None:
         _scaled_step(spec, scaled, L, masks)
@@ -336,7 +349,7 @@ def render(spec: MatmulSpec, config: Config, interpret: bool = False) -> str:
     ws_off = f"((tl.program_id(1) * {B} + pid_b) * {spec.M} + rm[:, None]) * {spec.N} + rn[None, :]"
     L.append(f"{IND}tl.store(ws + {ws_off}, acc, mask={full})")
     L += ["", "", "@triton.jit", f"def {spec.name}_finish({', '.join(args)}, {cexpr}):"]
-    _prelude(spec, L)
+    _prelude(spec, L, big)
     L.append(f"{IND}acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})")
     L.append(f"{IND}for s in range(SPLIT_K):")
     L.append(f"{IND * 2}acc += tl.load(ws + ((s * {B} + pid_b) * {spec.M} + rm[:, None]) * {spec.N} + rn[None, :], "
