@@ -266,11 +266,22 @@ def _zeros(srcs: tuple[Node, ...], a: dict[str, Any], norm: dict[str, Any], what
     norm.update(zero_layout=zl, zeros_packed=bool(zp))
 
 
+def _whole_groups(norm: dict[str, Any], what: str) -> None:
+    """K groups (AWQ, GPTQ, BitDistiller) must tile K: those formats store ceil(K/G) scale rows only when
+    K % G == 0, and a ragged last group is a packing mistake, not a layout. (fp8 blocks and column groups
+    may be ragged: DeepSeek-V3's 128x128 scales cover K and N that are not multiples of 128.)"""
+    gs, k = norm["group_size"], norm["shape"][0]
+    if norm["scale_layout"] == "group_k" and isinstance(gs, int) and isinstance(k, int) and gs > 0 and k % gs:
+        raise VerifyError(f"{what}: K={k} is not a multiple of group_size {gs} (group_k scales need whole "
+                          f"groups of rows; {k // gs * gs} or {-(-k // gs) * gs} rows would be)")
+
+
 @register(Op.DEQUANTIZE, (2, 5))
 def _infer_dequantize(srcs: tuple[Node, ...], a: dict[str, Any]) -> Any:
     p = srcs[0]
     what = f"dequantize of {p.dtype}{fmt_shape(p.shape)}"
     norm = _header(srcs, a, what)
+    _whole_groups(norm, what)
     _codes(p, a, norm, what)
     _scales(srcs, a, norm, grid_shape(norm["scale_layout"], norm["group_size"], norm["shape"]), what)
     if not norm["symmetric"]:

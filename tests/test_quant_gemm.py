@@ -133,7 +133,7 @@ AWQ_TEXT = """graph awq {{
 @pytest.mark.parametrize("qw,s,g,words", [
     ("i32[256, 8]", "f16[2, 72]", 128, ("packed", "i32[256, 8]", "[256, 9]")),  # packed shape mismatch
     ("i32[256, 9]", "i32[2, 72]", 128, ("scales", "i32")),                    # scales of the wrong dtype
-    ("i32[256, 9]", "f16[2, 72]", 96, ("scales", "[3, 72]")),                  # K not a multiple of G
+    ("i32[256, 9]", "f16[3, 72]", 96, ("i32[256, 9]", "K=256", "group_size 96")),  # K % G != 0
 ])
 def test_bad_quantized_weights_are_one_cli_error_line(tmp_path, capsys, qw, s, g, words) -> None:
     from tilefuse.cli import main
