@@ -127,23 +127,55 @@ def compile_dynamic(g: Graph, tgt: Target, choose: Choose, build: Build,
     distinct code and config). `buckets`: the upper ends of the size buckets, for every parameter or
     per parameter name (default: powers of two)."""
     edges = all_edges(g, buckets)
-    _, lo_specs = graph_specs(g.at({n: p.lo for n, p in g.params.items()}), tgt.backend, None)
-    _, hi_specs = graph_specs(g.at({n: p.hi for n, p in g.params.items()}), tgt.backend, None)
-    want = _grouping(lo_specs)
-    _check_grouping(g, want, hi_specs, "the top of the range")
-    built: dict[tuple[str, str], CompiledKernel] = {}
-    out = []
+    ends = _Ends(g, tgt)
+    want = _grouping(ends.specs({n: p.lo for n, p in g.params.items()}))
+    _check_grouping(g, want, ends.specs({n: p.hi for n, p in g.params.items()}), "the top of the range")
+    chosen: list[tuple[Bucket, list[tuple[KernelSpec, Config, str]]]] = []
+    spans: dict[tuple[str, str], list[tuple[tuple[str, int, int], ...]]] = {}
     for ranges, gb in bucket_graphs(g, edges):
         pipeline, specs = graph_specs(gb, tgt.backend, ranges)
         bucket = Bucket(ranges, CompiledGraph(gb, tgt, pipeline, []))
         _check_grouping(g, want, specs, bucket.label())
-        for i, spec in enumerate(specs):
+        picks = []
+        for spec in specs:
             config, source = choose(spec)
+            picks.append((spec, config, source))
+            spans.setdefault((spec.code_key, config.to_json()), []).append(ranges)
+        chosen.append((bucket, picks))
+    built: dict[tuple[str, str], CompiledKernel] = {}
+    for bucket, picks in chosen:
+        for i, (spec, config, source) in enumerate(picks):
             key = (spec.code_key, config.to_json())
             if key not in built:
                 if spec.size_params():
-                    _check_value_independent(lo_specs[i], hi_specs[i], config, tgt)
+                    lo, hi = _span(spans[key])
+                    _check_value_independent(ends.specs(lo)[i], ends.specs(hi)[i], config, tgt)
                 built[key] = build(spec, config, source)
             bucket.compiled.kernels.append(built[key])
-        out.append(bucket)
-    return DynamicCompiledGraph(g, tgt, edges, out)
+    return DynamicCompiledGraph(g, tgt, edges, [b for b, _ in chosen])
+
+
+def _span(buckets: list[tuple[tuple[str, int, int], ...]]) -> tuple[dict[str, int], dict[str, int]]:
+    """The lowest and highest value of each parameter over the buckets one binary serves: its code must be
+    the same at both (a config legal only in small buckets, e.g. a decode schedule, is checked there only)."""
+    lo: dict[str, int] = {}
+    hi: dict[str, int] = {}
+    for ranges in buckets:
+        for name, a, b in ranges:
+            lo[name] = min(lo.get(name, a), a)
+            hi[name] = max(hi.get(name, b), b)
+    return lo, hi
+
+
+class _Ends:
+    """The graph's kernel specs with the dynamic sizes bound to given values (cached per values)."""
+
+    def __init__(self, g: Graph, tgt: Target):
+        self.g, self.tgt = g, tgt
+        self.cache: dict[tuple[tuple[str, int], ...], list[KernelSpec]] = {}
+
+    def specs(self, sizes: Mapping[str, int]) -> list[KernelSpec]:
+        key = tuple(sorted(sizes.items()))
+        if key not in self.cache:
+            self.cache[key] = graph_specs(self.g.at(dict(sizes)), self.tgt.backend, None)[1]
+        return self.cache[key]
