@@ -32,7 +32,9 @@ def spec_for(kg: KernelGraph, kernel: Kernel, backend: str) -> KernelSpec:
         raise LoweringError(f"{head} ({where.get(backend, backend)}): its kernel family '{fam.name}' has templates "
                             f"for " + ", ".join(f"{b} ({where.get(b, b)})" for b in sorted(fam.backends)) + " only")
     try:
-        return fam.spec(kg, kernel)
+        spec = fam.spec(kg, kernel)
+        spec.refuse_dynamic(backend)
+        return spec
     except LoweringError as err:  # the same class (StaticSizeRequired stays one), with the backend named
         raise type(err)(f"{err} (backend '{backend}')") from None
 

@@ -37,6 +37,9 @@ class KernelSpec:
     """A fused kernel: signature, knobs, constraints, grid, features and renderers."""
 
     family = "base"  # the name the family registers under, stored in tuning records
+    # The backends whose templates take this family's dynamic sizes as run-time arguments. A family opts in:
+    # elsewhere a kernel with a dynamic size is refused when its spec is made (spec_for), naming the operand.
+    dynamic_backends: frozenset[str] = frozenset()
 
     # The size bucket ((param, lo, hi), ...) a dynamic kernel's config was chosen for: part of `key`
     # (tuning records are per bucket), not of `code_key` (one binary serves every bucket of a config).
@@ -83,6 +86,22 @@ class KernelSpec:
                                      f"the dynamic parameter {names}; this template needs it static (declare "
                                      f"{names} static, or bind it at parse time with --set / sizes=)")
         return int(size)
+
+    def refuse_dynamic(self, backend: str) -> None:
+        """StaticSizeRequired when a size of this kernel is dynamic and the family's `backend` template does
+        not take dynamic sizes: names the first operand with a dynamic dimension and its parameters."""
+        if backend in self.dynamic_backends or not self.size_params():
+            return
+        tagged = [("input", b) for b in self.inputs] + [("output", b) for b in self.outputs]
+        role, b = next(((r, b) for r, b in tagged if any(dims.is_dynamic(d) for d in b.shape)),
+                       ("view", self.inputs[0]))  # else only a view's stride or offset reads the parameter
+        names = ", ".join(sorted({n for d in b.shape if dims.is_dynamic(d) for n in d.names})
+                          or self.size_params())
+        where = ", ".join(sorted(self.dynamic_backends)) or "none"
+        raise StaticSizeRequired(f"{self.name} ({self.family}, {backend}): {role} {b.name} {list(b.shape)} depends "
+                                 f"on the dynamic parameter {names}; the {self.family} family's {backend} template "
+                                 f"takes static sizes only (dynamic sizes: {where}); declare {names} static, or bind "
+                                 f"it with --set / sizes=")
 
     def bound_sizes(self) -> dict[str, int]:
         """The value each dynamic size is bound to in this spec (its bucket's upper end while compiling or

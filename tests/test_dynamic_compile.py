@@ -148,3 +148,14 @@ def test_matmul_offsets_are_int64_when_the_range_reaches_past_int32():
         _ok(cg, g, n)
     narrow = tf.compile(g.freeze({"T": 37}), target="interp")  # 2368 elements: int32 offsets stay
     assert "int64" not in narrow.kernels[0].source
+
+
+def test_a_family_without_dynamic_sizes_is_refused_naming_the_operand():
+    # Splatting's templates take static sizes only: with N dynamic the graph used to compile and then fail in
+    # the first call (NameError 'N' inside the kernel); the spec now refuses it, naming operand and parameter.
+    text = (ROOT / "examples" / "splat_render.tf").read_text().replace("(N=256)", "(N=dyn[1..4096])")
+    with pytest.raises(StaticSizeRequired, match=r"input means \[N, 3\] depends on the dynamic parameter N; "
+                                                 r"the splat_project family's triton template takes static"):
+        tf.compile(parse_graph(text), target="interp")
+    static = tf.compile(parse_graph(text.replace("(N=dyn[1..4096])", "(N=64)")), target="interp")
+    assert static.kernels  # the same graph with N static compiles as before

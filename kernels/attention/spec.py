@@ -50,6 +50,7 @@ class AttentionSpec(KernelSpec):
     """Forward attention over q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (GQA)."""
 
     family = "attention"
+    dynamic_backends = frozenset({"triton"})  # the backward refuses its own (bwd_spec)
     post_mod: Expr | None = None  # a class default: the backward spec shares these methods and has none
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):

@@ -56,6 +56,7 @@ class MatmulSpec(KernelSpec):
     """A (batched) GEMM with fused prologue and epilogue."""
 
     family = "matmul"
+    dynamic_backends = frozenset({"triton", "tvm"})
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)

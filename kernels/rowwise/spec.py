@@ -52,6 +52,7 @@ class RowwiseSpec(KernelSpec):
     """A pointwise or row-reduction kernel."""
 
     family = "pointwise"
+    dynamic_backends = frozenset({"triton", "tvm"})
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)

@@ -39,6 +39,8 @@ MAX_CPU_ROW = 8192  # the CPU attention kernel holds one output row of this many
 class _EdgeSoftmaxBase(KernelSpec):
     """What both families share: the softmax node, its CSR structure and the score expression."""
 
+    dynamic_backends = frozenset({"triton"})
+
     outs: list[tuple[int, Expr]]
 
     def scores(self, sm: Node) -> None:
