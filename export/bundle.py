@@ -71,16 +71,12 @@ def _loader_source(tilefuse_version: str) -> bytes:
 def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | None = None, db: Any = "auto",
                   cost_model: Any = "auto", sizes: dict[str, int] | None = None, buckets: Any = None) -> Path:
     """Write the bundle of `graph` for `targets` (GPU architectures and/or cpu) into `out`; returns the
-    manifest's path. Nothing is written unless every target builds. A graph with dynamic sizes (cpu only,
-    for now) is compiled once per size bucket (`buckets`: as compile_graph takes them) and its bundle
-    takes the sizes at run time."""
+    manifest's path. Nothing is written unless every target builds. A graph with dynamic sizes is
+    compiled once per size bucket (`buckets`: as compile_graph takes them) and its bundle takes the sizes
+    at run time (the dispatch table: export/gpu_dyn.py, export/cpu.py)."""
     import tilefuse
 
     name = name or graph.name
-    if getattr(graph, "is_dynamic", False) and set(targets) != {"cpu"}:
-        dyn = ", ".join(f"{k}={p.text()}" for k, p in graph.params.items())
-        raise ExportError(f"graph {graph.name} has dynamic sizes ({dyn}); GPU bundles do not carry a dispatch table "
-                          "yet (--targets cpu does): bind the sizes with --set (sizes=)")
     if not _NAME.match(name):
         raise ExportError(f"--name {name!r}: a bundle name is a C identifier (letters, digits, _)")
     files: dict[str, bytes] = {}
@@ -93,7 +89,12 @@ def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | N
         compiled.append(cg)
         files.update(added)
     for arch in (t for t in targets if t != "cpu"):
-        cg, variant, added = _compile_variant(graph, arch, db, cost_model)
+        if getattr(graph, "is_dynamic", False):
+            from .gpu_dyn import build_dynamic_variant
+
+            cg, variant, added = build_dynamic_variant(graph, arch, db, cost_model, buckets)
+        else:
+            cg, variant, added = _compile_variant(graph, arch, db, cost_model)
         compiled.append(cg)
         variants.append(variant)
         files.update(added)
