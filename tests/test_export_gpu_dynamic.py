@@ -118,13 +118,13 @@ def fake_driver(bundle: Path, tmp_path: Path) -> dict[str, str]:
             "FAKE_CUDA_LOG": str(tmp_path / "driver.log")}
 
 
-def runs(log: Path) -> dict[int, list[tuple[str, str, list[int], list[int]]]]:
-    """The launches the driver's log records after each `run T=...` marker."""
-    out: dict[int, list] = {}
+def runs(log: Path) -> dict[int | str, list[tuple[str, str, list[int], list[int]]]]:
+    """The launches the driver's log records after each `run T=...` (and `run static`) marker."""
+    out: dict[int | str, list] = {}
     current = None
     for line in log.read_text().splitlines():
-        if line.startswith("run T="):
-            current = out.setdefault(int(line[6:]), [])
+        if line.startswith("run "):
+            current = out.setdefault(int(line[6:]) if line.startswith("run T=") else line[4:], [])
         elif line.startswith("launch ") and current is not None:
             f = dict(kv.split("=", 1) for kv in line.split()[1:])
             current.append((f["fn"], f["image"], [int(g) for g in f["grid"].split(",")],
@@ -135,8 +135,9 @@ def runs(log: Path) -> dict[int, list[tuple[str, str, list[int], list[int]]]]:
 SIZES_TO_RUN = [1, 2, 4, 5, 7, 64, 65, 1000, 8192]
 
 
-@needs_gcc
-def test_c_launcher_dispatches_buckets_grids_and_sizes(bundle, compiled, tmp_path):
+def run_c(bundle: Path, tmp_path: Path, sizes: list[int]) -> tuple[list[str], dict[str, str]]:
+    """gpu_run_dyn.c built against the bundle (gcc -Werror) and run with `sizes` on the fake driver: its
+    output lines and the environment (the log's path)."""
     from test_export import cuda_include
 
     env = fake_driver(bundle, tmp_path)
@@ -144,10 +145,37 @@ def test_c_launcher_dispatches_buckets_grids_and_sizes(bundle, compiled, tmp_pat
     flags = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-isystem", str(cuda_include()), f"-I{bundle}"]
     subprocess.run(["gcc", *flags, '-DBUNDLE_H="mlp.h"', "-DPREFIX=mlp", str(FIXTURES / "gpu_run_dyn.c"),
                     str(bundle / "mlp.c"), "-ldl", "-o", str(exe)], check=True, capture_output=True, text=True)
-    proc = subprocess.run([str(exe), *map(str, SIZES_TO_RUN), "0", "8193"], capture_output=True, text=True,
-                          timeout=60, env=env)
+    proc = subprocess.run([str(exe), *map(str, sizes)], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
+    return proc.stdout.splitlines(), env
+
+
+@needs_gcc
+def test_static_bundle_launches_what_its_plans_say(tmp_path):
+    """A static graph's bundle (one bucket, constant grids) through the same launcher: mlp_run launches each
+    kernel's cubin on the grid of its launch plan with the input, output and workspace pointers."""
+    sizes = {**SIZES, "T": 4}
+    g = load_graph("examples/decoder_mlp.tf", sizes)
+    out = tmp_path / "static"
+    export_bundle(g, ["sm_90"], out, name="mlp", db=None, cost_model=None, sizes=sizes)
+    lines, env = run_c(out, tmp_path, [])
+    assert lines[1] == "static_run=0 error="
+    (v,) = verify_bundle(out)["variants"]
+    bases = {"input": INPUT, "output": OUTPUT}
+    cg = compile_graph(g, target="sm_90", aot=False, db=None, cost_model=None)
+    want = []
+    for ck, entry in zip(cg.kernels, v["launches"]):
+        (ln,) = ck.spec.launch_plan(ck.config).launches
+        args = [WORKSPACE + a["index"] if a["role"] == "workspace" else bases[a["role"]] * (a["index"] + 1)
+                for a in entry["args"]]
+        want.append((ln.fn, fnv((out / entry["cubin"]).read_bytes()), list(ln.grid) + [1] * (3 - len(ln.grid)),
+                     args + [0, 0]))
+    assert runs(Path(env["FAKE_CUDA_LOG"]))["static"] == want
+
+
+@needs_gcc
+def test_c_launcher_dispatches_buckets_grids_and_sizes(bundle, compiled, tmp_path):
+    lines, env = run_c(bundle, tmp_path, [*SIZES_TO_RUN, 0, 8193])
     assert lines[0].startswith("load=0 arch=sm_90 ")
     assert lines[1].startswith("static_run=1 error=mlp: the graph has dynamic sizes (T); call mlp_run_dyn")
     result = {int(x.split()[0][5:]): dict(kv.split("=", 1) for kv in x.split(" error=")[0].split()[1:])
@@ -165,6 +193,7 @@ def test_c_launcher_dispatches_buckets_grids_and_sizes(bundle, compiled, tmp_pat
         assert (result[t]["rc"], result[t]["wsrc"]) == ("1", "1")  # CUDA_ERROR_INVALID_VALUE
         assert result[t]["error"] == f"mlp: size T={t} is outside its range 1..8192"
         assert logged[t] == []  # refused before any launch
+    assert logged["static"] == []  # mlp_run refuses a dynamic bundle
 
 
 LOADER_RUN = """

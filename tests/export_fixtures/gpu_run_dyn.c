@@ -1,7 +1,8 @@
 /* Runs a tilefuse GPU bundle with one dynamic size through NAME_run_dyn against the test double of the CUDA
  * driver (fake_libcuda.c: it logs launches, runs nothing); built by tests/test_export_gpu_dynamic.py with
- * BUNDLE_H and PREFIX set. Usage: gpu_run_dyn SIZE... For each size it writes "run T=SIZE" into the
- * driver's log ($FAKE_CUDA_LOG), calls NAME_run_dyn with made-up device pointers (input i at
+ * BUNDLE_H and PREFIX set. Usage: gpu_run_dyn SIZE... It calls NAME_run once ("run static" in the driver's
+ * log, $FAKE_CUDA_LOG), then for each size writes "run T=SIZE" into the log and calls NAME_run_dyn with
+ * made-up device pointers (input i at
  * 0x1000000 * (i + 1), output j at 0x100000000 * (j + 1), the workspace at 0x7000000000) and prints
  * `size=S rc=R workspace=W error=MESSAGE`, one line each. */
 #include <stdint.h>
@@ -26,6 +27,11 @@ int main(int argc, char** argv) {
   for (i = 0; i < 64; ++i) {
     inputs[i] = (const void*)(uintptr_t)(0x1000000ULL * (uint64_t)(i + 1));
     outputs[i] = (void*)(uintptr_t)(0x100000000ULL * (uint64_t)(i + 1));
+  }
+  {
+    FILE* log = fopen(getenv("FAKE_CUDA_LOG"), "a");
+    fprintf(log, "run static\n");
+    fclose(log);
   }
   rc = API(_run)(h, NULL, inputs, outputs, (void*)(uintptr_t)0x7000000000ULL);
   printf("static_run=%d error=%s\n", (int)rc, API(_error)(h));
