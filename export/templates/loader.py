@@ -344,7 +344,13 @@ def torch_op() -> Any:
 
     def fake(inputs: Any) -> Any:
         like = inputs[0] if inputs else torch.empty(0)
-        return [like.new_empty(o["shape"], dtype=getattr(torch, DTYPES[o["dtype"]][0])) for o in bundle.outputs]
+        sizes: dict[str, Any] = {}  # a dynamic size as the inputs' dim (a SymInt while tracing), not an int
+        for spec, x in zip(bundle.inputs, inputs):
+            for dim, got in zip(spec["shape"], x.shape):
+                if isinstance(dim, list) and len(dim) == 1:
+                    sizes.setdefault(dim[0], got)
+        return [like.new_empty([size_at(d, sizes) for d in o["shape"]], dtype=getattr(torch, DTYPES[o["dtype"]][0]))
+                for o in bundle.outputs]
 
     devices = (["cuda"] if bundle.manifest["variants"] else []) + (["cpu"] if "cpu" in bundle.manifest else [])
     op = torch.library.custom_op(f"tilefuse_bundle::{bundle.name}", impl, mutates_args=(),
