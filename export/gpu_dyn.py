@@ -17,17 +17,11 @@ from .dyn import evaluate, size_value
 from .manifest import region_entries, variant_entry
 from .plan import ExportError, Launch, check_binary, check_expressible, launch_list, workspace_layout
 
-INT32_MAX = 2**31 - 1
-
 
 def check_dynamic_kernels(cg: Any) -> None:
     """Refuse what a dynamic GPU bundle cannot carry: host steps, read-backs and auxiliary tensors (the
-    attention block lists are computed for one sequence length; a bundle would need them per size) and
-    sizes beyond int32."""
-    for p in cg.graph.params.values():
-        if p.hi > INT32_MAX:
-            raise ExportError(f"dynamic size {p.name}={p.text()}: its kernels take it as an int32; the range must "
-                              f"end at or below {INT32_MAX}")
+    attention block lists are computed for one sequence length; a bundle would need them per size). The
+    sizes fit the int32 the kernels take: a dynamic parameter is an input's dim, at most 2^31 - 1 (ir/limits)."""
     for b in cg.buckets:
         for ck in b.compiled.kernels:  # before check_expressible, whose reason (a data-dependent mask) is not this
             aux = list(ck.spec.aux_signature(ck.config))
@@ -75,6 +69,10 @@ def build_dynamic_variant(graph: Any, arch: str, db: Any, cost_model: Any,
     cg: Any = compile_graph(graph, target=arch, aot=False, db=db, cost_model=cost_model, buckets=buckets)
     check_dynamic_kernels(cg)  # a DynamicCompiledGraph: its buckets and distinct kernels
     names = sorted(graph.params)
+    for b in cg.buckets:  # the grids first: the builds take seconds per kernel
+        grids = grids_at(names, {n: low for n, low, _ in b.ranges}, {n: high for n, _, high in b.ranges})
+        for ck in b.compiled.kernels:
+            grids(ck.spec, ck.config, ck.spec.launch_plan(ck.config))
     kernels = cg.distinct_kernels()
     stems = _stems(kernels)
     image: dict[int, str] = {}

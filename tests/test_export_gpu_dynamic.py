@@ -8,6 +8,7 @@ and T as arguments, and that sizes out of range are refused with a message namin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -275,3 +276,28 @@ def test_attention_with_run_time_block_lists_is_refused_naming_the_kernel(tmp_pa
                                           r"dynamic sizes \['S'\].*bind the size with --set"):
         export_bundle(b.build(), ["sm_90"], tmp_path, db=None, cost_model=None)
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_a_grid_computed_from_a_bound_value_is_refused(tmp_path, monkeypatch):
+    """Fault injection: a family whose launches() without run-time sizes evaluated its grid at the spec's bound
+    size (an int, right for one bucket end only) instead of keeping the size expression, while its plans at
+    given sizes are right; the export compares each grid program with the kernel's launch plan at both ends
+    of every bucket and refuses it, before any build."""
+    from tilefuse.ir import dims
+    from tilefuse.ir.parser import parse_graph
+    from tilefuse.kernels.rowwise.spec import RowwiseSpec
+
+    real = RowwiseSpec.launches
+
+    def baked(self, config, args, sizes=None):
+        out = real(self, config, args, sizes)
+        if sizes is not None:
+            return out
+        return [dataclasses.replace(ln, grid=dims.resolve(tuple(ln.grid), self.bound_sizes())) for ln in out]
+
+    monkeypatch.setattr(RowwiseSpec, "launches", baked)
+    g = parse_graph("graph sq(T=dyn[1..4096], H=64) {\n  %x = input f16[T, H]\n"
+                    "  %y = pointwise(%x) {expr=(mul $0:f16 $0:f16)}\n  output y = %y\n}")
+    with pytest.raises(ExportError, match=r"kernel k0_\w+: its grids .* but its launch plan has .* a bundle cannot "
+                                          "evaluate"):
+        export_bundle(g, ["sm_90"], tmp_path, db=None, cost_model=None, buckets=[16])
