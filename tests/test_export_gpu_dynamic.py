@@ -180,7 +180,9 @@ def test_c_launcher_dispatches_buckets_grids_and_sizes(bundle, compiled, tmp_pat
     assert lines[0].startswith("load=0 arch=sm_90 ")
     assert lines[1].startswith("static_run=1 error=mlp: the graph has dynamic sizes (T); call mlp_run_dyn")
     result = {int(x.split()[0][5:]): dict(kv.split("=", 1) for kv in x.split(" error=")[0].split()[1:])
-              | {"error": x.split(" error=", 1)[1]} for x in lines[2:]}
+              | {"error": x.split(" error=", 1)[1]} for x in lines[2:-1]}
+    ws1 = int(result[1]["workspace"])
+    assert ws1 > 0 and lines[-1] == f"null_workspace=1 error=mlp: these sizes need a workspace of {ws1} bytes, got NULL"
     m = {**verify_bundle(bundle), "_root": str(bundle)}
     logged = runs(Path(env["FAKE_CUDA_LOG"]))
     (sm90,) = m["variants"]

@@ -4,7 +4,8 @@
  * log, $FAKE_CUDA_LOG), then for each size writes "run T=SIZE" into the log and calls NAME_run_dyn with
  * made-up device pointers (input i at
  * 0x1000000 * (i + 1), output j at 0x100000000 * (j + 1), the workspace at 0x7000000000) and prints
- * `size=S rc=R workspace=W error=MESSAGE`, one line each. */
+ * `size=S rc=R wsrc=R workspace=W error=MESSAGE`, one line each; then the first size once more with a NULL
+ * workspace (`null_workspace=R error=MESSAGE`). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,12 @@ int main(int argc, char** argv) {
     rc = API(_run_dyn)(h, sizes, NULL, inputs, outputs, ws ? (void*)(uintptr_t)0x7000000000ULL : NULL);
     printf("size=%lld rc=%d wsrc=%d workspace=%zu error=%s\n", (long long)sizes[0], (int)rc, (int)wrc, ws,
            API(_error)(h));
+  }
+  if (argc > 1) { /* the first size again, without the workspace it needs */
+    int64_t sizes[1];
+    sizes[0] = strtoll(argv[1], NULL, 10);
+    rc = API(_run_dyn)(h, sizes, NULL, inputs, outputs, NULL);
+    printf("null_workspace=%d error=%s\n", (int)rc, API(_error)(h));
   }
   API(_unload)(h);
   return 0;
