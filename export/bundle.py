@@ -40,11 +40,13 @@ def parse_targets(text: str) -> list[str]:
     return names
 
 
-def _compile_variant(graph: Any, arch: str, db: Any, cost_model: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
-    """Compile for one arch: the compiled graph, its manifest variant and the files it adds."""
+def _compile_variant(graph: Any, arch: str, db: Any, cost_model: Any,
+                     buckets: Any = None) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
+    """Compile for one arch: the compiled graph, its manifest variant and the files it adds (`buckets` given
+    for a static graph: compile_graph's CompileOptionError)."""
     from ..compiler import build_aot, compile_graph
 
-    cg = compile_graph(graph, target=arch, aot=False, db=db, cost_model=cost_model)
+    cg = compile_graph(graph, target=arch, aot=False, db=db, cost_model=cost_model, buckets=buckets)
     check_expressible(cg)  # before the builds, which take seconds per kernel
     for ck in cg.kernels:
         ck.binaries[arch] = build_aot(ck.spec, ck.config, ck.source, cg.target)
@@ -94,7 +96,7 @@ def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | N
 
             cg, variant, added = build_dynamic_variant(graph, arch, db, cost_model, buckets)
         else:
-            cg, variant, added = _compile_variant(graph, arch, db, cost_model)
+            cg, variant, added = _compile_variant(graph, arch, db, cost_model, buckets)
         compiled.append(cg)
         variants.append(variant)
         files.update(added)
