@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--out", required=True, help="bundle directory")
     sp.add_argument("--name", help="C identifier prefixing the API (default: the graph's name)")
     sp.add_argument("--set", action="append", default=[], metavar="NAME=INT", help="override a size parameter")
-    sp.add_argument("--buckets", metavar="N,N,...", help=BUCKETS_HELP + " (cpu bundles)")
+    sp.add_argument("--buckets", metavar="N,N,...", help=BUCKETS_HELP)
     sp.add_argument("--db", default="auto", help="tuning database URL ('none' to ignore it)")
     sp.add_argument("--costmodel", default="auto", help="cost model directory ('none' to ignore it)")
     sp.set_defaults(fn=cmd_export)

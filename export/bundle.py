@@ -40,11 +40,13 @@ def parse_targets(text: str) -> list[str]:
     return names
 
 
-def _compile_variant(graph: Any, arch: str, db: Any, cost_model: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
-    """Compile for one arch: the compiled graph, its manifest variant and the files it adds."""
+def _compile_variant(graph: Any, arch: str, db: Any, cost_model: Any,
+                     buckets: Any = None) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
+    """Compile for one arch: the compiled graph, its manifest variant and the files it adds (`buckets` given
+    for a static graph: compile_graph's CompileOptionError)."""
     from ..compiler import build_aot, compile_graph
 
-    cg = compile_graph(graph, target=arch, aot=False, db=db, cost_model=cost_model)
+    cg = compile_graph(graph, target=arch, aot=False, db=db, cost_model=cost_model, buckets=buckets)
     check_expressible(cg)  # before the builds, which take seconds per kernel
     for ck in cg.kernels:
         ck.binaries[arch] = build_aot(ck.spec, ck.config, ck.source, cg.target)
@@ -71,16 +73,12 @@ def _loader_source(tilefuse_version: str) -> bytes:
 def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | None = None, db: Any = "auto",
                   cost_model: Any = "auto", sizes: dict[str, int] | None = None, buckets: Any = None) -> Path:
     """Write the bundle of `graph` for `targets` (GPU architectures and/or cpu) into `out`; returns the
-    manifest's path. Nothing is written unless every target builds. A graph with dynamic sizes (cpu only,
-    for now) is compiled once per size bucket (`buckets`: as compile_graph takes them) and its bundle
-    takes the sizes at run time."""
+    manifest's path. Nothing is written unless every target builds. A graph with dynamic sizes is
+    compiled once per size bucket (`buckets`: as compile_graph takes them) and its bundle takes the sizes
+    at run time (the dispatch table: export/gpu_dyn.py, export/cpu.py)."""
     import tilefuse
 
     name = name or graph.name
-    if getattr(graph, "is_dynamic", False) and set(targets) != {"cpu"}:
-        dyn = ", ".join(f"{k}={p.text()}" for k, p in graph.params.items())
-        raise ExportError(f"graph {graph.name} has dynamic sizes ({dyn}); GPU bundles do not carry a dispatch table "
-                          "yet (--targets cpu does): bind the sizes with --set (sizes=)")
     if not _NAME.match(name):
         raise ExportError(f"--name {name!r}: a bundle name is a C identifier (letters, digits, _)")
     files: dict[str, bytes] = {}
@@ -93,7 +91,12 @@ def export_bundle(graph: Any, targets: list[str], out: str | Path, name: str | N
         compiled.append(cg)
         files.update(added)
     for arch in (t for t in targets if t != "cpu"):
-        cg, variant, added = _compile_variant(graph, arch, db, cost_model)
+        if getattr(graph, "is_dynamic", False):
+            from .gpu_dyn import build_dynamic_variant
+
+            cg, variant, added = build_dynamic_variant(graph, arch, db, cost_model, buckets)
+        else:
+            cg, variant, added = _compile_variant(graph, arch, db, cost_model, buckets)
         compiled.append(cg)
         variants.append(variant)
         files.update(added)

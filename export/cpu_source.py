@@ -38,10 +38,10 @@ def _buckets(manifest: dict[str, Any], names: list[str]) -> str:
         bounds = ", ".join(f"{{{ranges[n][0]}, {ranges[n][1]}}}" for n in names) or "{0, 0}"
         out.append(f"static const int64_t tf_bucket_b{bi}[][2] = {{{bounds}}};\n"
                    f"static const int tf_bucket_calls_b{bi}[] = {{{', '.join(str(c) for c in b['calls'])}}};\n")
-        rows.append(f"    {{tf_bucket_b{bi}, {len(b['calls'])}, tf_bucket_calls_b{bi}}},")
+        rows.append(f"    {{tf_bucket_b{bi}, {len(b['calls'])}, tf_bucket_calls_b{bi}, 0}},")
     quoted = ", ".join(f'"{n}"' for n in names) or '""'
     out.append(f"static const char* const tf_size_names[] = {{{quoted}}};\n")
-    out.append(f"#define TF_CPU_NUM_BUCKETS {len(buckets)}\nstatic const tf_cpu_bucket tf_cpu_buckets[] = {{\n"
+    out.append(f"#define TF_CPU_NUM_BUCKETS {len(buckets)}\nstatic const tf_bucket tf_cpu_buckets[] = {{\n"
                + "\n".join(rows) + "\n};\n")
     return "".join(out)
 
@@ -99,5 +99,6 @@ def render_cpu_c(manifest: dict[str, Any]) -> dict[str, str]:
               or " *   (none: every size is static; sizes may be NULL)\n",
               "size_names": ", ".join(p["name"] for p in params)}
     return {f"{name}_cpu.h": template("cpu.h.in").substitute(fields),
-            f"{name}_cpu.c": template("cpu.c.in").substitute(fields, tables=cpu_tables(manifest)),
+            f"{name}_cpu.c": template("cpu.c.in").substitute(fields, tables=cpu_tables(manifest),
+                                                             sizes_support=template("sizes.c.in").substitute(fields)),
             f"{name}_cpu.map": f"{{\n  global: {name}_cpu_*;\n  local: *;\n}};\n"}

@@ -1,7 +1,8 @@
 """Dynamic sizes in a bundle: size expressions as small postfix programs that the loader (Python) and the
 generated C both evaluate, and the manifest's `dynamic` section (each parameter's range and the size
 buckets). A program is a JSON list of integers (pushed), parameter names (pushed: the run's value) and
-the operators + - * // % (pop two, push one); sizes are non-negative, so C's / and % agree with Python's."""
+the operators + - * // % (pop two, push one), with Python's meaning: a ceiling division -(-T // 64) floors a
+negative value, which the generated C does with tf_floordiv (templates/sizes.c.in), not with C's `/`."""
 
 from __future__ import annotations
 
@@ -74,7 +75,9 @@ def c_expr(program: int | list[Any], names: list[str], array: str = "sz") -> str
             stack.append(f"INT64_C({tok})")
         elif tok in OPS:
             b, a = stack.pop(), stack.pop()
-            stack.append(f"({a} {'/' if tok == '//' else tok} {b})")
+            # C's / and % truncate; tf_floordiv and tf_mod (templates/sizes.c.in) are Python's // and %
+            func = {"//": "tf_floordiv", "%": "tf_mod"}.get(tok)
+            stack.append(f"{func}({a}, {b})" if func else f"({a} {tok} {b})")
         elif tok in names:
             stack.append(f"{array}[{names.index(tok)}]")
         else:

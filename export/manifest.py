@@ -10,7 +10,7 @@ from typing import Any
 
 from .plan import Constant, ExportError, Launch, Region
 
-BUNDLE_FORMAT = 3  # 3: dynamic sizes (size programs, buckets); older loaders refuse it
+BUNDLE_FORMAT = 4  # 3: dynamic sizes (size programs, buckets); 4: GPU dispatch tables; older loaders refuse it
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -40,7 +40,8 @@ def launch_entry(launch: Launch, arch: str) -> dict[str, Any]:
                         "profile_bytes": int(meta.get("profile_scratch_size", 0) or 0)},
             "args": [{"name": a.name, "role": a.role, "index": a.index, "buffer": a.what} for a in launch.args],
             "zero_before": [list(z) for z in launch.zero],
-            "cubin": f"{launch.function}.{arch}.cubin", "ptx": f"{launch.function}.{arch}.ptx",
+            "cubin": f"{launch.image or launch.function}.{arch}.cubin",
+            "ptx": f"{launch.image or launch.function}.{arch}.ptx",
             "resources": b.resources.to_dict()}
 
 
@@ -50,22 +51,29 @@ def constant_entry(c: Constant, arch: str) -> dict[str, Any]:
             "bytes": int(c.data.nbytes), "file": f"{c.kernel}.{c.name}.{arch}.bin"}
 
 
+def region_entries(regions: list[Region]) -> list[dict[str, Any]]:
+    """A workspace layout as manifest entries."""
+    return [{"what": r.what, "dtype": r.dtype, "shape": [int(s) for s in r.shape], "offset": r.offset,
+             "bytes": r.nbytes, "zeroed": r.zeroed} for r in regions]
+
+
 def variant_entry(cg: Any, arch: str, launches: list[Launch], regions: list[Region],
-                  consts: list[Constant]) -> dict[str, Any]:
+                  consts: list[Constant], kernels: list[tuple[Any, str]] | None = None) -> dict[str, Any]:
     """Everything the bundle runs on one architecture: kernels, configs, launches, workspace layout and
-    the constants uploaded at load."""
+    the constants uploaded at load. `kernels`: (compiled kernel, file stem) of a dynamic graph's distinct
+    kernels (default: cg's, each by its name)."""
     capability = int(cg.target.arch)
     ptx_target = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"  # as Triton's backend builds it
-    kernels = [{"name": ck.spec.name, "family": ck.spec.family, "workload_key": ck.spec.key,
+    kernels = [(ck, ck.spec.name) for ck in cg.kernels] if kernels is None else kernels
+    entries = [{"name": ck.spec.name, "family": ck.spec.family, "workload_key": ck.spec.key,
                 "config": dict(ck.config), "config_source": ck.config_source,
-                "source": f"{ck.spec.name}.{arch}.py"} for ck in cg.kernels]
+                "source": f"{stem}.{arch}.py"} for ck, stem in kernels]
     total = max((r.offset + r.nbytes for r in regions), default=0)
     return {"arch": arch, "capability": capability, "ptx_target": ptx_target,
             "arch_specific": ptx_target.endswith("a"), "workspace_bytes": total,
-            "workspace": [{"what": r.what, "dtype": r.dtype, "shape": list(r.shape), "offset": r.offset,
-                           "bytes": r.nbytes, "zeroed": r.zeroed} for r in regions],
+            "workspace": region_entries(regions),
             "constants": [constant_entry(c, arch) for c in consts],
-            "kernels": kernels, "launches": [launch_entry(x, arch) for x in launches]}
+            "kernels": entries, "launches": [launch_entry(x, arch) for x in launches]}
 
 
 def check_manifest(manifest: Any, where: str) -> None:

@@ -25,8 +25,8 @@ class Arg:
     """One pointer argument: where it points (a graph input or output by index, or a workspace offset)."""
 
     name: str
-    role: str  # "input" | "output" | "workspace" | "constant"
-    index: int  # input/output/constant index; the byte offset into the workspace for role "workspace"
+    role: str  # "input" | "output" | "workspace" | "constant" | "size" (a dynamic size, passed as an int32)
+    index: int  # input/output/constant/size index; the byte offset into the workspace for role "workspace"
     what: str  # the buffer name, "<kernel>.ws" for a kernel's own scratch, "<kernel>.<aux>" for a constant
 
 
@@ -36,12 +36,13 @@ class Launch:
 
     kernel: str
     function: str
-    grid: tuple[int, int, int]
+    grid: tuple[Any, Any, Any]  # ints; a dynamic graph's as size programs (export/dyn.py)
     args: tuple[Arg, ...]
     num_warps: int
     num_stages: int
     binary: Any  # codegen.aot.TritonBinary
     zero: tuple[tuple[int, int], ...] = ()  # (workspace offset, bytes) zero-filled before this launch
+    image: str = ""  # the stem of its cubin and PTX files (default: the function's name)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def workspace_layout(cg: Any, scratch: bool = True, sizes: dict[str, int] | None
     for ck in cg.kernels:
         items = [(b.name, b.dtype, tuple(b.shape), False) for b in ck.spec.outputs if b.role == "temp"]
         items += [(f"{ck.spec.name}.{w.name}", dt.dtype(w.dtype), tuple(w.shape), w.zeroed)
-                  for w in (ck.spec.launch_plan(ck.config).workspaces if scratch else ())]
+                  for w in (ck.spec.launch_plan(ck.config, sizes or None).workspaces if scratch else ())]
         for what, dtype, shape, zeroed in items:
             shape = resolve(shape, sizes) if sizes else shape
             nbytes = max(1, _numel(shape)) * dtype.itemsize
@@ -151,26 +152,31 @@ def constants(cg: Any) -> list[Constant]:
     return out
 
 
-def launch_list(cg: Any, arch: str) -> list[Launch]:
+def launch_list(cg: Any, arch: str, sizes: dict[str, int] | None = None, params: tuple[str, ...] = (),
+                grids: Any = None) -> list[Launch]:
     """The launches of `cg` (compiled for `arch`) in order, each argument resolved to an input, an output,
-    a workspace offset or a constant (call check_expressible first); a kernel's zero-filled workspaces
-    are cleared before its first launch."""
+    a workspace offset, a constant or (a dynamic graph's bucket: `sizes` its upper ends) a dynamic size by
+    its index in `params`; a kernel's zero-filled workspaces are cleared before its first launch.
+    `grids(spec, config, plan)` gives a bucket's grids as size programs (static grids: the plan's ints).
+    Call check_expressible first."""
     check_expressible(cg)
-    regions = workspace_layout(cg)
+    regions = workspace_layout(cg, sizes=sizes)
     where = buffer_places(cg, regions)
     where.update({c.what: ("constant", i) for i, c in enumerate(constants(cg))})
+    where.update({n: ("size", i) for i, n in enumerate(params)})
     zeroed = {r.what: (r.offset, r.nbytes) for r in regions if r.zeroed}
     out: list[Launch] = []
     for ck in cg.kernels:
         spec = ck.spec
-        plan = spec.launch_plan(ck.config)
+        plan = spec.launch_plan(ck.config, sizes)
         buffers = {"input": [b.name for b in spec.inputs], "output": [b.name for b in spec.outputs],
                    "workspace": [f"{spec.name}.{w.name}" for w in plan.workspaces],
-                   "aux": [f"{spec.name}.{n}" for n in spec.aux_signature(ck.config)]}
+                   "aux": [f"{spec.name}.{n}" for n in spec.aux_signature(ck.config)], "size": spec.size_params()}
         zero = tuple(zeroed[w] for w in buffers["workspace"] if w in zeroed)
-        for i, ln in enumerate(plan.launches):
+        shapes = grids(spec, ck.config, plan) if grids is not None else [ln.grid for ln in plan.launches]
+        for i, (ln, shape) in enumerate(zip(plan.launches, shapes)):
             args = tuple(Arg(a.name, *where[buffers[a.role][a.index]], buffers[a.role][a.index]) for a in ln.args)
-            grid = tuple(int(g) for g in ln.grid) + (1,) * (3 - len(ln.grid))
+            grid = tuple(g if isinstance(g, list) else int(g) for g in shape) + (1,) * (3 - len(shape))
             out.append(Launch(spec.name, ln.fn, (grid[0], grid[1], grid[2]), args, ln.num_warps, ln.num_stages,
                               ck.binaries[arch][ln.fn], zero if i == 0 else ()))
     return out

@@ -1,5 +1,5 @@
 """Dynamic sizes at the command line: --buckets, and the bad inputs (a size out of range, buckets for a static
-graph, --out or export of a dynamic graph) each end with one `error:` line and exit code 2."""
+graph, also in a GPU export, --out of a dynamic graph) each end with one `error:` line and exit code 2."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def test_run_a_dynamic_graph_with_buckets(capsys):
      ("buckets= is for graphs with dynamic sizes",)),
     (["compile", EXAMPLE, *SMALL, "--target", "sm_90", "--out", "OUT"], ("--out writes binaries for static sizes",
                                                                           "T=dyn[1..8192, hint=16]", "--set")),
-    (["export", EXAMPLE, *SMALL, "--targets", "sm_90", "--out", "OUT"], ("has dynamic sizes", "--set")),
+    (["export", EXAMPLE, *SMALL, "--set", "T=4", "--targets", "sm_90", "--buckets", "4", "--out", "OUT"],
+     ("buckets= is for graphs with dynamic sizes",)),
 ])
 def test_bad_dynamic_inputs_end_with_one_error_line(argv, words, capsys, tmp_path):
     _one_error([str(tmp_path / "o") if a == "OUT" else a for a in argv], capsys, *words)

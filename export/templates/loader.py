@@ -18,7 +18,6 @@ driver is touched; the kernels run on the tensors' device, in its primary contex
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib.util
 import json
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 WRITTEN_BY = "unset"  # the exporter writes its tilefuse version here
-BUNDLE_FORMAT = 3
+BUNDLE_FORMAT = 4
 HERE = Path(__file__).resolve().parent
 
 # tilefuse dtype -> (torch dtype name, __cuda_array_interface__ typestr)
@@ -110,25 +109,6 @@ def bind_sizes(manifest: dict[str, Any], shapes: list[Any]) -> tuple[dict[str, i
     return sizes, ins, [[size_at(d, sizes) for d in t["shape"]] for t in manifest["outputs"]]
 
 
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):  # DLPack's DLTensor, the head of the DLManagedTensor a capsule holds
-    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32), ("dtype", _DLDataType),
-                ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
-                ("byte_offset", ctypes.c_uint64)]
-
-
-_DL_DTYPES = {(2, 16): "float16", (2, 32): "float32", (2, 64): "float64", (4, 16): "bfloat16", (0, 8): "int8",
-              (0, 16): "int16", (0, 32): "int32", (0, 64): "int64", (1, 8): "uint8", (6, 8): "bool"}
-_DL_DEVICES = {1: "cpu", 2: "cuda", 3: "cuda_host", 13: "cuda_managed"}  # kDLCPU, kDLCUDA, ...
-
-
 class Tensor:
     """What the loader needs of one argument: shape, dtype name, contiguity, pointer and device (type and
     ordinal; ordinal None when the object does not say, as with __cuda_array_interface__). A plain class:
@@ -141,33 +121,6 @@ class Tensor:
         self.keep = keep  # a DLPack capsule, alive until the launch is queued
 
 
-def _row_major(shape: tuple[int, ...], strides: tuple[int, ...], unit: int) -> bool:
-    """Whether `strides` (in units of `unit`) are those of a C-contiguous `shape` (size-1 dims ignored)."""
-    step = unit
-    for n, st in zip(reversed(shape), reversed(strides)):
-        if n != 1 and st != step:
-            return False
-        step *= n
-    return True
-
-
-def _from_dlpack(x: Any) -> Tensor:
-    device_type, ordinal = (int(v) for v in x.__dlpack_device__())
-    capsule = x.__dlpack__()
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    try:
-        t = _DLTensor.from_address(get(capsule, b"dltensor"))
-    except ValueError:
-        raise BundleInputError(f"{type(x).__name__}.__dlpack__() did not return a DLPack capsule") from None
-    shape = tuple(int(t.shape[i]) for i in range(t.ndim))
-    contiguous = not t.strides or _row_major(shape, tuple(int(t.strides[i]) for i in range(t.ndim)), 1)
-    code = (int(t.dtype.code), int(t.dtype.bits))
-    dtype = _DL_DTYPES.get(code, f"dlpack{code}") if t.dtype.lanes == 1 else f"dlpack{code}x{t.dtype.lanes}"
-    return Tensor(shape, dtype, contiguous, int(t.data or 0) + int(t.byte_offset),
-                  _DL_DEVICES.get(device_type, f"dlpack device {device_type}"), ordinal, capsule)
-
-
 def describe(x: Any) -> Tensor:
     """A torch tensor, a DLPack object (__dlpack__ and __dlpack_device__) or a __cuda_array_interface__ object,
     described without touching the driver."""
@@ -175,7 +128,7 @@ def describe(x: Any) -> Tensor:
         return Tensor(tuple(x.shape), str(x.dtype).removeprefix("torch."), bool(x.is_contiguous()), int(x.data_ptr()),
                       x.device.type, x.device.index)
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
-        return _from_dlpack(x)
+        return Tensor(**_part("cuda").from_dlpack(x, BundleInputError))
     cai = getattr(x, "__cuda_array_interface__", None)
     if cai is None:
         raise BundleInputError(f"{type(x).__name__} is neither a torch tensor nor an object with __dlpack__ or "
@@ -184,19 +137,27 @@ def describe(x: Any) -> Tensor:
     typestr = str(cai["typestr"])
     names = {ts: name for name, (_, ts) in DTYPES.items() if ts is not None}
     strides = cai.get("strides")
-    contiguous = strides is None or _row_major(shape, tuple(strides), int(typestr[2:]))
+    contiguous = strides is None or _part("cuda").row_major(shape, tuple(strides), int(typestr[2:]))
     return Tensor(shape, DTYPES[names[typestr]][0] if typestr in names else typestr, contiguous, int(cai["data"][0]),
                   "cuda", None)
 
 
-def check_tensors(what: str, given: list[Any], specs: list[dict[str, Any]]) -> list[Tensor]:
-    """`given` described, after checking count, device type, dtype, shape and contiguity."""
+def check_count(what: str, given: list[Any], specs: list[dict[str, Any]]) -> None:
+    """BundleInputError unless `given` has one tensor per spec."""
     if len(given) != len(specs):
         names = ", ".join(s["name"] for s in specs)
         raise BundleInputError(f"expected {len(specs)} {what} ({names}), got {len(given)}")
+
+
+def check_tensors(what: str, given: list[Any], specs: list[dict[str, Any]],
+                  shapes: list[list[int]] | None = None) -> list[Tensor]:
+    """`given` (objects, or Tensors already described) described, after checking count, device type, dtype,
+    shape (`shapes`: a dynamic graph's at the run's sizes) and contiguity."""
+    check_count(what, given, specs)
     out = []
-    for x, spec in zip(given, specs):
-        t = describe(x)
+    for i, (x, spec) in enumerate(zip(given, specs)):
+        t = x if isinstance(x, Tensor) else describe(x)
+        spec = spec if shapes is None else {**spec, "shape": shapes[i]}
         label = f"{what[:-1]} {spec['name']!r}"
         want_dtype = DTYPES.get(spec["dtype"], (spec["dtype"], None))[0]
         if t.device not in ("cuda", "cuda_managed"):
@@ -230,7 +191,8 @@ class Bundle:
         self.name = self.manifest["name"]
         self.inputs = self.manifest["inputs"]
         self.outputs = self.manifest["outputs"]
-        self.workspace_bytes = int(self.manifest["workspace_bytes"])
+        self.workspace_bytes = int(self.manifest["workspace_bytes"])  # the most any sizes need
+        self.dynamic = "dynamic" in self.manifest
         self._driver: Any = None  # NAME_cuda.GpuRuntime, made on the first launch
 
     def runtime(self) -> Any:
@@ -241,28 +203,39 @@ class Bundle:
             self._driver = _part("cuda").GpuRuntime(self.root, self.manifest, _errors())
         return self._driver
 
-    def launch(self, ordinal: int, inputs: list[int], outputs: list[int], workspace: int, stream: int = 0) -> None:
-        """Launch every kernel on device `ordinal` on device pointers (already checked) and a CUstream."""
+    def launch(self, ordinal: int, inputs: list[int], outputs: list[int], workspace: int, stream: int = 0,
+               sizes: dict[str, int] | None = None) -> None:
+        """Launch the kernels (a dynamic graph's: those of the bucket serving `sizes`) on device `ordinal` on
+        device pointers (already checked) and a CUstream."""
         modules = self.runtime().modules(ordinal)
-        if modules.variant["workspace_bytes"] and not workspace:
-            raise BundleInputError(f"{self.name} needs a workspace of {self.workspace_bytes} bytes")
-        modules.launch(inputs, outputs, workspace, stream)
+        need = _part("cuda").bucket_of(modules.variant, sizes or {})["workspace_bytes"]
+        if need and not workspace:
+            raise BundleInputError(f"{self.name} needs a workspace of {need} bytes")
+        modules.launch(inputs, outputs, workspace, stream, sizes)
 
     def run(self, *inputs: Any, out: list[Any] | None = None, workspace: Any = None, stream: int | None = None) -> Any:
         """Run on torch tensors (outputs allocated unless `out`), DLPack or __cuda_array_interface__ objects
         (`out` and, when workspace_bytes > 0, `workspace` required); returns the output(s). Every tensor must
-        be on one device; the kernels run there, in its primary context."""
-        ins = check_tensors("inputs", list(inputs), self.inputs)
+        be on one device; the kernels run there, in its primary context. A graph with dynamic sizes reads
+        them from the inputs' shapes (checked against their ranges first) and runs their bucket."""
+        if not self.manifest["variants"]:
+            raise BundleError(f"{self.root}: bundle {self.name} has no GPU build; export it with --targets sm_XX")
+        check_count("inputs", list(inputs), self.inputs)
+        given = [describe(x) for x in inputs]
+        sizes, in_shapes, out_shapes = bind_sizes(self.manifest, [t.shape for t in given]) if self.dynamic \
+            else ({}, None, None)
+        ins = check_tensors("inputs", given, self.inputs, in_shapes)
         torch_in = bool(inputs) and type(inputs[0]).__module__.startswith("torch")
         if out is None:
             if not torch_in:
                 raise BundleInputError("pass out=[...] (and workspace=) when the inputs are not torch tensors")
-            out = self._alloc_outputs(inputs[0])
-        outs = check_tensors("outputs", list(out), self.outputs)
+            out = self._alloc_outputs(inputs[0], out_shapes)
+        outs = check_tensors("outputs", list(out), self.outputs, out_shapes)
         named = [(s["name"], t) for s, t in zip(self.inputs + self.outputs, ins + outs)]
         ordinal = same_device(named)
-        if workspace is None and torch_in and self.workspace_bytes:
-            workspace = self._torch_empty(inputs[0], self.workspace_bytes)
+        need = _part("cuda").workspace_bytes_at(self.manifest, sizes) if self.dynamic else self.workspace_bytes
+        if workspace is None and torch_in and need:
+            workspace = self._torch_empty(inputs[0], need)
         ws = None if workspace is None else describe(workspace)
         if ws is not None:
             ordinal = same_device(named + [("workspace", ws)])
@@ -271,7 +244,7 @@ class Bundle:
         if stream is None:
             stream = _torch_stream(inputs[0]) if torch_in else 0
         self.launch(ordinal, [t.pointer for t in ins], [t.pointer for t in outs], 0 if ws is None else ws.pointer,
-                    stream)
+                    stream, sizes)
         return out[0] if len(out) == 1 else tuple(out)
 
     def _device_of(self, named: list[tuple[str, Tensor]]) -> int:
@@ -280,11 +253,12 @@ class Bundle:
             t.ordinal = rt.device_of(t.pointer)
         return same_device(named) or 0
 
-    def _alloc_outputs(self, like: Any) -> list[Any]:
+    def _alloc_outputs(self, like: Any, shapes: list[list[int]] | None = None) -> list[Any]:
         import torch
 
-        return [torch.empty(o["shape"], dtype=getattr(torch, DTYPES[o["dtype"]][0]), device=like.device)
-                for o in self.outputs]
+        shapes = shapes or [o["shape"] for o in self.outputs]
+        return [torch.empty(shape, dtype=getattr(torch, DTYPES[o["dtype"]][0]), device=like.device)
+                for o, shape in zip(self.outputs, shapes)]
 
     @staticmethod
     def _torch_empty(like: Any, nbytes: int) -> Any:
@@ -295,7 +269,8 @@ class Bundle:
 
 def _errors() -> Any:
     """The error classes and the size binding, for the bundle's NAME_cuda.py and NAME_cpu.py."""
-    return types.SimpleNamespace(BundleError=BundleError, BundleInputError=BundleInputError, bind_sizes=bind_sizes)
+    return types.SimpleNamespace(BundleError=BundleError, BundleInputError=BundleInputError, bind_sizes=bind_sizes,
+                                 size_at=size_at)
 
 
 def _torch_stream(x: Any) -> int:
@@ -369,7 +344,13 @@ def torch_op() -> Any:
 
     def fake(inputs: Any) -> Any:
         like = inputs[0] if inputs else torch.empty(0)
-        return [like.new_empty(o["shape"], dtype=getattr(torch, DTYPES[o["dtype"]][0])) for o in bundle.outputs]
+        sizes: dict[str, Any] = {}  # a dynamic size as the inputs' dim (a SymInt while tracing), not an int
+        for spec, x in zip(bundle.inputs, inputs):
+            for dim, got in zip(spec["shape"], x.shape):
+                if isinstance(dim, list) and len(dim) == 1:
+                    sizes.setdefault(dim[0], got)
+        return [like.new_empty([size_at(d, sizes) for d in o["shape"]], dtype=getattr(torch, DTYPES[o["dtype"]][0]))
+                for o in bundle.outputs]
 
     devices = (["cuda"] if bundle.manifest["variants"] else []) + (["cpu"] if "cpu" in bundle.manifest else [])
     op = torch.library.custom_op(f"tilefuse_bundle::{bundle.name}", impl, mutates_args=(),

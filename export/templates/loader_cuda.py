@@ -81,8 +81,10 @@ class CtypesDriver:
         self.call("cuMemsetD8Async", ctypes.c_uint64(ptr), ctypes.c_ubyte(0), ctypes.c_size_t(nbytes),
                   ctypes.c_void_p(stream))
 
-    def launch(self, fn: Any, grid: list[int], block_x: int, shared: int, stream: int, values: list[int]) -> None:
-        cells = [ctypes.c_uint64(v) for v in values]
+    def launch(self, fn: Any, grid: list[int], block_x: int, shared: int, stream: int, values: list[int],
+               ints: frozenset[int] = frozenset()) -> None:
+        """Launch `fn`; `values` are pointers, except the positions in `ints` (dynamic sizes: int32)."""
+        cells = [ctypes.c_int32(v) if i in ints else ctypes.c_uint64(v) for i, v in enumerate(values)]
         params = (ctypes.c_void_p * len(cells))(*[ctypes.cast(ctypes.byref(c), ctypes.c_void_p) for c in cells])
         self.call("cuLaunchKernel", ctypes.c_void_p(fn), *[ctypes.c_uint(g) for g in grid], ctypes.c_uint(block_x),
                   ctypes.c_uint(1), ctypes.c_uint(1), ctypes.c_uint(shared), ctypes.c_void_p(stream), params, None)
@@ -153,9 +155,57 @@ class CudaPythonDriver:
     def memset(self, ptr: int, nbytes: int, stream: int) -> None:
         self.call("cuMemsetD8Async", ptr, 0, nbytes, stream)
 
-    def launch(self, fn: Any, grid: list[int], block_x: int, shared: int, stream: int, values: list[int]) -> None:
-        params = (tuple(values), tuple(ctypes.c_uint64 for _ in values))
+    def launch(self, fn: Any, grid: list[int], block_x: int, shared: int, stream: int, values: list[int],
+               ints: frozenset[int] = frozenset()) -> None:
+        params = (tuple(values), tuple(ctypes.c_int32 if i in ints else ctypes.c_uint64 for i in range(len(values))))
         self.call("cuLaunchKernel", fn, *grid, block_x, 1, 1, shared, stream, params, 0)
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):  # DLPack's DLTensor, the head of the DLManagedTensor a capsule holds
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32), ("dtype", _DLDataType),
+                ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
+                ("byte_offset", ctypes.c_uint64)]
+
+
+_DL_DTYPES = {(2, 16): "float16", (2, 32): "float32", (2, 64): "float64", (4, 16): "bfloat16", (0, 8): "int8",
+              (0, 16): "int16", (0, 32): "int32", (0, 64): "int64", (1, 8): "uint8", (6, 8): "bool"}
+_DL_DEVICES = {1: "cpu", 2: "cuda", 3: "cuda_host", 13: "cuda_managed"}  # kDLCPU, kDLCUDA, ...
+
+
+def row_major(shape: tuple[int, ...], strides: tuple[int, ...], unit: int) -> bool:
+    """Whether `strides` (in units of `unit`) are those of a C-contiguous `shape` (size-1 dims ignored)."""
+    step = unit
+    for n, st in zip(reversed(shape), reversed(strides)):
+        if n != 1 and st != step:
+            return False
+        step *= n
+    return True
+
+
+def from_dlpack(x: Any, input_error: Any) -> dict[str, Any]:
+    """What the loader's Tensor needs of a DLPack object (its capsule kept alive with it)."""
+    device_type, ordinal = (int(v) for v in x.__dlpack_device__())
+    capsule = x.__dlpack__()
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    try:
+        t = _DLTensor.from_address(get(capsule, b"dltensor"))
+    except ValueError:
+        raise input_error(f"{type(x).__name__}.__dlpack__() did not return a DLPack capsule") from None
+    shape = tuple(int(t.shape[i]) for i in range(t.ndim))
+    contiguous = not t.strides or row_major(shape, tuple(int(t.strides[i]) for i in range(t.ndim)), 1)
+    code = (int(t.dtype.code), int(t.dtype.bits))
+    dtype = _DL_DTYPES.get(code, f"dlpack{code}") if t.dtype.lanes == 1 else f"dlpack{code}x{t.dtype.lanes}"
+    return {"shape": shape, "dtype": dtype, "contiguous": contiguous, "pointer": int(t.data or 0) + int(t.byte_offset),
+            "device": _DL_DEVICES.get(device_type, f"dlpack device {device_type}"), "ordinal": ordinal, "keep": capsule}
 
 
 def open_driver(errors: Any) -> Any:
@@ -187,36 +237,63 @@ def pick_variant(variants: list[dict[str, Any]], cc: int, errors: Any) -> tuple[
     raise errors.BundleError(f"no cubin or PTX for compute capability {cc // 10}.{cc % 10} (bundled: {archs})")
 
 
+def bucket_of(variant: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
+    """The bucket of a dynamic variant serving `sizes` (already checked against their ranges); a static
+    variant's one bucket runs every launch."""
+    for b in variant.get("buckets") or []:
+        if all(lo <= sizes[n] <= hi for n, lo, hi in b["ranges"]):
+            return dict(b)
+    return {"launches": list(range(len(variant["launches"]))), "workspace_bytes": variant["workspace_bytes"]}
+
+
+def workspace_bytes_at(manifest: dict[str, Any], sizes: dict[str, int]) -> int:
+    """Bytes of workspace a run at `sizes` needs: their bucket's, the most over the architectures."""
+    return max((int(bucket_of(v, sizes)["workspace_bytes"]) for v in manifest["variants"]), default=0)
+
+
 class DeviceModules:
-    """The bundle loaded on one device: its primary context, functions and uploaded constants."""
+    """The bundle loaded on one device: its primary context, functions (one module per cubin: launches of
+    one function under one config share it) and uploaded constants."""
 
     def __init__(self, drv: Any, root: Path, manifest: dict[str, Any], ordinal: int, errors: Any) -> None:
-        self.drv, self.ordinal = drv, ordinal
+        self.drv, self.ordinal, self.errors = drv, ordinal, errors
+        self.params = [p["name"] for p in manifest.get("dynamic", {}).get("params", [])]
         self.ctx = drv.primary_context(ordinal)
         drv.push(self.ctx)
         try:
             self.variant, self.from_ptx = pick_variant(manifest["variants"], drv.capability(ordinal), errors)
-            self.functions = []
+            loaded: dict[str, Any] = {}
             for launch in self.variant["launches"]:
-                image = (root / launch["ptx"]).read_bytes() + b"\0" if self.from_ptx else \
-                    (root / launch["cubin"]).read_bytes()
-                self.functions.append(drv.load_function(image, launch["mangled_name"], launch["shared_mem_bytes"]))
+                if launch["cubin"] not in loaded:
+                    image = (root / launch["ptx"]).read_bytes() + b"\0" if self.from_ptx else \
+                        (root / launch["cubin"]).read_bytes()
+                    loaded[launch["cubin"]] = drv.load_function(image, launch["mangled_name"],
+                                                                launch["shared_mem_bytes"])
+            self.functions = [loaded[launch["cubin"]] for launch in self.variant["launches"]]
             self.constants = [drv.upload((root / c["file"]).read_bytes()) for c in self.variant["constants"]]
         finally:
             drv.pop()
 
-    def launch(self, inputs: list[int], outputs: list[int], workspace: int, stream: int) -> None:
-        """Every launch in order on `stream`, zero-filled workspaces cleared before their kernel's first."""
-        bases = {"input": inputs, "output": outputs, "constant": self.constants}
+    def launch(self, inputs: list[int], outputs: list[int], workspace: int, stream: int,
+               sizes: dict[str, int] | None = None) -> None:
+        """The launches of the bucket serving `sizes` (every launch of a static graph) in order on `stream`,
+        zero-filled workspaces cleared before their kernel's first; grids evaluated at `sizes`, and the
+        dynamic sizes passed as int32 arguments."""
+        sizes = sizes or {}
+        by_index = [sizes[n] for n in self.params]
+        bases = {"input": inputs, "output": outputs, "constant": self.constants, "size": by_index}
         self.drv.push(self.ctx)
         try:
-            for fn, launch in zip(self.functions, self.variant["launches"]):
+            for i in bucket_of(self.variant, sizes)["launches"]:
+                fn, launch = self.functions[i], self.variant["launches"][i]
                 for offset, nbytes in launch["zero_before"]:
                     self.drv.memset(workspace + offset, nbytes, stream)
                 values = [bases[a["role"]][a["index"]] if a["role"] in bases else workspace + a["index"]
                           for a in launch["args"]]
                 values += [0, 0]  # Triton 3.x: global and profile scratch, unused
-                self.drv.launch(fn, launch["grid"], launch["block"][0], launch["shared_mem_bytes"], stream, values)
+                ints = frozenset(j for j, a in enumerate(launch["args"]) if a["role"] == "size")
+                grid = [self.errors.size_at(g, sizes) for g in launch["grid"]]
+                self.drv.launch(fn, grid, launch["block"][0], launch["shared_mem_bytes"], stream, values, ints)
         finally:
             self.drv.pop()
 
