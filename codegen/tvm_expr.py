@@ -112,6 +112,11 @@ def _exp(x: PrimExpr) -> PrimExpr:
     return tirx.Select(tirx.isnan(x), x, y)
 
 
+def exp_f32(x: PrimExpr) -> PrimExpr:
+    """exp of an f32 PrimExpr as the E.EXP lowering computes it (a polynomial that vectorizes)."""
+    return _exp(x)
+
+
 def _sigmoid(x: PrimExpr) -> PrimExpr:
     one = tirx.const(1.0, dtype_of(x))
     return one / (one + _exp(-x))

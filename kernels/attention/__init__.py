@@ -12,6 +12,7 @@ from .decode_spec import DecodeSpec
 from .spec import AttentionSpec
 
 register_template(AttentionSpec.family, "triton", __name__ + ".triton_template")
+register_template(AttentionSpec.family, "tvm", __name__ + ".tvm_template")
 register_template(AttentionBwdSpec.family, "triton", __name__ + ".bwd_triton_template")
 register_template(DecodeSpec.family, "triton", __name__ + ".decode_triton_template")
 # Each kernel is its anchor alone: no prologue or epilogue fuses into attention yet.
