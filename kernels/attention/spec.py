@@ -174,12 +174,11 @@ class AttentionSpec(KernelSpec):
         if self.runtime_lists(bm, bn):
             return [np.ascontiguousarray(a, dtype=np.int32)
                     for a in self.block_lists(config, self._host_operands(inputs)).as_list()]
-        key = (bm, bn, *concrete((self.B, self.Sq, self.Sk), sizes if self.dynamic_sizes else None))
+        sizes = sizes if self.dynamic_sizes else None
+        key = (bm, bn, *concrete((self.B, self.Sq, self.Sk), sizes))
         hit = self._host_aux.get(key)
-        if hit is not None:
-            return hit
-        lists = self.block_lists(config, sizes=sizes if self.dynamic_sizes else None).as_list()
-        return remember(self._host_aux, key, [np.ascontiguousarray(a, dtype=np.int32) for a in lists])
+        return hit if hit is not None else remember(self._host_aux, key, [
+            np.ascontiguousarray(a, dtype=np.int32) for a in self.block_lists(config, sizes=sizes).as_list()])
 
     def constant_aux(self, config: Config) -> list[Any] | None:
         """The compile-time block lists (int32 numpy), unless a data-dependent mask rebuilds them from the
@@ -194,11 +193,8 @@ class AttentionSpec(KernelSpec):
         for i, slot in self.extra_slot.items():
             site = self.loads[slot]
             x = inputs[site.buffer]
-            if hasattr(x, "detach"):
-                t = x.detach().reshape(-1).cpu()
-                flat = (t.float() if t.dtype.is_floating_point else t).numpy()
-            else:
-                flat = np.ascontiguousarray(x).reshape(-1)
+            t = x.detach().reshape(-1).cpu() if hasattr(x, "detach") else None
+            flat = (t.float() if t.dtype.is_floating_point else t).numpy() if t is not None else np.ravel(x)
             view = site.view
             out[i] = np.lib.stride_tricks.as_strided(flat[view.offset:], shape=view.shape,
                                                      strides=[s * flat.itemsize for s in view.strides])
@@ -225,11 +221,10 @@ class AttentionSpec(KernelSpec):
 
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
-        if target.kind == "cpu":
-            if "tvm" not in self.backends:  # the backward inherits this method and has no cpu template
-                raise LoweringError(f"{self.name}: {self.family} has no TVM/CPU lowering yet; use target 'interp' "
-                                    "or a CUDA arch (sm_80, sm_90)")
-            # tvm_template.py: BLOCK_M query rows share each packed key block; BLOCK_N keys per vector dot
+        if target.kind == "cpu" and "tvm" not in self.backends:  # the backward inherits this method
+            raise LoweringError(f"{self.name}: {self.family} has no TVM/CPU lowering yet; use target 'interp' or a "
+                                "CUDA arch (sm_80, sm_90)")
+        if target.kind == "cpu":  # tvm_template.py: BLOCK_M rows share each packed key block of BLOCK_N keys
             return {"BLOCK_M": (8, 16, 32, 64, 128), "BLOCK_N": (16, 32, 64, 128)}
         return {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128),
                 "num_warps": (1, 2, 4, 8), "num_stages": (1, 2, 3, 4, 5)}
