@@ -148,22 +148,23 @@ def _builds(monkeypatch):
     return calls
 
 
-def test_dynamic_length_causal_compiles_once(monkeypatch):
+def test_dynamic_batch_and_length_causal_compiles_once(monkeypatch):
     b = tf.GraphBuilder("causal")
-    s = b.dyn("S", 1, 4096, hint=64)
-    q, k, v = (b.input(n, (1, 2, s, 32), "f16") for n in "qkv")
+    s, n = b.dyn("S", 1, 4096, hint=64), b.dyn("B", 1, 4)
+    q = b.input("q", (n, 4, s, 32), "f16")
+    k, v = (b.input(x, (n, 2, s, 32), "f16") for x in "kv")
     b.output("out", tf.attention(q, k, v, mask_mod=causal(s, s)))
     g = b.build()
     builds = _builds(monkeypatch)
     cg = tf.compile(g, target="cpu", buckets=[64])
     at_compile = len(builds)
     assert at_compile == len(cg.distinct_kernels())
-    for n in (1, 5, 64, 130):
-        gs = g.at({"S": n})
-        ins = random_inputs(gs, n)
+    for bsz, t in ((1, 1), (2, 5), (1, 64), (3, 130)):
+        gs = g.at({"S": t, "B": bsz})
+        ins = random_inputs(gs, t)
         got = np.asarray(cg.run(ins, poison=True)["out"], dtype=np.float64)
         want = evaluate(gs, ins)["out"]
-        assert got.shape == (1, 2, n, 32) and np.max(np.abs(got - want)) <= 1e-3, n
+        assert got.shape == (bsz, 4, t, 32) and np.max(np.abs(got - want)) <= 1e-3, (bsz, t)
     assert len(builds) == at_compile  # no call built anything
     assert "falls back to run time" in cg.report()
 

@@ -1,6 +1,7 @@
 """Attention family: the forward kernel (mask_mod/score_mod/post_mod with compile-time block sparsity
 and run-time block lists built by mask_compact), its backward ("attention_bwd") and paged-KV decode
-("decode"). Each registers its own spec and Triton template; none has a TVM template yet."""
+("decode"). Each registers its own spec and Triton template; the forward also a TVM (cpu) template, which
+reads the same block lists (tvm_template.py); the backward and decode are Triton only."""
 
 from __future__ import annotations
 
