@@ -1,6 +1,7 @@
 """The attention forward on the cpu target (TVM template): every mask kind, GQA, D != Dv, scale, score_mods and
 masks reading operands, post_mod, f16/bf16, odd sizes and fully masked rows, against the float64 reference with
-poisoned outputs; a causal graph with a dynamic length compiled once; the cpu knob space and tuner."""
+poisoned outputs; a causal graph with a dynamic batch and length compiled once; the cpu knob space and (slow)
+real tuning."""
 
 from __future__ import annotations
 
@@ -169,7 +170,7 @@ def test_dynamic_batch_and_length_causal_compiles_once(monkeypatch):
     assert "falls back to run time" in cg.report()
 
 
-def test_knob_space_default_and_tuning():
+def test_knob_space_default_and_constraints():
     g = graph("f32", 1, 2, 2, 40, 40, 32, mask=lambda: causal(40, 40))
     spec = tf.compile(g, target="cpu").kernels[0].spec
     space = spec.knob_space(CPU)
@@ -178,6 +179,21 @@ def test_knob_space_default_and_tuning():
     assert spec.check(cfg, CPU) == cfg
     assert spec.constraints(Config(BLOCK_M=128, BLOCK_N=16), CPU)  # larger than the 40 x 40 score matrix
     assert spec.shared_bytes(cfg) == 0.0 and spec.registers_per_thread(cfg, CPU) == 0.0
+
+
+@pytest.mark.slow  # about 14 s: a runner worker process, its imports and a build per candidate
+def test_real_tuning_measures_and_verifies_candidates(tmp_path):
+    # the cpu runner builds each candidate, passes its block lists, checks it against the reference and times it
+    from tilefuse.autotune.database import TuningDB
+    from tilefuse.autotune.tune import tune_graph
+
+    g = graph("f32", 1, 2, 1, 48, 48, 32, mask=lambda: tf.sliding_window_mask(20, 48, 48))
+    with TuningDB(f"sqlite:///{tmp_path / 't.db'}") as db:
+        res = tune_graph(g, "cpu", budget=2, strategy="random", db=db, patience=None)
+        assert [r.statuses for r in res.rows] == [{"ok": 2}]
+        cg = tf.compile(g, target="cpu", db=db, cost_model=None)
+        assert cg.kernels[0].config_source.startswith("database: this device")
+    check(g, "f32", cg=cg)
 
 
 def test_backward_is_refused_on_cpu_by_name():
