@@ -59,9 +59,10 @@ class AttentionSpec(KernelSpec):
         q, k, v = node.src[:3]
         self.B, self.Hq, self.Sq, self.D = q.shape
         self.Hkv, self.Sk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
+        backends = ", ".join(sorted(self.backends))  # whose templates need the static sizes (for messages)
         for size, what in ((self.Hq, "the query heads"), (self.Hkv, "the kv heads"), (self.D, "the head dim"),
                            (self.Dv, "the value head dim")):
-            self.require_static(size, what, "triton")  # dynamic B, Sq, Sk: block lists at run time (dyn_sizes.py)
+            self.require_static(size, what, backends)  # dynamic B, Sq, Sk: block lists at run time (dyn_sizes.py)
         self.group = self.Hq // self.Hkv
         self.dtype = q.dtype
         self.scale = float(node.attr("scale"))
@@ -87,7 +88,7 @@ class AttentionSpec(KernelSpec):
         if self.dynamic_sizes and self.dynamic:
             self.require_static(next(x for x in (self.Sq, self.Sk, self.B) if dims.is_dynamic(x)),
                                 "a size of an attention whose mask reads operands (their block shapes follow it)",
-                                "triton")
+                                backends)
         self.outs: list[tuple[int, str]] = []
         for i, o in enumerate(kernel.group.outputs):
             if o is node:
