@@ -93,6 +93,18 @@ def test_half_precision_inputs_default_config(dtype):
     assert cg.kernels[0].config == cg.kernels[0].spec.default_config(CPU)
 
 
+def test_empty_key_blocks_are_never_read():
+    # a window of 20 over the last 16 of 128 keys: keys 0..63 (two 32-key blocks) are no query's; NaN there would
+    # reach the output (0 * NaN) if the kernel visited those blocks, even masked
+    g = graph("f32", 1, 2, 1, 16, 128, 32, mask=lambda: tf.sliding_window_mask(20, 16, 128))
+    ins = random_inputs(g, 0)
+    ref = evaluate(g, ins)
+    for n in "kv":
+        ins[n][:, :, :64] = np.nan
+    got = compile_cpu(g, (16, 32)).run(ins, poison=True)
+    np.testing.assert_allclose(got["out"], ref["out"], atol=2e-5, rtol=0)
+
+
 def test_rows_without_a_key_output_zero_and_minus_inf():
     # Sq > Sk under a causal mask: the first Sq - Sk rows see no key
     _, got = check(graph("f32", 2, 2, 2, 75, 37, D, mask=lambda: causal(75, 37)), "f32", block=(16, 16))
