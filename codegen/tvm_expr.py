@@ -88,7 +88,7 @@ def _back(x: PrimExpr, d: dt.DType) -> PrimExpr:
     return tirx.Cast(tvm_dtype(d), x) if is_half(d) else x
 
 
-def _exp(x: PrimExpr) -> PrimExpr:
+def exp_f32(x: PrimExpr) -> PrimExpr:
     """exp; in f32 a Cephes-style polynomial (about 1 ulp) that vectorizes, where LLVM would call
     libm once per lane. inf, -inf and NaN map as exp does."""
     if dtype_of(x) != "float32":
@@ -114,11 +114,11 @@ def _exp(x: PrimExpr) -> PrimExpr:
 
 def _sigmoid(x: PrimExpr) -> PrimExpr:
     one = tirx.const(1.0, dtype_of(x))
-    return one / (one + _exp(-x))
+    return one / (one + exp_f32(-x))
 
 
 _MATH: dict[E, Callable[[PrimExpr], PrimExpr]] = {
-    E.EXP: _exp, E.EXP2: tirx.exp2, E.LOG: tirx.log, E.LOG2: tirx.log2, E.LOG1P: tirx.log1p,
+    E.EXP: exp_f32, E.EXP2: tirx.exp2, E.LOG: tirx.log, E.LOG2: tirx.log2, E.LOG1P: tirx.log1p,
     E.SQRT: tirx.sqrt, E.RSQRT: lambda x: tirx.const(1.0, dtype_of(x)) / tirx.sqrt(x), E.SIN: tirx.sin,
     E.COS: tirx.cos, E.TANH: tirx.tanh, E.SIGMOID: _sigmoid, E.ERF: tirx.erf,
     E.RECIP: lambda x: tirx.const(1.0, dtype_of(x)) / x, E.FLOOR: tirx.floor, E.CEIL: tirx.ceil,

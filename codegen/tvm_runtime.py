@@ -110,6 +110,7 @@ class TvmKernel:
         self.n_inputs = len(spec.inputs)
         self.size_names = spec.size_params()  # dynamic sizes, passed after the arrays
         self.bound_sizes = spec.bound_sizes()  # their values when a caller gives none (a tuning measurement)
+        self.host_aux = spec.host_aux  # auxiliary arrays passed after the outputs (attention's block lists)
         self.key = key
         self.compiled = compiled  # False when the library came from the cache
         self.path = path
@@ -122,7 +123,8 @@ class TvmKernel:
 
     def _args(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
               alias_outputs: bool = True, sizes: Mapping[str, int] | None = None) -> list[Any]:
-        """TVM tensors for the packed function. An argument that is already C-contiguous, of the
+        """TVM tensors for the packed function: inputs, outputs, the spec's auxiliary arrays for these
+        inputs (KernelSpec.host_aux), then the dynamic sizes' ints. An argument that is already C-contiguous, of the
         storage dtype and 64-byte aligned (what the compiled code assumes) is passed without a copy
         (DLPack); other inputs are copied into aligned tensors, and other outputs (or every output
         unless `alias_outputs`) get their own tensors, which `_copy_out` copies back."""
@@ -155,6 +157,8 @@ class TvmKernel:
                                                .reshape(shape), dev))
             else:
                 args.append(tvm.runtime.empty(shape, str(want), dev))
+        aux = self.host_aux(self.config, list(inputs), sizes if self.size_names else None)
+        args += [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in aux]
         return args + [int(sizes[n]) for n in self.size_names]
 
     def __call__(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],

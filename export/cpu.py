@@ -90,6 +90,11 @@ def cpu_calls(cg: Any, name: str, regions: list[Region], kernels: list[Any] | No
     calls: list[dict[str, Any]] = []
     for ck in cg.kernels if kernels is None else kernels:
         spec = ck.spec
+        aux = list(spec.aux_signature(ck.config))
+        if aux:  # the cpu kernel takes them after its outputs (TvmKernel passes KernelSpec.host_aux)
+            raise ExportError(f"kernel {spec.name} ({spec.family}) takes the auxiliary arrays {aux} (its block lists) "
+                              "on cpu, which a CPU bundle does not pass yet; export it for a GPU target, or run it "
+                              "with tilefuse")
         shapes = spec.template("tvm").arg_shapes(spec)
         buffers = list(spec.inputs) + list(spec.outputs)
         args = [{"role": where[b.name][0], "index": int(where[b.name][1]), "buffer": b.name, "dtype": b.dtype.name,

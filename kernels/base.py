@@ -295,6 +295,11 @@ class KernelSpec:
         """The auxiliary tensors themselves, in aux_signature order."""
         return []
 
+    def host_aux(self, config: Config, inputs: Sequence[Any], sizes: Mapping[str, int] | None = None) -> list[Any]:
+        """Auxiliary int32 numpy arrays a CPU (TVM) kernel takes after its outputs, for a call on `inputs` (numpy
+        arrays) at `sizes` (e.g. attention's block lists); none by default."""
+        return []
+
     def constant_aux(self, config: Config) -> list[Any] | None:
         """The auxiliary tensors as numpy arrays (aux_signature order) when they are compile-time
         constants, which an export bundle stores; None when a launch computes them from its inputs.

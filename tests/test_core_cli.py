@@ -1,4 +1,4 @@
-"""CLI: show, run (interp), compile (sm_90 bundle + manifest), and clear errors."""
+"""CLI: show, run (interp; attention on cpu), compile (sm_90 bundle + manifest), and clear errors."""
 
 import json
 
@@ -17,6 +17,12 @@ def test_show_prints_every_pass(capsys):
 def test_run_interp_checks_reference(capsys):
     assert main(["run", "examples/decoder_mlp.tf", "--target", "interp", *SMALL]) == 0
     assert "y: max |err| vs reference" in capsys.readouterr().out
+
+
+def test_run_cpu_attention_example(capsys):
+    # the attention forward's TVM template: the LServe-style example runs and checks on cpu
+    assert main(["run", "examples/streaming_attention.tf", "--target", "cpu", "--set", "S=64", "--set", "D=32"]) == 0
+    assert "out: max |err| vs reference" in capsys.readouterr().out
 
 
 def test_compile_writes_bundle(tmp_path, capsys):

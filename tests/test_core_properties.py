@@ -60,12 +60,13 @@ def test_random_graphs_cpu(g, seed):
 
 
 def test_unsupported_op_names_op_dtype_and_backend():
-    # attention has Triton templates only (every sparse op has a TVM one now)
+    # the attention backward has Triton templates only (the forward and every sparse op have a TVM one now)
     g = tf.GraphBuilder("att")
-    q, k, v = (g.input(n, (1, 2, 16, 16), "f32") for n in "qkv")
-    g.output("y", tf.attention(q, k, v))
-    with pytest.raises(LoweringError, match=r"op 'attention' with dtype f32 is not supported on backend 'tvm'"):
-        tf.compile(g, target="cpu")
+    q, k, v, o, do = (g.input(n, (1, 2, 16, 16), "f32") for n in ("q", "k", "v", "o", "do"))
+    for name, t in zip(("dq", "dk", "dv"), tf.attention_backward(q, k, v, o, do, g.input("lse", (1, 2, 16), "f32"))):
+        g.output(name, t)
+    with pytest.raises(LoweringError, match=r"op 'attention_bwd' with dtype f32 is not supported on backend 'tvm'"):
+        tf.compile(g.build(), target="cpu")
 
 
 def test_equal_workloads_with_different_names_do_not_share_a_library():

@@ -1,5 +1,5 @@
 """Causal attention with a dynamic sequence length compiles once and matches the reference at several
-lengths under the interpreter (attention has no cpu template); the block-sparsity analysis falls back to
+lengths under the interpreter (on cpu: tests/test_attention_cpu.py); the block-sparsity analysis falls back to
 run time, per call's sizes, and the report says so. What still needs static sizes is refused by name."""
 
 from __future__ import annotations

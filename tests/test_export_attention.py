@@ -111,3 +111,10 @@ def test_host_steps_are_refused_before_building(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "has host steps" in err and "need Python" in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cpu_bundle_of_attention_is_refused_by_name(tmp_path):
+    # the cpu kernel takes its block lists as arguments after the outputs, which a CPU bundle cannot pass yet
+    g = load_graph("examples/streaming_attention.tf", {"S": 64, "D": 32})
+    with pytest.raises(ExportError, match=r"k0_attention \(attention\) takes the auxiliary arrays .*kv_ptr"):
+        export_bundle(g, ["cpu"], tmp_path, name="attn", db=None, cost_model=None, sizes={"S": 64, "D": 32})

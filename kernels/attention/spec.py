@@ -19,7 +19,7 @@ post_mod and accumulates P' V; no score matrix is materialised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ class AttentionSpec(KernelSpec):
     """Forward attention over q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (GQA)."""
 
     family = "attention"
-    dynamic_backends = frozenset({"triton"})  # the backward refuses its own (bwd_spec)
+    dynamic_backends = frozenset({"triton", "tvm"})  # the backward refuses its own (bwd_spec)
     post_mod: Expr | None = None  # a class default: the backward spec shares these methods and has none
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
@@ -60,9 +60,10 @@ class AttentionSpec(KernelSpec):
         q, k, v = node.src[:3]
         self.B, self.Hq, self.Sq, self.D = q.shape
         self.Hkv, self.Sk, self.Dv = k.shape[1], k.shape[2], v.shape[3]
+        backends = ", ".join(sorted(self.backends))  # whose templates need the static sizes (for messages)
         for size, what in ((self.Hq, "the query heads"), (self.Hkv, "the kv heads"), (self.D, "the head dim"),
                            (self.Dv, "the value head dim")):
-            self.require_static(size, what, "triton")  # dynamic B, Sq, Sk: block lists at run time (dyn_sizes.py)
+            self.require_static(size, what, backends)  # dynamic B, Sq, Sk: block lists at run time (dyn_sizes.py)
         self.group = self.Hq // self.Hkv
         self.dtype = q.dtype
         self.scale = float(node.attr("scale"))
@@ -88,7 +89,7 @@ class AttentionSpec(KernelSpec):
         if self.dynamic_sizes and self.dynamic:
             self.require_static(next(x for x in (self.Sq, self.Sk, self.B) if dims.is_dynamic(x)),
                                 "a size of an attention whose mask reads operands (their block shapes follow it)",
-                                "triton")
+                                backends)
         self.outs: list[tuple[int, str]] = []
         for i, o in enumerate(kernel.group.outputs):
             if o is node:
@@ -100,6 +101,7 @@ class AttentionSpec(KernelSpec):
             self.outs.append((i, role))
         self._sparsity: dict[tuple[int, ...], BlockSparsity] = {}
         self._aux: dict[Any, list[Any]] = {}
+        self._host_aux: dict[Any, list[Any]] = {}
         self._describe: dict[str, Any] | None = None
 
     # -- block structure --
@@ -166,6 +168,20 @@ class AttentionSpec(KernelSpec):
                    for a in self.block_lists(config, sizes=sizes).as_list()]
         return remember(self._aux, key, out)
 
+    def host_aux(self, config: Config, inputs: Sequence[Any], sizes: Mapping[str, int] | None = None) -> list[Any]:
+        """The block lists (int32 numpy, AUX_NAMES order) the cpu kernel takes for a call on `inputs` at `sizes`:
+        the compile-time lists or those of the call's sizes (cached), or for a block-aligned data-dependent
+        mask those of its operands (made for every call)."""
+        bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
+        if self.runtime_lists(bm, bn):
+            return [np.ascontiguousarray(a, dtype=np.int32)
+                    for a in self.block_lists(config, self._host_operands(inputs)).as_list()]
+        sizes = sizes if self.dynamic_sizes else None
+        key = (bm, bn, *concrete((self.B, self.Sq, self.Sk), sizes))
+        hit = self._host_aux.get(key)
+        return hit if hit is not None else remember(self._host_aux, key, [
+            np.ascontiguousarray(a, dtype=np.int32) for a in self.block_lists(config, sizes=sizes).as_list()])
+
     def constant_aux(self, config: Config) -> list[Any] | None:
         """The compile-time block lists (int32 numpy), unless a data-dependent mask rebuilds them from the
         operands at launch, or the sizes are dynamic (then None)."""
@@ -173,12 +189,14 @@ class AttentionSpec(KernelSpec):
             return None
         return [np.ascontiguousarray(a, dtype=np.int32) for a in self.block_lists(config).as_list()]
 
-    def _host_operands(self, inputs: list[Any]) -> dict[int, np.ndarray]:
+    def _host_operands(self, inputs: Sequence[Any]) -> dict[int, np.ndarray]:
+        """The mask's operands (torch tensors or numpy arrays among `inputs`) as numpy views."""
         out = {}
         for i, slot in self.extra_slot.items():
             site = self.loads[slot]
-            t = inputs[site.buffer].detach().reshape(-1).cpu()
-            flat = (t.float() if t.dtype.is_floating_point else t).numpy()
+            x = inputs[site.buffer]
+            t = x.detach().reshape(-1).cpu() if hasattr(x, "detach") else None
+            flat = (t.float() if t.dtype.is_floating_point else t).numpy() if t is not None else np.ravel(x)
             view = site.view
             out[i] = np.lib.stride_tricks.as_strided(flat[view.offset:], shape=view.shape,
                                                      strides=[s * flat.itemsize for s in view.strides])
@@ -205,9 +223,11 @@ class AttentionSpec(KernelSpec):
 
     # -- schedule --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
-        if target.kind == "cpu":
-            raise LoweringError(f"{self.name}: attention has no TVM/CPU lowering yet; use target 'interp' or a "
+        if target.kind == "cpu" and "tvm" not in self.backends:  # the backward inherits this method
+            raise LoweringError(f"{self.name}: {self.family} has no TVM/CPU lowering yet; use target 'interp' or a "
                                 "CUDA arch (sm_80, sm_90)")
+        if target.kind == "cpu":  # tvm_template.py: BLOCK_M rows share each packed key block of BLOCK_N keys
+            return {"BLOCK_M": (8, 16, 32, 64, 128), "BLOCK_N": (16, 32, 64, 128)}
         return {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128),
                 "num_warps": (1, 2, 4, 8), "num_stages": (1, 2, 3, 4, 5)}
 
@@ -237,7 +257,6 @@ class AttentionSpec(KernelSpec):
         (`tile_constraints`), warp count vs tile; the backward spec overrides the two hooks."""
         out: list[str] = []
         bm, bn = config.int("BLOCK_M"), config.int("BLOCK_N")
-        warps = config.int("num_warps")
         dp, dvp = self.head_dims
         if max(dp, dvp) > 256:
             out.append(f"head dims {self.D}/{self.Dv} exceed 256")
@@ -250,8 +269,8 @@ class AttentionSpec(KernelSpec):
         cells = -(-self.Sq // bm) * -(-self.Sk // bn)
         if cells > MAX_ANALYSIS_CELLS:  # the block analysis would refuse this tile (ir/limits.py)
             out.append(f"{bm}x{bn} tiles make {cells} block pairs, over the block analysis' {MAX_ANALYSIS_CELLS}")
-        if target.kind == "cuda" and bm * bn < warps * 32 * 4:
-            out.append(f"{warps} warps are too many for a {bm}x{bn} tile")
+        if target.kind == "cuda" and bm * bn < config.int("num_warps") * 32 * 4:
+            out.append(f"{config.int('num_warps')} warps are too many for a {bm}x{bn} tile")
         return out
 
     def register_constraints(self, config: Config, target: Target) -> list[str]:
@@ -287,6 +306,8 @@ class AttentionSpec(KernelSpec):
         def fit(x: int, cap: int, low: int = 16) -> int:
             return max(low, min(cap, next_pow2(x)))
 
+        if target.kind == "cpu":  # 32 rows share each packed key block; 64 keys are a few vector registers wide
+            return Config(BLOCK_M=fit(self.Sq, 32, 8), BLOCK_N=fit(self.Sk, 64))
         if target.kind == "interp":  # the interpreter pays per op, not per element: small tiles
             return Config(BLOCK_M=fit(self.Sq, 64), BLOCK_N=fit(self.Sk, 64), num_warps=4, num_stages=1)
         arch = target.schedule_arch
@@ -337,10 +358,10 @@ class AttentionSpec(KernelSpec):
                 "score_mod": float(self.score_mod is not None), "post_mod": float(self.post_mod is not None)}
 
     def shared_bytes(self, config: Config) -> float:
-        return float(self.smem_bytes(config))
+        return float(self.smem_bytes(config)) if "num_stages" in config else 0.0  # 0 for a cpu config
 
     def registers_per_thread(self, config: Config, target: Target) -> float:
-        return float(self.registers(config, target))
+        return float(self.registers(config, target)) if "num_warps" in config else 0.0
 
     # -- reports and rendering --
     def summary(self) -> str:
