@@ -28,8 +28,7 @@ from ...schedule.config import Config
 from ...schedule.target import Target
 from ...ir import dims
 from ...ir.dtypes import DType
-from ...ir.expr import E, Expr
-from ...ir.expr import toposort as expr_toposort
+from ...ir.expr import E, Expr, toposort as expr_toposort
 from ...ir.limits import MAX_ANALYSIS_CELLS
 from ...ir.ops import Node, Op
 from ...ir.text import format_expr
