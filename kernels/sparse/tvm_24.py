@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript convention
 
-from ...codegen.tvm_expr import tvm_dtype
+from ...codegen.tvm_expr import prim, tvm_dtype
 from ...schedule.config import Config
-from .tvm_common import module, prim_func
+from .tvm_common import ceil_div, module, prim_func
 from .tvm_csr import store_tile
 
 if TYPE_CHECKING:
@@ -25,8 +25,8 @@ def build_module(spec: SpmmSpec, config: Config) -> tvm.IRModule:
     """The PrimFunc `spec.name`(inputs..., outputs...) as described in the module docstring."""
     assert spec.meta is not None
     meta = spec.meta
-    tm, tn, n, m = config.int("tile_m"), config.int("tile_n"), spec.N, spec.M
-    tiles_m, tiles_n = -(-m // tm), -(-n // tn)
+    tm, tn, n, m = config.int("tile_m"), config.int("tile_n"), prim(spec.N), spec.M
+    tiles_m, tiles_n = -(-m // tm), ceil_div(spec.N, tn)
     acc_t = tvm_dtype(spec.acc_dtype)
     with prim_func(spec) as (val, outs, ib):
         with T.parallel(0, tiles_m * tiles_n) as t:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript convention
 
-from ...codegen.tvm_expr import tvm_dtype
+from ...codegen.tvm_expr import prim, tvm_dtype
 from ...schedule.config import Config
-from .tvm_common import index_dtype, module, prim_func
+from .tvm_common import ceil_div, index_dtype, module, prim_func
 from .tvm_csr import store_tile
 
 if TYPE_CHECKING:
@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 def build_module(spec: SpmmSpec, config: Config) -> tvm.IRModule:
     """The PrimFunc `spec.name`(inputs..., outputs...) as described in the module docstring."""
-    tn, n = config.int("tile_n"), spec.N
+    tn, n = config.int("tile_n"), prim(spec.N)
     (bm, bn), brows = spec.block, spec.M // spec.block[0]
-    tiles = -(-n // tn)
+    tiles = ceil_div(spec.N, tn)
     acc_t = tvm_dtype(spec.acc_dtype)
     idx = index_dtype(*spec.index_dtypes)
     with prim_func(spec) as (val, outs, ib):

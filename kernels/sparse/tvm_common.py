@@ -1,5 +1,6 @@
-"""What the sparse family's TVM (CPU) templates share: flat buffers, the PrimFunc preamble, expressions
-at index PrimExprs, and the nnz-balanced split of rows into parallel tasks."""
+"""What the sparse family's TVM (CPU) templates share: flat buffers, the PrimFunc preamble (dynamic sizes
+as trailing int32 arguments), expressions at index PrimExprs, and the nnz-balanced split of rows into
+parallel tasks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript convention
 
 from ...codegen.lowering import LoweringError
-from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, tvm_dtype, view_offset
+from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim, size_var, tvm_dtype, view_offset
+from ...ir.dims import upper
 from ...ir.expr import E, Expr
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ def arg_shapes(spec: KernelSpec) -> list[tuple[int, ...]]:
 def check_index32(spec: KernelSpec) -> None:
     """LoweringError when a buffer needs 64-bit element offsets (the TIR here indexes in int32)."""
     for b in list(spec.inputs) + list(spec.outputs):
-        if b.numel > INDEX32:
+        if upper(b.numel) > INDEX32:  # a dynamic buffer at the top of its range
             raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "
                                 "which the tvm backend does not support yet")
 
@@ -60,17 +62,20 @@ class Values:
 
 @contextmanager
 def prim_func(spec: KernelSpec) -> Iterator[tuple[Values, list[Any], Any]]:
-    """Open the PrimFunc `spec.name`(in0.., out0..) over flat buffers; yields (values of the inputs, the
-    output buffers, the IRBuilder, whose `get()` is the PrimFunc once the block closes)."""
+    """Open the PrimFunc `spec.name`(in0.., out0.., sizes..) over flat buffers, each dynamic size
+    (spec.size_params) an int32 argument after the buffers, as the TVM runtime passes them; yields (values
+    of the inputs, the output buffers, the IRBuilder, whose `get()` is the PrimFunc once the block closes)."""
     check_index32(spec)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(spec.name)
             T.func_attr({"tirx.noalias": True, "global_symbol": spec.name})
-            ins = [T.arg(f"in{i}", T.buffer((b.numel,), tvm_dtype(b.dtype, f"input {b.name}")))
+            ins = [T.arg(f"in{i}", T.buffer((prim(b.numel),), tvm_dtype(b.dtype, f"input {b.name}")))
                    for i, b in enumerate(spec.inputs)]
-            outs = [T.arg(f"out{i}", T.buffer((b.numel,), tvm_dtype(b.dtype, f"output {b.name}")))
+            outs = [T.arg(f"out{i}", T.buffer((prim(b.numel),), tvm_dtype(b.dtype, f"output {b.name}")))
                     for i, b in enumerate(spec.outputs)]
+            for name in spec.size_params():
+                T.arg(name, size_var(name))
             yield Values(spec, ins), outs, ib
 
 
@@ -114,6 +119,12 @@ def task_rows(ip: Any, rows: int, nnz: int, tasks: int, idx: str) -> Iterator[An
             with T.If(tirx.And(bounds[0] <= tirx.Cast(idx, r), tirx.Cast(idx, r) < bounds[1])):
                 with T.Then():
                     yield r
+
+
+def ceil_div(n: Any, m: int) -> Any:
+    """ceil(n / m) for a size n (a dynamic one as TIR over its size variables): (n + m - 1) // m, the form
+    TVM's simplifier reads, not -(-n // m)."""
+    return (prim(n) + m - 1) // m
 
 
 def index_dtype(*dtypes: Any) -> str:

@@ -2,7 +2,8 @@
 falls in its equal share of the nonzeros (found by a binary search over indptr), so a power-law row
 distribution splits by work, not by row count. A task walks its rows; per row and per `tile_n`
 columns a vector accumulator sums values[p] * B[indices[p], :] over the row's nonzeros, then the
-epilogue writes the output row."""
+epilogue writes the output row. N (the dense operand's free extent: X's columns, or x's rows when
+transposed) may be dynamic: it is an int32 argument, and the column tiles' count and tail test read it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript convention
 
-from ...codegen.tvm_expr import PrimExpr, tvm_dtype
+from ...codegen.tvm_expr import PrimExpr, prim, tvm_dtype
 from ...schedule.config import Config
-from .tvm_common import Values, index_dtype, module, prim_func, task_rows
+from .tvm_common import Values, ceil_div, index_dtype, module, prim_func, task_rows
 
 if TYPE_CHECKING:
     import tvm
@@ -37,8 +38,8 @@ def build_module(spec: SpmmSpec, config: Config) -> tvm.IRModule:
 
 def _row(spec: SpmmSpec, val: Values, outs: list[Any], ip: Any, r: Any, tn: int, acc_t: str, idx: str) -> None:
     """Row r: per tile of tn columns, accumulate over the row's nonzeros, then write the epilogue."""
-    n = spec.N
-    with T.serial(0, -(-n // tn)) as jo:
+    n = prim(spec.N)
+    with T.serial(0, ceil_div(spec.N, tn)) as jo:
         acc = T.alloc_buffer((tn,), acc_t, scope="local")
         with T.vectorized(0, tn) as j:
             T.buffer_store(acc, tirx.const(0, acc_t), [j])
@@ -59,9 +60,9 @@ def store_tile(spec: SpmmSpec, val: Values, outs: list[Any], row0: Any, nrows: i
     with T.serial(0, nrows) as i:
         with T.serial(0, tn) as j:
             r, c = row0 + i, c0 + j
-            with T.If(tirx.And(c < spec.N, r < spec.M)):
+            with T.If(tirx.And(c < prim(spec.N), r < spec.M)):
                 with T.Then():
                     for o, e in spec.outs:
                         oi = spec.out_index(r, c)
                         v = val.at(e, list(oi), acc=acc[i * tn + j], cast=tvm_dtype(spec.outputs[o].dtype))
-                        T.buffer_store(outs[o], v, [oi[0] * spec.out_shape[1] + oi[1]])
+                        T.buffer_store(outs[o], v, [oi[0] * prim(spec.out_shape[1]) + oi[1]])

@@ -1,6 +1,7 @@
 """TVM template of CSR SDDMM for CPUs: `tasks` parallel tasks over nnz-balanced row ranges (as CSR SpMM's);
 per nonzero (row r, column c) a `tile_k`-wide vector accumulator sums a[r, k] * b[c, k] over K, is
-reduced to the score, and the epilogue writes it at the nonzero's position."""
+reduced to the score, and the epilogue writes it at the nonzero's position. K (the dense operands'
+shared extent) may be dynamic: an int32 argument bounding the k tiles and masking the last."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript convention
 
-from ...codegen.tvm_expr import PrimExpr, tvm_dtype
+from ...codegen.tvm_expr import PrimExpr, prim, tvm_dtype
 from ...schedule.config import Config
-from .tvm_common import Values, arg_shapes, index_dtype, module, prim_func, task_rows
+from .tvm_common import Values, arg_shapes, ceil_div, index_dtype, module, prim_func, task_rows
 
 if TYPE_CHECKING:
     import tvm
@@ -19,12 +20,14 @@ if TYPE_CHECKING:
     from .sddmm import SddmmSpec
 
 
-def dot(val: Values, a: Any, b: Any, r: Any, col: Any, k: int, tk: int, acc_t: str) -> PrimExpr:
-    """sum over K of a[r, k] * b[col, k] with a tk-wide vector accumulator (a local buffer, reduced last)."""
+def dot(val: Values, a: Any, b: Any, r: Any, col: Any, size_k: Any, tk: int, acc_t: str) -> PrimExpr:
+    """sum over K of a[r, k] * b[col, k] with a tk-wide vector accumulator (a local buffer, reduced last);
+    K may be a dynamic size."""
+    k = prim(size_k)
     part = T.alloc_buffer((tk,), acc_t, scope="local")
     with T.vectorized(0, tk) as j:
         T.buffer_store(part, tirx.const(0, acc_t), [j])
-    with T.serial(0, -(-k // tk)) as ko:
+    with T.serial(0, ceil_div(size_k, tk)) as ko:
         with T.vectorized(0, tk) as j:
             kk = tirx.min(ko * tk + j, k - 1)  # past K: read in bounds, add zero
             prod = val.at(a, [r, kk], cast=acc_t) * val.at(b, [col, kk], cast=acc_t)
@@ -40,6 +43,7 @@ def dot(val: Values, a: Any, b: Any, r: Any, col: Any, k: int, tk: int, acc_t: s
 def build_module(spec: SddmmSpec, config: Config) -> tvm.IRModule:
     """The PrimFunc `spec.name`(inputs..., outputs...) as described in the module docstring."""
     tasks, tk = config.int("tasks"), config.int("tile_k")
+    require_structure(spec)
     acc_t = tvm_dtype(spec.acc_dtype)
     idx = index_dtype(spec.indptr.dtype, spec.indices.dtype)
     with prim_func(spec) as (val, outs, ib):
@@ -53,6 +57,13 @@ def build_module(spec: SddmmSpec, config: Config) -> tvm.IRModule:
                 for o, e in spec.outs:
                     T.buffer_store(outs[o], val.at(e, [p], acc=s, cast=tvm_dtype(spec.outputs[o].dtype)), [p])
     return module(spec, ib)
+
+
+def require_structure(spec: Any) -> None:
+    """StaticSizeRequired when a size the CSR structure fixes (rows, nnz) is dynamic: the tasks split the
+    rows by nnz at build time. Only the dense operands' extents (K; D of sparse attention's x) may be."""
+    spec.require_static(spec.M, "M (the sparse pattern's rows)", "tvm")
+    spec.require_static(spec.nnz, "nnz (the sparse pattern's stored entries)", "tvm")
 
 
 def schedule(mod: tvm.IRModule, spec: SddmmSpec, config: Config) -> tvm.IRModule:
