@@ -1,8 +1,8 @@
 """The sparse family with a dynamic token count T: CSR, BSR and 2:4 SpMM in both orientations (A_sparse @ X
 with X [K, T], and sparse_linear x @ W^T with x [T, K]), SDDMM and the fused SDDMM -> softmax -> SpMM with
-a dynamic dot length, compiled once for cpu (TVM: T an int32 argument) and interp (Triton: an int) and run
-at T in three buckets against the reference without a build; the sizes the sparse structure fixes (rows,
-nnz, sparse attention's D) refused on cpu naming them, and run-time structure checks at the call's sizes."""
+a dynamic dot length, and structures whose rows and nnz follow T, compiled once for cpu (TVM: T an int32
+argument) and interp (Triton: an int) and run at T in three buckets against the reference without a build;
+sparse attention's D refused on cpu naming it, and run-time structure checks at the call's sizes."""
 
 from __future__ import annotations
 
@@ -101,34 +101,58 @@ def test_sparse_kernels_compile_once_and_serve_every_t(make, target, monkeypatch
 def _dyn_nnz_graph():
     """A CSR SpMM whose nnz is the dynamic parameter (indices and values [T])."""
     g = tf.GraphBuilder("nnz_dyn")
-    t = g.dyn("T", 1, 256)
+    t = g.dyn("T", 1, 128)
     w = tf.sparse_csr(g.input("wp", (17,), "i32"), g.input("wi", (t,), "i32"), g.input("wv", (t,), "f32"), (16, 32))
     g.output("y", tf.spmm(w, g.input("x", (32, 24), "f32")))
     return g.build()
 
 
-@pytest.mark.parametrize("case, what", [
-    ("nnz", r"nnz \(the sparse operand's stored entries\) is T"),
-    ("rows", r"M \(the sparse operand's rows\) is T"),
-    ("att_d", r"D \(x's feature count: the length of a task's accumulator row\) is T"),
-])
-def test_sizes_the_structure_fixes_are_static_on_cpu(case, what):
+def structure_graph():
+    """Sizes of the sparse structure that follow T: a CSR weight's nnz, a CSR's rows (its indptr [T + 1]), a
+    2:4 weight's rows, and graph attention over T tokens (pattern [T, T] with T stored entries; q, k, x with
+    T rows)."""
+    g = tf.GraphBuilder("structure_dyn")
+    t = g.dyn("T", 1, 128, hint=16)
+    x = g.input("x", (32, 8), "f32")
+    nnz = tf.sparse_csr(g.input("np", (17,), "i32"), g.input("ni", (t,), "i32"), g.input("nv", (t,), "f32"), (16, 32))
+    g.output("y_nnz", tf.spmm(nnz, x))
+    rows = tf.sparse_csr(g.input("rp", (t + 1,), "i32"), g.input("ri", (40,), "i32"), g.input("rv", (40,), "f32"),
+                         (t, 32))
+    g.output("y_rows", tf.spmm(rows, x) + g.input("r", (t, 8), "f32"))
+    g.output("y_24", tf.spmm(tf.sparse_24(g.input("sv", (t, 16), "f32"), g.input("sm", (t, 16), "u8")), x))
+    ip, ix = g.input("gp", (t + 1,), "i32"), g.input("gi", (t,), "i32")
+    q, k = g.input("q", (t, 16), "f32"), g.input("k", (t, 16), "f32")
+    scores = tf.sparse_csr(ip, ix, tf.sddmm(q, k, tf.sparse_csr(ip, ix, g.input("gv", (t,), "f32"), (t, t))), (t, t))
+    probs = tf.sparse_csr(ip, ix, tf.sparse_softmax(scores), (t, t))
+    g.output("att", tf.spmm(probs, g.input("feat", (t, 8), "f32")))
+    return g.build()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sizes_of_the_structure_may_be_dynamic(target, monkeypatch):
+    if target == "cpu":
+        pytest.importorskip("tvm")
+    g = structure_graph()
+    builds = _count_builds(monkeypatch)
+    cg = tf.compile(g, target=target, buckets=BUCKETS, db=None, cost_model=None)
+    assert sorted(k.spec.family for k in cg.kernels) == ["sparse_attention", "spmm", "spmm", "spmm"]
+    at_compile = len(builds)
+    for t in TS:
+        _ok(cg, g, t)
+    assert len(builds) == at_compile
+
+
+def test_sparse_attention_needs_a_static_feature_count_on_cpu():
+    """The CPU attention template holds a row's D features in one vector buffer: D must be static."""
     pytest.importorskip("tvm")
-    if case == "nnz":
-        g = _dyn_nnz_graph()
-    else:
-        b = tf.GraphBuilder(case)
-        t = b.dyn("T", 1, 64)
-        if case == "rows":
-            w = tf.sparse_24(b.input("wv", (t, 16), "f32"), b.input("wm", (t, 16), "u8"))
-            b.output("y", tf.spmm(w, b.input("x", (32, 8), "f32")))
-        else:
-            ip, ix = b.input("ip", (9,), "i32"), b.input("ix", (20,), "i32")
-            probs = tf.sparse_softmax(tf.sparse_csr(ip, ix, b.input("v", (20,), "f32"), (8, 8)))
-            b.output("y", tf.spmm(tf.sparse_csr(ip, ix, probs, (8, 8)), b.input("x", (8, t), "f32")))
-        g = b.build()
-    with pytest.raises(StaticSizeRequired, match=what + ", which depends on the dynamic parameter T"):
-        tf.compile(g, target="cpu", buckets=BUCKETS, db=None, cost_model=None)
+    b = tf.GraphBuilder("att_d")
+    t = b.dyn("T", 1, 64)
+    ip, ix = b.input("ip", (9,), "i32"), b.input("ix", (20,), "i32")
+    probs = tf.sparse_softmax(tf.sparse_csr(ip, ix, b.input("v", (20,), "f32"), (8, 8)))
+    b.output("y", tf.spmm(tf.sparse_csr(ip, ix, probs, (8, 8)), b.input("x", (8, t), "f32")))
+    with pytest.raises(StaticSizeRequired, match=r"k0_\w+ \(sparse_attention, tvm\): D \(x's feature count: the "
+                       r"length of a task's accumulator row\) is T, which depends on the dynamic parameter T"):
+        tf.compile(b.build(), target="cpu", buckets=BUCKETS, db=None, cost_model=None)
 
 
 @pytest.fixture
@@ -152,7 +176,7 @@ def test_dynamic_nnz_on_interp_checks_the_structure_at_the_call_sizes(mode, chec
     g = _dyn_nnz_graph()
     cg = tf.compile(g, target="interp", buckets=BUCKETS, db=None, cost_model=None)
     assert cg.kernels[0].config["SWIZZLE"] == 1  # the row binning launches
-    for t in (5, 40, 200):
+    for t in (5, 40, 100):
         _ok(cg, g, t)
     ins = random_inputs(g.at({"T": 5}), 0)
     ins["wp"] = np.minimum(np.arange(17, dtype=np.int32), 6)  # ends at 6, past nnz=5

@@ -25,8 +25,8 @@ def build_module(spec: SpmmSpec, config: Config) -> tvm.IRModule:
     """The PrimFunc `spec.name`(inputs..., outputs...) as described in the module docstring."""
     assert spec.meta is not None
     meta = spec.meta
-    tm, tn, n, m = config.int("tile_m"), config.int("tile_n"), prim(spec.N), spec.M
-    tiles_m, tiles_n = -(-m // tm), ceil_div(spec.N, tn)
+    tm, tn, n, m = config.int("tile_m"), config.int("tile_n"), prim(spec.N), prim(spec.M)
+    tiles_m, tiles_n = ceil_div(spec.M, tm), ceil_div(spec.N, tn)
     acc_t = tvm_dtype(spec.acc_dtype)
     with prim_func(spec) as (val, outs, ib):
         with T.parallel(0, tiles_m * tiles_n) as t:
@@ -34,7 +34,7 @@ def build_module(spec: SpmmSpec, config: Config) -> tvm.IRModule:
             acc = T.alloc_buffer((tm * tn,), acc_t, scope="local")
             with T.serial(0, tm * tn) as i:
                 T.buffer_store(acc, tirx.const(0, acc_t), [i])
-            with T.serial(0, spec.K // 2) as h:
+            with T.serial(0, prim(spec.K // 2)) as h:
                 with T.serial(0, tm) as i:
                     r = tirx.min(mo * tm + i, m - 1)  # rows past M: read in bounds, never stored
                     col = h // 2 * 4 + val.at(meta, [r, h], cast="int32")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def build_module(spec: SpmmSpec, config: Config) -> tvm.IRModule:
     """The PrimFunc `spec.name`(inputs..., outputs...) as described in the module docstring."""
     tn, n = config.int("tile_n"), prim(spec.N)
-    (bm, bn), brows = spec.block, spec.M // spec.block[0]
+    (bm, bn), brows = spec.block, prim(spec.M // spec.block[0])
     tiles = ceil_div(spec.N, tn)
     acc_t = tvm_dtype(spec.acc_dtype)
     idx = index_dtype(*spec.index_dtypes)

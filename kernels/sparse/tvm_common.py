@@ -14,6 +14,7 @@ from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript conven
 
 from ...codegen.lowering import LoweringError
 from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim, size_var, tvm_dtype, view_offset
+from ...ir import dims
 from ...ir.dims import upper
 from ...ir.expr import E, Expr
 
@@ -86,15 +87,20 @@ def module(spec: KernelSpec, ib: Any) -> tvm.IRModule:
     return tvm.IRModule({spec.name: ib.get()})
 
 
-def row_bounds(ip: Any, rows: int, nnz: int, t: Any, tasks: int, idx: str) -> Any:
+def as_index(size: Any, idx: str) -> Any:
+    """A size (static or dynamic) as a TIR value of the index dtype `idx`."""
+    return tirx.Cast(idx, prim(size)) if dims.is_dynamic(size) else tirx.const(int(size), idx)
+
+
+def row_bounds(ip: Any, rows: Any, nnz: Any, t: Any, tasks: int, idx: str) -> Any:
     """[first, end) rows of task t: the first rows whose indptr `ip(row)` reaches t/tasks and (t+1)/tasks
-    of nnz (a binary search each), so tasks split the work, not the row count."""
+    of nnz (a binary search each), so tasks split the work, not the row count. rows and nnz may be dynamic."""
     bounds = T.alloc_buffer((2,), idx, scope="local")
     for side in range(2):
-        target = tirx.Cast(idx, t + side) * nnz // tasks
+        target = tirx.Cast(idx, t + side) * as_index(nnz, idx) // tasks
         lo = T.alloc_buffer((2,), idx, scope="local")
         T.buffer_store(lo, tirx.const(0, idx), [0])
-        T.buffer_store(lo, tirx.const(rows, idx), [1])
+        T.buffer_store(lo, as_index(rows, idx), [1])
         with T.While(lo[0] < lo[1]):
             mid = (lo[0] + lo[1]) // 2
             with T.If(ip(mid) < target):
@@ -102,12 +108,12 @@ def row_bounds(ip: Any, rows: int, nnz: int, t: Any, tasks: int, idx: str) -> An
                     T.buffer_store(lo, mid + 1, [0])
                 with T.Else():
                     T.buffer_store(lo, mid, [1])
-        T.buffer_store(bounds, tirx.Select(t + side == tasks, tirx.const(rows, idx), lo[0]), [side])
+        T.buffer_store(bounds, tirx.Select(t + side == tasks, as_index(rows, idx), lo[0]), [side])
     return bounds
 
 
 @contextmanager
-def task_rows(ip: Any, rows: int, nnz: int, tasks: int, idx: str) -> Iterator[Any]:
+def task_rows(ip: Any, rows: Any, nnz: Any, tasks: int, idx: str) -> Iterator[Any]:
     """`tasks` parallel tasks, each visiting its nnz-balanced share of the rows; yields the row variable.
 
     The row loop runs over all rows with a range test rather than from the task's first row: with
@@ -115,7 +121,7 @@ def task_rows(ip: Any, rows: int, nnz: int, tasks: int, idx: str) -> Iterator[An
     of the CSR template; a 0-based loop with the test is correct and costs rows x tasks compares)."""
     with T.parallel(0, tasks) as t:
         bounds = row_bounds(ip, rows, nnz, t, tasks, idx)
-        with T.serial(0, rows) as r:
+        with T.serial(0, prim(rows)) as r:
             with T.If(tirx.And(bounds[0] <= tirx.Cast(idx, r), tirx.Cast(idx, r) < bounds[1])):
                 with T.Then():
                     yield r

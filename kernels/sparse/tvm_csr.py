@@ -2,8 +2,8 @@
 falls in its equal share of the nonzeros (found by a binary search over indptr), so a power-law row
 distribution splits by work, not by row count. A task walks its rows; per row and per `tile_n`
 columns a vector accumulator sums values[p] * B[indices[p], :] over the row's nonzeros, then the
-epilogue writes the output row. N (the dense operand's free extent: X's columns, or x's rows when
-transposed) may be dynamic: it is an int32 argument, and the column tiles' count and tail test read it."""
+epilogue writes the output row. Every size may be dynamic (an int32 argument): N (X's columns, or x's
+rows when transposed) bounds the column tiles and their tail test, M and nnz the tasks' binary search."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def store_tile(spec: SpmmSpec, val: Values, outs: list[Any], row0: Any, nrows: i
     with T.serial(0, nrows) as i:
         with T.serial(0, tn) as j:
             r, c = row0 + i, c0 + j
-            with T.If(tirx.And(c < prim(spec.N), r < spec.M)):
+            with T.If(tirx.And(c < prim(spec.N), r < prim(spec.M))):
                 with T.Then():
                     for o, e in spec.outs:
                         oi = spec.out_index(r, c)

@@ -1,7 +1,7 @@
 """TVM template of CSR SDDMM for CPUs: `tasks` parallel tasks over nnz-balanced row ranges (as CSR SpMM's);
 per nonzero (row r, column c) a `tile_k`-wide vector accumulator sums a[r, k] * b[c, k] over K, is
-reduced to the score, and the epilogue writes it at the nonzero's position. K (the dense operands'
-shared extent) may be dynamic: an int32 argument bounding the k tiles and masking the last."""
+reduced to the score, and the epilogue writes it at the nonzero's position. Every size may be dynamic
+(an int32 argument): K bounds the k tiles and masks the last, M and nnz the tasks' binary search."""
 
 from __future__ import annotations
 
@@ -43,7 +43,6 @@ def dot(val: Values, a: Any, b: Any, r: Any, col: Any, size_k: Any, tk: int, acc
 def build_module(spec: SddmmSpec, config: Config) -> tvm.IRModule:
     """The PrimFunc `spec.name`(inputs..., outputs...) as described in the module docstring."""
     tasks, tk = config.int("tasks"), config.int("tile_k")
-    require_structure(spec)
     acc_t = tvm_dtype(spec.acc_dtype)
     idx = index_dtype(spec.indptr.dtype, spec.indices.dtype)
     with prim_func(spec) as (val, outs, ib):
@@ -57,13 +56,6 @@ def build_module(spec: SddmmSpec, config: Config) -> tvm.IRModule:
                 for o, e in spec.outs:
                     T.buffer_store(outs[o], val.at(e, [p], acc=s, cast=tvm_dtype(spec.outputs[o].dtype)), [p])
     return module(spec, ib)
-
-
-def require_structure(spec: Any) -> None:
-    """StaticSizeRequired when a size the CSR structure fixes (rows, nnz) is dynamic: the tasks split the
-    rows by nnz at build time. Only the dense operands' extents (K; D of sparse attention's x) may be."""
-    spec.require_static(spec.M, "M (the sparse pattern's rows)", "tvm")
-    spec.require_static(spec.nnz, "nnz (the sparse pattern's stored entries)", "tvm")
 
 
 def schedule(mod: tvm.IRModule, spec: SddmmSpec, config: Config) -> tvm.IRModule:

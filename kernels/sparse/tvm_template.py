@@ -17,11 +17,7 @@ BUILDERS = {"csr": tvm_csr.build_module, "bsr": tvm_bsr.build_module, "2:4": tvm
 
 
 def build_module(spec: SpmmSpec, config: Config) -> tvm.IRModule:
-    """The TIR module of an SpMM kernel for the format of its sparse operand. Only N, the dense operand's
-    free extent, may be dynamic: the structure's sizes split the tasks and bound the loops."""
-    for size, what in ((spec.M, "M (the sparse operand's rows)"), (spec.K, "K (the sparse operand's columns)"),
-                       (spec.nnz, "nnz (the sparse operand's stored entries)")):
-        spec.require_static(size, what, "tvm")
+    """The TIR module of an SpMM kernel for the format of its sparse operand."""
     return BUILDERS[spec.format](spec, config)
 
 
