@@ -12,6 +12,7 @@ import pytest
 import tilefuse as tf
 from tilefuse import compiler
 from tilefuse.compiler import check_against_reference
+from tilefuse.ir.dims import DynamicSizeError
 from tilefuse.ir.sampling import random_inputs
 from tilefuse.ir.sparse_op import SparseStructureError
 from tilefuse.kernels.base import StaticSizeRequired
@@ -109,8 +110,8 @@ def _dyn_nnz_graph():
 
 def structure_graph():
     """Sizes of the sparse structure that follow T: a CSR weight's nnz, a CSR's rows (its indptr [T + 1]), a
-    2:4 weight's rows, and graph attention over T tokens (pattern [T, T] with T stored entries; q, k, x with
-    T rows)."""
+    2:4 weight's rows, a CSR's columns, and graph attention over T tokens (pattern [T, T] with T stored
+    entries; q, k, x with T rows)."""
     g = tf.GraphBuilder("structure_dyn")
     t = g.dyn("T", 1, 128, hint=16)
     x = g.input("x", (32, 8), "f32")
@@ -120,6 +121,8 @@ def structure_graph():
                          (t, 32))
     g.output("y_rows", tf.spmm(rows, x) + g.input("r", (t, 8), "f32"))
     g.output("y_24", tf.spmm(tf.sparse_24(g.input("sv", (t, 16), "f32"), g.input("sm", (t, 16), "u8")), x))
+    cols = tf.sparse_csr(g.input("kp", (9,), "i32"), g.input("ki", (20,), "i32"), g.input("kv", (20,), "f32"), (8, t))
+    g.output("y_cols", tf.spmm(cols, g.input("xk", (t, 8), "f32")))
     ip, ix = g.input("gp", (t + 1,), "i32"), g.input("gi", (t,), "i32")
     q, k = g.input("q", (t, 16), "f32"), g.input("k", (t, 16), "f32")
     scores = tf.sparse_csr(ip, ix, tf.sddmm(q, k, tf.sparse_csr(ip, ix, g.input("gv", (t,), "f32"), (t, t))), (t, t))
@@ -135,7 +138,7 @@ def test_sizes_of_the_structure_may_be_dynamic(target, monkeypatch):
     g = structure_graph()
     builds = _count_builds(monkeypatch)
     cg = tf.compile(g, target=target, buckets=BUCKETS, db=None, cost_model=None)
-    assert sorted(k.spec.family for k in cg.kernels) == ["sparse_attention", "spmm", "spmm", "spmm"]
+    assert sorted(k.spec.family for k in cg.kernels) == ["sparse_attention"] + ["spmm"] * 4
     at_compile = len(builds)
     for t in TS:
         _ok(cg, g, t)
@@ -183,3 +186,20 @@ def test_dynamic_nnz_on_interp_checks_the_structure_at_the_call_sizes(mode, chec
     ins["wi"] = np.zeros(5, np.int32)
     with pytest.raises(SparseStructureError, match="indptr"):
         cg.run(ins)
+
+
+@pytest.mark.interp
+def test_a_structure_size_no_input_dim_gives_is_named():
+    """The structure check solves the call's sizes from the kernel's input dims of the form c + a * T;
+    indices [T * T] (T itself read by another kernel's input) give none, and the check says so."""
+    g = tf.GraphBuilder("tt")
+    t = g.dyn("T", 1, 8)
+    w = tf.sparse_csr(g.input("wp", (17,), "i32"), g.input("wi", (t * t,), "i32"), g.input("wv", (t * t,), "f32"),
+                      (16, 32))
+    g.output("y", tf.spmm(w, g.input("x", (32, 8), "f32")))
+    g.output("z", tf.exp(g.input("s", (t,), "f32")))
+    g = g.build()
+    cg = tf.compile(g, target="interp", buckets=[], db=None, cost_model=None)
+    with pytest.raises(DynamicSizeError, match=r"k0_sparse_spmm: the sparse structure check cannot read the "
+                       r"dynamic size T from the kernel's input shapes \(no input dim is c \+ a \* T\)"):
+        cg.run(random_inputs(g.at({"T": 3}), 0))
