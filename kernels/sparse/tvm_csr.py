@@ -14,7 +14,7 @@ from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript conven
 
 from ...codegen.tvm_expr import PrimExpr, prim, tvm_dtype
 from ...schedule.config import Config
-from .tvm_common import Values, ceil_div, index_dtype, module, prim_func, task_rows
+from .tvm_common import Values, ceil_div, column_tile, index_dtype, module, prim_func, task_rows
 
 if TYPE_CHECKING:
     import tvm
@@ -37,19 +37,22 @@ def build_module(spec: SpmmSpec, config: Config) -> tvm.IRModule:
 
 
 def _row(spec: SpmmSpec, val: Values, outs: list[Any], ip: Any, r: Any, tn: int, acc_t: str, idx: str) -> None:
-    """Row r: per tile of tn columns, accumulate over the row's nonzeros, then write the epilogue."""
-    n = prim(spec.N)
+    """Row r: per tile of tn columns, accumulate over the row's nonzeros (vectorized over a whole tile, serial
+    over the last tile's columns), then write the epilogue."""
     with T.serial(0, ceil_div(spec.N, tn)) as jo:
         acc = T.alloc_buffer((tn,), acc_t, scope="local")
         with T.vectorized(0, tn) as j:
             T.buffer_store(acc, tirx.const(0, acc_t), [j])
-        with T.serial(ip(r), ip(r + 1)) as p:
-            col = val.at(spec.indices, [p], cast=idx)
-            v = val.at(spec.values, [p], cast=acc_t)
-            with T.vectorized(0, tn) as j:
-                # columns past N read column N - 1 (in bounds) and are never stored
-                c = tirx.min(jo * tn + j, n - 1)
-                T.buffer_store(acc, acc[j] + v * val.at(spec.b, spec.b_index(col, c), cast=acc_t), [j])
+
+        def nonzeros(lanes: Any) -> None:
+            with T.serial(ip(r), ip(r + 1)) as p:
+                col = val.at(spec.indices, [p], cast=idx)
+                v = val.at(spec.values, [p], cast=acc_t)
+                with lanes() as j:
+                    b = val.at(spec.b, spec.b_index(col, jo * tn + j), cast=acc_t)
+                    T.buffer_store(acc, acc[j] + v * b, [j])
+
+        column_tile(jo, tn, spec.N, nonzeros, nonzeros)
         store_tile(spec, val, outs, r, 1, acc, jo * tn, tn)
 
 
