@@ -16,6 +16,7 @@ from tilefuse.ir.dims import DynamicSizeError
 from tilefuse.ir.sampling import random_inputs
 from tilefuse.ir.sparse_op import SparseStructureError
 from tilefuse.kernels.base import StaticSizeRequired
+from tilefuse.schedule.config import Config
 from tilefuse.settings import reload_settings
 
 BUCKETS = [8, 64]  # T=1..8, 9..64, 65..128
@@ -203,3 +204,22 @@ def test_a_structure_size_no_input_dim_gives_is_named():
     with pytest.raises(DynamicSizeError, match=r"k0_sparse_spmm: the sparse structure check cannot read the "
                        r"dynamic size T from the kernel's input shapes \(no input dim is c \+ a \* T\)"):
         cg.run(random_inputs(g.at({"T": 3}), 0))
+
+
+def test_every_ragged_tail_of_a_dynamic_csr_on_cpu():
+    """The CSR template splits the last column tile's rem = T mod tile_n columns into power-of-two chunks
+    (rem = 7: 4, 2, 1) when T is dynamic: every rem of tile_n = 16 in both orientations, one binary."""
+    pytest.importorskip("tvm")
+    g = tf.GraphBuilder("tails")
+    t = g.dyn("T", 1, 40)
+    w1, w2 = (tf.sparse_csr(g.input(f"p{i}", (25,), "i32"), g.input(f"i{i}", (150,), "i32"),
+                            g.input(f"v{i}", (150,), "f32"), (24, 32)) for i in (1, 2))  # a sparse operand per spmm
+    g.output("lin", tf.sparse_linear(g.input("x", (t, 32), "f32"), w1))
+    g.output("mm", tf.spmm(w2, g.input("xt", (32, t), "f32")))
+    g = g.build()
+    cfg = Config(tile_n=16, tasks=4)
+    cg = tf.compile(g, target="cpu", buckets=[], configs={k: cfg for k in ("k0_sparse_spmm", "k1_sparse_spmm")},
+                    db=None, cost_model=None)
+    assert [k.config for k in cg.kernels] == [cfg, cfg]
+    for n in [*range(1, 18), 31, 33, 40]:
+        _ok(cg, g, n)
