@@ -127,21 +127,38 @@ def task_rows(ip: Any, rows: Any, nnz: Any, tasks: int, idx: str) -> Iterator[An
                     yield r
 
 
-def column_tile(jo: Any, tn: int, size: Any, whole: Callable[[Any], None], ragged: Callable[[Any], None]) -> None:
-    """Emit the code of column tile jo (tn columns out of `size`, which may be dynamic): `whole(lanes)` when
-    the tile is whole, `ragged(lanes)` for the last tile of a ragged size, `lanes()` opening the loop over
-    the tile's columns (vectorized over tn, or serial over the columns left). No lane reads past `size` and
-    whole tiles need no clamp per lane (1024x1024 10%-dense CSR transposed, tile_n=16, static T=4: 0.07 ms,
-    0.36 with every lane clamped to column N - 1 and gathered)."""
+def column_tile(jo: Any, tn: int, size: Any, rows: int, acc: Any, acc_t: str,
+                accumulate: Callable[[Any, int, Any, int], None]) -> None:
+    """Accumulate column tile jo (tn columns out of `size`, which may be dynamic) of a rows x tn accumulator
+    `acc`: `accumulate(buf, stride, c0, width)` emits the loop nest adding columns c0.. c0 + width - 1 into
+    buf[i * stride + j] (j a vector loop of constant width). A whole tile is one call into acc; the last
+    tile of a ragged size runs its rem columns as chunks of the powers of two in rem (rem = 7: 4, 2, 1),
+    each into an accumulator of its own, then copied into acc. No lane reads past `size`, and every vector
+    loop has a constant width: a loop over a run-time number of lanes kept the accumulator in memory, and
+    lanes clamped to the last column gathered tn of them (1024x1024 10%-dense CSR transposed, tile_n=16,
+    T=1: 0.76 ms clamped, 0.23 with a run-time loop, 0.07 in chunks, 0.06 static)."""
     if not dims.is_dynamic(size) and int(size) % tn == 0:
-        whole(lambda: T.vectorized(0, tn))
+        accumulate(acc, tn, jo * tn, tn)
         return
     n = prim(size)
     with T.If(jo * tn + tn <= n):
         with T.Then():
-            whole(lambda: T.vectorized(0, tn))
+            accumulate(acc, tn, jo * tn, tn)
         with T.Else():
-            ragged(lambda: T.serial(0, n - jo * tn))
+            rem = n - jo * tn
+            w = tn // 2
+            while w >= 1:
+                with T.If(tirx.bitwise_and(rem, w) != 0):
+                    with T.Then():
+                        off = rem // (2 * w) * (2 * w)  # past the wider chunks
+                        part = T.alloc_buffer((rows * w,), acc_t, scope="local")
+                        with T.serial(0, rows * w) as i:
+                            T.buffer_store(part, tirx.const(0, acc_t), [i])
+                        accumulate(part, w, jo * tn + off, w)
+                        with T.serial(0, rows) as i:
+                            with T.serial(0, w) as j:
+                                T.buffer_store(acc, part[i * w + j], [i * tn + off + j])
+                w //= 2
 
 
 def ceil_div(n: Any, m: int) -> Any:
