@@ -24,13 +24,13 @@ TS = (1, 37, 100)  # one value in each bucket, none at a bucket's upper end
 TARGETS = [pytest.param("interp", marks=pytest.mark.interp), "cpu"]
 
 
-def _weights(g, m, k):
-    """A [m, k] sparse weight in each format, each over its own inputs."""
-    csr = tf.sparse_csr(g.input("cp", (m + 1,), "i32"), g.input("ci", (150,), "i32"), g.input("cv", (150,), "f32"),
-                        (m, k))
-    bsr = tf.sparse_bsr(g.input("bp", (m // 4 + 1,), "i32"), g.input("bi", (10,), "i32"),
-                        g.input("bv", (10, 4, 8), "f32"), (m, k), (4, 8))
-    s24 = tf.sparse_24(g.input("sv", (m, k // 2), "f32"), g.input("sm", (m, k // 2), "u8"))
+def _weights(g, m, k, p=""):
+    """A [m, k] sparse weight in each format, each over its own inputs (names prefixed by p)."""
+    csr = tf.sparse_csr(g.input(p + "cp", (m + 1,), "i32"), g.input(p + "ci", (150,), "i32"),
+                        g.input(p + "cv", (150,), "f32"), (m, k))
+    bsr = tf.sparse_bsr(g.input(p + "bp", (m // 4 + 1,), "i32"), g.input(p + "bi", (10,), "i32"),
+                        g.input(p + "bv", (10, 4, 8), "f32"), (m, k), (4, 8))
+    s24 = tf.sparse_24(g.input(p + "sv", (m, k // 2), "f32"), g.input(p + "sm", (m, k // 2), "u8"))
     return {"csr": csr, "bsr": bsr, "24": s24}
 
 
@@ -206,20 +206,22 @@ def test_a_structure_size_no_input_dim_gives_is_named():
         cg.run(random_inputs(g.at({"T": 3}), 0))
 
 
-def test_every_ragged_tail_of_a_dynamic_csr_on_cpu():
-    """The CSR template splits the last column tile's rem = T mod tile_n columns into power-of-two chunks
-    (rem = 7: 4, 2, 1) when T is dynamic: every rem of tile_n = 16 in both orientations, one binary."""
+def test_every_ragged_tail_on_cpu():
+    """The CPU templates split the last column tile's rem = T mod tile_n columns into power-of-two chunks
+    (rem = 7: 4, 2, 1): every rem of tile_n = 16, each format in both orientations, one binary each."""
     pytest.importorskip("tvm")
     g = tf.GraphBuilder("tails")
     t = g.dyn("T", 1, 40)
-    w1, w2 = (tf.sparse_csr(g.input(f"p{i}", (25,), "i32"), g.input(f"i{i}", (150,), "i32"),
-                            g.input(f"v{i}", (150,), "f32"), (24, 32)) for i in (1, 2))  # a sparse operand per spmm
-    g.output("lin", tf.sparse_linear(g.input("x", (t, 32), "f32"), w1))
-    g.output("mm", tf.spmm(w2, g.input("xt", (32, t), "f32")))
+    x, xt = g.input("x", (t, 32), "f32"), g.input("xt", (32, t), "f32")
+    for f, w in _weights(g, 24, 32).items():
+        g.output(f"lin_{f}", tf.sparse_linear(x, w))
+    for f, w in _weights(g, 24, 32, "t").items():
+        g.output(f"mm_{f}", tf.spmm(w, xt))
     g = g.build()
-    cfg = Config(tile_n=16, tasks=4)
-    cg = tf.compile(g, target="cpu", buckets=[], configs={k: cfg for k in ("k0_sparse_spmm", "k1_sparse_spmm")},
-                    db=None, cost_model=None)
-    assert [k.config for k in cg.kernels] == [cfg, cfg]
-    for n in [*range(1, 18), 31, 33, 40]:
+    cfg = {k.spec.name: Config(tile_n=16, **({"tile_m": 4} if k.spec.format == "2:4" else {}),
+                               **({"tasks": 4} if k.spec.format == "csr" else {}))
+           for k in tf.compile(g, target="interp", buckets=[], db=None, cost_model=None).kernels}
+    cg = tf.compile(g, target="cpu", buckets=[], configs=cfg, db=None, cost_model=None)
+    assert len(cg.kernels) == 6 and all(k.config["tile_n"] == 16 for k in cg.kernels)
+    for n in [*range(1, 18), 31, 40]:
         _ok(cg, g, n)
