@@ -39,7 +39,7 @@ MAX_CPU_ROW = 8192  # the CPU attention kernel holds one output row of this many
 class _EdgeSoftmaxBase(KernelSpec):
     """What both families share: the softmax node, its CSR structure and the score expression."""
 
-    dynamic_backends = frozenset({"triton"})
+    dynamic_backends = frozenset({"triton", "tvm"})
 
     outs: list[tuple[int, Expr]]
 

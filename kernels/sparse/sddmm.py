@@ -35,7 +35,7 @@ class SddmmSpec(KernelSpec):
     """sddmm(a, b, sparse pattern) with its pattern's constructor and pointwise epilogues."""
 
     family = "sddmm"
-    dynamic_backends = frozenset({"triton"})
+    dynamic_backends = frozenset({"triton", "tvm"})
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)

@@ -53,7 +53,7 @@ class SpmmSpec(KernelSpec):
     """spmm(sparse [M, K], B [K, N]) with its sparse constructor and pointwise epilogues."""
 
     family = "spmm"
-    dynamic_backends = frozenset({"triton"})
+    dynamic_backends = frozenset({"triton", "tvm"})
 
     def __init__(self, kg: KernelGraph, kernel: Kernel):
         super().__init__(kg, kernel)

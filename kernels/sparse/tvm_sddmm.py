@@ -1,6 +1,8 @@
 """TVM template of CSR SDDMM for CPUs: `tasks` parallel tasks over nnz-balanced row ranges (as CSR SpMM's);
-per nonzero (row r, column c) a `tile_k`-wide vector accumulator sums a[r, k] * b[c, k] over K, is
-reduced to the score, and the epilogue writes it at the nonzero's position."""
+per nonzero (row r, column c) a `tile_k`-wide vector accumulator sums a[r, k] * b[c, k] over K's whole
+tiles and a scalar the rest, is reduced to the score, and the epilogue writes it at the nonzero's
+position. Every size may be dynamic (an int32 argument): K bounds the k tiles and the scalar rest, M and
+nnz the tasks' binary search."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript convention
 
-from ...codegen.tvm_expr import PrimExpr, tvm_dtype
+from ...codegen.tvm_expr import PrimExpr, prim, tvm_dtype
 from ...schedule.config import Config
 from .tvm_common import Values, arg_shapes, index_dtype, module, prim_func, task_rows
 
@@ -19,19 +21,23 @@ if TYPE_CHECKING:
     from .sddmm import SddmmSpec
 
 
-def dot(val: Values, a: Any, b: Any, r: Any, col: Any, k: int, tk: int, acc_t: str) -> PrimExpr:
-    """sum over K of a[r, k] * b[col, k] with a tk-wide vector accumulator (a local buffer, reduced last)."""
+def dot(val: Values, a: Any, b: Any, r: Any, col: Any, size_k: Any, tk: int, acc_t: str) -> PrimExpr:
+    """sum over K of a[r, k] * b[col, k]: the whole tk-wide k tiles into a vector accumulator (a local buffer,
+    reduced last), the K mod tk left into a scalar. K may be dynamic: no lane is clamped or masked (with
+    every lane clamped to K - 1 and masked, a dynamic K=64 took 4.1 ms against 0.18 static on a 1024x1024
+    pattern with 50000 entries)."""
+    k = prim(size_k)
     part = T.alloc_buffer((tk,), acc_t, scope="local")
     with T.vectorized(0, tk) as j:
         T.buffer_store(part, tirx.const(0, acc_t), [j])
-    with T.serial(0, -(-k // tk)) as ko:
+    with T.serial(0, k // tk) as ko:
         with T.vectorized(0, tk) as j:
-            kk = tirx.min(ko * tk + j, k - 1)  # past K: read in bounds, add zero
-            prod = val.at(a, [r, kk], cast=acc_t) * val.at(b, [col, kk], cast=acc_t)
-            keep = tirx.Select(ko * tk + j < k, prod, tirx.const(0, acc_t))
-            T.buffer_store(part, part[j] + keep, [j])
+            prod = val.at(a, [r, ko * tk + j], cast=acc_t) * val.at(b, [col, ko * tk + j], cast=acc_t)
+            T.buffer_store(part, part[j] + prod, [j])
     total = T.alloc_buffer((1,), acc_t, scope="local")
     T.buffer_store(total, tirx.const(0, acc_t), [0])
+    with T.serial(k // tk * tk, k) as kk:
+        T.buffer_store(total, total[0] + val.at(a, [r, kk], cast=acc_t) * val.at(b, [col, kk], cast=acc_t), [0])
     with T.serial(0, tk) as j:
         T.buffer_store(total, total[0] + part[j], [0])
     return total[0]

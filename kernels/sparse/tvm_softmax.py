@@ -1,7 +1,8 @@
 """TVM (CPU) templates of edge softmax and of the fused SDDMM -> edge softmax -> SpMM kernel: `tasks`
 parallel tasks over nnz-balanced row ranges (as CSR SpMM's); per row the two passes of
 kernels/sparse/edge_softmax.py, the attention kernel accumulating the row's D features in a vector
-buffer before its epilogue."""
+buffer before its epilogue. Every size but D may be dynamic (an int32 argument): M, N, nnz and the fused
+SDDMM's dot length K; D sizes that buffer, so it must be static."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def _row(spec: _EdgeSoftmaxBase, val: Values, outs: list[Any], config: Config, i
 def build_module(spec: _EdgeSoftmaxBase, config: Config) -> tvm.IRModule:
     """The PrimFunc `spec.name`(inputs..., outputs...) as described in the module docstring."""
     idx = index_dtype(spec.indptr.dtype, spec.indices.dtype)
+    spec.require_static(spec.out_features(), "D (x's feature count: the length of a task's accumulator row)", "tvm")
     with prim_func(spec) as (val, outs, ib):
         def ip(r: PrimExpr) -> PrimExpr:
             return val.at(spec.indptr, [r], cast=idx)
