@@ -60,6 +60,25 @@ def source(spec: KernelSpec, config: Config) -> str:
     return header(spec, config, "tvm") + scheduled_module(spec, config).script() + "\n"
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 of the tilefuse sources that write TIR (ir, schedule, codegen, kernels), read once per process.
+    The workload key says what a kernel computes, not how this version's templates lower it: without this, a
+    persistent cache kept serving the libraries an older template built (correct, but not the new code)."""
+    return tree_fingerprint(Path(__file__).resolve().parents[1])
+
+
+def tree_fingerprint(root: Path) -> str:
+    """sha256 over the paths and bytes of the .py files under root/{ir, schedule, codegen, kernels}."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for sub in ("ir", "schedule", "codegen", "kernels"):
+        for f in sorted((root / sub).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def cache_payload(spec: KernelSpec, config: Config) -> dict[str, Any]:
     """Everything that determines the built library, as JSON data (hashed into the cache key)."""
     import tvm
@@ -67,7 +86,8 @@ def cache_payload(spec: KernelSpec, config: Config) -> dict[str, Any]:
     # The kernel's name is the library's exported symbol: equal workloads with different names
     # (k0_copy, k3_copy) are different libraries.
     return {"kind": "tvm-llvm-library", "schema": SCHEMA_VERSION, "workload": spec.code_key, "symbol": spec.name,
-            "config": json.loads(config.to_json()), "tvm": str(tvm.__version__), "target": host_target()}
+            "config": json.loads(config.to_json()), "tvm": str(tvm.__version__), "target": host_target(),
+            "code": code_fingerprint()}
 
 
 def _np_dtype(d: dt.DType) -> Any:

@@ -252,6 +252,19 @@ def test_cache_hit_does_no_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # every knob changes the key
     other = tvm_runtime.cache_payload(spec, cfg.replace(vector=4))
     assert cache.key(other) != first.key
+    assert tvm_runtime.cache_payload(spec, cfg)["code"] == tvm_runtime.code_fingerprint()
+
+
+def test_the_build_cache_key_follows_the_template_code(tmp_path: Path) -> None:
+    # A template edit must miss the cache: the workload key alone kept serving libraries of older templates.
+    for sub in ("kernels/matmul", "cli"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "x.py").write_text("A = 1\n")
+    before = tvm_runtime.tree_fingerprint(tmp_path)
+    (tmp_path / "cli" / "x.py").write_text("A = 2\n")  # not code that writes TIR
+    assert tvm_runtime.tree_fingerprint(tmp_path) == before
+    (tmp_path / "kernels" / "matmul" / "x.py").write_text("A = 2\n")
+    assert tvm_runtime.tree_fingerprint(tmp_path) != before
 
 
 def test_expression_lowering_rules() -> None:
