@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: buffers declared aligned to their element size, not 64 bytes (tvm_expr.element_aligned); a library of
+# schema 1 given an element-aligned array zero-copy could fault on an aligned vector load
+SCHEMA_VERSION = 2
 LIBRARY = "kernel.so"
 
 
@@ -123,10 +125,11 @@ class TvmKernel:
     def _args(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
               alias_outputs: bool = True, sizes: Mapping[str, int] | None = None) -> list[Any]:
         """TVM tensors for the packed function. An argument that is already C-contiguous, of the
-        storage dtype and 64-byte aligned (what the compiled code assumes) is passed without a copy
-        (DLPack); other inputs are copied into aligned tensors, and other outputs (or every output
+        storage dtype and aligned to its element size (what the compiled code assumes) is passed without a
+        copy (DLPack); other inputs are copied into aligned tensors, and other outputs (or every output
         unless `alias_outputs`) get their own tensors, which `_copy_out` copies back."""
         import tvm
+        import tvm_ffi
 
         if len(inputs) != self.n_inputs or len(outputs) != len(self.shapes) - self.n_inputs:
             raise ValueError(f"{self.name}: expected {self.n_inputs} inputs and "
@@ -146,7 +149,8 @@ class TvmKernel:
                 a = fp8_bytes(a, d)
             if (is_input or alias_outputs) and zero_copy_ok(a, want) and (is_input or a.flags.writeable):
                 try:
-                    args.append(tvm.runtime.from_dlpack(a.reshape(shape)))
+                    args.append(tvm_ffi.from_dlpack(a.reshape(shape), require_alignment=want.itemsize,
+                                                    require_contiguous=True))
                     continue
                 except (BufferError, RuntimeError, TypeError):
                     pass  # e.g. a read-only array numpy will not export: copy it
@@ -190,14 +194,14 @@ class TvmKernel:
         return samples
 
 
-ALIGNMENT = 64  # bytes: TVM's compiled kernels assume their buffers are aligned to this
+ALIGNMENT = 64  # bytes: buffers the executor allocates start on this boundary (a cache line)
 
 
 def zero_copy_ok(a: Any, dtype: np.dtype) -> bool:
     """Whether `a` can be handed to a TVM kernel as is: a C-contiguous ndarray of `dtype` whose data
-    is ALIGNMENT-aligned."""
+    is aligned to its element size (the kernels assume no more: tvm_expr.element_aligned)."""
     return (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
-            and a.ctypes.data % ALIGNMENT == 0)
+            and a.ctypes.data % dtype.itemsize == 0)
 
 
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
