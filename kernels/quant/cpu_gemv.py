@@ -1,0 +1,98 @@
+"""The factored CPU decode schedule's side of the quantized GEMM spec (kernels/quant/tvm_gemv.py builds it):
+whether the B operand factors as (value - zero) * scale with zero and scale constant over runs of K, the
+config's problems under `gemv=2`, and its default for decode shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...ir.expr import E, Expr
+from ...ir.quant_op import FP8, grid_block
+from ...schedule.config import Config
+from ...schedule.target import Target
+from ..matmul.spec import CPU_TILE_N, padded
+from .dequant import Operand, dequant_parts
+
+if TYPE_CHECKING:
+    from .spec import QuantMatmulSpec
+
+# the factored schedule is the default up to this many rows (the GEMM above)
+DEFAULT_M = 16
+# f32 lanes of one vector register the default assumes (AVX2; on AVX-512 the same code runs on ymm)
+LANES = 8
+# register accumulators a strip of columns keeps per k-step (of 16 ymm: the rest hold x, the word, the mask)
+STRIP_ACCUMULATORS = 8
+MIN_TILE_K = 16  # the smallest tile_k of the CPU knob space
+
+
+@dataclass(frozen=True)
+class GemvFactors:
+    """The B operand as (value - zero) * scale, zero and scale constant over `run` rows of K: loader expressions
+    over (r, c); zero a float for symmetric unsigned codes, None for signed ones."""
+
+    value: Expr
+    zero: Expr | float | None
+    scale: Expr
+    run: int
+
+
+def factors(spec: QuantMatmulSpec, operand_of: Callable[[Any], Operand]) -> GemvFactors | None:
+    """The factored form when B is exactly one integer-coded dequantize and the activations are float. An
+    f16/bf16 dequantize is summed in f32 without rounding each weight to its dtype first (the reference
+    does): the difference is below the rounding of the f16/bf16 result itself."""
+    if spec.b_expr.op is not E.VAR or spec.fp8 is not None or spec.operand_dtype.is_int:
+        return None
+    plane = next((p for p in spec.planes if p.var == spec.b_expr.arg), None)
+    if plane is None or not plane.node.dtype.is_float or plane.node.src[0].dtype in FP8:
+        return None
+    n = plane.node
+    value, zero, scale = dequant_parts(n, [operand_of(s) for s in n.src])
+    shape, gs = tuple(n.attr("shape")), n.attr("group_size")
+    layouts = [n.attr("scale_layout")] + ([n.attr("zero_layout")] if isinstance(zero, Expr) else [])
+    runs = [grid_block(lay, gs, shape)[0] for lay in layouts]
+    run = min([r for r in runs if r < spec.K], default=1 << 30)
+    # scales that change within MIN_TILE_K rows of K (NF4's absmax blocks run along N): nothing to factor
+    return GemvFactors(value, zero, scale, run) if run >= MIN_TILE_K else None
+
+
+def problems(spec: QuantMatmulSpec, config: Config) -> list[str]:
+    """Why `config` (gemv=2) cannot build: no factored form, a k-tile across scale groups, a strip
+    (micro_n columns) that is not whole vectors of words or does not divide the task."""
+    f = spec.gemv_factors()
+    if f is None:
+        return ["gemv=2: the weights are not one integer-coded dequantize (no factored form)"]
+    _, en = spec.pack_units()
+    tn, tk, strip, vec = (config.int(k) for k in ("tile_n", "tile_k", "micro_n", "vector"))
+    out = []
+    if f.run % tk:
+        out.append(f"gemv=2: tile_k={tk} does not divide the {f.run} rows of K sharing a scale and zero")
+    if strip % (en * vec) or tn % strip:
+        out.append(f"gemv=2: micro_n={strip} (a strip of columns) must be a multiple of {en} codes per word x "
+                   f"vector={vec} and divide tile_n={tn}")
+    return out
+
+
+def default(spec: QuantMatmulSpec, base: Config, target: Target) -> Config | None:
+    """gemv=2 for decode shapes: k-tiles of one scale group (at most 128 rows), strips of columns whose
+    M x en x (strip / en / 8) accumulators fill about STRIP_ACCUMULATORS ymm registers, tasks of 128..512
+    columns padding N least (the larger on ties: a task reads whole cache lines of each row)."""
+    f = spec.gemv_factors()
+    if f is None:
+        return None
+    ek, en = spec.pack_units()
+    tk = 128
+    while tk > MIN_TILE_K and (f.run % tk or tk > max(ek, spec.K)):
+        tk //= 2
+    if f.run % tk or tk % ek:
+        return None  # scales change every few rows (NF4's absmax blocks along N): gemv=1 dequantizes per element
+    words = max(1, STRIP_ACCUMULATORS // (spec.M * en))  # vectors of words per strip
+    strip = en * LANES * min(8, 1 << (words.bit_length() - 1))
+    # the k-step body is M x en x (strip / en / LANES) vector FMAs (x ek unpacked rows): unrolled further only
+    # when that is small (M=16 int4 unrolled 4x made 512 FMAs a step, slow to compile and no faster)
+    unroll = 4 if ek == 1 and tk % 4 == 0 and spec.M * strip // LANES <= STRIP_ACCUMULATORS else 1
+    tiles = [t for t in CPU_TILE_N if t % strip == 0 and strip <= t <= max(strip, 512)] or [strip]
+    tn = min(tiles, key=lambda t: (padded(spec.N, t), -t))
+    cfg = base.replace(gemv=2, tile_n=tn, tile_k=tk, micro_n=strip, vector=LANES, unroll=unroll)
+    return None if spec.constraints(cfg, target) else cfg
