@@ -48,3 +48,21 @@ def test_factored_constraints_name_the_group_and_the_strip() -> None:
     assert cfg.int("gemv") == 2 and cfg.int("tile_k") == 64 and spec.gemv_factors().run == 64
     assert any("tile_k=128 does not divide the 64 rows" in p for p in spec.constraints(cfg.replace(tile_k=128), CPU))
     assert any("micro_n=32" in p for p in spec.constraints(cfg.replace(micro_n=32), CPU))
+
+
+def test_factored_codes_skip_the_shift_and_the_sign_select_where_they_can() -> None:
+    """Codes packed along N in i32 are summed unshifted (f32(w & (15 << 4j)), the factor 2^-4j applied per
+    group; the top nibble shifted by one so it stays positive); codes packed along K keep the shift (their
+    shift depends on the row). Signed int8 codes are the loaded byte sign-extended, not a select."""
+    from tilefuse.ir.text import format_expr
+
+    def factors(case: Case) -> object:
+        g = graph(case, 1, 128, 64)
+        return compile_graph(g, "interp", db=None, cost_model=None, aot=False).kernels[0].spec.gemv_factors()
+
+    for case in (awq(128), sym_int4(-1, "f32", "f32")):
+        f = factors(case)
+        assert f.unscale is not None and "(shl 15:i32" in format_expr(f.value), case.name
+    assert factors(gptq(4, False)).unscale is None
+    int8 = factors(int8_per_channel("f32"))
+    assert int8.unscale is None and "where" not in format_expr(int8.value)

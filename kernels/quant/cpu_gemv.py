@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ...ir import dtypes as dt
+from ...ir import expr as ex
 from ...ir.expr import E, Expr
 from ...ir.quant_op import FP8, grid_block
 from ...schedule.config import Config
@@ -36,6 +38,7 @@ class GemvFactors:
     zero: Expr | float | None
     scale: Expr
     run: int
+    unscale: Expr | None = None  # what the group sums of `value` are multiplied by first (unshifted codes)
 
 
 def factors(spec: QuantMatmulSpec, operand_of: Callable[[Any], Operand]) -> GemvFactors | None:
@@ -48,13 +51,38 @@ def factors(spec: QuantMatmulSpec, operand_of: Callable[[Any], Operand]) -> Gemv
     if plane is None or not plane.node.dtype.is_float or plane.node.src[0].dtype in FP8:
         return None
     n = plane.node
-    value, zero, scale = dequant_parts(n, [operand_of(s) for s in n.src])
+    value, zero, scale = dequant_parts(n, [operand_of(s) for s in n.src], sign_extends=True)
     shape, gs = tuple(n.attr("shape")), n.attr("group_size")
     layouts = [n.attr("scale_layout")] + ([n.attr("zero_layout")] if isinstance(zero, Expr) else [])
     runs = [grid_block(lay, gs, shape)[0] for lay in layouts]
     run = min([r for r in runs if r < spec.K], default=1 << 30)
     # scales that change within MIN_TILE_K rows of K (NF4's absmax blocks run along N): nothing to factor
-    return GemvFactors(value, zero, scale, run) if run >= MIN_TILE_K else None
+    if run < MIN_TILE_K:
+        return None
+    # codes packed along N: the shift depends on the column only, so the factor can wait for the group's end
+    unshifted = _unshifted(value, n.attr("bits")) if n.attr("pack_axis") == 1 else None
+    if unshifted is None:
+        return GemvFactors(value, zero, scale, run)
+    return GemvFactors(unshifted[0], zero, scale, run, unshifted[1])
+
+
+def _unshifted(value: Expr, bits: int) -> tuple[Expr, Expr] | None:
+    """For a code unpacked from an i32 word as f32((w >> off) & mask): (f32((w >> e) & (mask << (off - e))),
+    2^(e - off)), the code times 2^(off - e) and the factor that undoes it (exact: a power of two), with
+    e = max(0, off + bits - 31) so the masked field never reaches the sign bit. Every code of a word but the
+    top one (e = 0) loses its shift in the k loop: int4 takes 24 vector ops per word instead of 31."""
+    if value.op is not E.CAST or value.dtype != dt.f32 or value.src[0].op is not E.AND:
+        return None
+    shifted, mask = value.src[0].src
+    if shifted.op is not E.SHR or mask.op is not E.CONST or mask.arg != (1 << bits) - 1:
+        return None
+    word, off = shifted.src
+    if word.dtype != dt.i32:
+        return None
+    e = ex.maximum(off + (bits - 31), 0)
+    field = ex.binary(E.SHR, word, e) & ex.binary(E.SHL, mask, off - e)
+    factor = ex.const(1.0, dt.f32) / ex.cast(ex.binary(E.SHL, ex.const(1, dt.i32), off - e), dt.f32)
+    return ex.cast(field, dt.f32), factor
 
 
 def problems(spec: QuantMatmulSpec, config: Config) -> list[str]:

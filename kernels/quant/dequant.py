@@ -162,15 +162,19 @@ def fp8_parts(n: Node, ops: list[Operand]) -> tuple[Expr, Expr]:
     return ops[0].at(R, C), scales(n, ops, tuple(n.attr("shape")))
 
 
-def dequant_parts(n: Node, ops: list[Operand], scale: Expr | None = None) -> tuple[Expr, Expr | float | None, Expr]:
+def dequant_parts(n: Node, ops: list[Operand], scale: Expr | None = None,
+                  sign_extends: bool = False) -> tuple[Expr, Expr | float | None, Expr]:
     """(value, zero, scale) of integer-coded dequantize node `n` at (r, c), all f32: the element is
     (value - zero) * scale (value * scale when zero is None); zero is a float for symmetric unsigned codes.
     The CPU decode schedule (kernels/quant/tvm_gemv.py) sums value * x per group and applies zero and
-    scale once per group."""
+    scale once per group. `sign_extends`: signed int8 codes in i8 are the loaded value sign-extended (the
+    same value as the generic unpack, which dequant_value keeps so its expression does not change)."""
     shape = tuple(n.attr("shape"))
     bits = n.attr("bits")
     code = unpack_codes(ops[0], shape, bits, n.attr("pack_axis"), n.attr("pack_order"), R, C)
-    if n.attr("signed"):
+    if n.attr("signed") and sign_extends and ops[0].dtype == dt.i8 and bits == 8:
+        code = ex.cast(ops[0].at(R, C), dt.i32)  # one sign extension (the select below costs LLVM five ops)
+    elif n.attr("signed"):
         code = ex.where(code.ge(1 << (bits - 1)), code - (1 << bits), code)
     codebook = n.attr("codebook")
     val = _table(code, codebook, dt.f32) if codebook is not None else ex.cast(code, dt.f32)

@@ -92,6 +92,8 @@ class Factored(mm._Builder):
             row, col = g * tk, u * en + j
             conds = [col < spec.N] if pad_n else []
             v = p(b, m, g, j, u)
+            if f.unscale is not None:
+                v = v * self.at(f.unscale, row, col)
             if isinstance(f.zero, float):
                 v = v - tirx.const(f.zero, "float32") * x_sum(b, m, g)
             elif f.zero is not None:
