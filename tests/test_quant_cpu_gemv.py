@@ -66,3 +66,14 @@ def test_factored_codes_skip_the_shift_and_the_sign_select_where_they_can() -> N
     assert factors(gptq(4, False)).unscale is None
     int8 = factors(int8_per_channel("f32"))
     assert int8.unscale is None and "where" not in format_expr(int8.value)
+
+
+def test_factored_default_splits_n_in_a_few_wide_tasks() -> None:
+    """A task walks every row of its columns: narrow tasks take a TLB miss per row once a packed row is over
+    a page (int4, N=11008), so the default splits N in 4 ranges, which the knob space holds."""
+    for n, want in ((11008, 2752), (4096, 1024), (200, 64)):
+        g = graph(sym_int4(-1, "f32", "f32"), 1, 4096, n)
+        spec = compile_graph(g, "interp", db=None, cost_model=None, aot=False).kernels[0].spec
+        cfg = spec.default_config(CPU)
+        assert cfg.int("gemv") == 2 and cfg.int("tile_n") == want and want in spec.knob_space(CPU)["tile_n"]
+        assert not spec.constraints(cfg, CPU)

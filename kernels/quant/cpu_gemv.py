@@ -14,7 +14,6 @@ from ...ir.expr import E, Expr
 from ...ir.quant_op import FP8, grid_block
 from ...schedule.config import Config
 from ...schedule.target import Target
-from ..matmul.spec import CPU_TILE_N, padded
 from .dequant import Operand, dequant_parts
 
 if TYPE_CHECKING:
@@ -27,6 +26,8 @@ LANES = 8
 # register accumulators a strip of columns keeps per k-step (of 16 ymm: the rest hold x, the word, the mask)
 STRIP_ACCUMULATORS = 8
 MIN_TILE_K = 16  # the smallest tile_k of the CPU knob space
+WIDE_GRAIN = 64  # wide tasks (wide_tiles) are whole int4 strips
+WIDE_TASKS = 4  # the default splits N in this many tasks (2 a thread on 2 cores)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,14 @@ def _unshifted(value: Expr, bits: int) -> tuple[Expr, Expr] | None:
     return ex.cast(field, dt.f32), factor
 
 
+def wide_tiles(spec: QuantMatmulSpec, tiles: tuple[int, ...]) -> tuple[int, ...]:
+    """The CPU tile_n values plus N split in 1..8 column ranges (multiples of 64): a task walks all K rows of
+    its columns, one row per page once a packed row is over 4 KB (int4, N=11008: 5.5 KB), so narrow tasks
+    take a TLB miss per row each (measured single-threaded at M=1, K=4096, N=11008: 256-column tasks 11.4 ms,
+    1408 columns 7.0 ms, 5504 columns 5.0 ms)."""
+    return tuple(sorted(set(tiles) | {-(-spec.N // (p * WIDE_GRAIN)) * WIDE_GRAIN for p in (1, 2, 4, 8)}))
+
+
 def problems(spec: QuantMatmulSpec, config: Config) -> list[str]:
     """Why `config` (gemv=2) cannot build: no factored form, a k-tile across scale groups, a strip
     (micro_n columns) that is not whole vectors of words or does not divide the task."""
@@ -104,8 +113,8 @@ def problems(spec: QuantMatmulSpec, config: Config) -> list[str]:
 
 def default(spec: QuantMatmulSpec, base: Config, target: Target) -> Config | None:
     """gemv=2 for decode shapes: k-tiles of one scale group (at most 128 rows), strips of columns whose
-    M x en x (strip / en / 8) accumulators fill about STRIP_ACCUMULATORS ymm registers, tasks of 128..512
-    columns padding N least (the larger on ties: a task reads whole cache lines of each row)."""
+    M x en x (strip / en / 8) accumulators fill about STRIP_ACCUMULATORS ymm registers, N in WIDE_TASKS
+    column ranges (wide_tiles)."""
     f = spec.gemv_factors()
     if f is None:
         return None
@@ -120,7 +129,8 @@ def default(spec: QuantMatmulSpec, base: Config, target: Target) -> Config | Non
     # the k-step body is M x en x (strip / en / LANES) vector FMAs (x ek unpacked rows): unrolled further only
     # when that is small (M=16 int4 unrolled 4x made 512 FMAs a step, slow to compile and no faster)
     unroll = 4 if ek == 1 and tk % 4 == 0 and spec.M * strip // LANES <= STRIP_ACCUMULATORS else 1
-    tiles = [t for t in CPU_TILE_N if t % strip == 0 and strip <= t <= max(strip, 512)] or [strip]
-    tn = min(tiles, key=lambda t: (padded(spec.N, t), -t))
+    # WIDE_TASKS column ranges (wide_tiles): at N=4096 (2 threads) tasks of 512 columns took 0.75..3.7 ms,
+    # of 1024 and 2048 0.66..0.70 ms; at N=11008 ranges of 1408..5504 columns were alike, 256 slower
+    tn = max(strip, -(-spec.N // (WIDE_TASKS * WIDE_GRAIN)) * WIDE_GRAIN)
     cfg = base.replace(gemv=2, tile_n=tn, tile_k=tk, micro_n=strip, vector=LANES, unroll=unroll)
     return None if spec.constraints(cfg, target) else cfg

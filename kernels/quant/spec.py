@@ -261,8 +261,9 @@ class QuantMatmulSpec(MatmulSpec):
         space = super().knob_space(target)
         if target.kind == "cpu":
             # the decode schedule has no reduction epilogue stages
-            gemvs = (0, 1, 2) if self.gemv_factors() is not None else (0, 1)
-            return {**space, "gemv": (0,) if self.reductions else gemvs}
+            if self.gemv_factors() is None or self.reductions:
+                return {**space, "gemv": (0,) if self.reductions else (0, 1)}
+            return {**space, "gemv": (0, 1, 2), "tile_n": cpu_gemv.wide_tiles(self, space["tile_n"])}
         if self._row:
             space = {**space, ROW_KNOB: (0, 1)}
         if self._magic and self.fp8 is None:
