@@ -44,7 +44,15 @@ def weights(kind: str, k: int, n: int, rng: np.random.Generator) -> tuple[np.nda
     return q8, s, (q8 * s).astype(np.float32)
 
 
+# Seconds each timing waits first: OpenBLAS (numpy), OpenMP (torch) and TVM keep their worker threads
+# spinning for a while after a call, and on 2 cores a contender timed right after another ran against those
+# spinning threads (measured, M=1 N=4096 int4: tilefuse right after numpy's matmul 3.95 ms median, 0.72 ms
+# after a pause; the 2026-12-05 results before this change timed tilefuse right after numpy).
+SETTLE_S = 0.3
+
+
 def median_time(fn: Any, reps: int) -> float:
+    time.sleep(SETTLE_S)
     fn()
     ts = []
     for _ in range(reps):
@@ -129,7 +137,8 @@ def main() -> None:
         meta = {"cpu": cpu, "cores": os.cpu_count(), "numpy": np.__version__, "tvm": tvm.__version__,
                 "torch": torch_v, "python": platform.python_version(), "commit": commit,
                 "reps": args.reps, "load_1min_end": os.getloadavg()[0], "date": datetime.date.today().isoformat(),
-                "config_source": "family default (untuned)", "note": "shared, loaded machine"}
+                "config_source": "family default (untuned)", "settle_s": SETTLE_S,
+                "note": "shared machine; torch's int4 kernel takes bf16 activations (ours f32)"}
         with open(args.json, "w") as f:
             json.dump({"benchmark": "quant_gemm_cpu", "meta": meta, "rows": rows}, f, indent=2)
 

@@ -22,6 +22,7 @@ from ..ir.expr import E, Expr
 from ..ir.expr import toposort as expr_toposort
 from ..ir.fp8_encode import soft_fp8_casts
 from .lowering import LoweringError, register_lowering, rule
+from .tvm_runtime import element_aligned
 
 B = "tvm"
 PrimExpr = Any  # tvm.tirx.PrimExpr; kept loose so mypy does not need TVM's stubs
@@ -386,8 +387,7 @@ def prim(x: Any) -> Any:
 
 def prim_module(name: str, num_outputs: int, inputs: list[Any], outputs: list[tuple[int, Any]],
                 sizes: list[str] | tuple[str, ...] = ()) -> Any:
-    """An IRModule with one PrimFunc `name` taking (inputs..., outputs by buffer index..., sizes...),
-    the dynamic sizes as int32 scalars."""
+    """An IRModule with one PrimFunc `name` taking (inputs..., outputs by buffer index..., int32 sizes...)."""
     import tvm
     from tvm import te
 
@@ -395,5 +395,6 @@ def prim_module(name: str, num_outputs: int, inputs: list[Any], outputs: list[tu
     if sorted(by_index) != list(range(num_outputs)):
         raise LoweringError(f"tvm: {name} does not write every output buffer")
     params = list(inputs) + [by_index[i] for i in range(num_outputs)] + [size_var(n) for n in sizes]
-    func = te.create_prim_func(params)
+    func = element_aligned(te.create_prim_func(params))  # tvm_runtime.zero_copy_ok's contract
     return tvm.IRModule({name: func.with_attr("global_symbol", name)})
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import logging
 import os
 import tempfile
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: buffers declared aligned to their element size, not 64 bytes (tvm_expr.element_aligned); a library of
+# schema 1 given an element-aligned array zero-copy could fault on an aligned vector load
+SCHEMA_VERSION = 2
 LIBRARY = "kernel.so"
 
 
@@ -135,6 +138,7 @@ class TvmKernel:
         self.compiled = compiled  # False when the library came from the cache
         self.path = path
         self.func = module[spec.name]
+        self._layouts: dict[tuple[tuple[str, int], ...], Any] = {}
 
     @property
     def from_cache(self) -> bool:
@@ -144,11 +148,12 @@ class TvmKernel:
     def _args(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
               alias_outputs: bool = True, sizes: Mapping[str, int] | None = None) -> list[Any]:
         """TVM tensors for the packed function: inputs, outputs, the spec's auxiliary arrays for these
-        inputs (KernelSpec.host_aux), then the dynamic sizes' ints. An argument that is already C-contiguous, of the
-        storage dtype and 64-byte aligned (what the compiled code assumes) is passed without a copy
-        (DLPack); other inputs are copied into aligned tensors, and other outputs (or every output
+        inputs (KernelSpec.host_aux), then the dynamic sizes' ints. An argument that is already C-contiguous,
+        of the storage dtype and aligned to its element size (what the compiled code assumes) is passed without a
+        copy (DLPack); other inputs are copied into aligned tensors, and other outputs (or every output
         unless `alias_outputs`) get their own tensors, which `_copy_out` copies back."""
         import tvm
+        import tvm_ffi
 
         if len(inputs) != self.n_inputs or len(outputs) != len(self.shapes) - self.n_inputs:
             raise ValueError(f"{self.name}: expected {self.n_inputs} inputs and "
@@ -156,19 +161,17 @@ class TvmKernel:
         dev = tvm.cpu()
         args = []
         sizes = sizes or self.bound_sizes
-        shapes = [resolve(tuple(s), sizes) for s in self.shapes]
-        for i, (a, shape, d) in enumerate(zip(list(inputs) + list(outputs), shapes, self.dtypes)):
-            n = int(np.prod(shape))
+        for i, (a, (shape, n, want, d, fp8)) in enumerate(zip(list(inputs) + list(outputs), self._layout(sizes))):
             if int(np.size(a)) != n:
                 raise ValueError(f"{self.name}: argument {i} has {np.size(a)} elements, expected {n} "
                                  f"(shape {list(shape)}, dtype {d})")
-            want = np.dtype(_np_dtype(d))
             is_input = i < self.n_inputs
-            if d in FP8:
+            if fp8:
                 a = fp8_bytes(a, d)
             if (is_input or alias_outputs) and zero_copy_ok(a, want) and (is_input or a.flags.writeable):
                 try:
-                    args.append(tvm.runtime.from_dlpack(a.reshape(shape)))
+                    args.append(tvm_ffi.from_dlpack(a.reshape(shape), require_alignment=want.itemsize,
+                                                    require_contiguous=True))
                     continue
                 except (BufferError, RuntimeError, TypeError):
                     pass  # e.g. a read-only array numpy will not export: copy it
@@ -181,6 +184,16 @@ class TvmKernel:
         args += [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in aux]
         return args + [int(sizes[n]) for n in self.size_names]
 
+    def _layout(self, sizes: Mapping[str, int]) -> list[tuple[tuple[int, ...], int, np.dtype, dt.DType, bool]]:
+        """(shape, elements, storage dtype, dtype, is fp8) of every argument at `sizes`, worked out once per
+        sizes (the per-call cost of a decode GEMV is a few tens of microseconds of this)."""
+        key = tuple(sorted(sizes.items()))
+        if key not in self._layouts:
+            shapes = [resolve(tuple(s), sizes) for s in self.shapes]
+            self._layouts[key] = [(shape, math.prod(shape), np.dtype(_np_dtype(d)), d, d in FP8)
+                                  for shape, d in zip(shapes, self.dtypes)]
+        return self._layouts[key]
+
     def __call__(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
                  sizes: Mapping[str, int] | None = None) -> None:
         """Run on numpy arrays; the results are written into `outputs` (any shape with the right size).
@@ -191,7 +204,7 @@ class TvmKernel:
 
     def _copy_out(self, args: list[Any], outputs: Sequence[np.ndarray]) -> None:
         for out, arg, d in zip(outputs, args[self.n_inputs:], self.dtypes[self.n_inputs:]):
-            if isinstance(out, np.ndarray) and arg.data_ptr() == out.ctypes.data:
+            if isinstance(out, np.ndarray) and arg.data_ptr() == data_address(out):
                 continue  # written in place
             got = arg.numpy()
             if d in FP8 and np.dtype(out.dtype) != np.uint8:
@@ -214,14 +227,40 @@ class TvmKernel:
         return samples
 
 
-ALIGNMENT = 64  # bytes: TVM's compiled kernels assume their buffers are aligned to this
+ALIGNMENT = 64  # bytes: buffers the executor allocates start on this boundary (a cache line)
 
 
 def zero_copy_ok(a: Any, dtype: np.dtype) -> bool:
     """Whether `a` can be handed to a TVM kernel as is: a C-contiguous ndarray of `dtype` whose data
-    is ALIGNMENT-aligned."""
+    is aligned to its element size (the kernels assume no more: tvm_expr.element_aligned)."""
     return (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
-            and a.ctypes.data % ALIGNMENT == 0)
+            and data_address(a) % dtype.itemsize == 0)
+
+
+def data_address(a: np.ndarray) -> int:
+    """The address of `a`'s first element (what `a.ctypes.data` says, without building a ctypes object: ~10 us
+    of a decode GEMV's call)."""
+    return int(a.__array_interface__["data"][0])
+
+
+def element_aligned(func: Any) -> Any:
+    """`func` with every buffer parameter declared aligned to its element size only (TVM assumes 64 bytes):
+    numpy allocates large arrays 16 bytes past a page boundary, and a kernel assuming 64 could not take
+    them without a copy (codegen/tvm_runtime.py passes element-aligned arrays zero-copy). LLVM then emits
+    unaligned vector loads, as fast as aligned ones on aligned data on current x86 cores."""
+    import tvm
+    from tvm import tirx
+    from tvm.tirx.buffer import is_buffer_var
+    from tvm.tirx.transform.common import BufferReplacer
+
+    repl = {}
+    for p in func.params:
+        if is_buffer_var(p):
+            t = p.ty
+            align = max(1, tvm.runtime.DataType(str(t.dtype)).bits // 8)
+            repl[p] = tirx.decl_buffer(t.shape, t.dtype, p.name, strides=t.strides, elem_offset=t.elem_offset,
+                                       data_alignment=align, offset_factor=t.offset_factor)
+    return BufferReplacer(repl)(func) if repl else func
 
 
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
@@ -229,7 +268,7 @@ def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     dtype = np.dtype(dtype)
     n = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(n + ALIGNMENT, dtype=np.uint8)
-    off = -raw.ctypes.data % ALIGNMENT
+    off = -data_address(raw) % ALIGNMENT
     return raw[off:off + n].view(dtype).reshape(tuple(shape))
 
 

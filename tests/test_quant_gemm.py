@@ -156,14 +156,15 @@ def test_cpu_decode_schedule_is_the_small_m_default_and_the_gemm_stays_a_candida
     case = awq(128)
     cg = compile_graph(graph(case, 3, K, N, epilogue=True), "cpu", db=None, cost_model=None)
     spec, cfg = cg.kernels[0].spec, cg.kernels[0].config
-    assert cfg.int("gemv") == 1 and spec.pack_units() == (1, 8) and "gemv" in spec.knob_space(cpu)
-    assert cfg.int("tile_n") * 3 <= 256  # M x tile_n accumulators stay in registers
-    # the register-blocked GEMM (dequantizing B into its panel) is the same kernel under gemv=0
-    gemm_cfg = cfg.replace(gemv=0, tile_n=128, vector=16)
-    gemm = compile_graph(graph(case, 3, K, N, epilogue=True), "cpu", configs={spec.name: gemm_cfg},
-                         db=None, cost_model=None)
-    check(gemm, case, seed=13)
-    assert compile_graph(graph(case, M, K, N), "cpu", db=None, cost_model=None).kernels[0].config.int("gemv") == 0
+    assert cfg.int("gemv") == 2 and spec.pack_units() == (1, 8) and spec.knob_space(cpu)["gemv"] == (0, 1, 2)
+    # the register-blocked GEMM (dequantizing B into its panel) and the unfactored decode schedule are the
+    # same kernel under gemv=0 and gemv=1
+    for other in (cfg.replace(gemv=0, tile_n=128, micro_n=32, vector=16), cfg.replace(gemv=1, tile_n=64)):
+        assert not spec.constraints(other, cpu)
+        run = compile_graph(graph(case, 3, K, N, epilogue=True), "cpu", configs={spec.name: other},
+                            db=None, cost_model=None)
+        check(run, case, seed=13)
+    assert compile_graph(graph(case, 17, K, N), "cpu", db=None, cost_model=None).kernels[0].config.int("gemv") == 0
     big = compile_graph(graph(case, 48, K, N), "cpu", db=None, cost_model=None).kernels[0]
     assert any("gemv: M=48" in m for m in big.spec.constraints(big.config.replace(gemv=1), cpu))
     bad = spec.constraints(cfg.replace(tile_n=96, vector=16), cpu)
@@ -171,16 +172,18 @@ def test_cpu_decode_schedule_is_the_small_m_default_and_the_gemm_stays_a_candida
 
 
 def test_cpu_decode_schedule_reads_packed_words_with_contiguous_vectors() -> None:
-    """Under gemv=1 the packed words are read inside the k loop (no dequantized B panel) and a word's
-    eight codes sit in different accumulators, so the word loads are plain vector loads (j // 8 folds)."""
+    """Under gemv=2 (the default here) and gemv=1 the packed words are read inside the k loop (no dequantized
+    B panel) and a word's eight codes sit in different accumulators, so the word loads are plain vector loads
+    (j // 8 folds)."""
     from tilefuse.codegen.tvm_runtime import scheduled_module
 
     for case, units in ((awq(128), (1, 8)), (gptq(4, True), (8, 1)), (gptq(3, False, 64), (32, 1))):
         cg = compile_graph(graph(case, 1, K, N), "cpu", db=None, cost_model=None)
         spec, cfg = cg.kernels[0].spec, cg.kernels[0].config
-        assert spec.pack_units() == units
-        text = scheduled_module(spec, cfg).script()
-        assert "Bpack" not in text and "T.vectorized" in text and "T.Div(" not in text
+        assert spec.pack_units() == units and cfg.int("gemv") == 2
+        for c in (cfg, cfg.replace(gemv=1, tile_n=64, vector=8)):
+            text = scheduled_module(spec, c).script()
+            assert "Bpack" not in text and "T.vectorized" in text and "T.Div(" not in text
         check(cg, case, seed=14)
 
 

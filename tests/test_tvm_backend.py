@@ -357,9 +357,10 @@ if __name__ == "__main__":
 
 
 def test_aligned_arrays_are_passed_without_copies_and_others_are_copied():
-    """64-byte aligned C-contiguous arrays of the storage dtype go to the kernel in place (an output
-    is written where it lies, so its poison is what the kernel overwrites); unaligned, strided,
-    read-only or other-dtype arrays are copied, with the same results."""
+    """Element-aligned C-contiguous arrays of the storage dtype go to the kernel in place (an output
+    is written where it lies, so its poison is what the kernel overwrites), 64-byte aligned or not (the
+    kernels assume element alignment only: numpy's large arrays start 16 bytes past a page); arrays not
+    aligned to their element, strided, read-only or of another dtype are copied, with the same results."""
     g = tf.GraphBuilder("zc")
     g.output("c", g.input("a", (40, 24), "f32") @ g.input("b", (24, 16), "f32"))
     cg = tf.compile(g, target="cpu", db=None, cost_model=None)
@@ -377,8 +378,15 @@ def test_aligned_arrays_are_passed_without_copies_and_others_are_copied():
         out.ctypes.data
     kern([a.reshape(-1), b.reshape(-1)], [out])
     np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
-    unaligned = np.empty(40 * 24 + 1, np.float32)[1:]
+    off16 = np.empty(40 * 24 + 16, np.float32)
+    off16 = off16[(-off16.ctypes.data % 64) // 4 + 1:][:40 * 24]  # 4 bytes past a 64-byte boundary
+    off16[...] = a.reshape(-1)
+    assert kern._args([off16, b.reshape(-1)], [out])[0].data_ptr() == off16.ctypes.data
+    kern([off16, b.reshape(-1)], [out])
+    np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+    unaligned = np.empty(40 * 24 * 4 + 1, np.uint8)[1:].view(np.float32)  # not even 4-byte aligned
     unaligned[...] = a.reshape(-1)
+    assert kern._args([unaligned, b.reshape(-1)], [out])[0].data_ptr() != unaligned.ctypes.data
     strided = np.repeat(b, 2, axis=1)[:, ::2]
     readonly = np.broadcast_to(b, b.shape)
     for x, y in ((unaligned, b), (a, strided), (a, readonly), (a.astype(np.float64), b)):

@@ -162,32 +162,42 @@ def fp8_parts(n: Node, ops: list[Operand]) -> tuple[Expr, Expr]:
     return ops[0].at(R, C), scales(n, ops, tuple(n.attr("shape")))
 
 
-def dequant_value(n: Node, ops: list[Operand], scale: Expr | None = None) -> Expr:
-    """Element (r, c) of dequantize node `n` in its out dtype; `ops` are its operands as the kernel reads them;
-    `scale` stands for its f32 scale when given (a tile computed once per scale block)."""
+def dequant_parts(n: Node, ops: list[Operand], scale: Expr | None = None,
+                  sign_extends: bool = False) -> tuple[Expr, Expr | float | None, Expr]:
+    """(value, zero, scale) of integer-coded dequantize node `n` at (r, c), all f32: the element is
+    (value - zero) * scale (value * scale when zero is None); zero is a float for symmetric unsigned codes.
+    The CPU decode schedule (kernels/quant/tvm_gemv.py) sums value * x per group and applies zero and
+    scale once per group. `sign_extends`: signed int8 codes in i8 are the loaded value sign-extended (the
+    same value as the generic unpack, which dequant_value keeps so its expression does not change)."""
     shape = tuple(n.attr("shape"))
     bits = n.attr("bits")
-    p = n.src[0]
-    if p.dtype in FP8:
-        code, scale = fp8_parts(n, ops)
-        return ex.cast(ex.cast(fp8_decode(code), dt.f32) * scale, n.dtype)
     code = unpack_codes(ops[0], shape, bits, n.attr("pack_axis"), n.attr("pack_order"), R, C)
-    if n.attr("signed"):
+    if n.attr("signed") and sign_extends and ops[0].dtype == dt.i8 and bits == 8:
+        code = ex.cast(ops[0].at(R, C), dt.i32)  # one sign extension (the select below costs LLVM five ops)
+    elif n.attr("signed"):
         code = ex.where(code.ge(1 << (bits - 1)), code - (1 << bits), code)
     codebook = n.attr("codebook")
     val = _table(code, codebook, dt.f32) if codebook is not None else ex.cast(code, dt.f32)
     s = scales(n, ops, shape) if scale is None else scale
     if n.attr("symmetric"):
         z0 = 1 << (bits - 1) if codebook is None and not n.attr("signed") else 0
-        w = (val - float(z0)) * s if z0 else val * s
+        return val, float(z0) if z0 else None, s
+    zl, gs = n.attr("zero_layout"), n.attr("group_size")
+    zgrid = grid_shape(zl, gs, shape)
+    zr, zc = grid_index(zl, gs, shape)
+    if n.attr("zeros_packed"):
+        z = ex.cast(unpack_codes(ops[2], zgrid, bits, n.attr("pack_axis"), n.attr("pack_order"), zr, zc), dt.f32)
     else:
-        zl, gs = n.attr("zero_layout"), n.attr("group_size")
-        zgrid = grid_shape(zl, gs, shape)
-        zr, zc = grid_index(zl, gs, shape)
-        if n.attr("zeros_packed"):
-            z = ex.cast(unpack_codes(ops[2], zgrid, bits, n.attr("pack_axis"), n.attr("pack_order"), zr, zc),
-                        dt.f32)
-        else:
-            z = ex.cast(ops[2].on_grid(zgrid, zr, zc), dt.f32)
-        w = (val - z) * s
+        z = ex.cast(ops[2].on_grid(zgrid, zr, zc), dt.f32)
+    return val, z, s
+
+
+def dequant_value(n: Node, ops: list[Operand], scale: Expr | None = None) -> Expr:
+    """Element (r, c) of dequantize node `n` in its out dtype; `ops` are its operands as the kernel reads them;
+    `scale` stands for its f32 scale when given (a tile computed once per scale block)."""
+    if n.src[0].dtype in FP8:
+        code, s = fp8_parts(n, ops)
+        return ex.cast(ex.cast(fp8_decode(code), dt.f32) * s, n.dtype)
+    val, z, s = dequant_parts(n, ops, scale)
+    w = (val - z) * s if z is not None else val * s
     return ex.cast(w, n.dtype)

@@ -25,7 +25,7 @@ from ...schedule.target import Target
 from ..lowering import LoweringError, next_pow2, prod
 from ..matmul.spec import CPU_TILE_N, MatmulSpec, ScaledDot, padded
 from ..registry import register_family
-from . import fp8, magic
+from . import cpu_gemv, fp8, magic
 from .dequant import Operand, dequant_value, scales
 
 
@@ -261,17 +261,28 @@ class QuantMatmulSpec(MatmulSpec):
         space = super().knob_space(target)
         if target.kind == "cpu":
             # the decode schedule has no reduction epilogue stages
-            return {**space, "gemv": (0,) if self.reductions else (0, 1)}
+            if self.gemv_factors() is None or self.reductions:
+                return {**space, "gemv": (0,) if self.reductions else (0, 1)}
+            return {**space, "gemv": (0, 1, 2), "tile_n": cpu_gemv.wide_tiles(self, space["tile_n"])}
         if self._row:
             space = {**space, ROW_KNOB: (0, 1)}
         if self._magic and self.fp8 is None:
             return {**space, magic.KNOB: magic.knob_values(target)}
         return fp8.knobs(space, target) if self.fp8 is not None else space
 
+    def gemv_factors(self) -> cpu_gemv.GemvFactors | None:
+        """The factored form of the B operand when it is exactly one integer-coded f32 dequantize and the
+        activations are float (the CPU's factored decode schedule, gemv=2); None otherwise."""
+        if "_factors" not in self.__dict__:
+            self._factors = cpu_gemv.factors(self, self._operand_of)
+        return self._factors
+
     def _cpu_constraints(self, config: Config) -> list[str]:
         if not ("gemv" in config and config.int("gemv")):
             return super()._cpu_constraints(config)
         out: list[str] = []
+        if config.int("gemv") == 2:
+            out += cpu_gemv.problems(self, config)
         ek, en = self.pack_units()
         tn, tk, vec, unroll = (config.int(k) for k in ("tile_n", "tile_k", "vector", "unroll"))
         if tn % (en * vec):
@@ -317,7 +328,11 @@ class QuantMatmulSpec(MatmulSpec):
         measured on sm_80/sm_90 builds, NF4's 256-entry scale table over 32 elements per thread spills."""
         cfg = super().default_config(target)
         if target.kind == "cpu":
-            gemv = self._gemv_default(target) if self.M <= GEMV_DEFAULT_M and not self.reductions else None
+            if self.reductions:
+                return cfg.replace(gemv=0)
+            small = self.M <= cpu_gemv.DEFAULT_M
+            factored = cpu_gemv.default(self, self._cpu_default(target), target) if small else None
+            gemv = factored or (self._gemv_default(target) if self.M <= GEMV_DEFAULT_M else None)
             return gemv or cfg.replace(gemv=0)
         if self.M <= 64:
             bm = max(16, next_pow2(self.M))

@@ -1,6 +1,7 @@
 """TVM template of the quantized GEMM family: the matmul family's CPU GEMM (which dequantizes all of B into
 its packed f32 panel on every call) or, when the config says `gemv=1`, a decode schedule that reads the
-packed words inside the k loop.
+packed words inside the k loop; `gemv=2` is the factored decode schedule of tvm_gemv.py (the default for
+decode shapes wherever the weights factor), which this one backs up.
 
 The GEMV schedule computes C as [batch, M, en, N/en] where `en` is the number of codes one packing unit
 holds along N (AWQ int4 in i32: 8; 1 when the codes are packed along K): one parallel task per tile_n
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tvm import s_tir, te, tirx
+from tvm import s_tir, te
 
-from ...codegen.tvm_expr import dtype_of, prim_module, tvm_dtype
+from ...codegen.tvm_expr import prim_module, tvm_dtype
 from ...schedule.config import Config
 from ..matmul import tvm_template as mm
 from ..matmul.tvm_template import arg_shapes
+from . import tvm_gemv
 
 if TYPE_CHECKING:
     import tvm
@@ -30,9 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["arg_shapes", "build_module", "schedule"]
 
 
-def gemv(config: Config) -> bool:
-    """Whether `config` asks for the decode (GEMV) schedule."""
-    return "gemv" in config and config.int("gemv") == 1
+def gemv(config: Config) -> int:
+    """The decode schedule `config` asks for: 0 (none: the GEMM), 1 (_Gemv) or 2 (factored: tvm_gemv)."""
+    return config.int("gemv") if "gemv" in config else 0
 
 
 class _Gemv(mm._Builder):
@@ -57,25 +59,16 @@ class _Gemv(mm._Builder):
         outs = []
         for o in spec.outs:
             d = tvm_dtype(spec.outputs[o.index].dtype, f"output {o.index}")
-            body = self._epilogue_4d(o.expr, c, d, en)
+            body = tvm_gemv.epilogue_4d(self, o.expr, c, d, en)
             outs.append(te.compute((self.nb, spec.M, spec.N), body, name=f"out{o.index}"))
         return outs
-
-    def _epilogue_4d(self, e: Any, c: Any, d: str, en: int) -> Any:
-        def body(b: Any, m: Any, n: Any) -> Any:
-            v = self.value(e, b, m, n, acc=c(b, m, tirx.floormod(n, en), tirx.floordiv(n, en)))
-            if d == "bool" and dtype_of(v) != "bool":
-                return tirx.NE(v, tirx.const(0, dtype_of(v)))
-            return tirx.Cast(d, v) if dtype_of(v) != d else v
-
-        return body
 
 
 def build_module(spec: QuantMatmulSpec, config: Config) -> tvm.IRModule:
     """The unscheduled TIR module (the matmul's GEMM, or the GEMV stages under `gemv=1`)."""
     if not gemv(config):
         return mm.build_module(spec, config)
-    b = _Gemv(spec, config)
+    b = tvm_gemv.Factored(spec, config) if gemv(config) == 2 else _Gemv(spec, config)
     return prim_module(spec.name, len(spec.outputs), b.inputs, [(o.index, t) for o, t in zip(spec.outs, b.build())])
 
 
@@ -86,6 +79,8 @@ def schedule(mod: tvm.IRModule, spec: QuantMatmulSpec, config: Config) -> tvm.IR
     tile written back once per task."""
     if not gemv(config):
         return mm.schedule(mod, spec, config)
+    if gemv(config) == 2:
+        return tvm_gemv.schedule(mod, spec, config)
     ek, en = spec.pack_units()
     tn, tk = config.int("tile_n"), config.int("tile_k")
     vector, unroll = config.int("vector"), config.int("unroll")
