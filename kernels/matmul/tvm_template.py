@@ -51,7 +51,7 @@ class _Builder:
     """Builds the TE stages of one matmul spec under a config's tile sizes."""
 
     def __init__(self, spec: MatmulSpec, config: Config):
-        self.spec = spec
+        self.spec, self.config = spec, config
         for b in list(spec.inputs) + list(spec.outputs):
             if upper(b.numel) > INDEX32:
                 raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ...ir import dims
 from ...ir import dtypes as dt
 from ...ir import expr as ex
 from ...ir.expr import E, Expr
@@ -259,6 +260,8 @@ class QuantMatmulSpec(MatmulSpec):
     # -- CPU: the matmul's GEMM (gemv=0) or the decode schedule of tvm_template (gemv=1) --
     def knob_space(self, target: Target) -> dict[str, tuple[Any, ...]]:
         space = super().knob_space(target)
+        if target.kind == "cpu" and dims.is_dynamic(self.M):  # a dynamic M's decode rows (tvm_gemv.decode_rows)
+            space = {**space, "tile_m": tuple(sorted({1, 2, 4, *space["tile_m"]}))}
         if target.kind == "cpu":
             # the decode schedule has no reduction epilogue stages
             if self.gemv_factors() is None or self.reductions:
@@ -292,10 +295,19 @@ class QuantMatmulSpec(MatmulSpec):
         if self.M > GEMV_MAX_M:
             out.append(f"gemv: M={self.M} rows (the decode schedule keeps M x tile_n accumulators; "
                        f"at most {GEMV_MAX_M})")
+        if dims.is_dynamic(self.M) and not int(self.M) <= config.int("tile_m") <= GEMV_MAX_M:
+            out.append(f"gemv: tile_m={config['tile_m']} (the rows a dynamic M's decode schedule keeps) must "
+                       f"hold M={int(self.M)} at the top of the size bucket and be at most {GEMV_MAX_M}")
         for knob, size in (("tile_n", self.N), ("tile_k", self.K)):
             if config.int(knob) > max(16, next_pow2(size), en * vec, ek * unroll):
                 out.append(f"{knob}={config[knob]} is larger than the problem ({size})")
         return out
+
+    def _decode_base(self, target: Target) -> Config:
+        """The CPU default the decode schedules start from; a dynamic M's rows kept (tile_m) are M at the top
+        of the bucket, rounded up to a power of two."""
+        base = self._cpu_default(target)
+        return base.replace(tile_m=next_pow2(int(self.M))) if dims.is_dynamic(self.M) else base
 
     def _gemv_default(self, target: Target) -> Config | None:
         """Decode shapes (M <= GEMV_DEFAULT_M): tasks of 64..256 columns (least padding), vectors of 16 lanes
@@ -306,7 +318,7 @@ class QuantMatmulSpec(MatmulSpec):
         group = gs[0] if isinstance(gs, tuple) else gs
         tk = max(ek, min(next_pow2(self.K), group if group and group > 0 and group & (group - 1) == 0 else 128))
         unroll = 4 if ek == 1 and tk % 4 == 0 else 1
-        base = self._cpu_default(target)
+        base = self._decode_base(target)
         for vec in (16, 8, 4):
             grain = en * vec
             # M x tile_n accumulators: at most GEMV_ACC_FLOATS of them stay in registers (M=16: a GEMV of
@@ -331,7 +343,7 @@ class QuantMatmulSpec(MatmulSpec):
             if self.reductions:
                 return cfg.replace(gemv=0)
             small = self.M <= cpu_gemv.DEFAULT_M
-            factored = cpu_gemv.default(self, self._cpu_default(target), target) if small else None
+            factored = cpu_gemv.default(self, self._decode_base(target), target) if small else None
             gemv = factored or (self._gemv_default(target) if self.M <= GEMV_DEFAULT_M else None)
             return gemv or cfg.replace(gemv=0)
         if self.M <= 64:

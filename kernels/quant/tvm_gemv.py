@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from tvm import s_tir, te, tirx
 
-from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, tvm_dtype
+from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim, tvm_dtype
+from ...ir import dims
 from ...ir.expr import E, Expr
 from ...schedule.config import Config
 from ..matmul import tvm_template as mm
@@ -25,6 +26,22 @@ if TYPE_CHECKING:
     import tvm
 
     from .spec import QuantMatmulSpec
+
+
+def decode_rows(spec: QuantMatmulSpec, config: Config) -> tuple[int, Any]:
+    """(rows the decode stages keep, rows of the output). With M dynamic the stages keep the config's tile_m
+    rows (their accumulators are unrolled per row; the spec's constraints ask tile_m >= M at the top of the
+    bucket) and read row min(m, M - 1) (row_of), and the output has the call's M rows: a binary serves every M
+    up to tile_m at the cost of tile_m rows, which at decode sizes the weight traffic, not the rows, decides.
+    The code is a function of the config, never of the bucket, so binaries are shared and cached by config."""
+    if not dims.is_dynamic(spec.M):
+        return int(spec.M), int(spec.M)
+    return config.int("tile_m"), prim(spec.M)
+
+
+def row_of(spec: QuantMatmulSpec, m: Any) -> Any:
+    """The activation row the decode stages read for their row m (clamped to the call's M when dynamic)."""
+    return tirx.min(m, prim(spec.M) - 1) if dims.is_dynamic(spec.M) else m
 
 
 def epilogue_4d(builder: mm._Builder, e: Expr, c: Any, d: str, en: int) -> Any:
@@ -74,7 +91,7 @@ class Factored(mm._Builder):
             return tirx.if_then_else(tirx.all(*conds), v, zero32) if conds else v
 
         def xa(b: Any, m: Any, k: Any) -> PrimExpr:
-            return self._packed(spec.a_expr, b, m, k, 0, spec.K if pad_k else 0)
+            return self._packed(spec.a_expr, b, row_of(spec, m), k, 0, spec.K if pad_k else 0)
 
         kk = te.reduce_axis((0, tk), name="kk")
         kx = te.reduce_axis((0, tk), name="kx")
@@ -84,8 +101,9 @@ class Factored(mm._Builder):
             conds = [c for c, pad in ((k < spec.K, pad_k), (col < spec.N, pad_n)) if pad]
             return te.sum(xa(b, m, k) * guarded(self.at(f.value, k, col), conds), axis=kk)
 
-        x_sum = te.compute((self.nb, spec.M, ng), lambda b, m, g: te.sum(xa(b, m, g * tk + kx), axis=kx), name="X")
-        p = te.compute((self.nb, spec.M, ng, en, nh), code_sum, name="P")
+        rows, out_rows = decode_rows(spec, self.config)
+        x_sum = te.compute((self.nb, rows, ng), lambda b, m, g: te.sum(xa(b, m, g * tk + kx), axis=kx), name="X")
+        p = te.compute((self.nb, rows, ng, en, nh), code_sum, name="P")
         g = te.reduce_axis((0, ng), name="g")
 
         def acc(b: Any, m: Any, j: Any, u: Any) -> Any:
@@ -100,12 +118,12 @@ class Factored(mm._Builder):
                 v = v - guarded(self.at(f.zero, row, col), conds) * x_sum(b, m, g)
             return te.sum(v * guarded(self.at(f.scale, row, col), conds), axis=g)
 
-        c = te.compute((self.nb, spec.M, en, nh), acc, name="C")
+        c = te.compute((self.nb, rows, en, nh), acc, name="C")
         outs = []
         for o in spec.outs:
             d = tvm_dtype(spec.outputs[o.index].dtype, f"output {o.index}")
             body = epilogue_4d(self, o.expr, c, d, en)
-            outs.append(te.compute((self.nb, spec.M, spec.N), body, name=f"out{o.index}"))
+            outs.append(te.compute((self.nb, out_rows, spec.N), body, name=f"out{o.index}"))
         return outs
 
 

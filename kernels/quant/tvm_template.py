@@ -51,16 +51,17 @@ class _Gemv(mm._Builder):
         k = te.reduce_axis((0, kp), name="k")
 
         def acc(b: Any, m: Any, j: Any, u: Any) -> Any:
-            a = self._packed(spec.a_expr, b, m, k, 0, spec.K if pad_k else 0)
+            a = self._packed(spec.a_expr, b, tvm_gemv.row_of(spec, m), k, 0, spec.K if pad_k else 0)
             w = self._packed(spec.b_expr, b, k, u * en + j, spec.K if pad_k else 0, spec.N if pad_n else 0)
             return te.sum(a * w, axis=k)
 
-        c = te.compute((self.nb, spec.M, en, nh), acc, name="C")
+        rows, out_rows = tvm_gemv.decode_rows(spec, self.config)
+        c = te.compute((self.nb, rows, en, nh), acc, name="C")
         outs = []
         for o in spec.outs:
             d = tvm_dtype(spec.outputs[o.index].dtype, f"output {o.index}")
             body = tvm_gemv.epilogue_4d(self, o.expr, c, d, en)
-            outs.append(te.compute((self.nb, spec.M, spec.N), body, name=f"out{o.index}"))
+            outs.append(te.compute((self.nb, out_rows, spec.N), body, name=f"out{o.index}"))
         return outs
 
 
@@ -69,7 +70,8 @@ def build_module(spec: QuantMatmulSpec, config: Config) -> tvm.IRModule:
     if not gemv(config):
         return mm.build_module(spec, config)
     b = tvm_gemv.Factored(spec, config) if gemv(config) == 2 else _Gemv(spec, config)
-    return prim_module(spec.name, len(spec.outputs), b.inputs, [(o.index, t) for o, t in zip(spec.outs, b.build())])
+    return prim_module(spec.name, len(spec.outputs), b.inputs, [(o.index, t) for o, t in zip(spec.outs, b.build())],
+                       spec.size_params())
 
 
 def schedule(mod: tvm.IRModule, spec: QuantMatmulSpec, config: Config) -> tvm.IRModule:
