@@ -149,8 +149,7 @@ def compile_dynamic(g: Graph, tgt: Target, choose: Choose, build: Build,
             if key not in built:
                 if spec.size_params():
                     lo, hi = _span(spans[key])
-                    span = tuple((n, lo[n], hi[n]) for n in sorted(lo))
-                    _check_value_independent(ends.specs(lo, span)[i], ends.specs(hi, span)[i], config, tgt)
+                    _check_value_independent(ends.specs(lo)[i], ends.specs(hi)[i], config, tgt)
                 built[key] = build(spec, config, source)
             bucket.compiled.kernels.append(built[key])
     return DynamicCompiledGraph(g, tgt, edges, [b for b, _ in chosen])
@@ -173,11 +172,10 @@ class _Ends:
 
     def __init__(self, g: Graph, tgt: Target):
         self.g, self.tgt = g, tgt
-        self.cache: dict[Any, list[KernelSpec]] = {}
+        self.cache: dict[tuple[tuple[str, int], ...], list[KernelSpec]] = {}
 
-    def specs(self, sizes: Mapping[str, int], span: tuple[tuple[str, int, int], ...] | None = None) -> list[KernelSpec]:
-        """The specs at `sizes`; with `span` (the ranges one binary serves) as their bucket, as templates see it."""
-        key = (tuple(sorted(sizes.items())), span)
+    def specs(self, sizes: Mapping[str, int]) -> list[KernelSpec]:
+        key = tuple(sorted(sizes.items()))
         if key not in self.cache:
-            self.cache[key] = graph_specs(self.g.at(dict(sizes)), self.tgt.backend, span)[1]
+            self.cache[key] = graph_specs(self.g.at(dict(sizes)), self.tgt.backend, None)[1]
         return self.cache[key]
