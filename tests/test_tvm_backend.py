@@ -394,3 +394,18 @@ def test_aligned_arrays_are_passed_without_copies_and_others_are_copied():
         kern([np.asarray(x).reshape(-1) if x.ndim == 1 else x, y], [got])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cg(a, b), want, rtol=1e-5, atol=1e-5)
+
+
+def test_every_template_declares_element_aligned_buffers():
+    """The runner hands element-aligned arrays over in place, so no template may assume TVM's default 64-byte
+    alignment: the sparse and attention templates build their PrimFuncs with the TVMScript IRBuilder, not
+    prim_module, and a CSR kernel given an array 16 bytes past a page boundary crashed (SIGSEGV) until the
+    alignment was set for every module in scheduled_module."""
+    g = tf.GraphBuilder("csr_align")
+    w = tf.sparse_csr(g.input("p", (9,), "i32"), g.input("i", (20,), "i32"), g.input("v", (20,), "f32"), (8, 32))
+    g.output("y", tf.spmm(w, g.input("x", (32, 24), "f32")))
+    cg = tf.compile(g.build(), target="cpu", db=None, cost_model=None)
+    spec = cg.kernels[0].spec
+    func = next(iter(tvm_runtime.scheduled_module(spec, cg.kernels[0].config).functions.values()))
+    head = func.script().split("):", 1)[0]  # the signature: in0: T.Buffer((9,), "int32", align=4), ...
+    assert head.count("T.Buffer(") == 5 and head.count("align=4") == 5, head
