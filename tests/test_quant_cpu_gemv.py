@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tilefuse.compiler import compile_graph
+from tilefuse.kernels.quant import cpu_gemv
 from tilefuse.schedule.target import get_target
 
 from quant_formats import Case, awq, graph, gptq, int2_asym, int8_per_channel, nf4, sym_int4
@@ -27,9 +28,16 @@ CASES = [(awq(128), 1, 256, 200), pytest.param(awq(128), 16, 128, 72, marks=SLOW
 
 @pytest.mark.parametrize("case,m,k,n", CASES, ids=lambda c: c.name if isinstance(c, Case) else str(c))
 def test_factored_decode_schedule_is_the_default_and_matches_the_reference(case: Case, m: int, k: int, n: int) -> None:
-    cg = compile_graph(graph(case, m, k, n, epilogue=True), "cpu", db=None, cost_model=None)
-    cfg = cg.kernels[0].config
-    assert cfg.int("gemv") == 2, cfg.to_json()
+    g = graph(case, m, k, n, epilogue=True)
+    cg = compile_graph(g, "cpu", db=None, cost_model=None)
+    spec, cfg = cg.kernels[0].spec, cg.kernels[0].config
+    if spec.pack_units()[1] == 1:  # one code per column (int8, GPTQ): gemv=1 or the GEMM by default, 2 if asked
+        assert cfg.int("gemv") != 2, cfg.to_json()
+        cfg = cpu_gemv.default(spec, spec._decode_base(CPU), CPU, any_layout=True)
+        assert cfg is not None and cfg.int("gemv") == 2
+        cg = compile_graph(g, "cpu", configs={spec.name: cfg}, db=None, cost_model=None)
+    else:
+        assert cfg.int("gemv") == 2, cfg.to_json()
     check(cg, case, seed=21 + m)
 
 
