@@ -97,6 +97,10 @@ class _Builder:
         A loader's integer division and remainder work on element and bit positions, never negative, so
         they lower to floordiv/floormod, which TVM's simplifier folds ((u * 8 + j) // 8 -> u for j < 8):
         the vectorized loads stay contiguous and the unrolled shifts constant."""
+        return self.loader_at(self.spec.loaders()[name], row, col)
+
+    def loader_at(self, e: Expr, row: PrimExpr, col: PrimExpr) -> PrimExpr:
+        """A loader-form expression `e` (over r, c and the kernel's inputs) at (row, col)."""
         memo: dict[int, PrimExpr] = {}
 
         def leaf(n: Expr) -> PrimExpr | None:
@@ -109,7 +113,7 @@ class _Builder:
                 return tirx.floormod(a, b) if n.op is E.MOD else tirx.floordiv(a, b)
             return None
 
-        return lower_expr(self.spec.loaders()[name], leaf, memo)
+        return lower_expr(e, leaf, memo)
 
     def _packed(self, e: Expr, b: PrimExpr, row: PrimExpr, col: PrimExpr, rows: int, cols: int) -> PrimExpr:
         """Operand `e` at (b, row, col) in the accumulator dtype, zero outside its rows x cols."""

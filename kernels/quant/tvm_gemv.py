@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from tvm import s_tir, te, tirx
 
-from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim, tvm_dtype
+from ...codegen.tvm_expr import PrimExpr, dtype_of, prim, tvm_dtype
 from ...ir import dims
-from ...ir.expr import E, Expr
+from ...ir.expr import Expr
 from ...schedule.config import Config
 from ..matmul import tvm_template as mm
 
@@ -62,19 +62,7 @@ class Factored(mm._Builder):
 
     def at(self, e: Expr, row: PrimExpr, col: PrimExpr) -> PrimExpr:
         """Loader expression `e` (over r, c and the kernel's inputs) at (row, col)."""
-        memo: dict[int, PrimExpr] = {}
-
-        def leaf(n: Expr) -> PrimExpr | None:
-            if n.op is E.VAR:
-                return {"r": row, "c": col}[n.arg]
-            if n.op is E.LOAD:
-                return self.inputs[n.arg](lower_expr(n.src[0], leaf, memo))
-            if n.op in (E.DIV, E.IDIV, E.MOD) and n.dtype.is_int:
-                a, b = (memo[id(s)] for s in n.src)
-                return tirx.floormod(a, b) if n.op is E.MOD else tirx.floordiv(a, b)
-            return None
-
-        return lower_expr(e, leaf, memo)
+        return self.loader_at(e, row, col)
 
     def build(self) -> list[Any]:
         spec: QuantMatmulSpec = self.spec  # type: ignore[assignment]
