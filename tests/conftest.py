@@ -15,6 +15,25 @@ os.environ["TILEFUSE_COSTMODEL"] = os.path.join(_DATA, "costmodel")
 import pytest  # noqa: E402
 
 
+@pytest.fixture
+def count_calls(monkeypatch):
+    """count_calls(module, name): the list of calls made to module.name from now on (each still runs),
+    e.g. the builds a compiled graph does during calls (none)."""
+
+    def spy_on(module, name):
+        calls = []
+        real = getattr(module, name)
+
+        def spy(*a, **k):
+            calls.append(a)
+            return real(*a, **k)
+
+        monkeypatch.setattr(module, name, spy)
+        return calls
+
+    return spy_on
+
+
 def _has_cuda() -> bool:
     try:
         import torch

@@ -149,26 +149,14 @@ def test_post_mod_threshold_and_constant():
           "f32")
 
 
-def _builds(monkeypatch):
-    calls = []
-    real = compiler._build
-
-    def spy(*a, **k):
-        calls.append(a)
-        return real(*a, **k)
-
-    monkeypatch.setattr(compiler, "_build", spy)
-    return calls
-
-
-def test_dynamic_batch_and_length_causal_compiles_once(monkeypatch):
+def test_dynamic_batch_and_length_causal_compiles_once(count_calls):
     b = tf.GraphBuilder("causal")
     s, n = b.dyn("S", 1, 4096, hint=64), b.dyn("B", 1, 4)
     q = b.input("q", (n, 4, s, 32), "f16")
     k, v = (b.input(x, (n, 2, s, 32), "f16") for x in "kv")
     b.output("out", tf.attention(q, k, v, mask_mod=causal(s, s)))
     g = b.build()
-    builds = _builds(monkeypatch)
+    builds = count_calls(compiler, "_build")
     cg = tf.compile(g, target="cpu", buckets=[64])
     at_compile = len(builds)
     assert at_compile == len(cg.distinct_kernels())

@@ -24,26 +24,14 @@ def _graph(mask, hi=4096, heads=2):
     return b.build()
 
 
-def _builds(monkeypatch):
-    calls = []
-    real = compiler._build
-
-    def spy(*a, **k):
-        calls.append(a)
-        return real(*a, **k)
-
-    monkeypatch.setattr(compiler, "_build", spy)
-    return calls
-
-
 def _ok(cg, g, s):
     rows = check_against_reference(cg, inputs=random_inputs(g.at({"S": s}), s))  # outputs poisoned first
     assert all(ok for *_, ok in rows), (s, rows)
 
 
-def test_causal_attention_compiles_once_for_every_sequence_length(monkeypatch):
+def test_causal_attention_compiles_once_for_every_sequence_length(count_calls):
     g = _graph(lambda s: tf.causal_mask(s, s))
-    builds = _builds(monkeypatch)
+    builds = count_calls(compiler, "_build")
     cg = tf.compile(g, target="interp")
     at_compile = len(builds)
     assert at_compile == len(cg.distinct_kernels()) < len(cg.buckets)

@@ -35,18 +35,6 @@ def _ok(cg, g, t, seed=0):
     assert all(ok for *_, ok in rows), (t, rows)
 
 
-def _count(monkeypatch, module, name):
-    calls = []
-    real = getattr(module, name)
-
-    def spy(*a, **k):
-        calls.append(a)
-        return real(*a, **k)
-
-    monkeypatch.setattr(module, name, spy)
-    return calls
-
-
 def test_bucket_edges_default_to_powers_of_two():
     assert bucket_edges(DynParam("T", 1, 100)) == [1, 2, 4, 8, 16, 32, 64, 100]
     assert bucket_edges(DynParam("T", 3, 8)) == [4, 8]
@@ -55,9 +43,9 @@ def test_bucket_edges_default_to_powers_of_two():
         bucket_edges(DynParam("T", 1, 8), [0])
 
 
-def test_decoder_mlp_compiles_once_and_runs_any_t_on_interp(monkeypatch):
+def test_decoder_mlp_compiles_once_and_runs_any_t_on_interp(count_calls):
     g = _mlp()
-    builds = _count(monkeypatch, compiler, "_build")
+    builds = count_calls(compiler, "_build")
     cg = tf.compile(g, target="interp", buckets=[8, 64])
     assert [b.label() for b in cg.buckets] == ["T=1..8", "T=9..64", "T=65..8192"]
     at_compile = len(builds)
@@ -67,7 +55,7 @@ def test_decoder_mlp_compiles_once_and_runs_any_t_on_interp(monkeypatch):
     assert len(builds) == at_compile  # no call built anything
 
 
-def test_one_binary_per_config_on_cpu(monkeypatch):
+def test_one_binary_per_config_on_cpu(count_calls):
     b = tf.GraphBuilder("rms_proj")
     t = b.dyn("T", 1, 4096, hint=16)
     x = b.input("x", (t, 64), "f32")
@@ -75,7 +63,7 @@ def test_one_binary_per_config_on_cpu(monkeypatch):
     h = x * tf.rsqrt(tf.mean(x * x, axis=-1, keepdim=True) + 1e-6)
     b.output("y", tf.matmul(h, w))
     g = b.build()
-    libs = _count(monkeypatch, tvm_runtime, "compile_library")
+    libs = count_calls(tvm_runtime, "compile_library")
     cg = tf.compile(g, target="cpu", buckets=[])
     assert len(cg.buckets) == 1 and len(libs) == len(cg.kernels) == 2
     for n in (1, 5, 16, 333):

@@ -26,14 +26,13 @@ def _graph(case: Case, k: int, n: int) -> tf.Graph:
 @pytest.mark.parametrize("case,want", [(awq(128), [2, 2, 2, 0]),
                                        pytest.param(nf4(), [1, 1, 0, 0], marks=pytest.mark.slow)],  # NF4: ~35 s
                          ids=["awq", "nf4"])
-def test_decode_schedules_take_the_token_count_at_run_time(monkeypatch, case: Case, want: list[int]) -> None:
+def test_decode_schedules_take_the_token_count_at_run_time(count_calls, case: Case, want: list[int]) -> None:
     g = _graph(case, 128, 72)
     cg = tf.compile(g, target="cpu", db=None, cost_model=None, buckets=[1, 4, 16])
     schedules = [b.compiled.kernels[0].config.int("gemv") for b in cg.buckets]
     assert schedules == want, schedules
     assert [b.compiled.kernels[0].config.int("tile_m") for b in cg.buckets][:2] == [1, 4]  # rows kept
-    builds = []
-    monkeypatch.setattr(compiler, "_build", lambda *a, **k: builds.append(a))
+    builds = count_calls(compiler, "_build")
     for t in (1, 3, 4, 9, 16, 40):
         rows = check_against_reference(cg, inputs=inputs(case, g.at({"T": t}), seed=t))
         assert all(ok for *_, ok in rows), (t, rows)

@@ -68,25 +68,13 @@ def _ok(cg, g, t):
     assert all(ok for *_, ok in rows), (t, rows)
 
 
-def _count_builds(monkeypatch):
-    calls = []
-    real = compiler._build
-
-    def spy(*a, **k):
-        calls.append(a)
-        return real(*a, **k)
-
-    monkeypatch.setattr(compiler, "_build", spy)
-    return calls
-
-
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("make", [linear_graph, spmm_graph], ids=["linear", "spmm"])
-def test_sparse_kernels_compile_once_and_serve_every_t(make, target, monkeypatch):
+def test_sparse_kernels_compile_once_and_serve_every_t(make, target, count_calls):
     if target == "cpu":
         pytest.importorskip("tvm")
     g = make()
-    builds = _count_builds(monkeypatch)
+    builds = count_calls(compiler, "_build")
     cg = tf.compile(g, target=target, buckets=BUCKETS, db=None, cost_model=None)
     families = sorted(k.spec.family for k in cg.kernels)
     assert families.count("spmm") == 3 and len(cg.buckets) == 3
@@ -133,11 +121,11 @@ def structure_graph():
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_sizes_of_the_structure_may_be_dynamic(target, monkeypatch):
+def test_sizes_of_the_structure_may_be_dynamic(target, count_calls):
     if target == "cpu":
         pytest.importorskip("tvm")
     g = structure_graph()
-    builds = _count_builds(monkeypatch)
+    builds = count_calls(compiler, "_build")
     cg = tf.compile(g, target=target, buckets=BUCKETS, db=None, cost_model=None)
     assert sorted(k.spec.family for k in cg.kernels) == ["sparse_attention"] + ["spmm"] * 4
     at_compile = len(builds)
