@@ -22,13 +22,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tvm import tirx
-from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript convention
 
-from ...codegen.lowering import LoweringError
-from ...codegen.tvm_expr import (PrimExpr, dtype_of, exp_f32, lower_expr, prim, size_var, tvm_storage_dtype,
+from ...codegen.tvm_script import script_func
+from ...codegen.tvm_expr import (PrimExpr, dtype_of, exp_f32, lower_expr, prim, tvm_storage_dtype,
                                  view_offset)
-from ...ir.dims import upper
 from ...ir.expr import E, Expr
 from ...schedule.config import Config
 
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
 
     from .spec import AttentionSpec
 
-INDEX32 = 2**31 - 1
 F32 = "float32"
 NEG_INF = float("-inf")
 LANES = 8  # lanes of the partial max / sum (BLOCK_N is a multiple): one AVX2 register of f32
@@ -270,23 +267,9 @@ def build_module(spec: AttentionSpec, config: Config) -> tvm.IRModule:
 
     from .spec import AUX_NAMES
 
-    for b in list(spec.inputs) + list(spec.outputs):
-        if upper(b.numel) > INDEX32:
-            raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, which the tvm "
-                                "backend does not support yet")
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name(spec.name)
-            T.func_attr({"tirx.noalias": True, "global_symbol": spec.name})
-            ins = [T.arg(f"in{i}", T.buffer((prim(b.numel),), tvm_storage_dtype(b.dtype, f"input {b.name}")))
-                   for i, b in enumerate(spec.inputs)]
-            outs = [T.arg(f"out{i}", T.buffer((prim(b.numel),), tvm_storage_dtype(b.dtype, f"output {b.name}")))
-                    for i, b in enumerate(spec.outputs)]
-            # the block lists' lengths follow each call's sizes (and a data-dependent mask's operands)
-            aux = [T.arg(n, T.buffer((tirx.Var(f"{n}_len", "int32"),), "int32")) for n in AUX_NAMES]
-            for n in spec.size_params():
-                T.arg(n, size_var(n))
-            _Kernel(spec, config, ins, outs, aux).emit()
+    # the block lists' lengths follow each call's sizes (and a data-dependent mask's operands)
+    with script_func(spec, AUX_NAMES, tvm_storage_dtype) as (ins, outs, aux, ib):
+        _Kernel(spec, config, ins, outs, aux).emit()
     return tvm.IRModule({spec.name: ib.get()})
 
 

@@ -15,11 +15,11 @@ from tvm import s_tir, te, tirx
 
 from ...schedule.config import Config
 from ...codegen.lowering import LoweringError
+from ...codegen.tvm_script import check_index32
 from ...codegen.tvm_expr import (PrimExpr, dtype_of, lower_expr, prim, prim_module, tvm_dtype, tvm_storage_dtype,
                                       view_offset)
 from ...ir import dtypes as dt
 from ...ir.expr import E, Expr
-from ...ir.dims import upper
 from ..lowering import prod
 from .reductions import RED
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     from .spec import MatmulSpec
 
-INDEX32 = 2**31 - 1
 _REDUCERS = {"sum": te.sum, "max": te.max, "min": te.min}
 _IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
 
@@ -52,10 +51,7 @@ class _Builder:
 
     def __init__(self, spec: MatmulSpec, config: Config):
         self.spec, self.config = spec, config
-        for b in list(spec.inputs) + list(spec.outputs):
-            if upper(b.numel) > INDEX32:
-                raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "
-                                    "which the tvm backend does not support yet")
+        check_index32(spec)
         self.nb = spec.require_static(max(1, prod(spec.batch)), "the batch size", "tvm")
         self.N = spec.require_static(spec.N, "N (the output's last axis)", "tvm")
         self.K = spec.require_static(spec.K, "K (the reduction axis)", "tvm")

@@ -14,10 +14,11 @@ from tvm import s_tir, te, tirx
 
 from ...schedule.config import Config
 from ...codegen.lowering import LoweringError
+from ...codegen.tvm_script import check_index32
 from ...codegen.tvm_expr import (PrimExpr, dtype_of, lower_expr, prim, prim_module, tvm_dtype, tvm_storage_dtype,
                                  view_offset)
 from ...ir import dtypes as dt
-from ...ir.dims import is_dynamic, upper
+from ...ir.dims import is_dynamic
 from ...ir.expr import E, Expr
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
     from .spec import Reduction, RowwiseSpec
 
-INDEX32 = 2**31 - 1
 
 
 def acc_dtype(d: dt.DType) -> str:
@@ -76,10 +76,7 @@ class _Builder:
         self.row_extent = prim((spec.rows + chunk - 1) // chunk * chunk) if self.dynamic else spec.rows
         # rows may be dynamic (a run-time argument); the vectorized column loop and its tail need the columns
         self.cols = spec.require_static(spec.cols, "the column count (last axis of the domain)", "tvm")
-        for b in list(spec.inputs) + list(spec.outputs):
-            if upper(b.numel) > INDEX32:
-                raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "
-                                    "which the tvm backend does not support yet")
+        check_index32(spec)
         self.inputs = [te.placeholder((prim(b.numel),), tvm_storage_dtype(b.dtype, f"input {b.name}"), name=f"in{i}")
                        for i, b in enumerate(spec.inputs)]
         self.reds: list[tuple[Any, Any | None]] = []  # (main part, column tail) per reduction

@@ -9,13 +9,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tvm import tirx
-from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - the TVMScript convention
 
-from ...codegen.lowering import LoweringError
-from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim, size_var, tvm_dtype, view_offset
+from ...codegen.tvm_expr import PrimExpr, dtype_of, lower_expr, prim, view_offset
+from ...codegen.tvm_script import script_func
 from ...ir import dims
-from ...ir.dims import upper
 from ...ir.expr import E, Expr
 
 if TYPE_CHECKING:
@@ -23,20 +21,9 @@ if TYPE_CHECKING:
 
     from ..base import KernelSpec
 
-INDEX32 = 2**31 - 1
-
-
 def arg_shapes(spec: KernelSpec) -> list[tuple[int, ...]]:
     """Flat buffers: the inputs, then the outputs."""
     return [(b.numel,) for b in list(spec.inputs) + list(spec.outputs)]
-
-
-def check_index32(spec: KernelSpec) -> None:
-    """LoweringError when a buffer needs 64-bit element offsets (the TIR here indexes in int32)."""
-    for b in list(spec.inputs) + list(spec.outputs):
-        if upper(b.numel) > INDEX32:  # a dynamic buffer at the top of its range
-            raise LoweringError(f"tvm: buffer {b.name} of {b.numel} elements needs 64-bit indexing, "
-                                "which the tvm backend does not support yet")
 
 
 class Values:
@@ -63,21 +50,10 @@ class Values:
 
 @contextmanager
 def prim_func(spec: KernelSpec) -> Iterator[tuple[Values, list[Any], Any]]:
-    """Open the PrimFunc `spec.name`(in0.., out0.., sizes..) over flat buffers, each dynamic size
-    (spec.size_params) an int32 argument after the buffers, as the TVM runtime passes them; yields (values
+    """Open the PrimFunc `spec.name`(in0.., out0.., sizes..) (codegen/tvm_script.script_func); yields (values
     of the inputs, the output buffers, the IRBuilder, whose `get()` is the PrimFunc once the block closes)."""
-    check_index32(spec)
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name(spec.name)
-            T.func_attr({"tirx.noalias": True, "global_symbol": spec.name})
-            ins = [T.arg(f"in{i}", T.buffer((prim(b.numel),), tvm_dtype(b.dtype, f"input {b.name}")))
-                   for i, b in enumerate(spec.inputs)]
-            outs = [T.arg(f"out{i}", T.buffer((prim(b.numel),), tvm_dtype(b.dtype, f"output {b.name}")))
-                    for i, b in enumerate(spec.outputs)]
-            for name in spec.size_params():
-                T.arg(name, size_var(name))
-            yield Values(spec, ins), outs, ib
+    with script_func(spec) as (ins, outs, _, ib):
+        yield Values(spec, ins), outs, ib
 
 
 def module(spec: KernelSpec, ib: Any) -> tvm.IRModule:
