@@ -34,6 +34,21 @@ def count_calls(monkeypatch):
     return spy_on
 
 
+@pytest.fixture
+def sparse_check_mode(monkeypatch):
+    """sparse_check_mode(value): TILEFUSE_SPARSE_CHECK set to `value` for this test, settings reloaded (and
+    restored after)."""
+    from tilefuse.settings import reload_settings
+
+    def set_mode(value):
+        monkeypatch.setenv("TILEFUSE_SPARSE_CHECK", value)
+        reload_settings()
+
+    yield set_mode
+    monkeypatch.delenv("TILEFUSE_SPARSE_CHECK", raising=False)
+    reload_settings()
+
+
 def _has_cuda() -> bool:
     try:
         import torch

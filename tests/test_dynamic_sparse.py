@@ -17,7 +17,6 @@ from tilefuse.ir.sampling import random_inputs
 from tilefuse.ir.sparse_op import SparseStructureError
 from tilefuse.kernels.base import StaticSizeRequired
 from tilefuse.schedule.config import Config
-from tilefuse.settings import reload_settings
 
 BUCKETS = [8, 64]  # T=1..8, 9..64, 65..128
 TS = (1, 37, 100)  # one value in each bucket, none at a bucket's upper end
@@ -147,24 +146,13 @@ def test_sparse_attention_needs_a_static_feature_count_on_cpu():
         tf.compile(b.build(), target="cpu", buckets=BUCKETS, db=None, cost_model=None)
 
 
-@pytest.fixture
-def check_mode(monkeypatch):
-    def set_mode(value):
-        monkeypatch.setenv("TILEFUSE_SPARSE_CHECK", value)
-        reload_settings()
-
-    yield set_mode
-    monkeypatch.delenv("TILEFUSE_SPARSE_CHECK", raising=False)
-    reload_settings()
-
-
 @pytest.mark.interp
 @pytest.mark.parametrize("mode", ["device", "host"])
-def test_dynamic_nnz_on_interp_checks_the_structure_at_the_call_sizes(mode, check_mode):
+def test_dynamic_nnz_on_interp_checks_the_structure_at_the_call_sizes(mode, sparse_check_mode):
     """Triton takes every size at run time, nnz and the row binning's grid included; the structure check
     reads the arrays at the call's T (5), not at its bucket's upper end (8): a valid structure passes, one
     whose indptr ends past nnz is refused."""
-    check_mode(mode)
+    sparse_check_mode(mode)
     g = _dyn_nnz_graph()
     cg = tf.compile(g, target="interp", buckets=BUCKETS, db=None, cost_model=None)
     assert cg.kernels[0].config["SWIZZLE"] == 1  # the row binning launches

@@ -14,18 +14,7 @@ from test_sparse_inputs import BAD_CSR, _csr_inputs
 import tilefuse as tf
 from tilefuse.ir.sparse_op import SparseStructureError, prune_2to4
 from tilefuse.kernels.sparse import common
-from tilefuse.settings import SettingsError, reload_settings
-
-
-@pytest.fixture
-def mode(monkeypatch):
-    def set_mode(value):
-        monkeypatch.setenv("TILEFUSE_SPARSE_CHECK", value)
-        reload_settings()
-
-    yield set_mode
-    monkeypatch.delenv("TILEFUSE_SPARSE_CHECK", raising=False)
-    reload_settings()
+from tilefuse.settings import SettingsError
 
 
 def copies(monkeypatch):
@@ -52,13 +41,13 @@ def spec_and_inputs(changes=None):
 
 
 @pytest.mark.interp
-def test_device_mode_checks_valid_structures_without_copying_them(mode, monkeypatch):
-    mode("device")
+def test_device_mode_checks_valid_structures_without_copying_them(sparse_check_mode, monkeypatch):
+    sparse_check_mode("device")
     spec, ins = spec_and_inputs()
     seen = copies(monkeypatch)
     spec.check_inputs(ins)
     assert seen == []
-    mode("host")
+    sparse_check_mode("host")
     spec.check_inputs(ins)
     assert len(seen) == 2  # indptr and indices
 
@@ -66,23 +55,23 @@ def test_device_mode_checks_valid_structures_without_copying_them(mode, monkeypa
 @pytest.mark.interp
 @pytest.mark.parametrize(("change", "message"), BAD_CSR)
 @pytest.mark.parametrize("how", ["device", "host"])
-def test_bad_structures_get_the_host_message_in_both_modes(mode, how, change, message):
-    mode(how)
+def test_bad_structures_get_the_host_message_in_both_modes(sparse_check_mode, how, change, message):
+    sparse_check_mode(how)
     spec, ins = spec_and_inputs(change)
     with pytest.raises(SparseStructureError, match=message):
         spec.check_inputs(ins)
 
 
 @pytest.mark.interp
-def test_off_trusts_the_caller(mode):
-    mode("off")
+def test_off_trusts_the_caller(sparse_check_mode):
+    sparse_check_mode("off")
     spec, ins = spec_and_inputs(BAD_CSR[3][0])
     spec.check_inputs(ins)  # no check, no error: the production switch for structures known to be valid
 
 
 @pytest.mark.interp
-def test_device_mode_2to4_meta(mode):
-    mode("device")
+def test_device_mode_2to4_meta(sparse_check_mode):
+    sparse_check_mode("device")
     g = tf.GraphBuilder("s24")
     sp = tf.sparse_24(g.input("values", (4, 8), "f32"), g.input("meta", (4, 8), "u8"))
     g.output("c", tf.spmm(sp, g.input("b", (16, 4), "f32")))
@@ -100,6 +89,6 @@ def test_device_mode_2to4_meta(mode):
         spec.check_inputs([arrays[b.name] for b in spec.inputs])
 
 
-def test_an_unknown_mode_is_a_settings_error(mode):
+def test_an_unknown_mode_is_a_settings_error(sparse_check_mode):
     with pytest.raises(SettingsError, match=r"CHECK='sometimes' is invalid; accepted: device, host, off"):
-        mode("sometimes")
+        sparse_check_mode("sometimes")
